@@ -1,0 +1,321 @@
+"""The one place that owns model loading: spec parsing, normalisation, devices, local-dir models.
+
+A model spec is what open_clip accepts (an architecture name plus a pretrained tag or checkpoint
+file, ``hf-hub:ORG/REPO``, ``local-dir:PATH``) or a plain directory in the local-dir format.
+Specs are normalised before they are stored in a library, so the same model always compares equal.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipdex.errors import ModelError
+
+DEFAULT_MODEL = "ViT-B-32"
+DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
+LOCAL_DIR = "local-dir:"
+HF_HUB = "hf-hub:"
+CONFIG_NAME = "open_clip_config.json"
+WEIGHTS_NAME = "open_clip_model.safetensors"
+OFFLINE_HINT = (
+    "to work offline, use a model in local-dir format (--model local-dir:PATH, "
+    "see `clipdex model init`) or download it once while online"
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A normalised model identity: open_clip ``name`` plus ``pretrained`` (tag or absolute file)."""
+
+    name: str
+    pretrained: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.pretrained})" if self.pretrained else self.name
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelSpec:
+        return cls(**json.loads(text))
+
+    @property
+    def local_dir(self) -> Path | None:
+        return Path(self.name[len(LOCAL_DIR) :]) if self.name.startswith(LOCAL_DIR) else None
+
+
+def _open_clip():
+    import open_clip  # heavy: imported only where a model is really needed
+
+    return open_clip
+
+
+def resolve_spec(model: str | None = None, pretrained: str | None = None) -> ModelSpec:
+    """Normalise a user's ``--model``/``--pretrained`` (or ``$CLIPDEX_MODEL``) into a ModelSpec."""
+    if model is None:
+        model = os.environ.get("CLIPDEX_MODEL") or DEFAULT_MODEL
+        pretrained = pretrained or os.environ.get("CLIPDEX_PRETRAINED") or None
+    model = model.strip()
+    if not model:
+        raise ModelError("empty model name")
+    if model.startswith(HF_HUB):
+        if not model[len(HF_HUB) :].strip("/"):
+            raise ModelError("empty repository after 'hf-hub:'")
+        return ModelSpec(model)
+    if model.startswith(LOCAL_DIR) or _looks_like_path(model):
+        path = Path(model[len(LOCAL_DIR) :] if model.startswith(LOCAL_DIR) else model).expanduser()
+        if not (path / CONFIG_NAME).is_file():
+            raise ModelError(f"{path} is not a local-dir model (no {CONFIG_NAME} in it)")
+        return ModelSpec(LOCAL_DIR + str(path.resolve()))
+    open_clip = _open_clip()
+    arch = model.replace("/", "-")
+    if arch not in open_clip.list_models():
+        raise ModelError(f"unknown model '{model}': not an open_clip architecture, hf-hub: or local-dir: spec")
+    if pretrained is None:
+        tags = open_clip.list_pretrained_tags_by_model(arch)
+        if arch == DEFAULT_MODEL:
+            pretrained = DEFAULT_PRETRAINED
+        elif tags:
+            pretrained = tags[0]
+        else:
+            raise ModelError(f"model '{arch}' has no published weights; give --pretrained CHECKPOINT")
+    elif os.path.exists(pretrained) or os.sep in pretrained:
+        if not os.path.isfile(pretrained):
+            raise ModelError(f"checkpoint file not found: {pretrained}")
+        pretrained = str(Path(pretrained).resolve())
+    elif pretrained not in open_clip.list_pretrained_tags_by_model(arch):
+        tags = ", ".join(open_clip.list_pretrained_tags_by_model(arch)) or "none"
+        raise ModelError(f"unknown pretrained tag '{pretrained}' for {arch} (known: {tags})")
+    return ModelSpec(arch, pretrained)
+
+
+def _looks_like_path(model: str) -> bool:
+    return os.sep in model or model.startswith((".", "~")) or os.path.isdir(model)
+
+
+def pick_device(device: str = "auto") -> str:
+    """``auto`` → cuda, then mps, then cpu; an explicit device that is absent is an error."""
+    import torch
+
+    device = (device or "auto").lower()
+    if device == "auto":
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda asked for, but no CUDA GPU is available")
+    if device == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ModelError("--device mps asked for, but MPS is not available")
+    if device not in ("cpu", "cuda", "mps") and not device.startswith("cuda:"):
+        raise ModelError(f"unknown device '{device}' (use auto, cpu, cuda or mps)")
+    return device
+
+
+@contextmanager
+def quiet_logging(level: int = logging.ERROR) -> Iterator[None]:
+    """open_clip logs warnings on the root logger (e.g. "no weights found"); keep stderr clean."""
+    root = logging.getLogger()
+    old = root.level
+    root.setLevel(max(level, old))
+    try:
+        yield
+    finally:
+        root.setLevel(old)
+
+
+@dataclass
+class LoadedModel:
+    """An open_clip model ready for inference, with its own transforms and tokenizer."""
+
+    spec: ModelSpec
+    model: Any
+    preprocess: Any  # open_clip's validation transform: PIL RGB image -> tensor
+    tokenizer: Any
+    device: str
+    embed_dim: int
+    image_size: tuple[int, int]
+    train_preprocess: Any = field(default=None, repr=False)
+
+
+def load_model(spec: ModelSpec, device: str = "auto") -> LoadedModel:
+    """Load a model through open_clip's own factory (weights, transforms, tokenizer)."""
+    device = pick_device(device)
+    open_clip = _open_clip()
+    if spec.local_dir is not None and not (spec.local_dir / CONFIG_NAME).is_file():
+        raise ModelError(f"model directory {spec.local_dir} is missing or has no {CONFIG_NAME}")
+    _check_reachable_or_cached(spec)
+    try:
+        with quiet_logging():
+            model, train_pp, val_pp = open_clip.create_model_and_transforms(
+                spec.name, pretrained=spec.pretrained, device=device
+            )
+            tokenizer = open_clip.get_tokenizer(spec.name)
+    except ModelError:
+        raise
+    except Exception as e:  # open_clip raises many types; the user needs one line
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if _offline():
+            raise ModelError(f"cannot load model {spec}: the model hub is unreachable; {OFFLINE_HINT}") from e
+        raise ModelError(f"cannot load model {spec}: {msg}") from e
+    model.eval()
+    size = model.visual.image_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return LoadedModel(
+        spec=spec,
+        model=model,
+        preprocess=val_pp,
+        tokenizer=tokenizer,
+        device=device,
+        embed_dim=_embed_dim(model),
+        image_size=size,
+        train_preprocess=train_pp,
+    )
+
+
+def _embed_dim(model: Any) -> int:
+    proj = getattr(model, "text_projection", None)
+    if proj is not None and hasattr(proj, "shape"):
+        return int(proj.shape[1])
+    output_dim = getattr(model.visual, "output_dim", None)
+    if output_dim:
+        return int(output_dim)
+    import torch
+
+    with torch.inference_mode():
+        return int(model.encode_text(torch.zeros(1, 8, dtype=torch.long)).shape[-1])
+
+
+def _offline(host: str = "huggingface.co") -> bool:
+    try:
+        socket.setdefaulttimeout(3)
+        socket.getaddrinfo(host, 443)
+        return False
+    except OSError:
+        return True
+    finally:
+        socket.setdefaulttimeout(None)
+
+
+def _check_reachable_or_cached(spec: ModelSpec) -> None:
+    """Fail fast with one line when weights must be downloaded but the hub is unreachable.
+
+    Without this, huggingface_hub retries for most of a minute before giving up.
+    """
+    if spec.local_dir is not None:
+        return
+    if spec.pretrained and os.path.isfile(spec.pretrained):
+        return
+    if _is_cached(spec) or not _offline():
+        return
+    raise ModelError(
+        f"model {spec} is not in the local cache and the model hub is unreachable; {OFFLINE_HINT}"
+    )
+
+
+def _is_cached(spec: ModelSpec) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    open_clip = _open_clip()
+    if spec.name.startswith(HF_HUB):
+        repo = spec.name[len(HF_HUB) :]
+        return isinstance(try_to_load_from_cache(repo, CONFIG_NAME), str)
+    cfg = open_clip.get_pretrained_cfg(spec.name, spec.pretrained or "")
+    parts = cfg.get("hf_hub", "").strip("/").split("/")
+    if len(parts) >= 2:
+        repo_id = "/".join(parts[:2])
+        names = parts[2:3] + ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        return any(isinstance(try_to_load_from_cache(repo_id, n), str) for n in names)
+    url = cfg.get("url", "")
+    if url:  # open_clip's legacy URL cache
+        cache = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        return cache.is_file()
+    return False
+
+
+def save_local_dir(model: Any, model_cfg: dict, preprocess_cfg: dict, out: str | Path) -> Path:
+    """Write ``model`` in open_clip's local-dir format, atomically (temp dir, then rename)."""
+    from safetensors.torch import save_file
+
+    out = Path(out).expanduser().resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_NAME))
+        config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model dir is an ordinary folder
+        os.chmod(tmp / WEIGHTS_NAME, 0o644)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_local_config(path: str | Path) -> dict:
+    """The ``{"model_cfg", "preprocess_cfg"}`` of a local-dir model."""
+    return json.loads((Path(path) / CONFIG_NAME).read_text(encoding="utf-8"))
+
+
+def init_model(arch_or_json: str, out: str | Path, seed: int = 0) -> Path:
+    """Create a randomly initialised model (fixed seed) in local-dir format.
+
+    ``arch_or_json`` is an open_clip architecture name, or a JSON file holding either a bare
+    model config or ``{"model_cfg": …, "preprocess_cfg": …}``.
+    """
+    import torch
+
+    open_clip = _open_clip()
+    preprocess_cfg: dict = {}
+    if arch_or_json.endswith(".json") or os.path.isfile(arch_or_json):
+        try:
+            cfg = json.loads(Path(arch_or_json).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ModelError(f"cannot read model config {arch_or_json}: {e}") from e
+        if "model_cfg" in cfg:
+            preprocess_cfg = dict(cfg.get("preprocess_cfg") or {})
+            cfg = cfg["model_cfg"]
+        if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "text_cfg" not in cfg:
+            raise ModelError(f"{arch_or_json}: a model config needs 'embed_dim', 'vision_cfg' and 'text_cfg'")
+        model_cfg = cfg
+    else:
+        model_cfg = open_clip.get_model_config(arch_or_json.replace("/", "-"))
+        if model_cfg is None:
+            raise ModelError(f"unknown architecture '{arch_or_json}' (see open_clip.list_models())")
+    torch.manual_seed(seed)
+    cfg_dir = _write_cfg_only(model_cfg, preprocess_cfg)
+    try:
+        with quiet_logging():
+            model = open_clip.create_model(LOCAL_DIR + cfg_dir, pretrained=None, load_weights=False)
+    except Exception as e:
+        raise ModelError(f"cannot build model from config: {e}") from e
+    finally:
+        shutil.rmtree(cfg_dir, ignore_errors=True)
+    full_pp = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
+    full_pp.update(preprocess_cfg)
+    return save_local_dir(model, model_cfg, full_pp, out)
+
+
+def _write_cfg_only(model_cfg: dict, preprocess_cfg: dict) -> str:
+    # open_clip builds from a local-dir config; a weightless temp dir gives a random init
+    # through the very code path that later loads the saved weights.
+    tmp = tempfile.mkdtemp(prefix="clipdex-cfg-")
+    cfg = {"model_cfg": json.loads(json.dumps(model_cfg)), "preprocess_cfg": preprocess_cfg}
+    Path(tmp, CONFIG_NAME).write_text(json.dumps(cfg), encoding="utf-8")
+    return tmp

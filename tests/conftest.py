@@ -1,0 +1,46 @@
+"""Shared fixtures: tiny random-init open_clip models in local-dir format, temp libraries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+# A very small ViT CLIP: fast on 2 CPU cores, but real open_clip code end to end.
+TINY_CFG = {
+    "embed_dim": 64,
+    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+    "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init (seed 0) tiny model written by clipdex's own `model init` code."""
+    from clipdex.retrieval.models import init_model
+
+    root = tmp_path_factory.mktemp("models")
+    cfg = root / "tiny.json"
+    cfg.write_text(json.dumps(TINY_CFG))
+    return init_model(str(cfg), root / "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second tiny model (other seed): a *different* model for refusal tests."""
+    from clipdex.retrieval.models import init_model
+
+    root = tmp_path_factory.mktemp("models2")
+    cfg = root / "tiny.json"
+    cfg.write_text(json.dumps(TINY_CFG))
+    return init_model(str(cfg), root / "tiny-b", seed=1)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never touch the user's real data dir or model caches; no hub access in tests."""
+    monkeypatch.setenv("CLIPDEX_LIBRARY", str(tmp_path / "default-library"))
+    monkeypatch.delenv("CLIPDEX_MODEL", raising=False)
+    monkeypatch.delenv("CLIPDEX_DEBUG", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
