@@ -81,7 +81,7 @@ def resolve_spec(model: str | None = None, pretrained: str | None = None) -> Mod
     open_clip = _open_clip()
     arch = model.replace("/", "-")
     if arch not in open_clip.list_models():
-        raise ModelError(f"unknown model '{model}': not an open_clip architecture, hf-hub: or local-dir: spec")
+        raise ModelError(f"unknown model '{model}': not an open_clip architecture or model dir")
     if pretrained is None:
         tags = open_clip.list_pretrained_tags_by_model(arch)
         if arch == DEFAULT_MODEL:

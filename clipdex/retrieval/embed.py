@@ -1,0 +1,61 @@
+"""Tensors in, L2-normalised float32 embeddings out — exactly open_clip's encode_* + normalisation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from clipdex.retrieval.models import LoadedModel
+
+
+def _autocast(device: str) -> Any:
+    # Mixed precision only on CUDA; on CPU fp32 keeps embeddings equal to open_clip's.
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.float16)
+    return nullcontext()
+
+
+def encode_image_batch(lm: LoadedModel, pixels: torch.Tensor) -> np.ndarray:
+    """(B, 3, H, W) preprocessed pixels -> (B, D) unit float32 vectors."""
+    non_blocking = lm.device.startswith("cuda")
+    if non_blocking and not pixels.is_pinned():
+        pixels = pixels.pin_memory()
+    with torch.inference_mode(), _autocast(lm.device):
+        feats = lm.model.encode_image(pixels.to(lm.device, non_blocking=non_blocking))
+        feats = F.normalize(feats.float(), dim=-1)
+    return feats.cpu().numpy().astype(np.float32, copy=False)
+
+
+def encode_texts(lm: LoadedModel, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+    """Texts -> (N, D) unit float32 vectors, tokenised by the model's own tokenizer."""
+    out = [np.zeros((0, lm.embed_dim), np.float32)]
+    for start in range(0, len(texts), batch_size):
+        tokens = lm.tokenizer(list(texts[start : start + batch_size])).to(lm.device)
+        with torch.inference_mode(), _autocast(lm.device):
+            feats = F.normalize(lm.model.encode_text(tokens).float(), dim=-1)
+        out.append(feats.cpu().numpy().astype(np.float32, copy=False))
+    return np.concatenate(out)
+
+
+def encode_images(lm: LoadedModel, images: Iterable[Any], batch_size: int = 64) -> np.ndarray:
+    """PIL RGB images -> (N, D) unit vectors (preprocessed with the model's own transform)."""
+    out = [np.zeros((0, lm.embed_dim), np.float32)]
+    for batch in _chunks(images, batch_size):
+        out.append(encode_image_batch(lm, torch.stack([lm.preprocess(im) for im in batch])))
+    return np.concatenate(out)
+
+
+def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
