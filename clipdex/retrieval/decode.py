@@ -1,0 +1,222 @@
+"""Image decoding for the indexing pipeline (scan -> decode -> encode).
+
+``open_image`` turns any file the installed Pillow can read into a fully decoded RGB image, or raises
+``DecodeError`` with a one-line reason; ``ordered_prefetch`` runs decoding in a bounded thread pool
+while keeping input order. Threads suffice: Pillow's decoders and resizers release the GIL.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, TypeVar
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from clipdex.errors import ClipdexError
+
+if TYPE_CHECKING:
+    import torch
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _env_max_pixels() -> int:
+    raw = os.environ.get("CLIPDEX_MAX_PIXELS", "").strip()
+    try:
+        return int(raw) if raw and int(raw) > 0 else 178_956_970
+    except ValueError:
+        return 178_956_970
+
+
+# Decompression-bomb limit (Pillow's own error threshold by default). Read at call time, so tests and
+# callers may change it; Pillow's limit is raised to match so it never refuses an image before ours.
+MAX_PIXELS: int = _env_max_pixels()
+
+# Load every plugin now: Pillow's lazy plugin registration is not safe to race from worker threads.
+Image.init()
+try:  # optional `heif` extra
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+except Exception:  # absent or broken: HEIC files are then simply "not an image"
+    pass
+
+_JPEG_FORMATS = {"JPEG", "MPO"}
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
+# EXIF Orientation -> transpose, the same table ImageOps.exif_transpose uses.
+_ORIENTATION = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
+class DecodeError(ClipdexError):
+    """An image could not be decoded; ``str(e)`` is a one-line reason (the caller adds the path)."""
+
+
+def _orientation(img: Image.Image) -> int:
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except Exception:  # broken EXIF must not make a readable image fail
+        return 1
+    return value if isinstance(value, int) and value in _ORIENTATION else 1
+
+
+def _maybe_draft(img: Image.Image, draft_to: tuple[int, int] | None) -> None:
+    """Decode a large JPEG at 1/2, 1/4 or 1/8 scale; the result stays >= draft_to in both sides."""
+    if draft_to is None or img.format not in _JPEG_FORMATS:
+        return
+    want_w, want_h = draft_to
+    if _orientation(img) in (5, 6, 7, 8):  # stored sideways: the target's sides swap too
+        want_w, want_h = want_h, want_w
+    if img.width >= 2 * want_w and img.height >= 2 * want_h:
+        img.draft("RGB", (want_w, want_h))
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """Map 16/32-bit integer and float grey images to 8-bit 'L' without saturating them."""
+    arr = np.asarray(img).astype(np.float64)
+    arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    if img.mode in _SIXTEEN_BIT or (img.mode == "I" and lo >= 0 and 255 < hi <= 65535):
+        arr = arr / 257.0  # the full 16-bit range maps exactly onto 0..255
+    elif img.mode == "F" and lo >= 0 and hi <= 1.0:
+        arr = arr * 255.0  # float images in [0, 1]
+    elif lo < 0 or hi > 255:
+        arr = (arr - lo) * (255.0 / (hi - lo))  # unknown range: stretch what is there
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB; transparency is composited over white, as a viewer shows it."""
+    mode = img.mode
+    if mode in _SIXTEEN_BIT or mode in ("I", "F"):
+        return _to_8bit(img).convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img if mode == "RGB" else img.convert("RGB")
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, single-line reason for a failure inside Pillow or the OS."""
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return f"image too large ({exc})"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image (cannot identify format)"
+    if isinstance(exc, FileNotFoundError):
+        return "file not found"
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    if isinstance(exc, IsADirectoryError):
+        return "is a directory"
+    if isinstance(exc, MemoryError):
+        return "out of memory while decoding"
+    text = " ".join(str(exc).split())
+    if "truncated" in text.lower() or isinstance(exc, EOFError):
+        return "truncated image"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"cannot read file ({exc.strerror})"
+    return (
+        f"corrupt image ({type(exc).__name__}: {text})" if text else f"corrupt image ({type(exc).__name__})"
+    )
+
+
+def open_image(path: str | bytes | os.PathLike, draft_to: tuple[int, int] | None = None) -> Image.Image:
+    """Fully decode ``path`` to an RGB image with its EXIF orientation applied.
+
+    Alpha and palette transparency are composited over white; high-bit-depth grey is scaled to 8
+    bits; animated files give their first frame. ``draft_to`` lets a JPEG at least twice that size
+    in both sides decode at reduced scale (never below ``draft_to``). Raises DecodeError for anything
+    unreadable, including images over ``MAX_PIXELS``.
+    """
+    limit = MAX_PIXELS
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
+        Image.MAX_IMAGE_PIXELS = limit  # only ever raised, so a benign race between threads
+    try:
+        with open(path, "rb") as fh:  # our own handle: bytes paths work, and the file always closes
+            if os.fstat(fh.fileno()).st_size == 0:
+                raise DecodeError("zero-byte file")
+            img = Image.open(fh)
+            if img.width * img.height > limit:
+                raise DecodeError(f"image too large ({img.width * img.height} pixels > {limit})")
+            _maybe_draft(img, draft_to)
+            img.load()  # decode now, inside the try: truncation surfaces here, not in a later resize
+            orientation = _orientation(img)
+            out = _to_rgb(img)
+        if orientation != 1:
+            out = out.transpose(_ORIENTATION[orientation])
+        return out
+    except DecodeError:
+        raise
+    except Exception as exc:  # Pillow plugins raise nearly anything on bad data
+        raise DecodeError(_reason(exc)) from exc
+
+
+def load_and_preprocess(
+    path: str | bytes | os.PathLike,
+    preprocess: Callable[[Image.Image], torch.Tensor],
+    draft_to: tuple[int, int] | None = None,
+) -> torch.Tensor:
+    """``open_image`` then the model's ``preprocess``: one unit of work for a prefetch worker."""
+    return preprocess(open_image(path, draft_to))
+
+
+def default_workers() -> int:
+    """Decode threads to use: the CPUs this process may run on, capped at 8 (more rarely helps)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))  # respects container / taskset limits
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(8, cpus))
+
+
+def _outcome(future: Future) -> object:
+    exc = future.exception()
+    return exc if exc is not None else future.result()
+
+
+def ordered_prefetch(
+    fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int | None = None
+) -> Iterator[tuple[T, R | BaseException]]:
+    """Yield ``(item, fn(item) or the exception it raised)`` in input order, computed by a thread pool.
+
+    At most ``ahead`` (default ``4 * workers``) items are submitted and not yet yielded, and ``items``
+    is consumed lazily, so memory stays bounded on huge inputs. ``workers <= 1`` runs inline. Closing
+    the generator early cancels queued work and waits only for the calls already running.
+    """
+    if workers <= 1:
+        for item in items:
+            try:
+                result: R | BaseException = fn(item)
+            except Exception as exc:  # handed to the consumer as a value
+                result = exc
+            yield item, result
+        return
+    ahead = max(1, 4 * workers if ahead is None else ahead)
+    pending: deque[tuple[T, Future]] = deque()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clipdex-decode")
+    try:
+        for item in items:
+            pending.append((item, pool.submit(fn, item)))
+            if len(pending) >= ahead:
+                done_item, future = pending.popleft()
+                yield done_item, _outcome(future)  # type: ignore[misc]
+        while pending:
+            done_item, future = pending.popleft()
+            yield done_item, _outcome(future)  # type: ignore[misc]
+    finally:
+        for _, future in pending:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
