@@ -1,0 +1,86 @@
+"""Shared CLI pieces: the library option context, output helpers, progress bars, errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+
+
+class State:
+    """What the top-level group parsed, handed to every command."""
+
+    def __init__(self, library: str | None, debug: bool):
+        self.library = library
+        self.debug = debug or os.environ.get("CLIPDEX_DEBUG", "") not in ("", "0")
+
+    def open(self, create: bool = False, **kwargs: Any) -> Any:
+        from clipdex.library import Library
+
+        return Library.open(self.library, create=create, **kwargs)
+
+
+pass_state = click.make_pass_decorator(State)
+
+
+def json_option(f: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")(f)
+
+
+def quiet_option(f: Callable) -> Callable:
+    return click.option(
+        "--quiet",
+        "-q",
+        is_flag=True,
+        help="No progress bar or summary (per-file problems still go to stderr).",
+    )(f)
+
+
+def model_options(f: Callable) -> Callable:
+    f = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")(f)
+    f = click.option("--pretrained", default=None, help="Pretrained tag or checkpoint file for --model.")(f)
+    f = click.option(
+        "--model", default=None, help="open_clip model name, hf-hub:ORG/REPO, local-dir:PATH or a model dir."
+    )(f)
+    return f
+
+
+def emit_json(obj: Any) -> None:
+    """One JSON object on one line of stdout."""
+    click.echo(json.dumps(obj, ensure_ascii=False, separators=(", ", ": ")))
+
+
+def info(msg: str, quiet: bool = False) -> None:
+    if not quiet:
+        click.echo(msg, err=True)
+
+
+def problem(path: str, reason: str) -> None:
+    """Per-file problems always go to stderr, one line each."""
+    click.echo(f"clipdex: skipped {path}: {reason}", err=True)
+
+
+@contextmanager
+def progress_bar(desc: str, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A tqdm bar on stderr, only on a terminal and unless quiet; yields an update(done, total)."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True, leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()

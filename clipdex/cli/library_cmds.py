@@ -1,0 +1,176 @@
+"""Library commands: index, search, add-texts, info."""
+
+from __future__ import annotations
+
+import click
+
+from clipdex.cli.common import (
+    emit_json,
+    info,
+    json_option,
+    model_options,
+    pass_state,
+    problem,
+    progress_bar,
+    quiet_option,
+)
+
+
+@click.command()
+@click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=bytes))
+@model_options
+@click.option(
+    "--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per batch."
+)
+@click.option(
+    "--workers", default=None, type=click.IntRange(min=1), help="Decode threads (default: CPUs, max 8)."
+)
+@click.option("--include-hidden", is_flag=True, help="Also index hidden files and folders.")
+@click.option("--reembed", is_flag=True, help="Re-embed every item (required to switch the library's model).")
+@click.option("--exact-decode", is_flag=True, help="Never decode large JPEGs at reduced scale.")
+@click.option("--index-type", default="auto", show_default=True, help="FAISS index type (auto, flat, …).")
+@json_option
+@quiet_option
+@pass_state
+def index(state, folders, model, pretrained, device, batch_size, workers, include_hidden, reembed,
+          exact_decode, index_type, as_json, quiet):  # fmt: skip
+    """Index image FOLDERS: add new files, re-embed changed ones, drop deleted ones.
+
+    Sidecar captions (photo.jpg + photo.txt) become searchable texts.
+
+    \b
+    Examples:
+      clipdex index ~/Pictures
+      clipdex index ~/Pictures /mnt/archive --json
+      clipdex index ~/Pictures --model ViT-B-16 --pretrained laion2b_s34b_b88k --reembed
+      clipdex index scans --model local-dir:./my-finetuned-model
+    """
+    lib = state.open(create=True, model=model, pretrained=pretrained, device=device)
+    with lib, progress_bar("indexing", quiet) as bar:
+        stats = lib.index(
+            list(folders), include_hidden=include_hidden, reembed=reembed, batch_size=batch_size,
+            workers=workers, exact_decode=exact_decode, problem=problem, progress=bar,
+        )  # fmt: skip
+    if as_json:
+        emit_json(stats.to_dict())
+    s = stats
+    info(
+        f"{s.added} added, {s.updated} updated, {s.removed} removed, {s.unchanged} unchanged, "
+        f"{s.failed} failed; texts: {s.texts_added} added, {s.texts_updated} updated, "
+        f"{s.texts_removed} removed",
+        quiet or as_json,
+    )
+
+
+@click.command()
+@click.argument("text", nargs=-1)
+@click.option(
+    "--image", "image", type=click.Path(path_type=bytes), help="Query by this image instead of text."
+)
+@click.option("-k", "k", default=10, show_default=True, type=int, help="Number of results.")
+@click.option("--target", type=click.Choice(["images", "texts"]), default="images", show_default=True,
+              help="Search stored images, or stored texts (captions and add-texts entries).")  # fmt: skip
+@json_option
+@click.option("--paths", is_flag=True, help="Print bare absolute image paths, one per line.")
+@click.option("-0", "null", is_flag=True, help="Like --paths, separated by NUL.")
+@pass_state
+def search(state, text, image, k, target, as_json, paths, null):
+    """Search by TEXT or by --image: the best matching images (or --target texts).
+
+    \b
+    Examples:
+      clipdex search a red bicycle
+      clipdex search "sunset over the sea" -k 20 --json
+      clipdex search --image query.jpg --paths | xargs open
+      clipdex search --image query.jpg --target texts     # image -> captions
+    """
+    query = " ".join(text).strip()
+    if not query and image is None:
+        raise click.UsageError("give a TEXT query or --image PATH")
+    if query and image is not None:
+        raise click.UsageError("give either TEXT or --image, not both")
+    if k < 1:
+        raise click.UsageError("-k must be at least 1")
+    if sum([as_json, paths, null]) > 1:
+        raise click.UsageError("--json, --paths and -0 are exclusive")
+    with state.open() as lib:
+        results = lib.search(text=query or None, image=image, k=k, target=target)
+    if as_json:
+        for r in results:
+            emit_json(r.to_dict())
+    elif paths or null:
+        for r in results:
+            if r.path is not None:
+                click.echo(r.path, nl=not null)
+                if null:
+                    click.echo("\0", nl=False)
+    else:
+        _table(results)
+
+
+def _table(results) -> None:
+    for r in results:
+        shown = r.path if r.modality == "image" else f"{r.text!r}" + (f"  [{r.path}]" if r.path else "")
+        click.echo(f"{r.rank:>3}  {r.score:7.4f}  {shown}")
+
+
+@click.command("add-texts")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--column", default=None, help="Column holding the text in .csv/.tsv/.jsonl (default: text).")
+@model_options
+@json_option
+@quiet_option
+@pass_state
+def add_texts(state, file, column, model, pretrained, device, as_json, quiet):
+    """Add texts from FILE (.txt one per line, or .csv/.tsv/.jsonl with --column).
+
+    \b
+    Examples:
+      clipdex add-texts labels.txt
+      clipdex add-texts products.csv --column title --json
+      clipdex search --image photo.jpg --target texts
+    """
+    from clipdex.textfiles import read_texts
+
+    texts = read_texts(file, column)
+    lib = state.open(create=True, model=model, pretrained=pretrained, device=device)
+    with lib:
+        ids = lib.add_texts(texts)
+    if as_json:
+        emit_json({"added": len(ids)})
+    info(f"{len(ids)} texts added", quiet or as_json)
+
+
+@click.command("info")
+@json_option
+@pass_state
+def info_cmd(state, as_json):
+    """Show the library's model, counts, indexes and size on disk."""
+    with state.open() as lib:
+        data = lib.info()
+    if as_json:
+        emit_json(data)
+        return
+    click.echo(f"library:   {data['library']}")
+    model = data["model"] or "(none yet)"
+    click.echo(f"model:     {model}" + (f" ({data['pretrained']})" if data["pretrained"] else ""))
+    click.echo(f"dimension: {data['dim']}")
+    click.echo(f"images:    {data['images']}")
+    click.echo(f"texts:     {data['texts']}")
+    for kind, idx in data["indexes"].items():
+        extra = ", ".join(f"{k}={v}" for k, v in idx.items() if k not in ("type", "ntotal"))
+        click.echo(
+            f"index:     {kind}: {idx.get('type')} ({idx['ntotal']} vectors{', ' + extra if extra else ''})"
+        )
+    click.echo(f"on disk:   {_size(data['bytes_on_disk'])}")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+COMMANDS = [index, search, add_texts, info_cmd]

@@ -1,0 +1,327 @@
+"""The SQLite store: the library's source of truth (items, paths, captions, vectors, model, schema).
+
+Ids are SQLite row ids (AUTOINCREMENT: never reused) and double as FAISS ids. Paths are stored as
+the raw ``os.fsencode`` bytes so names that are not valid UTF-8 survive losslessly. Every change to
+the vectors bumps ``generation``; FAISS files record the generation they reflect.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import sqlite_utils
+
+from clipdex.errors import ClipdexError
+
+DB_NAME = "clipdex.db"
+IMAGE, TEXT = "image", "text"
+
+
+def _m1_initial(db: sqlite_utils.Database) -> None:
+    db.execute(
+        """CREATE TABLE items (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL CHECK (kind IN ('image', 'text')),
+            source TEXT NOT NULL,          -- scan | sidecar | add-texts | import
+            path BLOB,                     -- image file (os.fsencode bytes); for a sidecar: the .txt
+            mtime_ns INTEGER,
+            size INTEGER,
+            text TEXT,
+            image_id INTEGER REFERENCES items(id),  -- caption -> its image
+            vector BLOB,                   -- float32, L2-normalised
+            added_at REAL NOT NULL
+        )"""
+    )
+    db["items"].create_index(["kind", "path"])
+    db["items"].create_index(["image_id"])
+
+
+def _m2_pending(db: sqlite_utils.Database) -> None:
+    # New-model vectors written during a re-embedding; swapped in only when complete, so
+    # searches keep working on the old vectors and an interrupted run resumes.
+    db.execute("CREATE TABLE pending_vectors (id INTEGER PRIMARY KEY, vector BLOB NOT NULL)")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_pending]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One stored item, as search results need it."""
+
+    id: int
+    kind: str
+    path: bytes | None
+    text: str | None
+    image_id: int | None
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    """What the scanner compares against: stat of a stored file."""
+
+    id: int
+    mtime_ns: int
+    size: int
+
+
+class Store:
+    """Thin typed layer over the library's SQLite database."""
+
+    def __init__(self, library_dir: Path, create: bool = False):
+        self.path = Path(library_dir) / DB_NAME
+        if not self.path.exists() and not create:
+            raise ClipdexError(f"no library at {library_dir} (run `clipdex index FOLDER` to create one)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None, check_same_thread=False)
+        self.db = sqlite_utils.Database(conn)
+        self.conn = conn
+        conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=OFF")
+        self._migrate()
+
+    # ---- schema -------------------------------------------------------------------------
+    def _migrate(self) -> None:
+        if "meta" not in self.db.table_names():
+            self.db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+        version = int(self.get_meta("schema_version") or 0)
+        if version > SCHEMA_VERSION:
+            raise ClipdexError(
+                f"library schema version {version} is newer than this clipdex supports; upgrade clipdex"
+            )
+        for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+            with self.transaction():
+                migration(self.db)
+                self.set_meta("schema_version", str(number))
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        if self.conn.in_transaction:  # nested: the outer one commits
+            yield
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """A read transaction: reads inside see one consistent state (WAL snapshot)."""
+        if self.conn.in_transaction:
+            yield
+            return
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self.conn.execute("COMMIT")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # ---- meta ---------------------------------------------------------------------------
+    def get_meta(self, key: str) -> str | None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str | None) -> None:
+        if value is None:
+            self.conn.execute("DELETE FROM meta WHERE key = ?", (key,))
+        else:
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    @property
+    def generation(self) -> int:
+        return int(self.get_meta("generation") or 0)
+
+    def bump_generation(self) -> int:
+        gen = self.generation + 1
+        self.set_meta("generation", str(gen))
+        return gen
+
+    # ---- writes -------------------------------------------------------------------------
+    def insert(
+        self,
+        kind: str,
+        source: str,
+        vectors: np.ndarray,
+        *,
+        paths: Sequence[bytes | None] | None = None,
+        stats: Sequence[tuple[int, int] | tuple[None, None]] | None = None,
+        texts: Sequence[str | None] | None = None,
+        image_ids: Sequence[int | None] | None = None,
+    ) -> list[int]:
+        """Insert ``len(vectors)`` items; returns their new ids in order."""
+        n = len(vectors)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        now = time.time()
+        paths = paths or [None] * n
+        stats = stats or [(None, None)] * n
+        texts = texts or [None] * n
+        image_ids = image_ids or [None] * n
+        ids = []
+        with self.transaction():
+            for i in range(n):
+                cur = self.conn.execute(
+                    "INSERT INTO items (kind, source, path, mtime_ns, size, text, image_id, vector, added_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (kind, source, paths[i], stats[i][0], stats[i][1], texts[i], image_ids[i],
+                     vectors[i].tobytes(), now),
+                )  # fmt: skip
+                ids.append(int(cur.lastrowid))
+        return ids
+
+    def delete(self, ids: Iterable[int]) -> list[int]:
+        """Delete items and the captions linked to deleted images; returns every deleted id."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return []
+        with self.transaction():
+            captions = self._select_ids("SELECT id FROM items WHERE image_id IN ({})", ids)
+            gone = ids + captions
+            for chunk in _chunks(gone, 500):
+                marks = ",".join("?" * len(chunk))
+                self.conn.execute(f"DELETE FROM items WHERE id IN ({marks})", chunk)
+                self.conn.execute(f"DELETE FROM pending_vectors WHERE id IN ({marks})", chunk)
+        return gone
+
+    # ---- reads --------------------------------------------------------------------------
+    def scanned_files(self) -> dict[bytes, FileRecord]:
+        """Every scanned image, by path, in one query (no per-file round trips)."""
+        rows = self.conn.execute(
+            "SELECT path, id, mtime_ns, size FROM items WHERE kind = 'image' AND source = 'scan'"
+        )
+        return {bytes(p): FileRecord(i, m, s) for p, i, m, s in rows}
+
+    def sidecars(self) -> dict[int, tuple[int, bytes, int, int]]:
+        """image id -> (caption id, sidecar path, mtime_ns, size) for sidecar captions."""
+        rows = self.conn.execute(
+            "SELECT image_id, id, path, mtime_ns, size FROM items WHERE source = 'sidecar'"
+        )
+        return {img: (tid, bytes(p), m, s) for img, tid, p, m, s in rows}
+
+    def items(self, ids: Sequence[int]) -> dict[int, Item]:
+        out: dict[int, Item] = {}
+        for chunk in _chunks(list(ids), 500):
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(
+                f"SELECT id, kind, path, text, image_id, source FROM items WHERE id IN ({marks})", chunk
+            ):
+                path = bytes(row[2]) if row[2] is not None else None
+                out[row[0]] = Item(row[0], row[1], path, row[3], row[4], row[5])
+        return out
+
+    def vectors(self, kind: str, batch: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+        """All (ids, vectors) of one kind, ascending id; read in chunks to bound peak memory."""
+        dim = self.dim or 0
+        total = self.conn.execute("SELECT count(*) FROM items WHERE kind = ?", (kind,)).fetchone()[0]
+        ids = np.empty(total, np.int64)
+        vecs = np.empty((total, dim), np.float32)
+        n = 0
+        cur = self.conn.execute("SELECT id, vector FROM items WHERE kind = ? ORDER BY id", (kind,))
+        while rows := cur.fetchmany(batch):
+            for i, blob in rows:
+                ids[n] = i
+                vecs[n] = np.frombuffer(blob, np.float32)
+                n += 1
+        return ids[:n], vecs[:n]
+
+    def get_vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Stored vectors for ``ids`` in the given order (exact re-ranking reads these)."""
+        ids = [int(i) for i in ids]
+        found: dict[int, bytes] = {}
+        for chunk in _chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            found.update(self.conn.execute(f"SELECT id, vector FROM items WHERE id IN ({marks})", chunk))
+        out = np.zeros((len(ids), self.dim or 0), np.float32)
+        for row, i in enumerate(ids):
+            if i in found:
+                out[row] = np.frombuffer(found[i], np.float32)
+        return out
+
+    def count(self, kind: str | None = None) -> int:
+        if kind is None:
+            return self.conn.execute("SELECT count(*) FROM items").fetchone()[0]
+        return self.conn.execute("SELECT count(*) FROM items WHERE kind = ?", (kind,)).fetchone()[0]
+
+    def counts(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT kind, source, count(*) FROM items GROUP BY kind, source")
+        out = {"images": 0, "texts": 0}
+        for kind, source, n in rows:
+            out[kind + "s"] += n
+            out[f"{kind}s_{source}".replace("-", "_")] = n
+        return out
+
+    def iter_items(self, kind: str) -> Iterator[tuple[int, bytes | None, str | None]]:
+        """(id, path, text) of every item of a kind, ascending id."""
+        for i, p, t in self.conn.execute(
+            "SELECT id, path, text FROM items WHERE kind = ? ORDER BY id", (kind,)
+        ):
+            yield i, (bytes(p) if p is not None else None), t
+
+    def caption_pairs(self) -> list[tuple[bytes, str]]:
+        """(image path, caption) for every caption linked to an image with a path."""
+        rows = self.conn.execute(
+            "SELECT i.path, t.text FROM items t JOIN items i ON t.image_id = i.id"
+            " WHERE t.kind = 'text' AND i.path IS NOT NULL AND t.text != '' ORDER BY t.id"
+        )
+        return [(bytes(p), t) for p, t in rows]
+
+    @property
+    def dim(self) -> int | None:
+        value = self.get_meta("dim")
+        return int(value) if value else None
+
+    # ---- pending (re-embedding) ---------------------------------------------------------
+    def pending_ids(self) -> set[int]:
+        return {r[0] for r in self.conn.execute("SELECT id FROM pending_vectors")}
+
+    def put_pending(self, ids: Sequence[int], vectors: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO pending_vectors (id, vector) VALUES (?, ?)",
+                [(int(i), vectors[n].tobytes()) for n, i in enumerate(ids)],
+            )
+
+    def swap_in_pending(self) -> None:
+        """Replace every vector by its pending one (one transaction); drop items without one."""
+        with self.transaction():
+            missing = self._select_ids(
+                "SELECT id FROM items WHERE id NOT IN (SELECT id FROM pending_vectors)", []
+            )
+            self.conn.execute(
+                "UPDATE items SET vector = (SELECT vector FROM pending_vectors p WHERE p.id = items.id)"
+                " WHERE id IN (SELECT id FROM pending_vectors)"
+            )
+            if missing:
+                self.delete(missing)
+            self.conn.execute("DELETE FROM pending_vectors")
+
+    def clear_pending(self) -> None:
+        self.conn.execute("DELETE FROM pending_vectors")
+
+    def _select_ids(self, sql: str, ids: list[int]) -> list[int]:
+        if "{}" not in sql:
+            return [r[0] for r in self.conn.execute(sql)]
+        out: list[int] = []
+        for chunk in _chunks(ids, 500):
+            out += [r[0] for r in self.conn.execute(sql.format(",".join("?" * len(chunk))), chunk)]
+        return out
+
+
+def _chunks(seq: list, size: int) -> Iterator[list]:
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]

@@ -1,0 +1,51 @@
+"""Reading texts for `add-texts`: .txt (one per line), .csv/.tsv (header) and .jsonl."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from clipdex.errors import ClipdexError
+
+
+def read_texts(path: str | Path, column: str | None = None) -> list[str]:
+    """Non-empty, stripped texts from ``path``; ``column`` (default ``text``) for tabular files."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    try:
+        raw = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ClipdexError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except OSError as e:
+        raise ClipdexError(f"cannot read {path}: {e.strerror}") from e
+    if suffix in (".csv", ".tsv"):
+        rows = list(csv.DictReader(raw.splitlines(), delimiter="\t" if suffix == ".tsv" else ","))
+        fields = list(rows[0].keys()) if rows else []
+        values = _column(rows, fields, column, path)
+    elif suffix in (".jsonl", ".ndjson"):
+        rows = []
+        for n, line in enumerate(raw.splitlines(), start=1):
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except ValueError as e:
+                    raise ClipdexError(f"{path}:{n}: invalid JSON ({e})") from e
+                if not isinstance(row, dict):
+                    raise ClipdexError(f"{path}:{n}: each line must be a JSON object")
+                rows.append(row)
+        fields = sorted({k for r in rows for k in r})
+        values = _column(rows, fields, column, path)
+    elif column is not None:
+        raise ClipdexError(f"--column only applies to .csv, .tsv and .jsonl files, not {path.name}")
+    else:
+        values = raw.splitlines()
+    return [v.strip() for v in values if isinstance(v, str) and v.strip()]
+
+
+def _column(rows: list[dict], fields: list[str], column: str | None, path: Path) -> list:
+    name = column or "text"
+    if rows and not any(name in r for r in rows):
+        found = ", ".join(fields) or "none"
+        raise ClipdexError(f"{path}: no column '{name}' (found: {found}); choose one with --column")
+    return [r.get(name) for r in rows]
