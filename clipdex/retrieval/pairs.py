@@ -1,0 +1,193 @@
+"""Image–caption pairs for fine-tuning: reading, decoding with skip counting, the validation split.
+
+PAIRS is a ``.csv``/``.tsv`` with a header or a ``.jsonl``, with columns ``image`` and ``caption``
+(relative image paths resolve against the PAIRS file's folder), or a folder of images with sidecar
+captions (``photo.jpg`` + ``photo.txt``).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import random
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clipdex.errors import ClipdexError
+
+IMAGE_EXTS = {
+    ".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
+    ".ppm", ".pgm", ".pbm", ".pnm", ".jp2", ".heic", ".heif",
+}  # fmt: skip
+MAX_BAD_FRACTION = 0.10
+
+
+@dataclass(frozen=True)
+class Pair:
+    image: str  # absolute path
+    caption: str
+
+
+@dataclass
+class DecodedPairs:
+    """Pairs whose image decoded, the decoded (prepared) images by path, and what was skipped."""
+
+    pairs: list[Pair]
+    images: dict[str, Any]
+    skipped: int  # pairs dropped because their image is missing or unreadable
+    bad_images: list[tuple[str, str]]  # (path, reason)
+
+
+def read_pairs(source: str | Path) -> tuple[list[Pair], int]:
+    """Read PAIRS; return (pairs with a non-empty caption, number of empty captions dropped)."""
+    source = Path(source).expanduser()
+    if source.is_dir():
+        rows = _folder_rows(source)
+        base = source
+    elif not source.is_file():
+        raise ClipdexError(f"pairs file not found: {source}")
+    else:
+        base = source.resolve().parent
+        suffix = source.suffix.lower()
+        if suffix in (".csv", ".tsv"):
+            rows = _table_rows(source, "\t" if suffix == ".tsv" else ",")
+        elif suffix in (".jsonl", ".ndjson"):
+            rows = _jsonl_rows(source)
+        else:
+            raise ClipdexError(f"{source}: pairs must be a .csv, .tsv or .jsonl file or a folder of images")
+    pairs, empty = [], 0
+    for image, caption in rows:
+        caption = (caption or "").strip()
+        if not caption:
+            empty += 1
+            continue
+        path = Path(str(image).strip()).expanduser()
+        pairs.append(Pair(str(path if path.is_absolute() else (base / path).resolve()), caption))
+    return pairs, empty
+
+
+def _need_columns(found: Sequence[str], where: Path) -> None:
+    missing = [c for c in ("image", "caption") if c not in found]
+    if missing:
+        shown = ", ".join(repr(c) for c in found) or "none"
+        raise ClipdexError(f"{where}: needs columns 'image' and 'caption'; found {shown}")
+
+
+def _table_rows(path: Path, delimiter: str) -> list[tuple[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh, delimiter=delimiter)
+            _need_columns([c.strip() for c in reader.fieldnames or []], path)
+            rows = [{(k or "").strip(): v for k, v in row.items()} for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise ClipdexError(f"cannot read {path}: {e}") from e
+    return [(r.get("image") or "", r.get("caption") or "") for r in rows]
+
+
+def _jsonl_rows(path: Path) -> list[tuple[str, str]]:
+    rows, found = [], set()
+    try:
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ClipdexError(f"cannot read {path}: {e}") from e
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as e:
+            raise ClipdexError(f"{path}:{n}: not valid JSON ({e.msg})") from e
+        if not isinstance(obj, dict):
+            raise ClipdexError(f"{path}:{n}: each line must be a JSON object")
+        found.update(obj)
+        if "image" not in obj:
+            _need_columns(sorted(found), path)
+        rows.append((obj.get("image") or "", obj.get("caption") or ""))
+    if rows:
+        _need_columns(sorted(found), path)
+    return rows
+
+
+def _folder_rows(folder: Path) -> list[tuple[str, str]]:
+    rows = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        names = set(files)
+        for name in sorted(files):
+            stem, ext = os.path.splitext(name)
+            if name.startswith(".") or ext.lower() not in IMAGE_EXTS or f"{stem}.txt" not in names:
+                continue
+            try:
+                caption = Path(root, f"{stem}.txt").read_text(encoding="utf-8", errors="replace")
+            except OSError:
+                caption = ""
+            rows.append((str(Path(root, name).resolve()), caption))
+    if not rows:
+        raise ClipdexError(f"{folder}: no images with sidecar captions (photo.jpg + photo.txt) found")
+    return rows
+
+
+def decode_pairs(
+    pairs: Sequence[Pair],
+    prepare: Callable[[Any], Any] = lambda im: im,
+    opener: Callable[[str], Any] | None = None,
+    workers: int = 4,
+    max_bad: float = MAX_BAD_FRACTION,
+) -> DecodedPairs:
+    """Decode every distinct image once (threads: Pillow releases the GIL), keep ``prepare(image)``.
+
+    Pairs whose image is missing or unreadable are skipped and counted; more than ``max_bad`` of
+    them is an error, since that usually means a wrong base folder rather than a few bad files.
+    """
+    if opener is None:
+        from clipdex.retrieval.decode import open_image as opener
+
+    def load(path: str) -> tuple[str, Any, str | None]:
+        try:
+            return path, prepare(opener(path)), None
+        except FileNotFoundError:
+            return path, None, "file not found"
+        except (OSError, ClipdexError, ValueError) as e:  # DecodeError is a ClipdexError
+            return path, None, str(e).splitlines()[0] if str(e) else type(e).__name__
+
+    unique = list(dict.fromkeys(p.image for p in pairs))
+    images, bad = {}, []
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for path, image, reason in pool.map(load, unique):
+            if reason is None:
+                images[path] = image
+            else:
+                bad.append((path, reason))
+    kept = [p for p in pairs if p.image in images]
+    skipped = len(pairs) - len(kept)
+    if pairs and skipped > max_bad * len(pairs):
+        first = f"{bad[0][0]}: {bad[0][1]}" if bad else ""
+        raise ClipdexError(
+            f"{skipped} of {len(pairs)} pairs have a missing or unreadable image (more than "
+            f"{max_bad:.0%}; are relative paths right?), e.g. {first}"
+        )
+    return DecodedPairs(kept, images, skipped, bad)
+
+
+def split_pairs(
+    pairs: Sequence[Pair], val_fraction: float = 0.1, seed: int = 0
+) -> tuple[list[Pair], list[Pair]]:
+    """Split by UNIQUE image with a seeded shuffle: an image and all its captions land on one side.
+
+    The result depends only on the set of images, the fraction and the seed (not on the input order).
+    """
+    if not 0 < val_fraction < 1:
+        raise ClipdexError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    images = sorted({p.image for p in pairs})
+    if len(images) < 2:
+        raise ClipdexError("need at least 2 distinct images to hold some out for validation")
+    random.Random(seed).shuffle(images)
+    n_val = min(len(images) - 1, max(1, round(len(images) * val_fraction)))
+    val_images = set(images[:n_val])
+    train = [p for p in pairs if p.image not in val_images]
+    val = [p for p in pairs if p.image in val_images]
+    return train, val
