@@ -5,7 +5,7 @@ Joins `index/` (files, SQLite, FAISS) and `retrieval/` (model, tensors); the Lib
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,12 +35,15 @@ class _Todo:
 
 
 class IndexRun:
-    """Brings the store in line with FOLDERs; yields one Change per committed batch."""
+    """Brings the store in line with FOLDERs; yields one Change per committed batch.
+
+    ``model`` is a getter: a run with nothing new to embed never loads the model (nor torch's weights).
+    """
 
     def __init__(
         self,
         store: Store,
-        lm: LoadedModel,
+        model: Callable[[], LoadedModel],
         *,
         batch_size: int = 32,
         workers: int | None = None,
@@ -48,10 +51,10 @@ class IndexRun:
         problem: Problem | None = None,
         progress: Callable[[int, int], None] | None = None,
     ):
-        self.store, self.lm = store, lm
+        self.store, self._model = store, model
         self.batch_size = max(1, batch_size)
         self.workers = workers or default_workers()
-        self.draft_to = None if exact_decode else lm.image_size
+        self.exact_decode = exact_decode
         self.problem = problem or (lambda path, reason: None)
         self.progress = progress
         self.stats = IndexStats()
@@ -85,10 +88,19 @@ class IndexRun:
             self.stats.texts_removed += sum(1 for i in gone if i in captions)
             yield self._commit([], [], gone)
 
+    @property
+    def lm(self) -> LoadedModel:
+        return self._model()
+
     # ---- images ---------------------------------------------------------------------------
     def _embed_images(self, todo: list[_Todo], captions: dict) -> Iterator[Change]:
+        if not todo:
+            return
+        lm = self.lm
+        draft_to = None if self.exact_decode else lm.image_size
+
         def decode(t: _Todo):
-            return load_and_preprocess(t.scanned.image.path, self.lm.preprocess, self.draft_to)
+            return load_and_preprocess(t.scanned.image.path, lm.preprocess, draft_to)
 
         batch: list[tuple[_Todo, object]] = []
         failed_old: list[int] = []
@@ -179,6 +191,8 @@ class IndexRun:
 
     # ---- captions of unchanged images -----------------------------------------------------
     def _fix_captions(self, fixes: list[tuple[int, ScannedImage]], captions: dict) -> Iterator[Change]:
+        if not fixes:
+            return
         for start in range(0, len(fixes), 256):
             chunk = fixes[start : start + 256]
             removed, new = [], []
@@ -218,13 +232,3 @@ def _sidecar_changed(had: tuple | None, now: FileStat | None) -> bool:
     _, path, mtime, size = had
     return path != now.path or mtime != now.mtime_ns or size != now.size
 
-
-def batched(items: Iterable, n: int) -> Iterator[list]:
-    batch: list = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

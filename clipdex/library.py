@@ -144,11 +144,13 @@ class Library:
         folders = [os.path.expanduser(f) if isinstance(f, str) else f for f in folders]
         check_folders(folders)  # before anything is touched: a missing FOLDER removes nothing
         with WriterLock(self.path):
-            lm = self._writer_model(reembed, problem)
+            stored = self.spec
+            if stored is None or reembed or self._target_spec() != stored:
+                self._writer_model(reembed, problem)  # load now: it records or re-embeds
             indexes = {kind: self._index(kind) for kind in (IMAGE, TEXT)}
             run = IndexRun(
-                self.store, lm, batch_size=batch_size, workers=workers, exact_decode=exact_decode,
-                problem=problem, progress=progress,
+                self.store, lambda: self.model, batch_size=batch_size, workers=workers,
+                exact_decode=exact_decode, problem=problem, progress=progress,
             )  # fmt: skip
             try:
                 for change in run.run(folders, include_hidden, exclude=[self.path]):
@@ -180,6 +182,76 @@ class Library:
                 ids += new
             self._save_indexes()
         return ids
+
+    def import_embeddings(
+        self,
+        vectors_path: str | os.PathLike,
+        metadata_path: str | os.PathLike,
+        modality: str | None = None,
+        progress: Progress | None = None,
+    ) -> int:
+        """Store vectors computed elsewhere (``.npy``) with their paths or texts; returns the count.
+
+        Everything is checked before anything is written. The model is loaded only for a new
+        library (to learn and record its dimension); an existing one is checked by its stored dim.
+        Rows go in by chunks of 100k (bounded memory); an import that fails halfway is undone.
+        """
+        from clipdex.index.imports import read_embeddings
+        from clipdex.index.vectors import VectorIndex
+
+        data = read_embeddings(vectors_path, metadata_path, modality)
+        kind = IMAGE if data.modality == "image" else TEXT
+        with WriterLock(self.path):
+            self._check_model(reembed=False)
+            dim = self.store.dim if self.spec is not None else None
+            if not dim:
+                dim = self._writer_model().embed_dim
+            if data.dim != dim:
+                raise ClipdexError(
+                    f"{Path(vectors_path).name} holds {data.dim}-d vectors; this library's model "
+                    f"({self.spec}) makes {dim}-d ones"
+                )
+            if data.count == 0:
+                return 0
+            indexes = {k: self._index(k) for k in (IMAGE, TEXT)}
+            fresh = indexes[kind].ntotal == 0  # build once from all vectors (lets FAISS pick/train)
+            all_ids = np.empty(data.count, np.int64)
+            all_vecs = np.empty((data.count, dim), np.float32) if fresh else None
+            done = 0
+            try:
+                with self.store.bulk_load():
+                    for start, vecs in data.chunks():
+                        stop = start + len(vecs)
+                        with self.store.transaction():
+                            ids = self.store.insert_many(
+                                kind, "import", vecs,
+                                paths=data.paths(start, stop) if kind == IMAGE else None,
+                                texts=data.values[start:stop] if kind == TEXT else None,
+                            )  # fmt: skip
+                            self.store.bump_generation()
+                        all_ids[start:stop] = ids
+                        done = stop
+                        if all_vecs is not None:
+                            all_vecs[start:stop] = vecs
+                        else:
+                            indexes[kind].add(ids, vecs)
+                        if progress:
+                            progress(done, data.count)
+            except BaseException:
+                self._indexes.pop(kind, None)
+                if done:  # all or nothing: take back the chunks already committed
+                    with self.store.transaction():
+                        self.store.delete(all_ids[:done].tolist())
+                        self.store.bump_generation()
+                raise
+            gen = self.store.generation
+            if all_vecs is not None:
+                indexes[kind] = self._indexes[kind] = VectorIndex.build(all_ids, all_vecs, dim, gen)
+                del all_vecs
+            for idx in indexes.values():  # the other kind is unchanged: still valid at this generation
+                idx.generation = gen
+            self._save_indexes()
+        return data.count
 
     def reembed(
         self, lm: LoadedModel, problem: Problem | None = None, progress: Progress | None = None

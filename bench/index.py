@@ -1,0 +1,112 @@
+"""Indexing throughput: `clipdex index` images/s vs the model's own encode_image, side by side.
+
+    python bench/index.py [--n 300] [--size 4032x3024] [--batch-size 32] [--arch ViT-B-32] [--device auto]
+
+Random weights (speed does not depend on weights). Generates camera-size JPEGs once into a cache
+folder, then measures in one run:
+  1. model:   open_clip encode_image on already-preprocessed tensors (the ceiling)
+  2. clipdex: `clipdex index` end to end (scan, decode, preprocess, encode, SQLite, FAISS)
+  3. re-index of the unchanged folder
+and prints images/s and the ratio clipdex / model (goal >= 0.9).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_photos(folder: Path, n: int, size: tuple[int, int]) -> list[Path]:
+    """Camera-like JPEGs: smooth colour fields plus noise (so they compress like photos)."""
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = sorted(folder.glob("*.jpg"))
+    if len(paths) >= n:
+        return paths[:n]
+    rng = np.random.default_rng(0)
+    w, h = size
+    yy, xx = np.mgrid[0:h:8, 0:w:8]
+    for i in range(len(paths), n):
+        base = np.stack(
+            [
+                np.sin(xx / rng.uniform(50, 400) + c) * 90 + np.cos(yy / rng.uniform(50, 400)) * 60 + 128
+                for c in range(3)
+            ],
+            axis=-1,
+        )
+        small = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
+        img = small.resize((w, h), Image.BILINEAR)
+        noise = rng.integers(-12, 12, size=(h, w, 3), dtype=np.int16)
+        arr = np.clip(np.asarray(img, np.int16) + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(arr).save(folder / f"photo_{i:04d}.jpg", quality=90)
+    return sorted(folder.glob("*.jpg"))[:n]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--size", default="4032x3024")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--arch", default="ViT-B-32")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "clipdex-bench-photos"))
+    args = ap.parse_args()
+    w, h = (int(v) for v in args.size.split("x"))
+
+    import torch
+
+    from clipdex.cli.main import cli
+    from clipdex.retrieval.decode import open_image
+    from clipdex.retrieval.embed import encode_image_batch
+    from clipdex.retrieval.models import init_model, load_model, resolve_spec
+
+    t = time.perf_counter()
+    photos = make_photos(Path(args.cache) / f"{w}x{h}", args.n, (w, h))
+    print(f"{len(photos)} JPEGs {w}x{h} ready ({time.perf_counter() - t:.0f} s)", file=sys.stderr)
+    work = Path(tempfile.mkdtemp(prefix="clipdex-bench-"))
+    model_dir = init_model(args.arch, work / "model", seed=0)
+    lm = load_model(resolve_spec(str(model_dir)), args.device)
+    print(f"device: {lm.device}, torch threads: {torch.get_num_threads()}, batch {args.batch_size}")
+
+    # 1. The model alone, on tensors prepared beforehand.
+    pixels = torch.stack([lm.preprocess(open_image(p, lm.image_size)) for p in photos[: args.batch_size]])
+    encode_image_batch(lm, pixels)  # warm-up
+    reps = max(1, len(photos) // args.batch_size)
+    t = time.perf_counter()
+    for _ in range(reps):
+        encode_image_batch(lm, pixels)
+    if lm.device.startswith("cuda"):
+        torch.cuda.synchronize()
+    model_ips = reps * args.batch_size / (time.perf_counter() - t)
+
+    # 2. clipdex index end to end (fresh library), 3. unchanged re-index.
+    lib = work / "library"
+    common = ["--library", str(lib), "index", str(photos[0].parent), "--model", str(model_dir), "--quiet"]
+    common += ["--batch-size", str(args.batch_size), "--device", args.device]
+    t = time.perf_counter()
+    cli.main(common, standalone_mode=False)
+    index_s = time.perf_counter() - t
+    clipdex_ips = len(photos) / index_s
+    t = time.perf_counter()
+    cli.main(common, standalone_mode=False)
+    reindex_s = time.perf_counter() - t
+
+    print(f"{'':24}{'images/s':>10}")
+    print(f"{'model encode_image':24}{model_ips:10.1f}")
+    print(f"{'clipdex index':24}{clipdex_ips:10.1f}   ({index_s:.1f} s for {len(photos)} files)")
+    print(f"ratio clipdex/model: {clipdex_ips / model_ips:.2f}  (goal >= 0.9)")
+    print(f"re-index, nothing changed: {reindex_s:.2f} s")
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
