@@ -14,7 +14,6 @@ from clipdex.index.scan import FileStat, ScannedImage, display_path, is_under, r
 from clipdex.index.store import IMAGE, TEXT, FileRecord, Store
 from clipdex.results import IndexStats
 from clipdex.retrieval.decode import default_workers, load_and_preprocess, ordered_prefetch
-from clipdex.retrieval.embed import encode_image_batch, encode_texts
 from clipdex.retrieval.models import LoadedModel
 
 Problem = Callable[[str, str], None]  # (display path, reason) -> report it on stderr
@@ -125,7 +124,9 @@ class IndexRun:
             self.progress(done, len(todo))
 
     def _store_images(self, batch: list, captions: dict, failed_old: list[int]) -> Change:
-        import torch
+        import torch  # lazily, like embed: an unchanged re-index never pays torch's import
+
+        from clipdex.retrieval.embed import encode_image_batch, encode_texts
 
         vecs = (
             encode_image_batch(self.lm, torch.stack([r for _, r in batch]))
@@ -193,6 +194,8 @@ class IndexRun:
     def _fix_captions(self, fixes: list[tuple[int, ScannedImage]], captions: dict) -> Iterator[Change]:
         if not fixes:
             return
+        from clipdex.retrieval.embed import encode_texts
+
         for start in range(0, len(fixes), 256):
             chunk = fixes[start : start + 256]
             removed, new = [], []
