@@ -1,0 +1,233 @@
+"""Indexing end to end: incremental runs, folders, odd files, names, models, the Python API."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from corehelp import assert_one_error_line, blocks_image, json_lines, make_images, ok, path_ids, run
+from oddfiles import BAD, make_odd_files
+
+import clipdex.indexer
+from clipdex.index.store import IMAGE, Store
+
+ZERO = {"added": 0, "updated": 0, "removed": 0, "unchanged": 0, "failed": 0,
+        "texts_added": 0, "texts_updated": 0, "texts_removed": 0}  # fmt: skip
+
+
+def stats(**counts: int) -> dict:
+    return {**ZERO, **counts}
+
+
+def index_json(lib: Path, *args: object) -> dict:
+    out = json_lines(ok("--library", lib, "index", *args, "--json").stdout)
+    assert len(out) == 1
+    return out[0]
+
+
+def all_paths(lib: Path) -> set[str]:
+    return {h["path"] for h in json_lines(ok("--library", lib, "search", "x", "-k", 1000, "--json").stdout)}
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """Counts the files the indexer decodes (paths, in any order)."""
+    calls: list[bytes] = []
+    lock = threading.Lock()
+    real = clipdex.indexer.load_and_preprocess
+
+    def counting(path, *args, **kwargs):
+        with lock:
+            calls.append(os.fsencode(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(clipdex.indexer, "load_and_preprocess", counting)
+    return calls
+
+
+def touch_later(path: Path) -> None:
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
+
+
+def test_incremental_counts_and_reopens(tiny_model_dir, tmp_path, opened):
+    imgs, lib = tmp_path / "imgs", tmp_path / "lib"
+    files = make_images(imgs, ["a.png", "b.png", "c.png", "d.png", "e.png"])
+    for stem in "abd":
+        (imgs / f"{stem}.txt").write_text(f"caption {stem}")
+    assert index_json(lib, imgs, "--model", tiny_model_dir) == stats(added=5, texts_added=3)
+    assert len(opened) == 5
+    old_ids = path_ids(lib)
+
+    opened.clear()
+    assert index_json(lib, imgs) == stats(unchanged=5)
+    assert opened == []
+
+    # c changed, d (with its caption) deleted, f new; a's caption changed, b's removed, e's added.
+    blocks_image(500).save(files["c.png"])
+    touch_later(files["c.png"])
+    files["d.png"].unlink()
+    make_images(imgs, ["f.png"], seed=3)
+    (imgs / "a.txt").write_text("a new caption for a")
+    touch_later(imgs / "a.txt")
+    (imgs / "b.txt").unlink()
+    (imgs / "e.txt").write_text("caption e")
+    opened.clear()
+    assert index_json(lib, imgs) == stats(
+        added=1, updated=1, removed=1, unchanged=3, texts_added=1, texts_updated=1, texts_removed=2
+    )
+    assert sorted(opened) == sorted(bytes(files[n]) for n in ("c.png",)) + [bytes(imgs / "f.png")]
+
+    new_ids = path_ids(lib)
+    c = bytes(files["c.png"])
+    assert new_ids[c] != old_ids[c] and new_ids[c] > max(old_ids.values())
+    assert all(new_ids[bytes(files[n])] == old_ids[bytes(files[n])] for n in ("a.png", "b.png", "e.png"))
+    assert str(files["d.png"]) not in all_paths(lib)
+    assert all_paths(lib) == {str(imgs / n) for n in ("a.png", "b.png", "c.png", "e.png", "f.png")}
+    texts = json_lines(ok("--library", lib, "search", "x", "--target", "texts", "-k", 99, "--json").stdout)
+    assert {(t["text"], os.path.basename(t["path"])) for t in texts} == {
+        ("a new caption for a", "a.png"),
+        ("caption e", "e.png"),
+    }
+    opened.clear()
+    assert index_json(lib, imgs) == stats(unchanged=5)
+    assert opened == []
+
+
+def test_failed_update_drops_old_vector(tiny_model_dir, tmp_path):
+    imgs, lib = tmp_path / "imgs", tmp_path / "lib"
+    files = make_images(imgs, ["a.png", "b.png"])
+    index_json(lib, imgs, "--model", tiny_model_dir)
+    files["a.png"].write_bytes(b"now garbage")
+    res = ok("--library", lib, "index", imgs, "--json")
+    assert json_lines(res.stdout) == [stats(unchanged=1, failed=1)]
+    assert all_paths(lib) == {str(files["b.png"])}
+
+
+def test_second_folder_keeps_first_and_missing_folder_removes_nothing(tiny_model_dir, tmp_path):
+    lib = tmp_path / "lib"
+    a = make_images(tmp_path / "A", ["1.png", "2.png"], seed=1)
+    b = make_images(tmp_path / "B", ["3.png"], seed=2)
+    assert index_json(lib, tmp_path / "A", "--model", tiny_model_dir) == stats(added=2)
+    assert index_json(lib, tmp_path / "B") == stats(added=1)
+    assert all_paths(lib) == {str(p) for p in (*a.values(), *b.values())}
+    # A is gone from disk too, but the run names a missing FOLDER: exit 1, nothing removed.
+    a["1.png"].unlink()
+    res = run("--library", lib, "index", tmp_path / "A", tmp_path / "nope", "--json")
+    assert_one_error_line(res, "nope")
+    assert res.stdout == ""
+    assert len(all_paths(lib)) == 3
+    assert index_json(lib, tmp_path / "A") == stats(removed=1, unchanged=1)
+
+
+def test_odd_and_corrupt_files(tiny_model_dir, tmp_path):
+    files = make_odd_files(tmp_path / "odd")
+    (tmp_path / "odd" / "notes.md").write_text("not an image, ignored, not failed")
+    lib = tmp_path / "lib"
+    res = ok("--library", lib, "index", tmp_path / "odd", "--model", tiny_model_dir, "--json")
+    assert json_lines(res.stdout) == [stats(added=len(files) - len(BAD), failed=len(BAD))]
+    lines = res.stderr.splitlines()
+    assert len(lines) == len(BAD)
+    for name in BAD:
+        assert sum(str(files[name]) in line for line in lines) == 1, (name, lines)
+    assert "Traceback" not in res.stdout + res.stderr
+    assert all_paths(lib) == {str(p) for n, p in files.items() if n not in BAD}
+
+
+def test_non_utf8_file_name(tiny_model_dir, tmp_path):
+    imgs, lib = tmp_path / "imgs", tmp_path / "lib"
+    make_images(imgs, ["plain.png"])
+    raw = os.path.join(os.fsencode(imgs), b"caf\xe9.png")
+    fd = os.open(raw, os.O_WRONLY | os.O_CREAT, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        blocks_image(77).save(f, "PNG")
+    assert index_json(lib, imgs, "--model", tiny_model_dir) == stats(added=2)
+    assert raw in path_ids(lib)  # stored losslessly, the exact bytes
+    shown = str(imgs) + "/caf\\xe9.png"
+    table = ok("--library", lib, "search", "--image", raw, "-k", 1).stdout
+    assert shown in table
+    hit = json_lines(ok("--library", lib, "search", "--image", raw, "-k", 1, "--json").stdout)[0]
+    assert hit["path"] == shown and hit["score"] >= 0.9999
+    paths = ok("--library", lib, "search", "x", "-k", 5, "--paths").stdout.splitlines()
+    assert sorted(paths) == sorted([shown, str(imgs / "plain.png")])
+    assert index_json(lib, imgs) == stats(unchanged=2)
+
+
+@pytest.mark.parametrize("include_hidden", [False, True])
+@pytest.mark.parametrize("lib_name", ["library", ".clipdex"])
+def test_hidden_files_and_library_inside_folder(tiny_model_dir, tmp_path, include_hidden, lib_name):
+    root = tmp_path / "photos"
+    make_images(root, ["a.png", ".b.png", "._c.png", ".hid/d.png", "sub/e.png", "sub/.f.png"])
+    lib = root / lib_name
+    ok("--library", lib, "index", root, "--model", tiny_model_dir, "--quiet")
+    make_images(lib, ["inside.png"])  # an image in the library dir is never indexed
+    flags = ["--include-hidden"] if include_hidden else []
+    index_json(lib, root, *flags)
+    want = {"a.png", "sub/e.png"} | ({".b.png", ".hid/d.png", "sub/.f.png"} if include_hidden else set())
+    assert all_paths(lib) == {str(root / n) for n in want}
+
+
+def test_model_refused_then_reembedded(tiny_model_dir, tiny_model_dir2, tmp_path):
+    imgs, lib = tmp_path / "imgs", tmp_path / "lib"
+    files = make_images(imgs, ["a.png", "b.png", "c.png"])
+    index_json(lib, imgs, "--model", tiny_model_dir)
+    before = json_lines(ok("--library", lib, "search", "--image", files["a.png"], "--json").stdout)
+    refused = run("--library", lib, "index", imgs, "--model", tiny_model_dir2)
+    assert_one_error_line(refused, str(tiny_model_dir), "tiny-b", "--reembed")
+    info = json_lines(ok("--library", lib, "info", "--json").stdout)[0]
+    assert info["model"] == f"local-dir:{tiny_model_dir}"
+    # Same spec again, spelled differently: accepted.
+    rel = os.path.relpath(tiny_model_dir)
+    assert index_json(lib, imgs, "--model", f"local-dir:{rel}") == stats(unchanged=3)
+    assert index_json(lib, imgs, "--model", tiny_model_dir2, "--reembed") == stats(unchanged=3)
+    info = json_lines(ok("--library", lib, "info", "--json").stdout)[0]
+    assert info["model"] == f"local-dir:{tiny_model_dir2}" and info["images"] == 3
+    after = json_lines(ok("--library", lib, "search", "--image", files["a.png"], "--json").stdout)
+    assert after[0]["path"] == str(files["a.png"]) and after[0]["score"] >= 0.9999
+    assert [h["score"] for h in after] != [h["score"] for h in before]  # really the other model's vectors
+    # Now the old model is the foreign one.
+    assert_one_error_line(run("--library", lib, "index", imgs, "--model", tiny_model_dir), "tiny-b")
+
+
+def test_python_api(tiny_model_dir, tmp_path, monkeypatch):
+    import clipdex.library
+    from clipdex import Library
+
+    files = make_images(tmp_path / "imgs", ["a.png", "b.png", "c.png"])
+    (tmp_path / "imgs" / "b.txt").write_text("the b caption")
+    loads = []
+    real = clipdex.library.load_model
+    monkeypatch.setattr(clipdex.library, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    lib = Library.open(tmp_path / "lib", create=True, model=str(tiny_model_dir))
+    stats_ = lib.index(tmp_path / "imgs")
+    assert (stats_.added, stats_.texts_added) == (3, 1)
+    hits = lib.search(text="a photo", k=2)
+    assert [h.rank for h in hits] == [1, 2] and all(h.modality == "image" for h in hits)
+    assert set(hits[0].to_dict()) == {"rank", "score", "modality", "id", "path"}
+    assert hits[0].to_dict()["path"] == hits[0].path
+    model = lib._model
+    for q in ("one", "two", "three"):
+        lib.search(text=q)
+    lib.search(image=files["c.png"], k=1)
+    assert lib._model is model and len(loads) == 1  # loaded once, kept for every search
+
+    store = Store(tmp_path / "lib")
+    ids, vecs = store.vectors(IMAGE)
+    store.close()
+    v = vecs[list(ids).index(path_ids(tmp_path / "lib")[bytes(files["b.png"])])]
+    for scale in (1.0, 7.5):  # a query vector is normalised
+        top = lib.search(vector=(v * scale).tolist(), k=1)[0]
+        assert top.path == str(files["b.png"]) and abs(top.score - 1) < 1e-5
+    text_hit = lib.search(vector=v, k=1, target="texts")[0]
+    assert (text_hit.text, text_hit.path, text_hit.modality) == ("the b caption", str(files["b.png"]), "text")
+    assert set(text_hit.to_dict()) == {"rank", "score", "modality", "id", "path", "text"}
+    with pytest.raises(ValueError):
+        lib.search(text="x", vector=v)
+    lib.close()
+    with Library.open(tmp_path / "lib") as again:  # no model given: the stored one
+        assert again.search(vector=np.asarray(v) * 3, k=1)[0].path == str(files["b.png"])
+        assert json.loads(again.spec.to_json())["name"] == f"local-dir:{tiny_model_dir}"
