@@ -1,4 +1,4 @@
-"""Library commands: index, search, add-texts, info."""
+"""Library commands: index, search, add-texts, import-embeddings, info."""
 
 from __future__ import annotations
 
@@ -141,6 +141,39 @@ def add_texts(state, file, column, model, pretrained, device, as_json, quiet):
     info(f"{len(ids)} texts added", quiet or as_json)
 
 
+@click.command("import-embeddings")
+@click.argument("vectors", type=click.Path(exists=True, dir_okay=False))
+@click.argument("metadata", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--modality", type=click.Choice(["image", "text"]), default=None,
+    help="What the rows are (default: image if METADATA has a path column, else text).",
+)  # fmt: skip
+@model_options
+@json_option
+@quiet_option
+@pass_state
+def import_embeddings(state, vectors, metadata, modality, model, pretrained, device, as_json, quiet):
+    """Import embeddings computed elsewhere: VECTORS.npy (N, D) with METADATA (N rows).
+
+    METADATA is a .csv, .jsonl or .parquet file with a `path` (or `image_path`) column for images
+    or a `text` (or `caption`) column for texts; row i describes vector i. Vectors are
+    L2-normalised; D must match the library's model (a new library records --model, or the default).
+    Image paths are stored made absolute; `index` never removes imported items.
+
+    \b
+    Examples:
+      clipdex import-embeddings img_emb/img_emb_0.npy metadata/metadata_0.parquet
+      clipdex import-embeddings vecs.npy paths.csv --model ViT-B-32 --json
+      clipdex import-embeddings text_vecs.npy captions.jsonl --modality text
+    """
+    lib = state.open(create=True, model=model, pretrained=pretrained, device=device)
+    with lib, progress_bar("importing", quiet) as bar:
+        n = lib.import_embeddings(vectors, metadata, modality=modality, progress=bar)
+    if as_json:
+        emit_json({"imported": n})
+    info(f"{n} embeddings imported", quiet or as_json)
+
+
 @click.command("info")
 @json_option
 @pass_state
@@ -173,4 +206,4 @@ def _size(n: int) -> str:
     return str(n)
 
 
-COMMANDS = [index, search, add_texts, info_cmd]
+COMMANDS = [index, search, add_texts, import_embeddings, info_cmd]

@@ -1,0 +1,225 @@
+"""Reading embeddings computed elsewhere, for `import-embeddings`: a .npy array plus metadata.
+
+``VECTORS.npy`` is an (N, D) float array (float16/float32; float64 is accepted too), read through a
+memory map in chunks so memory stays bounded. ``METADATA`` is a .csv, .jsonl or .parquet file with
+N rows and a ``path`` (alias ``image_path``) column for images or a ``text`` (alias ``caption``)
+column for texts. Rows count from 0, as in the array. Everything is validated before the caller
+writes anything. Pure numpy / csv / json / pyarrow: no models here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from clipdex.errors import ClipdexError
+
+IMAGE, TEXT = "image", "text"
+COLUMNS = {IMAGE: ("path", "image_path"), TEXT: ("text", "caption")}
+CHUNK = 100_000
+
+
+@dataclass
+class Embeddings:
+    """A validated import: the vectors (memory-mapped) with their row norms, and one value per row."""
+
+    vectors: np.ndarray  # (N, D), float16/32/64, usually a read-only memmap
+    norms: np.ndarray  # (N,) float32, finite and > 0
+    modality: str  # "image" | "text"
+    values: list[str]  # absolute image paths (str) or texts, one per row
+
+    @property
+    def count(self) -> int:
+        return int(self.vectors.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def chunks(self, size: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, float32 L2-normalised rows) in chunks of ``size`` (default ``CHUNK``) rows."""
+        size = size or CHUNK
+        for start in range(0, self.count, size):
+            stop = min(start + size, self.count)
+            block = _as_float32(self.vectors[start:stop])
+            block /= self.norms[start:stop, None]
+            yield start, block
+
+    def paths(self, start: int, stop: int) -> list[bytes]:
+        """Rows' image paths as stored: absolute, ``os.fsencode`` bytes."""
+        return [os.fsencode(v) for v in self.values[start:stop]]
+
+
+def read_embeddings(
+    vectors_path: str | os.PathLike, metadata_path: str | os.PathLike, modality: str | None = None
+) -> Embeddings:
+    """Open, check and pair up ``vectors_path`` and ``metadata_path`` (raises ClipdexError)."""
+    if modality not in (None, IMAGE, TEXT):
+        raise ValueError(f"modality must be 'image' or 'text', not {modality!r}")
+    vectors = open_vectors(vectors_path)
+    modality, values = read_metadata(metadata_path, modality)
+    name = Path(metadata_path).name
+    if len(values) != vectors.shape[0]:
+        raise ClipdexError(
+            f"{Path(vectors_path).name} has {vectors.shape[0]} rows but {name} has {len(values)}; "
+            "they must match row for row"
+        )
+    what = COLUMNS[modality][0]
+    for row, value in enumerate(values):
+        if not isinstance(value, str):
+            got = "no" if value is None else f"a non-text ({type(value).__name__})"
+            raise ClipdexError(f"{name}: row {row} has {got} {what} (rows count from 0)")
+        if not value.strip():
+            raise ClipdexError(f"{name}: row {row} has an empty {what} (rows count from 0)")
+    values = [os.path.abspath(v) for v in values] if modality == IMAGE else [v.strip() for v in values]
+    norms = row_norms(vectors, Path(vectors_path).name)
+    return Embeddings(vectors, norms, modality, values)
+
+
+def open_vectors(path: str | os.PathLike) -> np.ndarray:
+    """The (N, D) float array in ``path``, memory-mapped; refuses other shapes and dtypes."""
+    name = Path(path).name
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError as e:
+        raise ClipdexError(f"no such file: {path}") from e
+    except OSError as e:
+        raise ClipdexError(f"cannot read {path}: {e.strerror or e}") from e
+    except ValueError as e:  # object arrays (pickles), a non-.npy file
+        raise ClipdexError(f"{name} is not a numeric .npy array ({e})") from e
+    if not isinstance(arr, np.ndarray):  # an .npz archive
+        raise ClipdexError(f"{name} is not a .npy array (an .npz archive? save one array with np.save)")
+    if arr.dtype.kind != "f" or arr.dtype.itemsize not in (2, 4, 8):
+        raise ClipdexError(f"{name} has dtype {arr.dtype}; expected float16 or float32")
+    if arr.ndim != 2:
+        raise ClipdexError(f"{name} has shape {arr.shape}; expected a 2-D (N, D) array")
+    if arr.shape[1] == 0:
+        raise ClipdexError(f"{name} has shape {arr.shape}: vectors of dimension 0")
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr
+
+
+def row_norms(vectors: np.ndarray, name: str = "vectors", size: int = CHUNK) -> np.ndarray:
+    """L2 norm of every row, in chunks; refuses a row with NaN/inf values or a zero vector."""
+    norms = np.empty(vectors.shape[0], np.float32)
+    for start in range(0, vectors.shape[0], size):
+        block = _as_float32(vectors[start : start + size])
+        with np.errstate(over="ignore", invalid="ignore"):
+            n = np.sqrt(np.einsum("ij,ij->i", block, block))
+        bad = np.flatnonzero(~np.isfinite(n) | (n == 0))
+        for i in bad:  # finite but huge values overflow float32 squares: recheck in float64
+            row = np.asarray(vectors[start + i], np.float64)
+            where = f"{name}: row {start + i}"
+            if not np.isfinite(row).all():
+                raise ClipdexError(f"{where} contains NaN or infinite values (rows count from 0)")
+            norm = float(np.linalg.norm(row))
+            if norm == 0:
+                raise ClipdexError(f"{where} is a zero vector (rows count from 0)")
+            if norm > np.finfo(np.float32).max:
+                raise ClipdexError(f"{where} has values too large for float32 (rows count from 0)")
+            n[i] = norm
+        norms[start : start + len(block)] = n
+    return norms
+
+
+def _as_float32(block: np.ndarray) -> np.ndarray:
+    """A writable float32 copy (astype always copies, also for float32 memmap rows)."""
+    with np.errstate(over="ignore"):  # float64 beyond float32's range -> inf, refused by row_norms
+        return np.asarray(block).astype(np.float32, copy=True)
+
+
+# ---- metadata -------------------------------------------------------------------------------
+def read_metadata(path: str | os.PathLike, modality: str | None = None) -> tuple[str, list]:
+    """(modality, one value per row) from a .csv, .jsonl or .parquet file.
+
+    The modality defaults to image when a path column exists, else text.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    readers = {".csv": _csv, ".tsv": _csv, ".jsonl": _jsonl, ".ndjson": _jsonl, ".parquet": _parquet}
+    if suffix not in readers:
+        raise ClipdexError(f"{path.name}: metadata must be a .csv, .jsonl or .parquet file")
+    if not path.is_file():
+        raise ClipdexError(f"no such file: {path}")
+    return readers[suffix](path, modality)
+
+
+def _pick(path: Path, fields: list[str], modality: str | None) -> tuple[str, str]:
+    """(modality, column name) to read, or a message naming the columns that were found."""
+    wanted = [modality] if modality else [IMAGE, TEXT]
+    for m in wanted:
+        for name in COLUMNS[m]:
+            if name in fields:
+                return m, name
+    names = " or ".join(f"'{c}'" for m in wanted for c in COLUMNS[m])
+    found = ", ".join(fields) if fields else "none"
+    raise ClipdexError(f"{path.name}: no {names} column (found: {found})")
+
+
+def _csv(path: Path, modality: str | None) -> tuple[str, list]:
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+            header = next(reader, [])
+            modality, column = _pick(path, header, modality)
+            i = header.index(column)
+            values = [row[i] if len(row) > i else None for row in reader]
+    except UnicodeDecodeError as e:
+        raise ClipdexError(f"{path.name}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except csv.Error as e:
+        raise ClipdexError(f"{path.name}: invalid CSV ({e})") from e
+    return modality, values
+
+
+def _jsonl(path: Path, modality: str | None) -> tuple[str, list]:
+    rows = []
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            for n, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except ValueError as e:
+                    raise ClipdexError(f"{path.name}:{n}: invalid JSON ({e})") from e
+                if not isinstance(row, dict):
+                    raise ClipdexError(f"{path.name}:{n}: each line must be a JSON object")
+                rows.append(row)
+    except UnicodeDecodeError as e:
+        raise ClipdexError(f"{path.name}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    fields = list(dict.fromkeys(k for r in rows[:1000] for k in r))
+    if rows and not any(c in fields for cs in COLUMNS.values() for c in cs):
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+    modality, column = _pick(path, fields, modality)
+    return modality, [r.get(column) for r in rows]
+
+
+def _parquet(path: Path, modality: str | None) -> tuple[str, list]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise ClipdexError(
+            "reading .parquet needs pyarrow: pip install 'clipdex[parquet]' (or use .csv / .jsonl)"
+        ) from e
+    try:
+        fields = list(pq.read_schema(path).names)
+        modality, column = _pick(path, fields, modality)
+        table = pq.read_table(path, columns=[column])
+    except ClipdexError:
+        raise
+    except Exception as e:  # pyarrow's ArrowInvalid / OSError for a broken file
+        raise ClipdexError(f"{path.name}: cannot read parquet ({e})") from e
+    col = table.column(column)
+    values = col.to_pylist()
+    if values and not isinstance(next((v for v in values if v is not None), ""), str):
+        raise ClipdexError(f"{path.name}: column '{column}' holds {col.type} values, not strings")
+    return modality, values
