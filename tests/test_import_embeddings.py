@@ -1,0 +1,294 @@
+"""`clipdex import-embeddings`: .npy + csv/jsonl/parquet metadata, normalisation, refusals."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+from PIL import Image
+
+from clipdex import Library
+
+DIM = 64  # the tiny test model's embedding size (tests/conftest.py)
+
+
+def run(*args: object) -> Result:
+    from clipdex.cli.main import cli
+
+    return CliRunner().invoke(cli, [os.fsdecode(a) if isinstance(a, os.PathLike) else str(a) for a in args])
+
+
+def ok(*args: object) -> Result:
+    r = run(*args)
+    assert r.exit_code == 0, (r.exit_code, r.stdout, r.stderr, r.exception)
+    return r
+
+
+def refused(*args: object) -> str:
+    """Exit 1 with exactly one `Error: …` line on stderr (no traceback); returns that line."""
+    r = run(*args)
+    assert r.exit_code == 1, (r.exit_code, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: "), r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+    return lines[0]
+
+
+def vectors(n: int, dim: int = DIM, seed: int = 0, dtype=np.float32) -> np.ndarray:
+    """Random, deliberately *not* unit-length vectors."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, dim)) * rng.uniform(0.5, 3.0, (n, 1))).astype(dtype)
+
+
+def save_npy(path: Path, arr: np.ndarray) -> Path:
+    np.save(path, arr)
+    return path
+
+
+def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> Path:
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def lib_args(tmp_path: Path, tiny_model_dir: Path) -> list:
+    return ["--library", tmp_path / "lib"]
+
+
+@pytest.fixture
+def imported(tmp_path: Path, tiny_model_dir: Path, lib_args: list) -> dict:
+    """A new library holding 8 imported images (from .npy + csv)."""
+    vecs = vectors(8)
+    paths = [f"/data/photos/p{i}.jpg" for i in range(8)]
+    npy = save_npy(tmp_path / "v.npy", vecs)
+    meta = write_csv(tmp_path / "m.csv", ["path", "caption"], [[p, f"cap {i}"] for i, p in enumerate(paths)])
+    out = ok(*lib_args, "import-embeddings", npy, meta, "--model", tiny_model_dir, "--json")
+    return {"vecs": vecs, "paths": paths, "stdout": out.stdout, "lib": tmp_path / "lib"}
+
+
+def count(lib_dir: Path, kind: str = "image") -> int:
+    with Library.open(lib_dir) as lib:
+        return lib.store.count(kind)
+
+
+# ---- importing ---------------------------------------------------------------------------------
+def test_csv_import_then_search_by_an_imported_vector(imported):
+    assert imported["stdout"].count("\n") == 1 and json.loads(imported["stdout"]) == {"imported": 8}
+    with Library.open(imported["lib"]) as lib:
+        assert lib.store.dim == DIM and lib.spec is not None  # the model was recorded
+        for i in (0, 5):
+            hits = lib.search(vector=imported["vecs"][i], k=3)
+            assert hits[0].path == imported["paths"][i]
+            assert hits[0].score == pytest.approx(1.0, abs=1e-5)
+            assert hits[1].score < 0.99
+        item = lib.store.items([hits[0].id])[hits[0].id]
+        assert item.source == "import" and item.kind == "image" and item.path == os.fsencode(hits[0].path)
+        ids, stored = lib.store.vectors("image")
+        assert np.allclose(np.linalg.norm(stored, axis=1), 1.0, atol=1e-5)  # normalised on the way in
+        want = imported["vecs"] / np.linalg.norm(imported["vecs"], axis=1, keepdims=True)
+        assert np.allclose(stored, want, atol=1e-6)
+        row = lib.store.conn.execute("SELECT mtime_ns, size FROM items WHERE id = ?", (int(ids[0]),))
+        assert row.fetchone() == (None, None)
+        assert lib.info()["indexes"]["images"]["ntotal"] == 8
+
+
+def test_second_import_into_an_existing_library_does_not_load_the_model(imported, tmp_path, monkeypatch):
+    import clipdex.library
+
+    def no_model(*a, **kw):
+        raise AssertionError("the model must not be loaded for an existing library")
+
+    monkeypatch.setattr(clipdex.library, "load_model", no_model)
+    more = vectors(3, seed=7)
+    npy = save_npy(tmp_path / "more.npy", more)
+    meta = write_csv(tmp_path / "more.csv", ["path"], [[f"/data/more/{i}.jpg"] for i in range(3)])
+    out = ok("--library", imported["lib"], "import-embeddings", npy, meta, "--json")
+    assert json.loads(out.stdout) == {"imported": 3}
+    with Library.open(imported["lib"]) as lib:
+        assert lib.store.count("image") == 11
+        assert lib.search(vector=more[2], k=1)[0].path == "/data/more/2.jpg"
+        assert lib.search(vector=imported["vecs"][1], k=1)[0].path == imported["paths"][1]
+
+
+def test_jsonl_caption_alias_imports_texts(tmp_path, tiny_model_dir, lib_args):
+    vecs = vectors(5, seed=1)
+    npy = save_npy(tmp_path / "t.npy", vecs)
+    meta = write_jsonl(tmp_path / "t.jsonl", [{"id": i, "caption": f" text number {i} "} for i in range(5)])
+    out = ok(*lib_args, "import-embeddings", npy, meta, "--model", tiny_model_dir, "--json", "--quiet")
+    assert json.loads(out.stdout) == {"imported": 5}
+    hits = [
+        json.loads(line)
+        for line in ok(*lib_args, "search", "x", "--target", "texts", "--json").stdout.splitlines()
+    ]
+    assert sorted(h["text"] for h in hits) == [f"text number {i}" for i in range(5)]
+    with Library.open(tmp_path / "lib") as lib:
+        assert lib.store.count("image") == 0
+        top = lib.search(vector=vecs[3], k=1, target="texts")[0]
+        assert top.text == "text number 3" and top.path is None and top.score == pytest.approx(1, abs=1e-5)
+
+
+def test_parquet_image_path_alias_float16_and_relative_paths(tmp_path, tiny_model_dir, lib_args, monkeypatch):
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    vecs = vectors(6, seed=2, dtype=np.float16)
+    npy = save_npy(tmp_path / "h.npy", vecs)
+    meta = tmp_path / "m.parquet"
+    names = [f"sub/img{i}.jpg" for i in range(6)]
+    pq.write_table(pa.table({"image_path": names, "caption": ["c"] * 6}), meta)
+    monkeypatch.chdir(tmp_path)
+    out = ok(*lib_args, "import-embeddings", npy, meta, "--model", tiny_model_dir, "--json")
+    assert json.loads(out.stdout) == {"imported": 6}
+    with Library.open(tmp_path / "lib") as lib:
+        top = lib.search(vector=vecs[4].astype(np.float32), k=1)[0]
+        assert top.path == str(tmp_path / "sub" / "img4.jpg")  # made absolute (against the cwd)
+        assert top.score == pytest.approx(1.0, abs=1e-5)
+
+
+def test_modality_text_picks_the_text_column_when_paths_exist_too(tmp_path, tiny_model_dir, lib_args):
+    npy = save_npy(tmp_path / "v.npy", vectors(2))
+    meta = write_csv(tmp_path / "m.csv", ["path", "text"], [["/a.jpg", "first"], ["/b.jpg", "second"]])
+    ok(*lib_args, "import-embeddings", npy, meta, "--modality", "text", "--model", tiny_model_dir)
+    assert count(tmp_path / "lib", "text") == 2 and count(tmp_path / "lib", "image") == 0
+
+
+def test_index_never_removes_imported_items(imported, tmp_path, tiny_model_dir):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (40, 40), (200, 30, 30)).save(folder / "red.png")
+    # Imported paths inside the indexed folder that do not exist there: still kept.
+    npy = save_npy(tmp_path / "in.npy", vectors(2, seed=3))
+    meta = write_csv(
+        tmp_path / "in.csv", ["path"], [[str(folder / "gone1.jpg")], [str(folder / "gone2.jpg")]]
+    )
+    ok("--library", imported["lib"], "import-embeddings", npy, meta)
+    out = ok("--library", imported["lib"], "index", folder, "--json")
+    assert json.loads(out.stdout)["added"] == 1 and json.loads(out.stdout)["removed"] == 0
+    (folder / "red.png").unlink()
+    out = ok("--library", imported["lib"], "index", folder, "--json")
+    assert json.loads(out.stdout)["removed"] == 1
+    assert count(imported["lib"]) == 10
+    with Library.open(imported["lib"]) as lib:
+        assert lib.search(vector=imported["vecs"][7], k=1)[0].path == imported["paths"][7]
+
+
+# ---- refusals ------------------------------------------------------------------------------------
+def test_wrong_dimension_is_refused(imported, tmp_path):
+    npy = save_npy(tmp_path / "w.npy", vectors(2, dim=32))
+    meta = write_csv(tmp_path / "w.csv", ["path"], [["/x"], ["/y"]])
+    line = refused("--library", imported["lib"], "import-embeddings", npy, meta)
+    assert "32" in line and "64" in line
+    assert count(imported["lib"]) == 8
+
+
+def test_wrong_dimension_for_a_new_library(tmp_path, tiny_model_dir, lib_args):
+    npy = save_npy(tmp_path / "w.npy", vectors(2, dim=512))
+    meta = write_csv(tmp_path / "w.csv", ["path"], [["/x"], ["/y"]])
+    line = refused(*lib_args, "import-embeddings", npy, meta, "--model", tiny_model_dir)
+    assert "512" in line and "64" in line
+
+
+def test_row_count_mismatch_is_refused(imported, tmp_path):
+    npy = save_npy(tmp_path / "r.npy", vectors(3))
+    meta = write_csv(tmp_path / "r.csv", ["path"], [["/x"], ["/y"]])
+    line = refused("--library", imported["lib"], "import-embeddings", npy, meta)
+    assert "3 rows" in line and "2" in line
+    assert count(imported["lib"]) == 8
+
+
+@pytest.mark.parametrize(
+    "bad, word", [(np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"), (0.0, "zero vector")]
+)
+def test_bad_rows_are_refused_naming_the_row(imported, tmp_path, bad, word):
+    vecs = vectors(5)
+    if bad == 0.0:
+        vecs[3] = 0.0
+    else:
+        vecs[3, 7] = bad
+    npy = save_npy(tmp_path / "bad.npy", vecs)
+    meta = write_csv(tmp_path / "bad.csv", ["path"], [[f"/p{i}"] for i in range(5)])
+    line = refused("--library", imported["lib"], "import-embeddings", npy, meta)
+    assert "row 3" in line and word in line and "bad.npy" in line
+    assert count(imported["lib"]) == 8
+
+
+def test_missing_column_names_the_columns_found(imported, tmp_path):
+    npy = save_npy(tmp_path / "c.npy", vectors(2))
+    meta = write_csv(tmp_path / "c.csv", ["url", "width"], [["http://a", "1"], ["http://b", "2"]])
+    line = refused("--library", imported["lib"], "import-embeddings", npy, meta)
+    assert "'path'" in line and "url, width" in line
+    meta2 = write_csv(tmp_path / "d.csv", ["text"], [["a"], ["b"]])
+    line = refused("--library", imported["lib"], "import-embeddings", npy, meta2, "--modality", "image")
+    assert "'image_path'" in line and "found: text" in line
+
+
+@pytest.mark.parametrize(
+    "arr, word",
+    [
+        (np.ones(DIM, np.float32), "2-D"),
+        (np.ones((2, 2, DIM), np.float32), "2-D"),
+        (np.ones((2, DIM), np.int32), "int32"),
+    ],
+)
+def test_bad_arrays_are_refused(imported, tmp_path, arr, word):
+    npy = save_npy(tmp_path / "a.npy", arr)
+    meta = write_csv(tmp_path / "a.csv", ["path"], [["/x"], ["/y"]])
+    assert word in refused("--library", imported["lib"], "import-embeddings", npy, meta)
+
+
+def test_empty_path_and_unknown_format_are_refused(imported, tmp_path):
+    npy = save_npy(tmp_path / "e.npy", vectors(3))
+    meta = write_csv(tmp_path / "e.csv", ["path"], [["/x"], [""], ["/z"]])
+    assert "row 1" in refused("--library", imported["lib"], "import-embeddings", npy, meta)
+    other = tmp_path / "e.xlsx"
+    other.write_text("nope")
+    assert ".parquet" in refused("--library", imported["lib"], "import-embeddings", npy, other)
+    junk = tmp_path / "junk.npy"
+    junk.write_text("not an array")
+    assert "junk.npy" in refused("--library", imported["lib"], "import-embeddings", junk, meta)
+
+
+def test_another_model_is_refused(imported, tmp_path, tiny_model_dir2):
+    npy = save_npy(tmp_path / "v.npy", vectors(1))
+    meta = write_csv(tmp_path / "v.csv", ["path"], [["/x"]])
+    assert "model" in refused(
+        "--library", imported["lib"], "import-embeddings", npy, meta, "--model", tiny_model_dir2
+    )
+
+
+def test_a_failure_halfway_undoes_the_whole_import(imported, tmp_path, monkeypatch):
+    from clipdex.index import imports
+    from clipdex.index.store import Store
+
+    monkeypatch.setattr(imports, "CHUNK", 4)
+    real = Store.insert_many
+    calls = []
+
+    def flaky(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise OSError("disk full")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Store, "insert_many", flaky)
+    npy = save_npy(tmp_path / "big.npy", vectors(10, seed=9))
+    meta = write_csv(tmp_path / "big.csv", ["path"], [[f"/big/{i}"] for i in range(10)])
+    r = run("--library", imported["lib"], "import-embeddings", npy, meta)
+    assert r.exit_code == 1 and "disk full" in r.stderr
+    monkeypatch.setattr(Store, "insert_many", real)
+    assert count(imported["lib"]) == 8
+    with Library.open(imported["lib"]) as lib:
+        assert lib.info()["indexes"]["images"]["ntotal"] == 8
+        assert lib.search(vector=imported["vecs"][2], k=1)[0].path == imported["paths"][2]
