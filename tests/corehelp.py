@@ -67,8 +67,9 @@ def make_images(folder: Path, names: list[str], seed: int = 0, size: int = 64) -
 
 
 def brute_force(ids: np.ndarray, vecs: np.ndarray, query: np.ndarray, k: int) -> list[tuple[int, float]]:
-    """Reference ranking: exact inner products of the stored vectors, ties by ascending id."""
-    scores = vecs.astype(np.float32) @ query.astype(np.float32)
+    """Reference ranking: inner products of the stored vectors (float64 sums of each row's products,
+    so identical vectors score identically), ties by ascending id."""
+    scores = (vecs.astype(np.float64) * np.asarray(query, np.float64)).sum(axis=1)
     order = np.lexsort((ids, -scores))[:k]
     return [(int(ids[j]), float(scores[j])) for j in order]
 

@@ -135,6 +135,28 @@ def test_identical_images_tie_by_ascending_id(indexed):
     assert [h["id"] for h in hits] == sorted(h["id"] for h in hits)
 
 
+def test_identical_vectors_score_the_same_for_every_k(tiny_model_dir, tmp_path):
+    """20 copies of one image, encoded in different batches: one score, ascending ids, whatever k."""
+    src = make_images(tmp_path / "src", ["x.png", "other.png"], seed=11)
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    shutil.copy(src["other.png"], imgs / "aaa.png")
+    for i in range(20):
+        shutil.copy(src["x.png"], imgs / f"copy{i:02d}.png")
+    lib = tmp_path / "lib"
+    ok("--library", lib, "index", imgs, "--model", tiny_model_dir, "--batch-size", "3", "--quiet")
+    copies = sorted(i for p, i in path_ids(lib).items() if b"copy" in p)
+    seen = set()
+    for k in (1, 2, 5, 13, 21):
+        hits = json_lines(
+            ok("--library", lib, "search", "--image", imgs / "copy07.png", "-k", k, "--json").stdout
+        )
+        n = min(k, 20)
+        assert [h["id"] for h in hits[:n]] == copies[:n]
+        seen |= {h["score"] for h in hits[:n]}
+    assert len(seen) == 1 and abs(seen.pop() - 1) < 1e-6
+
+
 @pytest.mark.parametrize(
     "query, k", [("a red square", 1), ("dog", 4), ("ünïcödé", 100), ("a photo of a cat on a sofa", 100)]
 )

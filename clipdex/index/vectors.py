@@ -74,7 +74,10 @@ class VectorIndex:
             vecs = (
                 get_vectors(row) if get_vectors else np.vstack([self.index.reconstruct(int(i)) for i in row])
             )
-            scores = vecs @ q
+            # Row by row in float64, not a float32 BLAS gemv: gemv's result for a row depends on its
+            # position in the matrix, so identical vectors got different scores (1.0 vs 0.99999994)
+            # depending on k, and ties were then broken by rounding noise instead of by id.
+            scores = (np.asarray(vecs, np.float64) * q.astype(np.float64)).sum(axis=1)
             order = np.lexsort((row, -scores))[:k]
             out.append([(int(row[j]), float(scores[j])) for j in order])
         return out
