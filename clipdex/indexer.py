@@ -212,7 +212,10 @@ class IndexRun:
                     self.stats.texts_added += 1
                 if text:
                     new.append((image_id, text, s.sidecar))
-            tvecs = encode_texts(self.lm, [t for _, t, _ in new])
+            if not removed and not new:
+                continue  # e.g. an empty sidecar: no caption then, none now; nothing to write
+            # Only new captions need the model; a removal alone must not load it.
+            tvecs = encode_texts(self.lm, [t for _, t, _ in new]) if new else None
             with self.store.transaction():
                 gone = self.store.delete(removed)
                 ids = self.store.insert(
@@ -234,4 +237,3 @@ def _sidecar_changed(had: tuple | None, now: FileStat | None) -> bool:
         return True
     _, path, mtime, size = had
     return path != now.path or mtime != now.mtime_ns or size != now.size
-

@@ -98,6 +98,27 @@ def test_incremental_counts_and_reopens(tiny_model_dir, tmp_path, opened):
     assert opened == []
 
 
+def test_unchanged_run_writes_nothing(tiny_model_dir, tmp_path, monkeypatch):
+    """Empty and whitespace-only sidecars hold no caption: a re-run must not rewrite anything."""
+    import clipdex.library
+
+    imgs, lib = tmp_path / "imgs", tmp_path / "lib"
+    make_images(imgs, ["a.png", "b.png", "c.png"])
+    (imgs / "a.txt").write_text("")
+    (imgs / "b.txt").write_text("  \n")
+    (imgs / "c.txt").write_text("a real caption")
+    assert index_json(lib, imgs, "--model", tiny_model_dir) == stats(added=3, texts_added=1)
+    generation = json_lines(ok("--library", lib, "info", "--json").stdout)[0]["generation"]
+    loads = []
+    monkeypatch.setattr(clipdex.library, "load_model", lambda *a, **k: loads.append(a))
+    assert index_json(lib, imgs) == stats(unchanged=3)
+    assert json_lines(ok("--library", lib, "info", "--json").stdout)[0]["generation"] == generation
+    assert loads == []  # nothing to embed: the model is not even loaded
+    (imgs / "c.txt").unlink()  # removing a caption needs no model either
+    assert index_json(lib, imgs) == stats(unchanged=3, texts_removed=1)
+    assert loads == []
+
+
 def test_failed_update_drops_old_vector(tiny_model_dir, tmp_path):
     imgs, lib = tmp_path / "imgs", tmp_path / "lib"
     files = make_images(imgs, ["a.png", "b.png"])
