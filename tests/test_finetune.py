@@ -3,6 +3,7 @@ controls (--wise, --lock-*, --unlock-last, --accum-steps, --seed) do exactly wha
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -201,3 +202,29 @@ def test_recall_counts_any_caption_of_an_image_for_image_to_text() -> None:
     r = recall_at_k(images, texts[[0, 1, 3]], [0, 1, 2], ks=(1, 2))
     # the caption that fits image 1 better misses text->image, yet image 2 still ranks it first
     assert r["t2i_r1"] == pytest.approx(2 / 3) and r["i2t_r1"] == 1.0
+
+
+def test_cli_finetune_json_and_apply(tiny_model_dir, tmp_path) -> None:
+    from corehelp import ok, run
+
+    scenes = tmp_path / "scenes"
+    make_scenes(scenes, 60, seed=3, size=64)
+    lib = tmp_path / "lib"
+    ok("--library", lib, "index", scenes, "--model", tiny_model_dir, "--quiet")
+    res = ok("--library", lib, "finetune", scenes, "--epochs", "1", "--batch-size", "16", "--lr", "1e-3",
+             "--val-fraction", "0.2", "--apply", "--json")  # fmt: skip
+    lines = res.stdout.strip().splitlines()
+    assert len(lines) == 1
+    out = json.loads(lines[0])
+    assert out["model"].startswith(f"local-dir:{lib.resolve()}/models/finetune-")
+    assert (out["train_pairs"], out["val_pairs"], out["skipped"]) == (48, 12, 0)
+    assert (
+        set(out["before"])
+        == set(out["after"])
+        == {"t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10"}
+    )
+    assert out["reembedded"] >= 60
+    info = json.loads(ok("--library", lib, "info", "--json").stdout)
+    assert info["model"] == out["model"]
+    bad = run("--library", lib, "finetune", scenes, "--batch-size", "64")
+    assert bad.exit_code == 1 and "--batch-size" in bad.stderr

@@ -71,6 +71,7 @@ class FinetuneResult:
     seconds: float
     train_seconds: float  # time spent in training steps only (no decoding or evaluation)
     history: list[dict[str, Any]] = field(default_factory=list)  # per epoch: loss, lr, recall, seconds
+    bad_images: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of skipped images
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -240,6 +241,7 @@ def finetune(
         seconds=time.perf_counter() - t0,
         train_seconds=train_seconds,
         history=history,
+        bad_images=decoded.bad_images,
     )
     record = {"base_model": lm.spec.to_json(), "config": asdict(cfg), **result.to_dict()}
     (out / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
@@ -293,7 +295,7 @@ def _train(
     best_state, best_score, best_epoch, step, train_seconds = None, -1.0, 0, 0, 0.0
     try:
         for epoch in range(1, cfg.epochs + 1):
-            t_epoch = time.perf_counter()
+            t_epoch, cpu_epoch = time.perf_counter(), time.process_time()
             model.train()
             losses, micro = [], []
             for images, texts in loader:
@@ -314,19 +316,21 @@ def _train(
                 micro, step = [], step + 1
                 bar.update()
                 bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}")
-            seconds = time.perf_counter() - t_epoch
+            seconds, cpu_seconds = time.perf_counter() - t_epoch, time.process_time() - cpu_epoch
             train_seconds += seconds
             model.eval()
             metrics = _recall(lm, to_tensor, views, val)
             score = mean_recall(metrics)
-            entry = {
-                "epoch": epoch,
-                "loss": float(np.mean(losses)),
-                "lr": lr,
-                "seconds": seconds,
-                "val": metrics,
-            }
-            entry["score"] = score
+            loss = float(np.mean(losses))
+            entry = dict(
+                epoch=epoch,
+                loss=loss,
+                lr=lr,
+                seconds=seconds,
+                cpu_seconds=cpu_seconds,
+                val=metrics,
+                score=score,
+            )
             history.append(entry)
             if progress is not None:
                 progress(entry)
