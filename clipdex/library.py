@@ -220,7 +220,7 @@ class Library:
             done = 0
             try:
                 with self.store.bulk_load():
-                    for start, vecs in data.chunks():
+                    for start, vecs in data.chunks(out=all_vecs):  # into all_vecs when fresh
                         stop = start + len(vecs)
                         with self.store.transaction():
                             ids = self.store.insert_many(
@@ -231,9 +231,7 @@ class Library:
                             self.store.bump_generation()
                         all_ids[start:stop] = ids
                         done = stop
-                        if all_vecs is not None:
-                            all_vecs[start:stop] = vecs
-                        else:
+                        if all_vecs is None:
                             indexes[kind].add(ids, vecs)
                         if progress:
                             progress(done, data.count)

@@ -43,13 +43,21 @@ class Embeddings:
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
-    def chunks(self, size: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """(first row, float32 L2-normalised rows) in chunks of ``size`` (default ``CHUNK``) rows."""
+    def chunks(
+        self, size: int | None = None, out: np.ndarray | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, float32 L2-normalised rows) in chunks of ``size`` (default ``CHUNK``) rows.
+
+        With ``out`` ((N, D) float32) the rows are written there and views of it are yielded;
+        without, one buffer is reused (a yielded chunk is valid until the next one is asked for).
+        """
         size = size or CHUNK
+        buf = np.empty((min(size, self.count), self.dim), np.float32) if out is None else None
         for start in range(0, self.count, size):
             stop = min(start + size, self.count)
-            block = _as_float32(self.vectors[start:stop])
-            block /= self.norms[start:stop, None]
+            block = out[start:stop] if out is not None else buf[: stop - start]
+            _to_float32(self.vectors[start:stop], block)
+            np.divide(block, self.norms[start:stop, None], out=block)
             yield start, block
 
     def paths(self, start: int, stop: int) -> list[bytes]:
@@ -107,11 +115,13 @@ def open_vectors(path: str | os.PathLike) -> np.ndarray:
     return arr
 
 
-def row_norms(vectors: np.ndarray, name: str = "vectors", size: int = CHUNK) -> np.ndarray:
+def row_norms(vectors: np.ndarray, name: str = "vectors", size: int = 16384) -> np.ndarray:
     """L2 norm of every row, in chunks; refuses a row with NaN/inf values or a zero vector."""
     norms = np.empty(vectors.shape[0], np.float32)
+    buf = np.empty((min(size, vectors.shape[0]), vectors.shape[1]), np.float32)
     for start in range(0, vectors.shape[0], size):
-        block = _as_float32(vectors[start : start + size])
+        block = buf[: min(size, vectors.shape[0] - start)]
+        _to_float32(vectors[start : start + size], block)
         with np.errstate(over="ignore", invalid="ignore"):
             n = np.sqrt(np.einsum("ij,ij->i", block, block))
         bad = np.flatnonzero(~np.isfinite(n) | (n == 0))
@@ -130,10 +140,10 @@ def row_norms(vectors: np.ndarray, name: str = "vectors", size: int = CHUNK) -> 
     return norms
 
 
-def _as_float32(block: np.ndarray) -> np.ndarray:
-    """A writable float32 copy (astype always copies, also for float32 memmap rows)."""
+def _to_float32(src: np.ndarray, dst: np.ndarray) -> None:
+    """Convert rows into a preallocated float32 buffer (reused: no fresh pages for every chunk)."""
     with np.errstate(over="ignore"):  # float64 beyond float32's range -> inf, refused by row_norms
-        return np.asarray(block).astype(np.float32, copy=True)
+        np.copyto(dst, src, casting="unsafe")
 
 
 # ---- metadata -------------------------------------------------------------------------------
