@@ -1,0 +1,217 @@
+"""`import-embeddings` at scale: a million 512-d vectors imported and searchable (goal: < 60 s).
+
+    python bench/import_embeddings.py [--n 1000000] [--dim 512] [--metadata parquet|csv|jsonl]
+                                      [--keep DIR]
+
+Generates N float16 random unit vectors (.npy) and N image paths (parquet by default) in a temp
+dir, then runs `Library.import_embeddings` in-process (what the CLI calls) on a new library whose
+model is a random-init local-dir model with the right embedding size (no download), and prints:
+  read      open the .npy (memory map) and read + check the metadata column
+  validate  row norms (NaN/inf/zero check), one pass over the array
+  model     loading the model to learn D (a new library only)
+  normalise float32 conversion + division, chunk by chunk
+  insert    SQLite bulk insert (executemany); commit: the COMMITs; other: incl. the WAL checkpoint
+  build     FAISS index build from the in-memory arrays
+  save      writing the FAISS file
+  total     the whole import call
+  search    first search in a freshly opened Library (loads the FAISS file), then a warm one
+and the database / index sizes on disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+TIMES: dict[str, float] = defaultdict(float)
+
+
+def timed(owner: object, name: str, label: str) -> None:
+    """Wrap ``owner.name`` so its time adds up under ``label``."""
+    fn = getattr(owner, name)
+
+    def wrapper(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return fn(*a, **kw)
+        finally:
+            TIMES[label] += time.perf_counter() - t
+
+    setattr(owner, name, wrapper)
+
+
+def timed_gen(owner: object, name: str, label: str) -> None:
+    """Wrap a generator method: only the time spent producing items counts."""
+    fn = getattr(owner, name)
+
+    def wrapper(*a, **kw):
+        it = fn(*a, **kw)
+        while True:
+            t = time.perf_counter()
+            try:
+                item = next(it)
+            except StopIteration:
+                TIMES[label] += time.perf_counter() - t
+                return
+            TIMES[label] += time.perf_counter() - t
+            yield item
+
+    setattr(owner, name, wrapper)
+
+
+@contextmanager
+def phase(label: str):
+    t = time.perf_counter()
+    yield
+    TIMES[label] += time.perf_counter() - t
+
+
+def make_data(folder: Path, n: int, dim: int, fmt: str) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    vec_path = folder / "img_emb.npy"
+    arr = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float16, shape=(n, dim))
+    for start in range(0, n, 100_000):
+        block = rng.standard_normal((min(100_000, n - start), dim), dtype=np.float32)
+        block /= np.linalg.norm(block, axis=1, keepdims=True)
+        arr[start : start + len(block)] = block
+    arr.flush()
+    del arr
+    paths = [f"/data/laion/{i // 10000:05d}/{i:09d}.jpg" for i in range(n)]
+    meta = folder / f"metadata.{fmt}"
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.table({"image_path": paths, "caption": [f"caption {i}" for i in range(n)]}), meta)
+    elif fmt == "csv":
+        meta.write_text("path,caption\n" + "".join(f"{p},caption {i}\n" for i, p in enumerate(paths)))
+    else:
+        meta.write_text("".join(json.dumps({"path": p}) + "\n" for p in paths))
+    return vec_path, meta
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--dim", type=int, default=512)
+    ap.add_argument("--metadata", choices=["parquet", "csv", "jsonl"], default="parquet")
+    ap.add_argument("--keep", default=None, help="Work in this folder and keep it (default: a temp dir).")
+    args = ap.parse_args()
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from clipdex import library as library_mod
+    from clipdex.index import imports, store, vectors
+    from clipdex.retrieval.models import init_model
+
+    work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="clipdex-bench-import-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        t = time.perf_counter()
+        vec_path, meta = make_data(work, args.n, args.dim, args.metadata)
+        print(f"generated {args.n} x {args.dim} float16 + {meta.name} in {time.perf_counter() - t:.1f} s")
+        cfg = work / "model.json"
+        cfg.write_text(
+            json.dumps(
+                {
+                    "embed_dim": args.dim,
+                    "vision_cfg": {"image_size": 32, "layers": 1, "width": 64, "patch_size": 16},
+                    "text_cfg": {
+                        "context_length": 16,
+                        "vocab_size": 49408,
+                        "width": 64,
+                        "heads": 2,
+                        "layers": 1,
+                    },
+                }  # fmt: skip
+            )
+        )
+        model_dir = init_model(str(cfg), work / "model", seed=0)
+
+        timed(imports, "open_vectors", "read")
+        timed(imports, "read_metadata", "read")
+        timed(imports, "row_norms", "validate")
+        timed(library_mod, "load_model", "model")
+        timed_gen(imports.Embeddings, "chunks", "normalise")
+        timed(store.Store, "insert_many", "insert")
+        timed(vectors.VectorIndex, "build", "build")
+        timed(vectors.VectorIndex, "save", "save")
+        _time_commits(store.Store)
+
+        lib_dir = work / "library"
+        shutil.rmtree(lib_dir, ignore_errors=True)
+        lib = library_mod.Library.open(lib_dir, create=True, model=f"local-dir:{model_dir}", device="cpu")
+        with phase("total"):
+            n = lib.import_embeddings(vec_path, meta)
+        query = np.load(vec_path, mmap_mode="r")[args.n // 2].astype(np.float32)
+        lib.close()
+
+        t = time.perf_counter()
+        with library_mod.Library.open(lib_dir, device="cpu") as lib2:
+            hits = lib2.search(vector=query, k=10)
+            first = time.perf_counter() - t
+            t = time.perf_counter()
+            lib2.search(vector=query, k=10)
+            warm = time.perf_counter() - t
+            index_info = lib2.info()["indexes"]["images"]
+        assert hits[0].id == args.n // 2 + 1 and abs(hits[0].score - 1) < 1e-3, hits[:2]
+
+        print(f"imported {n} vectors")
+        accounted = 0.0
+        for label in ("read", "validate", "model", "normalise", "insert", "commit", "build", "save"):
+            accounted += TIMES[label]
+            print(f"  {label:<10}{TIMES[label]:7.2f} s")
+        print(f"  {'other':<10}{TIMES['total'] - accounted:7.2f} s")
+        print(f"  {'total':<10}{TIMES['total']:7.2f} s")
+        print(f"  first search (new Library, loads the FAISS file): {first:.2f} s")
+        print(f"  warm search: {warm * 1000:.1f} ms")
+        print(f"  index: {index_info}")
+        for f in sorted(lib_dir.iterdir()):
+            if f.is_file():
+                print(f"  {f.name:<16}{f.stat().st_size / 1e9:6.2f} GB")
+        ru = __import__("resource").getrusage(__import__("resource").RUSAGE_SELF)
+        print(f"  peak RSS {ru.ru_maxrss / 1e6:.1f} GB")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def _time_commits(store_cls) -> None:
+    """COMMIT statements run through Store.transaction; time them under 'commit'."""
+    orig = store_cls.transaction
+
+    @contextmanager
+    def transaction(self):
+        outer = not self.conn.in_transaction
+        with orig(self) if not outer else _committing(orig(self)):
+            yield
+
+    store_cls.transaction = transaction
+
+
+@contextmanager
+def _committing(cm):
+    cm.__enter__()
+    try:
+        yield
+    except BaseException:
+        cm.__exit__(*sys.exc_info())
+        raise
+    t = time.perf_counter()
+    cm.__exit__(None, None, None)
+    TIMES["commit"] += time.perf_counter() - t
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("CLIPDEX_DEBUG", "1")
+    raise SystemExit(main())
