@@ -1,0 +1,450 @@
+"""Approximate and compact FAISS indexes over unit vectors, with exact re-ranking.
+
+Pure numpy/faiss: ids are the caller's int64 ids, and the caller supplies the stored float32
+vectors (`get_vectors`) so that every returned score is the exact cosine, ties by ascending id,
+whatever the index. The index only proposes candidates.
+
+Kinds: "flat" (exact), "ivf-flat", "ivf-pq" (both tuned: nprobe), "hnsw" (efSearch), "sq8", "fp16"
+(scalar-quantised scans), "binary" (ITQ hash codes, Hamming scan). `choose_kind` picks one from the
+collection size and a memory budget; `build` trains it and tunes its search parameters against
+exact results on held-out queries, recording what it chose and the recall it measured in `info`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from clipdex.index.codes import ItqCodec, binary_index
+
+KINDS = ("flat", "ivf-flat", "ivf-pq", "hnsw", "sq8", "fp16", "binary")
+# Kinds whose own scores are float32 inner products: a candidate list cut in the middle of a run
+# of equal scores is widened, so that ties are broken by id rather than by FAISS's order.
+EXACT_SCORE_KINDS = {"flat", "ivf-flat", "hnsw"}
+GPU_KINDS = {"flat", "ivf-flat", "ivf-pq"}
+
+# A flat scan costs ~0.1 ms per 1,000 512-d vectors for one query on one core (memory bound:
+# ~10 ms at 100k, ~20 ms at 200k, ~200 ms at 1M; bench/search.py). Up to 150k x 512 floats
+# (~15 ms) exact search is fast enough and needs no training; beyond it IVF answers in ~1 ms.
+FLAT_MAX_FLOATS = 150_000 * 512
+MIN_TRAIN = 1_000  # below this an approximate index has nothing to learn from: build flat
+TUNE_QUERIES = 200
+MARGIN = 10  # extra candidates beyond k * rerank, so that near-ties at the cut are re-ranked too
+
+# Search-parameter grids, cheapest first; the first setting reaching the target recall wins.
+NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+EF_SEARCH = (16, 32, 64, 128, 256, 512, 1024)
+RERANK = {"sq8": (2, 4, 8), "fp16": (1, 2, 4), "binary": (10, 20, 50, 100, 200), "ivf-pq": (10, 20, 50)}
+
+
+def default_memory_budget() -> int:
+    """A quarter of physical memory (4 GiB when unknown): room for the index next to everything else."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def pq_m(dim: int) -> int:
+    """PQ sub-quantisers: 8 dims each (64 bytes for 512-d), the largest divisor of dim up to dim // 8."""
+    return next(m for m in range(max(1, dim // 8), 0, -1) if dim % m == 0)
+
+
+def bytes_per_vector(kind: str, dim: int) -> int:
+    """Index memory per vector, including the 8-byte id (HNSW adds its level-0 links)."""
+    code = {
+        "flat": 4 * dim,
+        "ivf-flat": 4 * dim,
+        "hnsw": 4 * dim + 2 * 32 * 4,
+        "fp16": 2 * dim,
+        "sq8": dim,
+        "ivf-pq": pq_m(dim),
+        "binary": -(-dim // 8),
+    }[kind]
+    return code + 8
+
+
+def choose_kind(n: int, dim: int, memory_budget: int | None = None) -> str:
+    """The index for n vectors of dim: exact while a scan is fast, else IVF; smaller codes if memory is short.
+
+    Small collections (n * dim <= FLAT_MAX_FLOATS) are scanned: flat, else fp16, sq8 or binary codes,
+    whichever first fits the budget. Larger ones get an inverted file: ivf-flat if its float32
+    vectors fit, else ivf-pq (64 bytes per 512-d vector).
+    """
+    budget = default_memory_budget() if memory_budget is None else memory_budget
+
+    def fits(kind: str) -> bool:
+        return n * bytes_per_vector(kind, dim) <= budget
+
+    if n * dim <= FLAT_MAX_FLOATS:
+        return next((k for k in ("flat", "fp16", "sq8") if fits(k)), "binary")
+    return "ivf-flat" if fits("ivf-flat") else "ivf-pq"
+
+
+def _faiss() -> Any:
+    import faiss
+
+    return faiss
+
+
+@dataclass
+class AnnIndex:
+    kind: str
+    index: Any  # a faiss Index or IndexBinary (ids are the caller's)
+    info: dict
+    codec: ItqCodec | None = None  # binary kind: float vectors -> codes
+    removed: set[int] = field(default_factory=set)  # tombstones where the index cannot remove_ids
+
+    @property
+    def ntotal(self) -> int:
+        """Live vectors (tombstoned ones excluded)."""
+        return int(self.index.ntotal) - len(self.removed)
+
+    # ---- updates ----------------------------------------------------------------------------
+    def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
+        """Add without retraining (IVF assigns to the existing lists; see `stale`)."""
+        ids = np.asarray(ids, np.int64)
+        if not len(ids):
+            return
+        self.removed.difference_update(ids.tolist())  # ids are never reused, but be safe
+        self.index.add_with_ids(self._encode(vectors), ids)
+        self.info["ntotal"] = self.ntotal
+
+    def remove(self, ids: np.ndarray) -> None:
+        """Remove in place where the index supports it; otherwise tombstone (filtered at search)."""
+        ids = np.asarray(ids, np.int64)
+        if not len(ids):
+            return
+        try:
+            self.index.remove_ids(ids)
+        except RuntimeError:  # HNSW, GPU indexes
+            self.removed.update(ids.tolist())
+        self.info["ntotal"] = self.ntotal
+
+    def stale(self) -> bool:
+        """Worth a rebuild: many tombstones, trained on far fewer vectors, or auto would pick another kind."""
+        n, built = self.ntotal, self.info["built_on"]
+        if len(self.removed) > 0.1 * max(n, 1):
+            return True
+        if self.kind != "flat" and n > 2 * max(built, MIN_TRAIN):
+            return True
+        return (
+            self.info["requested"] == "auto"
+            and n > 1.2 * built
+            and choose_kind(n, self.info["dim"], self.info["memory_budget"]) != self.kind
+        )
+
+    # ---- search -----------------------------------------------------------------------------
+    def search(
+        self, queries: np.ndarray, k: int, get_vectors: Callable[[np.ndarray], np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scores, ids), each (Q, k): exact cosine from `get_vectors`, best first, ties by ascending id.
+
+        `get_vectors(ids)` returns the stored float32 vectors of the given (sorted, unique) ids, in
+        that order. Rows with fewer than k results are padded with id -1 and score -inf.
+        """
+        q = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
+        scores = np.full((len(q), k), -np.inf, np.float32)
+        ids = np.full((len(q), k), -1, np.int64)
+        total = int(self.index.ntotal)
+        if not len(q) or k < 1 or self.ntotal == 0:
+            return scores, ids
+        fetch = min(total, k * self.info["params"].get("rerank", 1) + MARGIN + len(self.removed))
+        rows = np.arange(len(q))
+        while len(rows):
+            cand_scores, cand = self._candidates(q[rows], fetch)
+            s, i = self._rerank(q[rows], cand, k, get_vectors)
+            scores[rows], ids[rows] = s, i
+            if self.kind not in EXACT_SCORE_KINDS or fetch >= total:
+                break
+            # Widen where the k-th exact score reaches the weakest candidate: equal scores may lie beyond.
+            last = cand_scores[:, -1]
+            rows = rows[(cand[:, -1] >= 0) & (s[:, -1] >= last - 1e-5)]
+            fetch = min(total, 2 * fetch)
+        return scores, ids
+
+    def _candidates(self, q: np.ndarray, fetch: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.codec is not None:
+            dist, cand = self.index.search(self.codec.encode(q), fetch)
+            return -dist.astype(np.float32), cand  # Hamming: smaller is better
+        return self.index.search(q, fetch)
+
+    def _rerank(
+        self, q: np.ndarray, cand: np.ndarray, k: int, get_vectors: Callable[[np.ndarray], np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self.removed:
+            cand = np.where(np.isin(cand, np.fromiter(self.removed, np.int64)), -1, cand)
+        valid = cand >= 0
+        uniq, inv = np.unique(cand[valid], return_inverse=True)
+        vecs = np.asarray(get_vectors(uniq), np.float64).reshape(len(uniq), q.shape[1])
+        exact = np.full(cand.shape, -np.inf, np.float32)
+        # Row by row in float64 (products of float32 are exact in float64): a candidate's score
+        # must not depend on where it sits in a matrix, or identical vectors would not tie.
+        rows = np.nonzero(valid)[0]
+        exact[valid] = np.einsum("nd,nd->n", vecs[inv], q[rows].astype(np.float64))
+        key = np.where(valid, cand, np.iinfo(np.int64).max)
+        order = np.lexsort((key, -exact), axis=-1)[:, :k]
+        s = np.take_along_axis(exact, order, 1)
+        i = np.where(np.isfinite(s), np.take_along_axis(cand, order, 1), -1)
+        if s.shape[1] < k:  # fewer candidates than k
+            pad = k - s.shape[1]
+            s = np.pad(s, ((0, 0), (0, pad)), constant_values=-np.inf)
+            i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
+        return s, i
+
+    def _encode(self, vectors: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(vectors, np.float32)
+        return self.codec.encode(x) if self.codec is not None else x
+
+    def set_params(self, **params: int) -> None:
+        """Apply search parameters (nprobe, efSearch, rerank) and record them in info."""
+        self.info["params"].update(params)
+        faiss = _faiss()
+        if "nprobe" in params:
+            if self.info.get("device") == "gpu":
+                faiss.GpuParameterSpace().set_index_parameter(self.index, "nprobe", params["nprobe"])
+            else:
+                faiss.extract_index_ivf(self.index).nprobe = params["nprobe"]
+        if "efSearch" in params:
+            faiss.downcast_index(self.index.index).hnsw.efSearch = params["efSearch"]
+
+    # ---- persistence ------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """One .npz: info json, tombstones, codec arrays and the serialised CPU index."""
+        faiss = _faiss()
+        index = self.index
+        if self.codec is not None:
+            blob = faiss.serialize_index_binary(index)
+        else:
+            blob = faiss.serialize_index(faiss.index_gpu_to_cpu(index) if _on_gpu(self) else index)
+        info = dict(self.info, device="cpu")
+        arrays = {
+            "info": np.frombuffer(json.dumps({"kind": self.kind, "info": info}).encode(), np.uint8),
+            "removed": np.array(sorted(self.removed), np.int64),
+            "index": blob,
+            **(self.codec.to_arrays() if self.codec is not None else {}),
+        }
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> AnnIndex:
+        faiss = _faiss()
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            head = json.loads(z["info"].tobytes())
+            codec = ItqCodec.from_arrays(z) if "itq_mean" in z.files else None
+            blob = z["index"]
+            index = faiss.deserialize_index_binary(blob) if codec else faiss.deserialize_index(blob)
+            removed = set(z["removed"].tolist())
+        ann = cls(head["kind"], index, head["info"], codec, removed)
+        ann.set_params(**{p: v for p, v in ann.info["params"].items() if p in ("nprobe", "efSearch")})
+        return ann
+
+
+def _on_gpu(ann: AnnIndex) -> bool:
+    return ann.info.get("device") == "gpu"
+
+
+# ---- building -------------------------------------------------------------------------------
+def build(
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    kind: str = "auto",
+    *,
+    memory_budget: int | None = None,
+    seed: int = 0,
+    target_recall: float = 0.95,
+    threads: int | None = None,
+    tune_queries: np.ndarray | None = None,
+) -> AnnIndex:
+    """Build and tune an index over unit `vectors` (n, d) keyed by `ids` (n,) int64.
+
+    kind "auto" uses `choose_kind`. Approximate kinds need at least MIN_TRAIN vectors to train
+    on; below that the index is flat (info["requested"] keeps what was asked). Search parameters
+    are the cheapest that reach `target_recall` (recall@10 after exact re-ranking) on queries
+    made from stored vectors, or on `tune_queries` when given (a sample of real queries, e.g.
+    stored text vectors for an image index: cross-modal queries sit further from the data and
+    may need more probes). info records the parameters, the recall measured and the timings.
+    """
+    faiss = _faiss()
+    if threads:
+        faiss.omp_set_num_threads(threads)
+    x = np.ascontiguousarray(vectors, np.float32)
+    ids = np.asarray(ids, np.int64)
+    n, d = x.shape
+    if len(ids) != n:
+        raise ValueError(f"{n} vectors but {len(ids)} ids")
+    budget = default_memory_budget() if memory_budget is None else memory_budget
+    requested = kind
+    if kind == "auto":
+        kind = choose_kind(n, d, budget)
+    if kind not in KINDS:
+        raise ValueError(f"unknown index type {kind!r}; choose from auto, {', '.join(KINDS)}")
+    if kind != "flat" and n < MIN_TRAIN:
+        kind = "flat"
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    train = x[np.sort(rng.choice(n, min(n, _train_size(kind, n)), replace=False))]
+    index, codec, params = _make(kind, d, n, train, seed)
+    ann = AnnIndex(kind, index, {"params": params}, codec)
+    ann.index.add_with_ids(ann._encode(x), ids)
+    build_seconds = time.perf_counter() - t0
+    ann.info.update(
+        type=kind,
+        requested=requested,
+        dim=d,
+        ntotal=n,
+        built_on=n,
+        trained_on=len(train),
+        bytes_per_vector=bytes_per_vector(kind, d),
+        memory_budget=budget,
+        device="cpu",
+        recall_at_10=1.0 if kind == "flat" else None,
+    )
+    if kind != "flat":
+        _tune(ann, x, ids, target_recall, rng, tune_queries)
+    ann.info["build_seconds"] = round(build_seconds, 3)
+    ann.info["tune_seconds"] = round(time.perf_counter() - t0 - build_seconds, 3)
+    return ann
+
+
+def _nlist(n: int) -> int:
+    """~4 sqrt(n) lists (4,000 at 1M), with >= 39 training points each (faiss's minimum)."""
+    return max(1, min(int(4 * np.sqrt(n)), n // 39))
+
+
+def _train_size(kind: str, n: int) -> int:
+    if kind == "flat":
+        return 0
+    if kind in ("ivf-flat", "ivf-pq"):
+        # 40 points per list: k-means cost ~ 40 * nlist^2 * d = 640 n d, so training stays linear in n.
+        return 40 * _nlist(n)
+    return 20_000  # sq8 ranges, ITQ rotation, HNSW (unused): a sample is plenty
+
+
+def _make(kind: str, d: int, n: int, train: np.ndarray, seed: int) -> tuple[Any, ItqCodec | None, dict]:
+    """An empty, trained index of `kind` that takes explicit ids, its codec and default params."""
+    faiss = _faiss()
+    ip = faiss.METRIC_INNER_PRODUCT
+    if kind == "flat":
+        return faiss.IndexIDMap(faiss.IndexFlatIP(d)), None, {}
+    if kind == "binary":
+        codec = ItqCodec.train(train, nbits=d - d % 8, seed=seed)
+        return binary_index(codec.nbits), codec, {"nbits": codec.nbits}
+    if kind in ("sq8", "fp16"):
+        qt = faiss.ScalarQuantizer.QT_8bit if kind == "sq8" else faiss.ScalarQuantizer.QT_fp16
+        index = faiss.IndexScalarQuantizer(d, qt, ip)
+        index.train(train)
+        return faiss.IndexIDMap(index), None, {}
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, 32, ip)
+        return faiss.IndexIDMap(index), None, {"M": 32}
+    nlist = _nlist(n)
+    if kind == "ivf-flat":
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, ip)
+        params = {"nlist": nlist}
+    else:
+        m = pq_m(d)
+        nbits = int(min(8, max(1, np.log2(len(train) / 39))))  # 256 centroids need ~10k points
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, nbits, ip)
+        index.do_polysemous_training = False  # on by default and 5x the training time, for no use here
+        params = {"nlist": nlist, "m": m, "nbits": nbits}
+    index.cp.seed = seed
+    index.train(train)
+    return index, None, params
+
+
+def _tune(
+    ann: AnnIndex,
+    x: np.ndarray,
+    ids: np.ndarray,
+    target: float,
+    rng: np.random.Generator,
+    queries: np.ndarray | None,
+) -> None:
+    """Pick the cheapest search parameters reaching `target` recall@10 on held-out-like queries.
+
+    Without `queries`: stored vectors moved off their point by isotropic noise (|noise| = 0.5,
+    cos ~0.9 to the source) and renormalised: near the data, like real image queries, but not on
+    it. Each query's source vector is dropped from both the exact and the approximate lists: it
+    would be a trivial top-1 that every index finds.
+    """
+    faiss = _faiss()
+    n, d = x.shape
+    if queries is None:
+        src = np.sort(rng.choice(n, min(n, TUNE_QUERIES), replace=False))
+        noise = rng.standard_normal((len(src), d)).astype(np.float32)
+        q = x[src] + 0.5 * noise / np.linalg.norm(noise, axis=1, keepdims=True)
+        skip = ids[src]
+    else:
+        q = np.asarray(queries, np.float32)[:TUNE_QUERIES]
+        skip = np.full(len(q), -2, np.int64)  # nothing to drop (-2 is never an id nor the -1 pad)
+    q = np.ascontiguousarray(q / np.linalg.norm(q, axis=1, keepdims=True), np.float32)
+    k = min(10, n - 1)
+    _, gt = faiss.knn(q, x, k + 1, faiss.METRIC_INNER_PRODUCT)
+    truth = _drop_self(ids[gt], skip, k)
+    order = np.argsort(ids)
+
+    def get_vectors(want: np.ndarray) -> np.ndarray:
+        return x[order[np.searchsorted(ids, want, sorter=order)]]
+
+    def recall() -> float:
+        _, found = ann.search(q, k + 1, get_vectors)
+        found = _drop_self(found, skip, k)
+        return float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(found, truth)]))
+
+    grid: list[dict] = [{}]
+    if ann.kind in ("ivf-flat", "ivf-pq"):
+        nlist = ann.info["params"]["nlist"]
+        grid = [{"nprobe": p} for p in NPROBES if p <= nlist] or [{"nprobe": nlist}]
+    elif ann.kind == "hnsw":
+        grid = [{"efSearch": e} for e in EF_SEARCH]
+    if ann.kind in RERANK:  # the candidate list's length is the other knob
+        grid = [{**g, "rerank": r} for g in grid for r in RERANK[ann.kind]]
+        if ann.kind == "ivf-pq":  # nprobe first: a longer list cannot recover an unvisited list
+            grid.sort(key=lambda g: (g["nprobe"], g["rerank"]))
+    best_r, best_p = -1.0, grid[-1]
+    for params in grid:
+        ann.set_params(**params)
+        r = recall()
+        if r > best_r:
+            best_r, best_p = r, params
+        if r >= target:
+            break
+    else:  # target not reached: keep the best seen
+        ann.set_params(**best_p)
+        r = best_r
+    ann.info["recall_at_10"] = round(r, 4)
+    ann.info["tune_queries"] = len(q)
+
+
+def _drop_self(found: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
+    """Each row without its own source id, cut to k."""
+    return np.array([row[row != s][:k] for row, s in zip(found, self_ids)])
+
+
+def to_gpu(ann: AnnIndex) -> AnnIndex:
+    """A copy on all GPUs for the kinds FAISS supports there; `ann` itself when there are none."""
+    faiss = _faiss()
+    if ann.kind not in GPU_KINDS or _on_gpu(ann) or faiss.get_num_gpus() == 0:
+        return ann
+    co = faiss.GpuMultipleClonerOptions()
+    co.useFloat16 = ann.kind == "ivf-pq"  # float16 lookup tables: needed for 64 sub-quantisers
+    try:
+        index = faiss.index_cpu_to_all_gpus(ann.index, co)
+    except RuntimeError as e:  # e.g. an unsupported PQ size: stay on the CPU, say why
+        ann.info["gpu_error"] = str(e).splitlines()[0]
+        return ann
+    gpu = AnnIndex(ann.kind, index, dict(ann.info, device="gpu"), ann.codec, set(ann.removed))
+    gpu.info["params"] = dict(ann.info["params"])
+    gpu.set_params(**{p: v for p, v in gpu.info["params"].items() if p == "nprobe"})
+    return gpu

@@ -1,0 +1,225 @@
+"""clipdex.index.ann: index choice, tuned recall, exact re-ranking, updates, persistence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from clipdex.index import ann as A
+
+D = 64
+N = 20_000
+BIG = 1 << 50  # a memory budget that never binds
+
+
+def mixture(n: int, centres: np.ndarray, rng: np.random.Generator, noise: float = 0.8) -> np.ndarray:
+    """Unit vectors around random unit centres: clustered like real embeddings."""
+    x = centres[rng.integers(0, len(centres), n)] + noise / np.sqrt(D) * rng.standard_normal((n, D))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectors, their sparse int64 ids (far from positions), and held-out queries from the same mixture."""
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((200, D))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    ids = 10**12 + np.cumsum(rng.integers(1, 50, N)).astype(np.int64)
+    return mixture(N, centres, rng), ids, mixture(100, centres, rng)
+
+
+def lookup(x: np.ndarray, ids: np.ndarray):
+    """get_vectors over (x, ids); ids ascending as SQLite hands them out."""
+
+    def get_vectors(want: np.ndarray) -> np.ndarray:
+        pos = np.searchsorted(ids, want)
+        assert np.array_equal(ids[pos], want), "asked for an unknown id"
+        return x[pos]
+
+    return get_vectors
+
+
+def exact(x: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reference: float64 scores, best first, ties by ascending id."""
+    s = q.astype(np.float64) @ x.T.astype(np.float64)
+    order = np.lexsort((np.broadcast_to(ids, s.shape), -s), axis=-1)[:, :k]
+    return np.take_along_axis(s, order, 1), ids[order]
+
+
+@pytest.fixture(scope="module")
+def built(data) -> dict[str, A.AnnIndex]:
+    x, ids, _ = data
+    return {kind: A.build(x, ids, kind, seed=0) for kind in A.KINDS}
+
+
+def test_choose_kind_thresholds():
+    assert A.choose_kind(0, 512, BIG) == "flat"
+    assert A.choose_kind(5_000, 512, BIG) == "flat"
+    assert A.choose_kind(150_000, 512, BIG) == "flat"
+    assert A.choose_kind(150_001, 512, BIG) == "ivf-flat"
+    assert A.choose_kind(1_000_000, 512, BIG) == "ivf-flat"
+    # The scan cost is n * dim: 1.2M 64-d vectors cost what 150k 512-d ones do.
+    assert A.choose_kind(1_200_000, 64, BIG) == "flat"
+    # 1M x 512 float32 is 2 GB: under a 1 GiB budget, PQ codes (64 + 8 bytes a vector).
+    assert A.choose_kind(1_000_000, 512, 1 << 30) == "ivf-pq"
+    # Small collections under a tight budget: smaller codes, still scanned.
+    n = 100_000
+    assert A.choose_kind(n, 512, n * (4 * 512 + 8)) == "flat"
+    assert A.choose_kind(n, 512, n * (2 * 512 + 8)) == "fp16"
+    assert A.choose_kind(n, 512, n * (512 + 8)) == "sq8"
+    assert A.choose_kind(n, 512, n * 100) == "binary"
+
+
+def test_auto_build_records_choice(data):
+    x, ids, _ = data
+    ann = A.build(x[:2000], ids[:2000])
+    assert ann.kind == "flat" and ann.info["requested"] == "auto" and ann.info["recall_at_10"] == 1.0
+    # Forced approximate kinds with too little to train on fall back to flat, saying what was asked.
+    tiny = A.build(x[:50], ids[:50], "ivf-pq")
+    assert tiny.kind == "flat" and tiny.info["requested"] == "ivf-pq"
+    with pytest.raises(ValueError, match="unknown index type"):
+        A.build(x[:50], ids[:50], "lsh")
+
+
+@pytest.mark.parametrize("kind", ["ivf-flat", "ivf-pq", "hnsw", "sq8", "binary"])
+def test_tuned_recall_on_held_out_queries(data, built, kind):
+    x, ids, q = data
+    ann = built[kind]
+    info = ann.info
+    assert info["type"] == kind and info["recall_at_10"] >= 0.95, info
+    assert info["build_seconds"] >= 0 and info["trained_on"] > 0 and info["bytes_per_vector"] > 0
+    _, found = ann.search(q, 10, lookup(x, ids))
+    _, truth = exact(x, ids, q, 10)
+    recall = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(found, truth)])
+    assert recall >= 0.95, (kind, recall, info["params"])
+
+
+def test_params_are_tuned_not_maximal(built):
+    # Clustered data: a handful of lists is enough; probing all of them would be a brute-force scan.
+    for kind in ("ivf-flat", "ivf-pq"):
+        p = built[kind].info["params"]
+        assert p["nprobe"] < p["nlist"], p
+
+
+@pytest.mark.parametrize("kind", A.KINDS)
+def test_scores_exact_order_and_sparse_ids(data, built, kind):
+    x, ids, q = data
+    scores, found = built[kind].search(q, 10, lookup(x, ids))
+    assert found.dtype == np.int64 and np.isin(found, ids).all()
+    ref = np.einsum("qkd,qd->qk", x[np.searchsorted(ids, found)].astype(np.float64), q.astype(np.float64))
+    np.testing.assert_allclose(scores, ref, atol=1e-6)
+    assert (np.diff(scores, axis=1) <= 0).all()
+    if kind in ("flat", "fp16", "sq8"):  # scans: the whole exact top-k
+        ref_s, ref_i = exact(x, ids, q, 10)
+        np.testing.assert_array_equal(found, ref_i)
+        np.testing.assert_allclose(scores, ref_s, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", A.KINDS)
+def test_ties_break_by_ascending_id(data, kind):
+    """30 copies of one vector, inserted in shuffled id order: the k lowest ids, whatever FAISS returns."""
+    x, ids, _ = data
+    rng = np.random.default_rng(1)
+    dup_pos = np.sort(rng.choice(N, 30, replace=False))
+    x = x.copy()
+    x[dup_pos] = x[dup_pos[0]]
+    perm = rng.permutation(N)  # FAISS sees them in another order than by id
+    ann = A.build(x[perm], ids[perm], kind)
+    scores, found = ann.search(x[dup_pos[:1]], 5, lookup(x, ids))
+    np.testing.assert_array_equal(found[0], ids[dup_pos[:5]])
+    assert len(set(scores[0].tolist())) == 1  # identical vectors, identical scores
+
+
+@pytest.mark.parametrize("kind", A.KINDS)
+def test_adds_and_removals(data, kind):
+    x, ids, _ = data
+    rng = np.random.default_rng(2)
+    ann = A.build(x[:5000], ids[:5000], kind)
+    # New vectors far from the data (new directions), with new larger ids, go in without a rebuild.
+    new = rng.standard_normal((20, D)).astype(np.float32)
+    new /= np.linalg.norm(new, axis=1, keepdims=True)
+    new_ids = np.arange(20, dtype=np.int64) + 2 * 10**12
+    ann.add(new, new_ids)
+    all_x, all_ids = np.vstack([x[:5000], new]), np.concatenate([ids[:5000], new_ids])
+    get = lookup(all_x, all_ids)
+    assert ann.ntotal == 5020
+    _, found = ann.search(new, 1, get)
+    np.testing.assert_array_equal(found[:, 0], new_ids)
+
+    gone = np.concatenate([new_ids[:10], ids[:100]])
+    ann.remove(gone)
+    assert ann.ntotal == 5020 - 110
+    _, found = ann.search(np.vstack([new[:10], x[:100]]), 10, get)
+    assert not np.isin(found, gone).any()
+    _, found = ann.search(new[10:], 1, get)
+    np.testing.assert_array_equal(found[:, 0], new_ids[10:])
+
+
+def test_binary_reranks_its_short_list_exactly(data, built):
+    x, ids, q = data
+    ann = built["binary"]
+    k = 10
+    fetch = k * ann.info["params"]["rerank"] + A.MARGIN
+    _, cand = ann.index.search(ann.codec.encode(q), fetch)  # the Hamming short list
+    scores, found = ann.search(q, k, lookup(x, ids))
+    for row in range(len(q)):
+        pos = np.searchsorted(ids, cand[row])
+        ref_s, ref_i = exact(x[pos], ids[pos], q[row : row + 1], k)
+        np.testing.assert_array_equal(found[row], ref_i[0])
+        np.testing.assert_allclose(scores[row], ref_s[0], atol=1e-6)
+
+
+def test_fewer_results_than_k_are_padded(data):
+    x, ids, q = data
+    ann = A.build(x[:3], ids[:3], "flat")
+    scores, found = ann.search(q[:2], 5, lookup(x, ids))
+    assert (found[:, 3:] == -1).all() and np.isneginf(scores[:, 3:]).all()
+    assert (found[:, :3] >= 0).all()
+    empty = A.build(np.zeros((0, D), np.float32), np.zeros(0, np.int64))
+    scores, found = empty.search(q[:2], 3, lookup(x, ids))
+    assert (found == -1).all() and empty.ntotal == 0
+
+
+@pytest.mark.parametrize("kind", A.KINDS)
+def test_bytes_round_trip(data, built, kind):
+    x, ids, q = data
+    ann = built[kind]
+    copy = A.AnnIndex.from_bytes(ann.to_bytes())
+    assert copy.kind == kind and copy.info["params"] == ann.info["params"]
+    for a, b in zip(ann.search(q, 10, lookup(x, ids)), copy.search(q, 10, lookup(x, ids))):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_tombstones_survive_round_trip(data):
+    x, ids, q = data
+    ann = A.build(x[:3000], ids[:3000], "hnsw")  # HNSW cannot remove_ids: tombstones
+    ann.remove(ids[:5])
+    assert ann.removed == set(ids[:5].tolist())
+    copy = A.AnnIndex.from_bytes(ann.to_bytes())
+    assert copy.removed == ann.removed and copy.ntotal == 2995
+    _, found = copy.search(x[:5], 3, lookup(x, ids))
+    assert not np.isin(found, ids[:5]).any()
+
+
+def test_stale_after_growth_or_many_removals(data):
+    x, ids, _ = data
+    ann = A.build(x[:2000], ids[:2000], "ivf-flat")
+    assert not ann.stale()
+    ann.add(x[2000:4500], ids[2000:4500])
+    assert ann.stale()  # trained on less than half of what it holds
+    hnsw = A.build(x[:2000], ids[:2000], "hnsw")
+    hnsw.remove(ids[:300])
+    assert hnsw.stale()
+    # auto: a flat index that grows past the threshold should become approximate
+    flat = A.build(x[:100], ids[:100], memory_budget=BIG)
+    flat.info["dim"] = 512 * 1000  # pretend: 100 x 512,000 floats is over FLAT_MAX_FLOATS once it grows
+    flat.add(x[100:2000], ids[100:2000])
+    assert flat.stale()
+
+
+def test_to_gpu_without_gpus_is_a_no_op(built):
+    import faiss
+
+    if faiss.get_num_gpus() > 0:
+        pytest.skip("GPU present")
+    assert A.to_gpu(built["flat"]) is built["flat"]
