@@ -223,3 +223,24 @@ def test_to_gpu_without_gpus_is_a_no_op(built):
     if faiss.get_num_gpus() > 0:
         pytest.skip("GPU present")
     assert A.to_gpu(built["flat"]) is built["flat"]
+
+
+def test_candidate_list_widens_only_at_ties(data, monkeypatch):
+    x, ids, q = data
+
+    def spy(ann: A.AnnIndex) -> list[int]:
+        calls: list[int] = []
+        real = ann._candidates
+        monkeypatch.setattr(ann, "_candidates", lambda qq, fetch: calls.append(fetch) or real(qq, fetch))
+        return calls
+
+    ann = A.build(x, ids, "flat")
+    calls = spy(ann)
+    ann.search(q, 10, lookup(x, ids))
+    assert calls == [10 + A.MARGIN]  # distinct vectors: one index query, no widening
+    dup = np.vstack([x, np.repeat(x[:1], 40, axis=0)])
+    dup_ids = np.concatenate([ids, ids[-1] + 1 + np.arange(40)])
+    ann = A.build(dup, dup_ids, "flat")
+    calls = spy(ann)
+    _, found = ann.search(x[:1], 10, lookup(dup, dup_ids))
+    assert len(calls) > 1 and found[0, 0] == ids[0]

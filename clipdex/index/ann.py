@@ -164,9 +164,9 @@ class AnnIndex:
             scores[rows], ids[rows] = s, i
             if self.kind not in EXACT_SCORE_KINDS or fetch >= total:
                 break
-            # Widen where the k-th exact score reaches the weakest candidate: equal scores may lie beyond.
+            # Widen where the k-th score ties with the weakest candidate: equal scores may lie beyond.
             last = cand_scores[:, -1]
-            rows = rows[(cand[:, -1] >= 0) & (s[:, -1] >= last - 1e-5)]
+            rows = rows[(cand[:, -1] >= 0) & (s[:, -1] <= last + 1e-5)]
             fetch = min(total, 2 * fetch)
         return scores, ids
 
