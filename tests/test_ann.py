@@ -40,8 +40,9 @@ def lookup(x: np.ndarray, ids: np.ndarray):
 
 
 def exact(x: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Reference: float64 scores, best first, ties by ascending id."""
-    s = q.astype(np.float64) @ x.T.astype(np.float64)
+    """Reference: float64 sums of each row's products, best first, ties by ascending id."""
+    x64 = x.astype(np.float64)
+    s = np.array([(x64 * qq).sum(axis=1) for qq in q.astype(np.float64)])
     order = np.lexsort((np.broadcast_to(ids, s.shape), -s), axis=-1)[:, :k]
     return np.take_along_axis(s, order, 1), ids[order]
 
@@ -244,3 +245,10 @@ def test_candidate_list_widens_only_at_ties(data, monkeypatch):
     calls = spy(ann)
     _, found = ann.search(x[:1], 10, lookup(dup, dup_ids))
     assert len(calls) > 1 and found[0, 0] == ids[0]
+
+
+def test_damaged_bytes_raise_value_error(built):
+    data = built["ivf-flat"].to_bytes()
+    for bad in (b"", b"junk", data[: len(data) // 2]):
+        with pytest.raises(ValueError):
+            A.AnnIndex.from_bytes(bad)

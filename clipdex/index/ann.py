@@ -16,6 +16,7 @@ import io
 import json
 import os
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,13 +146,14 @@ class AnnIndex:
     def search(
         self, queries: np.ndarray, k: int, get_vectors: Callable[[np.ndarray], np.ndarray]
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, ids), each (Q, k): exact cosine from `get_vectors`, best first, ties by ascending id.
+        """(scores, ids), each (Q, k): exact cosine (float64 sums of the float32 vectors' products)
+        from `get_vectors`, best first, ties by ascending id.
 
         `get_vectors(ids)` returns the stored float32 vectors of the given (sorted, unique) ids, in
         that order. Rows with fewer than k results are padded with id -1 and score -inf.
         """
         q = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
-        scores = np.full((len(q), k), -np.inf, np.float32)
+        scores = np.full((len(q), k), -np.inf)
         ids = np.full((len(q), k), -1, np.int64)
         total = int(self.index.ntotal)
         if not len(q) or k < 1 or self.ntotal == 0:
@@ -184,11 +186,11 @@ class AnnIndex:
         valid = cand >= 0
         uniq, inv = np.unique(cand[valid], return_inverse=True)
         vecs = np.asarray(get_vectors(uniq), np.float64).reshape(len(uniq), q.shape[1])
-        exact = np.full(cand.shape, -np.inf, np.float32)
-        # Row by row in float64 (products of float32 are exact in float64): a candidate's score
-        # must not depend on where it sits in a matrix, or identical vectors would not tie.
+        exact = np.full(cand.shape, -np.inf)
+        # Row by row in float64 (products of float32 are exact in float64), not a float32 gemv, whose
+        # result for a row depends on its position in the matrix: identical vectors must tie.
         rows = np.nonzero(valid)[0]
-        exact[valid] = np.einsum("nd,nd->n", vecs[inv], q[rows].astype(np.float64))
+        exact[valid] = (vecs[inv] * q[rows].astype(np.float64)).sum(axis=1)
         key = np.where(valid, cand, np.iinfo(np.int64).max)
         order = np.lexsort((key, -exact), axis=-1)[:, :k]
         s = np.take_along_axis(exact, order, 1)
@@ -237,6 +239,14 @@ class AnnIndex:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> AnnIndex:
+        """Raises ValueError when `data` is not what to_bytes wrote (truncated, damaged)."""
+        try:
+            return cls._from_bytes(data)
+        except (zipfile.BadZipFile, KeyError, EOFError, RuntimeError) as e:
+            raise ValueError(f"not a clipdex ANN index: {e}") from e
+
+    @classmethod
+    def _from_bytes(cls, data: bytes) -> AnnIndex:
         faiss = _faiss()
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             head = json.loads(z["info"].tobytes())
@@ -336,7 +346,7 @@ def _make(kind: str, d: int, n: int, train: np.ndarray, seed: int) -> tuple[Any,
     faiss = _faiss()
     ip = faiss.METRIC_INNER_PRODUCT
     if kind == "flat":
-        return faiss.IndexIDMap(faiss.IndexFlatIP(d)), None, {}
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(d)), None, {}  # IDMap2: reconstruct(id) works
     if kind == "binary":
         codec = ItqCodec.train(train, nbits=d - d % 8, seed=seed)
         return binary_index(codec.nbits), codec, {"nbits": codec.nbits}

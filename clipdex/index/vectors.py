@@ -17,7 +17,10 @@ from typing import Any
 
 import numpy as np
 
-MAGIC = b"CLIPDEX-FAISS-1\n"
+from clipdex.index import ann
+from clipdex.index.ann import AnnIndex
+
+MAGIC = b"CLIPDEX-FAISS-2\n"  # 2: the body is an ann.AnnIndex (older files are rebuilt)
 
 
 def _faiss() -> Any:
@@ -27,80 +30,87 @@ def _faiss() -> Any:
 
 
 class VectorIndex:
-    """An exact inner-product index over unit vectors, keyed by SQLite ids."""
+    """An inner-product index over unit vectors, keyed by SQLite ids: an `ann.AnnIndex` (flat for
+    small collections, tuned IVF beyond; see clipdex.index.ann) plus the generation it reflects."""
 
-    def __init__(self, dim: int, index: Any = None, generation: int = 0, info: dict | None = None):
-        faiss = _faiss()
+    def __init__(
+        self, dim: int, index: AnnIndex | None = None, generation: int = 0, info: dict | None = None
+    ):
         self.dim = dim
-        self.index = index if index is not None else faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        self.ann = index if index is not None else ann.build(np.zeros((0, dim), np.float32), np.zeros(0))
+        if info:
+            self.ann.info.update(info)
         self.generation = generation
-        self.info = info or {"type": "flat", "params": {}}
-        self._gpu: Any = None
+        self._gpu: AnnIndex | None = None
 
     @classmethod
-    def build(cls, ids: np.ndarray, vectors: np.ndarray, dim: int, generation: int) -> VectorIndex:
-        vi = cls(dim, generation=generation)
-        vi.add(ids, vectors)
-        return vi
+    def build(
+        cls, ids: np.ndarray, vectors: np.ndarray, dim: int, generation: int, kind: str = "auto"
+    ) -> VectorIndex:
+        """Index type chosen by ann.choose_kind (or forced by `kind`), search parameters tuned."""
+        vectors = np.asarray(vectors, np.float32).reshape(len(ids), dim)
+        return cls(dim, ann.build(vectors, np.asarray(ids, np.int64), kind), generation)
+
+    @property
+    def info(self) -> dict:
+        """Type, params, recall_at_10, build_seconds, bytes_per_vector… (see ann.build)."""
+        return self.ann.info
 
     @property
     def ntotal(self) -> int:
-        return int(self.index.ntotal)
+        return self.ann.ntotal
+
+    def stale(self) -> bool:
+        """Worth rebuilding from the store (grown well past what it was trained on, many removals)."""
+        return self.ann.stale()
 
     def add(self, ids: np.ndarray | list[int], vectors: np.ndarray) -> None:
         if len(ids):
-            self.index.add_with_ids(np.ascontiguousarray(vectors, np.float32), np.asarray(ids, np.int64))
+            self.ann.add(vectors, np.asarray(ids, np.int64))
             self._gpu = None
 
     def remove(self, ids: np.ndarray | list[int]) -> None:
         if len(ids):
-            self.index.remove_ids(np.asarray(ids, np.int64))
+            self.ann.remove(np.asarray(ids, np.int64))
             self._gpu = None
 
     def search(
         self, queries: np.ndarray, k: int, get_vectors: Callable[[np.ndarray], np.ndarray] | None = None
     ) -> list[list[tuple[int, float]]]:
-        """Top-k (id, exact cosine) per query; ties by ascending id."""
-        n = self.ntotal
-        if n == 0:
-            return [[] for _ in range(len(queries))]
-        queries = np.ascontiguousarray(queries, np.float32)
-        # Ask for a margin beyond k so that ties at the cut are resolved by id, not by FAISS order.
-        fetch = min(n, k + max(8, k))
-        _, cand = self._searcher().search(queries, fetch)
-        out = []
-        for q, row in zip(queries, cand):
-            row = row[row >= 0]
-            vecs = (
-                get_vectors(row) if get_vectors else np.vstack([self.index.reconstruct(int(i)) for i in row])
-            )
-            # Row by row in float64, not a float32 BLAS gemv: gemv's result for a row depends on its
-            # position in the matrix, so identical vectors got different scores (1.0 vs 0.99999994)
-            # depending on k, and ties were then broken by rounding noise instead of by id.
-            scores = (np.asarray(vecs, np.float64) * q.astype(np.float64)).sum(axis=1)
-            order = np.lexsort((row, -scores))[:k]
-            out.append([(int(row[j]), float(scores[j])) for j in order])
-        return out
+        """Top-k (id, exact cosine) per query; ties by ascending id.
 
-    def _searcher(self) -> Any:
-        faiss = _faiss()
-        if faiss.get_num_gpus() > 0:
+        Scores are recomputed from `get_vectors` (the stored float32 vectors), also when the index
+        is approximate or compressed; without it only a flat index can supply its own vectors.
+        """
+        if self.ntotal == 0:
+            return [[] for _ in range(len(queries))]
+        if get_vectors is None:
+            get_vectors = self._own_vectors
+        scores, ids = self._searcher().search(queries, k, get_vectors)
+        return [[(int(i), float(s)) for i, s in zip(ir, sr) if i >= 0] for ir, sr in zip(ids, scores)]
+
+    def _own_vectors(self, ids: np.ndarray) -> np.ndarray:
+        if self.ann.kind != "flat":
+            raise ValueError(f"a {self.ann.kind} index needs get_vectors to re-rank exactly")
+        return np.vstack([self.ann.index.reconstruct(int(i)) for i in ids])
+
+    def _searcher(self) -> AnnIndex:
+        if _faiss().get_num_gpus() > 0:
             if self._gpu is None:
-                self._gpu = faiss.index_cpu_to_all_gpus(self.index)
+                self._gpu = ann.to_gpu(self.ann)
             return self._gpu
-        return self.index
+        return self.ann
 
     # ---- persistence --------------------------------------------------------------------
     def save(self, path: Path) -> None:
         """Atomic: write a temp file in the same folder, fsync, rename over the old one."""
-        faiss = _faiss()
         header = json.dumps({"generation": self.generation, "dim": self.dim, "info": self.info}).encode()
-        body = faiss.serialize_index(self.index)
+        body = self.ann.to_bytes()
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(MAGIC + struct.pack("<Q", len(header)) + header)
-                f.write(body.tobytes())
+                f.write(body)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -111,7 +121,6 @@ class VectorIndex:
     @classmethod
     def load(cls, path: Path) -> VectorIndex | None:
         """The saved index, or None when missing or unreadable (the caller rebuilds)."""
-        faiss = _faiss()
         try:
             data = path.read_bytes()
             if not data.startswith(MAGIC):
@@ -119,7 +128,13 @@ class VectorIndex:
             (hlen,) = struct.unpack_from("<Q", data, len(MAGIC))
             start = len(MAGIC) + 8
             header = json.loads(data[start : start + hlen])
-            index = faiss.deserialize_index(np.frombuffer(data, np.uint8, offset=start + hlen))
-        except (OSError, ValueError, RuntimeError, struct.error):
+            index = AnnIndex.from_bytes(data[start + hlen :])
+        except (
+            OSError,
+            ValueError,
+            RuntimeError,
+            KeyError,
+            struct.error,
+        ):  # zip/npz errors are ValueError/OSError
             return None
-        return cls(header["dim"], index, header["generation"], header.get("info"))
+        return cls(header["dim"], index, header["generation"])
