@@ -24,8 +24,8 @@ class ItqCodec:
         return int(self.proj.shape[1])
 
     @classmethod
-    def train(cls, x: np.ndarray, nbits: int | None = None, iters: int = 50, seed: int = 0) -> ItqCodec:
-        x = np.asarray(x, np.float64)
+    def train(cls, x: np.ndarray, nbits: int | None = None, iters: int = 25, seed: int = 0) -> ItqCodec:
+        x = np.asarray(x, np.float32)
         d = x.shape[1]
         nbits = nbits or d
         if nbits % 8 or nbits > d:
@@ -35,14 +35,15 @@ class ItqCodec:
         # PCA: the top `nbits` eigenvectors of the covariance (eigh sorts ascending).
         _, vecs = np.linalg.eigh(v.T @ v)
         pca = vecs[:, ::-1][:, :nbits]
-        v = v @ pca
+        v = v @ pca.astype(np.float32)
         rot, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((nbits, nbits)))
+        rot = rot.astype(np.float32)
         for _ in range(iters):
-            b = np.where(v @ rot >= 0, 1.0, -1.0)
+            b = np.where(v @ rot >= 0, np.float32(1), np.float32(-1))
             # Orthogonal Procrustes: the rotation that best maps v onto the current codes.
             u, _, wt = np.linalg.svd(v.T @ b)
             rot = u @ wt
-        return cls(mean.astype(np.float32), (pca @ rot).astype(np.float32))
+        return cls(mean, (pca @ rot).astype(np.float32))
 
     def encode(self, x: np.ndarray) -> np.ndarray:
         """(n, nbits/8) uint8 codes; bit set where the rotated, centred component is >= 0."""
