@@ -293,6 +293,9 @@ def _train(
     )
     history: list[dict] = []
     best_state, best_score, best_epoch, step, train_seconds = None, -1.0, 0, 0, 0.0
+    # Denormal floats appear within a few steps and make CPU math several times slower (measured
+    # 4x on the bench model); flushing them to zero does not change what the model learns.
+    flush = device == "cpu" and torch.set_flush_denormal(True)
     try:
         for epoch in range(1, cfg.epochs + 1):
             t_epoch, cpu_epoch = time.perf_counter(), time.process_time()
@@ -340,4 +343,6 @@ def _train(
                 break
     finally:
         bar.close()
+        if flush:
+            torch.set_flush_denormal(False)  # torch's default; it has no getter to restore from
     return history, best_state, best_epoch, train_seconds
