@@ -10,7 +10,7 @@ from clipdex.cli.common import emit_json, info, json_option, pass_state, problem
 
 
 @click.command("finetune")
-@click.argument("pairs", type=click.Path(exists=True))
+@click.argument("pairs", type=click.Path(exists=True), required=False)
 @click.option("--val", "val_pairs", type=click.Path(exists=True), default=None,
               help="Held-out PAIRS for evaluation (default: a seeded split of PAIRS).")  # fmt: skip
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
@@ -48,25 +48,20 @@ def finetune_cmd(state, pairs, val_pairs, val_fraction, epochs, batch_size, lr, 
 
     PAIRS is a .csv/.tsv (with a header) or .jsonl with columns `image` and `caption` (image paths
     relative to the file's folder, or absolute), or a folder of images with sidecar captions
-    (photo.jpg + photo.txt). Recall@1/5/10 (text->image and image->text) is measured on held-out
+    (photo.jpg + photo.txt). Without PAIRS, the library's own captioned images are used.
+    Recall@1/5/10 (text->image and image->text) is measured on held-out
     images before and after; the epoch with the best mean recall is kept. The model is saved in
     open_clip's local-dir format; --apply also re-embeds the library with it.
 
     \b
     Examples:
+      clipdex finetune --apply                  # the library's sidecar captions
       clipdex finetune captions.csv --epochs 5
       clipdex finetune ~/Pictures/captioned --lock-image --unlock-last 2 --apply
       clipdex finetune train.jsonl --val val.jsonl --wise 0.5 --json
     """
     from clipdex.retrieval.finetune import FinetuneConfig, finetune
-    from clipdex.retrieval.pairs import read_pairs, split_pairs
 
-    train, empty = read_pairs(pairs)
-    if val_pairs:
-        val, val_empty = read_pairs(val_pairs)
-        empty += val_empty
-    else:
-        train, val = split_pairs(train, val_fraction, seed)
     cfg = FinetuneConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
         accum_steps=accum_steps, lock_image=lock_image, lock_text=lock_text, unlock_last=unlock_last,
@@ -80,6 +75,7 @@ def finetune_cmd(state, pairs, val_pairs, val_fraction, epochs, batch_size, lr, 
              f"i2t R@5 {v['i2t_r5']:.3f} ({e['seconds']:.1f}s)", quiet_text)  # fmt: skip
 
     with state.open(device=device) as lib:
+        train, val, empty = _read_inputs(lib, pairs, val_pairs, val_fraction, seed)
         lm = lib.model
         out_dir = out or lib.path / "models" / time.strftime("finetune-%Y%m%d-%H%M%S")
         info(f"fine-tuning {lm.spec} on {len(train)} pairs, {len(val)} held out", quiet_text)
@@ -98,6 +94,27 @@ def finetune_cmd(state, pairs, val_pairs, val_fraction, epochs, batch_size, lr, 
     if as_json:
         emit_json(summary)
     _table(result, empty, reembedded, quiet_text)
+
+
+def _read_inputs(lib, pairs, val_pairs, val_fraction: float, seed: int) -> tuple[list, list, int]:
+    """Training and held-out pairs: from PAIRS, or from the library's own image-caption links."""
+    from clipdex.errors import ClipdexError
+    from clipdex.retrieval.pairs import Pair, read_pairs, split_pairs
+
+    if pairs is None:
+        train = [Pair(path, caption) for path, caption in lib.caption_pairs()]
+        if not train:
+            raise ClipdexError(
+                f"the library at {lib.path} has no captioned images (sidecar .txt files); give PAIRS"
+            )
+        empty = 0
+    else:
+        train, empty = read_pairs(pairs)
+    if val_pairs:
+        val, val_empty = read_pairs(val_pairs)
+        return train, val, empty + val_empty
+    train, val = split_pairs(train, val_fraction, seed)
+    return train, val, empty
 
 
 def _table(result, empty: int, reembedded: int | None, quiet: bool) -> None:

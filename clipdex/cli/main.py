@@ -71,17 +71,11 @@ def cli(ctx: click.Context, library: str | None, debug: bool) -> None:
 
 
 def _register() -> None:
-    from clipdex.cli import library_cmds, model_cmds
+    from clipdex.cli import finetune, library_cmds, model_cmds
 
-    for module in (library_cmds, model_cmds):
+    for module in (library_cmds, model_cmds, finetune):
         for command in module.COMMANDS:
             cli.add_command(command)
-    try:
-        from clipdex.cli import finetune as finetune_cmds
-    except ImportError:
-        return
-    for command in finetune_cmds.COMMANDS:
-        cli.add_command(command)
 
 
 _register()

@@ -36,6 +36,16 @@ def clipdex(*args: str) -> None:
     sys.stdout.flush()
 
 
+def show_captions(lib: str, caption: str) -> None:
+    """What the hits really show (their sidecar captions), so the reader can judge the search."""
+    from clipdex import Library
+
+    with Library.open(lib) as library:
+        for hit in library.search(text=caption, k=3):
+            shown = Path(hit.path).with_suffix(".txt").read_text(encoding="utf-8").strip()
+            print(f"  #{hit.rank} shows {shown!r}" + ("  <- exact match" if shown == caption else ""))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clipdex.demo", description=__doc__)
     parser.add_argument("--out", default="demo-output", help="Working folder (recreated).")
@@ -70,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     for _, caption in queries[:3]:
         print(f"\n# Text search (a held-out caption): {caption!r}")
         clipdex("--library", lib, "search", caption, "-k", "3", "--target", "images")
+        show_captions(lib, caption)
     print(f"\n# Image search with a held-out picture showing: {queries[1][1]!r}")
     clipdex("--library", lib, "search", "--image", str(queries[1][0]), "-k", "3")
     print(f"\n# Image -> text: which captions describe {queries[2][0].name} ({queries[2][1]!r})?")
