@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from clipdex.errors import ClipdexError, ModelError
+from clipdex.index.indexset import IndexSet
 from clipdex.index.lock import WriterLock
 from clipdex.index.store import DB_NAME, IMAGE, TEXT, Store
 from clipdex.results import IndexStats, SearchResult
@@ -48,7 +49,7 @@ class Library:
         self.requested = requested
         self.device = device
         self._model: LoadedModel | None = None
-        self._indexes: dict[str, Any] = {}
+        self.indexes = IndexSet(path, store)
 
     # ---- opening --------------------------------------------------------------------------
     @classmethod
@@ -97,7 +98,7 @@ class Library:
             self._model = load_model(self.spec or self._target_spec(), self.device)
         return self._model
 
-    def _check_model(self, reembed: bool) -> None:
+    def check_model(self, reembed: bool) -> None:
         stored, wanted = self.spec, self.requested
         if stored and wanted and wanted != stored and not reembed:
             raise ModelError(
@@ -110,9 +111,9 @@ class Library:
             self.store.set_meta("model", lm.spec.to_json())
             self.store.set_meta("dim", str(lm.embed_dim))
 
-    def _writer_model(self, reembed: bool = False, problem: Problem | None = None) -> LoadedModel:
+    def writer_model(self, reembed: bool = False, problem: Problem | None = None) -> LoadedModel:
         """Model for a writing command: check, load, record (first time) or re-embed (on change)."""
-        self._check_model(reembed)
+        self.check_model(reembed)
         target = self._target_spec()
         stored = self.spec
         if self._model is None or self._model.spec != target:
@@ -133,6 +134,7 @@ class Library:
         batch_size: int = 32,
         workers: int | None = None,
         exact_decode: bool = False,
+        index_type: str | None = None,
         problem: Problem | None = None,
         progress: Progress | None = None,
     ) -> IndexStats:
@@ -143,11 +145,18 @@ class Library:
         folders = [folders] if isinstance(folders, (str, bytes, os.PathLike)) else list(folders)
         folders = [os.path.expanduser(f) if isinstance(f, str) else f for f in folders]
         check_folders(folders)  # before anything is touched: a missing FOLDER removes nothing
+        if index_type is not None:
+            from clipdex.index.ann import KINDS
+
+            if index_type not in ("auto", *KINDS):
+                raise ClipdexError(f"unknown index type '{index_type}' (choose auto, {', '.join(KINDS)})")
         with WriterLock(self.path):
+            if index_type is not None:
+                self.indexes.set_index_type(index_type)
             stored = self.spec
             if stored is None or reembed or self._target_spec() != stored:
-                self._writer_model(reembed, problem)  # load now: it records or re-embeds
-            indexes = {kind: self._index(kind) for kind in (IMAGE, TEXT)}
+                self.writer_model(reembed, problem)  # load now: it records or re-embeds
+            indexes = {kind: self.indexes.get(kind) for kind in (IMAGE, TEXT)}
             run = IndexRun(
                 self.store, lambda: self.model, batch_size=batch_size, workers=workers,
                 exact_decode=exact_decode, problem=problem, progress=progress,
@@ -160,7 +169,7 @@ class Library:
                         idx.remove(change.removed)
                         idx.generation = self.store.generation
             finally:
-                self._save_indexes()
+                self.indexes.save_all()
             return run.stats
 
     def add_texts(self, texts: Sequence[str], source: str = "add-texts") -> list[int]:
@@ -169,8 +178,8 @@ class Library:
 
         texts = [t.strip() for t in texts if t and t.strip()]
         with WriterLock(self.path):
-            lm = self._writer_model()
-            index = self._index(TEXT)
+            lm = self.writer_model()
+            index = self.indexes.get(TEXT)
             ids: list[int] = []
             for start in range(0, len(texts), 1024):
                 chunk = texts[start : start + 1024]
@@ -180,7 +189,7 @@ class Library:
                     index.generation = self.store.bump_generation()
                 index.add(new, vecs)
                 ids += new
-            self._save_indexes()
+            self.indexes.save_all()
         return ids
 
     def import_embeddings(
@@ -190,66 +199,10 @@ class Library:
         modality: str | None = None,
         progress: Progress | None = None,
     ) -> int:
-        """Store vectors computed elsewhere (``.npy``) with their paths or texts; returns the count.
+        """Store vectors computed elsewhere (``.npy`` + metadata); see `clipdex.importer`."""
+        from clipdex.importer import import_embeddings
 
-        Everything is checked before anything is written. The model is loaded only for a new
-        library (to learn and record its dimension); an existing one is checked by its stored dim.
-        Rows go in by chunks of 100k (bounded memory); an import that fails halfway is undone.
-        """
-        from clipdex.index.imports import read_embeddings
-        from clipdex.index.vectors import VectorIndex
-
-        data = read_embeddings(vectors_path, metadata_path, modality)
-        kind = IMAGE if data.modality == "image" else TEXT
-        with WriterLock(self.path):
-            self._check_model(reembed=False)
-            dim = self.store.dim if self.spec is not None else None
-            if not dim:
-                dim = self._writer_model().embed_dim
-            if data.dim != dim:
-                raise ClipdexError(
-                    f"{Path(vectors_path).name} holds {data.dim}-d vectors; this library's model "
-                    f"({self.spec}) makes {dim}-d ones"
-                )
-            if data.count == 0:
-                return 0
-            indexes = {k: self._index(k) for k in (IMAGE, TEXT)}
-            fresh = indexes[kind].ntotal == 0  # build once from all vectors (lets FAISS pick/train)
-            all_ids = np.empty(data.count, np.int64)
-            all_vecs = np.empty((data.count, dim), np.float32) if fresh else None
-            done = 0
-            try:
-                with self.store.bulk_load():
-                    for start, vecs in data.chunks(out=all_vecs):  # into all_vecs when fresh
-                        stop = start + len(vecs)
-                        with self.store.transaction():
-                            ids = self.store.insert_many(
-                                kind, "import", vecs,
-                                paths=data.paths(start, stop) if kind == IMAGE else None,
-                                texts=data.values[start:stop] if kind == TEXT else None,
-                            )  # fmt: skip
-                            self.store.bump_generation()
-                        all_ids[start:stop] = ids
-                        done = stop
-                        if all_vecs is None:
-                            indexes[kind].add(ids, vecs)
-                        if progress:
-                            progress(done, data.count)
-            except BaseException:
-                self._indexes.pop(kind, None)
-                if done:  # all or nothing: take back the chunks already committed
-                    with self.store.transaction():
-                        self.store.delete(all_ids[:done].tolist())
-                        self.store.bump_generation()
-                raise
-            gen = self.store.generation
-            if all_vecs is not None:
-                indexes[kind] = self._indexes[kind] = VectorIndex.build(all_ids, all_vecs, dim, gen)
-                del all_vecs
-            for idx in indexes.values():  # the other kind is unchanged: still valid at this generation
-                idx.generation = gen
-            self._save_indexes()
-        return data.count
+        return import_embeddings(self, vectors_path, metadata_path, modality, progress)
 
     def reembed(
         self, lm: LoadedModel, problem: Problem | None = None, progress: Progress | None = None
@@ -262,10 +215,10 @@ class Library:
         from clipdex.reembed import reembed_all
 
         n = reembed_all(self.store, lm, problem=problem, progress=progress)
-        self._indexes.clear()
+        self.indexes.forget()
         for kind in (IMAGE, TEXT):
-            self._index(kind)
-        self._save_indexes()
+            self.indexes.get(kind)
+        self.indexes.save_all()
         return n
 
     # ---- searching ------------------------------------------------------------------------
@@ -291,7 +244,7 @@ class Library:
             what = "images" if kind == IMAGE else "texts"
             raise ClipdexError(f"the library at {self.path} has no {what} to search")
         query = self._query_vector(text, image, vector)
-        hits = self._index(kind).search(query[None], k, self.store.get_vectors)[0]
+        hits = self.indexes.get(kind).search(query[None], k, self.store.get_vectors)[0]
         items = self.store.items([i for i, _ in hits])
         linked = self.store.items([it.image_id for it in items.values() if it.image_id is not None])
         results = []
@@ -326,40 +279,6 @@ class Library:
             raise ClipdexError(f"cannot read query image {display_path(os.fsencode(image))}: {e}") from e
         return encode_image_batch(lm, pixels[None])[0]
 
-    # ---- FAISS ----------------------------------------------------------------------------
-    def _index_path(self, kind: str) -> Path:
-        return self.path / f"{kind}s.faiss"
-
-    def _index(self, kind: str) -> Any:
-        """The FAISS index of ``kind``: cached, loaded from file, or rebuilt when missing/stale."""
-        from clipdex.index.vectors import VectorIndex
-
-        gen = self.store.generation
-        idx = self._indexes.get(kind)
-        if idx is not None and idx.generation == gen:
-            return idx
-        idx = VectorIndex.load(self._index_path(kind))
-        if idx is None or idx.generation != gen or idx.dim != (self.store.dim or 0):
-            with self.store.snapshot():
-                gen = self.store.generation
-                ids, vecs = self.store.vectors(kind)
-            idx = VectorIndex.build(ids, vecs, self.store.dim or 0, gen)
-            self._try_save(idx, kind)
-        self._indexes[kind] = idx
-        return idx
-
-    def _save_indexes(self) -> None:
-        for kind, idx in self._indexes.items():
-            self._try_save(idx, kind)
-
-    def _try_save(self, idx: Any, kind: str) -> None:
-        # Derived data: a reader that rebuilt it saves it for the next one, if nothing changed since.
-        if idx.generation == self.store.generation:
-            try:
-                idx.save(self._index_path(kind))
-            except OSError:
-                pass
-
     # ---- reporting ------------------------------------------------------------------------
     def info(self) -> dict:
         """Model, dimension, counts by kind, index types, paths and sizes on disk."""
@@ -372,7 +291,7 @@ class Library:
         counts = self.store.counts()
         indexes = {}
         for kind in (IMAGE, TEXT):
-            idx = self._index(kind)
+            idx = self.indexes.get(kind)
             indexes[kind + "s"] = {"ntotal": idx.ntotal, **idx.info}
         return {
             "library": str(self.path),

@@ -11,8 +11,9 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-from corehelp import assert_one_error_line, json_lines, make_images, ok, run
+from corehelp import assert_one_error_line, brute_force, json_lines, make_images, ok, run, stored
 
 import clipdex
 
@@ -237,3 +238,30 @@ def test_writer_lock(small, tmp_path, holder, monkeypatch, writer):
         {"added": 2} if writer == "add-texts" else dict.fromkeys(INDEX_KEYS, 0) | {"unchanged": 6}
     )
     assert not lock.exists()
+
+
+@pytest.mark.parametrize("index_type", ["sq8", "binary", "ivf-flat"])
+def test_index_type_is_remembered_and_scores_stay_exact(tiny_model_dir, tmp_path, index_type):
+    folder = tmp_path / "imgs"
+    make_images(folder, [f"{i}.png" for i in range(6)])
+    lib = tmp_path / "lib"
+    ok("--library", lib, "index", folder, "--model", tiny_model_dir, "--index-type", index_type)
+    info = json.loads(ok("--library", lib, "info", "--json").stdout)
+    assert info["indexes"]["images"]["requested"] == index_type  # too few vectors to train: flat for now
+    # Grow the library past the training minimum: the remembered type is built.
+    rng = np.random.default_rng(0)
+    vecs = rng.normal(size=(1500, info["dim"])).astype(np.float32)
+    np.save(tmp_path / "v.npy", vecs)
+    (tmp_path / "m.csv").write_text("path\n" + "".join(f"/x/{i}.jpg\n" for i in range(1500)))
+    ok("--library", lib, "import-embeddings", tmp_path / "v.npy", tmp_path / "m.csv")
+    info = json.loads(ok("--library", lib, "info", "--json").stdout)
+    assert info["indexes"]["images"]["type"] == index_type and info["images"] == 1506
+    ids, stored_vecs = stored(lib, "image")
+    query = stored_vecs[3]
+    hits = json_lines(ok("--library", lib, "search", "--image", folder / "3.png", "--json", "-k", "5").stdout)
+    assert hits[0]["path"].endswith("3.png") and hits[0]["score"] >= 0.9999
+    exact = brute_force(ids, stored_vecs, query, 5)
+    assert [h["id"] for h in hits][:1] == [exact[0][0]]
+    for h in hits:  # scores are exact cosine from the stored vectors, whatever the index
+        assert h["score"] == pytest.approx(float(stored_vecs[list(ids).index(h["id"])] @ query), abs=1e-6)
+    assert_one_error_line(run("--library", lib, "index", folder, "--index-type", "nope"), "nope")

@@ -28,7 +28,12 @@ from clipdex.cli.common import (
 @click.option("--include-hidden", is_flag=True, help="Also index hidden files and folders.")
 @click.option("--reembed", is_flag=True, help="Re-embed every item (required to switch the library's model).")
 @click.option("--exact-decode", is_flag=True, help="Never decode large JPEGs at reduced scale.")
-@click.option("--index-type", default="auto", show_default=True, help="FAISS index type (auto, flat, …).")
+@click.option(
+    "--index-type",
+    default=None,
+    help="FAISS index: auto (by size and memory; default), flat, ivf-flat, ivf-pq, hnsw, sq8, fp16, binary. "
+    "Remembered by the library.",
+)
 @json_option
 @quiet_option
 @pass_state
@@ -49,7 +54,7 @@ def index(state, folders, model, pretrained, device, batch_size, workers, includ
     with lib, progress_bar("indexing", quiet) as bar:
         stats = lib.index(
             list(folders), include_hidden=include_hidden, reembed=reembed, batch_size=batch_size,
-            workers=workers, exact_decode=exact_decode, problem=problem, progress=bar,
+            workers=workers, exact_decode=exact_decode, index_type=index_type, problem=problem, progress=bar,
         )  # fmt: skip
     if as_json:
         emit_json(stats.to_dict())

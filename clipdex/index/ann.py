@@ -139,6 +139,8 @@ class AnnIndex:
             return True
         if self.kind != "flat" and n > 2 * max(built, MIN_TRAIN):
             return True
+        if self.kind == "flat" and self.info["requested"] not in ("auto", "flat") and n >= MIN_TRAIN:
+            return True  # a forced type fell back to flat while too small to train; now it can be built
         return (
             self.info["requested"] == "auto"
             and n > 1.2 * built
