@@ -15,12 +15,13 @@ from __future__ import annotations
 import io
 import json
 import os
+import struct
 import time
 import zipfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -228,45 +229,53 @@ class AnnIndex:
             faiss.downcast_index(self.index.index).hnsw.efSearch = params["efSearch"]
 
     # ---- persistence ------------------------------------------------------------------------
-    def to_bytes(self) -> bytes:
-        """One .npz: info json, tombstones, codec arrays and the serialised CPU index."""
+    def write(self, f: BinaryIO) -> None:
+        """Write to an open file: a small .npz head (info, tombstones, codec), then the FAISS index
+        streamed straight into ``f`` (no in-memory copies of a multi-GB index)."""
         faiss = _faiss()
-        index = self.index
-        if self.codec is not None:
-            blob = faiss.serialize_index_binary(index)
-        else:
-            blob = faiss.serialize_index(faiss.index_gpu_to_cpu(index) if _on_gpu(self) else index)
         info = dict(self.info, device="cpu")
         arrays = {
             "info": np.frombuffer(json.dumps({"kind": self.kind, "info": info}).encode(), np.uint8),
             "removed": np.array(sorted(self.removed), np.int64),
-            "index": blob,
             **(self.codec.to_arrays() if self.codec is not None else {}),
         }
+        head = io.BytesIO()
+        np.savez(head, **arrays)
+        f.write(struct.pack("<Q", head.tell()) + head.getvalue())
+        writer = faiss.PyCallbackIOWriter(f.write)
+        if self.codec is not None:
+            faiss.write_index_binary(self.index, writer)
+        else:
+            faiss.write_index(faiss.index_gpu_to_cpu(self.index) if _on_gpu(self) else self.index, writer)
+        del writer  # flushes its buffer
+
+    @classmethod
+    def read(cls, f: BinaryIO) -> AnnIndex:
+        """Read what `write` wrote; ValueError when it is truncated or damaged."""
+        faiss = _faiss()
+        try:
+            (hlen,) = struct.unpack("<Q", f.read(8))
+            with np.load(io.BytesIO(f.read(hlen)), allow_pickle=False) as z:
+                head = json.loads(z["info"].tobytes())
+                codec = ItqCodec.from_arrays(z) if "itq_mean" in z.files else None
+                removed = set(z["removed"].tolist())
+            reader = faiss.PyCallbackIOReader(f.read)
+            index = faiss.read_index_binary(reader) if codec else faiss.read_index(reader)
+        except (zipfile.BadZipFile, KeyError, EOFError, RuntimeError, struct.error) as e:
+            raise ValueError(f"not a clipdex ANN index: {e}") from e
+        ann = cls(head["kind"], index, head["info"], codec, removed)
+        ann.set_params(**{p: v for p, v in ann.info["params"].items() if p in ("nprobe", "efSearch")})
+        return ann
+
+    def to_bytes(self) -> bytes:
         buf = io.BytesIO()
-        np.savez(buf, **arrays)
+        self.write(buf)
         return buf.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes) -> AnnIndex:
         """Raises ValueError when `data` is not what to_bytes wrote (truncated, damaged)."""
-        try:
-            return cls._from_bytes(data)
-        except (zipfile.BadZipFile, KeyError, EOFError, RuntimeError) as e:
-            raise ValueError(f"not a clipdex ANN index: {e}") from e
-
-    @classmethod
-    def _from_bytes(cls, data: bytes) -> AnnIndex:
-        faiss = _faiss()
-        with np.load(io.BytesIO(data), allow_pickle=False) as z:
-            head = json.loads(z["info"].tobytes())
-            codec = ItqCodec.from_arrays(z) if "itq_mean" in z.files else None
-            blob = z["index"]
-            index = faiss.deserialize_index_binary(blob) if codec else faiss.deserialize_index(blob)
-            removed = set(z["removed"].tolist())
-        ann = cls(head["kind"], index, head["info"], codec, removed)
-        ann.set_params(**{p: v for p, v in ann.info["params"].items() if p in ("nprobe", "efSearch")})
-        return ann
+        return cls.read(io.BytesIO(data))
 
 
 @contextmanager

@@ -20,7 +20,7 @@ import numpy as np
 from clipdex.index import ann
 from clipdex.index.ann import AnnIndex
 
-MAGIC = b"CLIPDEX-FAISS-2\n"  # 2: the body is an ann.AnnIndex (older files are rebuilt)
+MAGIC = b"CLIPDEX-FAISS-3\n"  # 3: streamed ann.AnnIndex body (older files are rebuilt)
 
 
 def _faiss() -> Any:
@@ -104,13 +104,12 @@ class VectorIndex:
     # ---- persistence --------------------------------------------------------------------
     def save(self, path: Path) -> None:
         """Atomic: write a temp file in the same folder, fsync, rename over the old one."""
-        header = json.dumps({"generation": self.generation, "dim": self.dim, "info": self.info}).encode()
-        body = self.ann.to_bytes()
+        header = json.dumps({"generation": self.generation, "dim": self.dim}).encode()
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
-            with os.fdopen(fd, "wb") as f:
+            with os.fdopen(fd, "wb", buffering=1 << 20) as f:
                 f.write(MAGIC + struct.pack("<Q", len(header)) + header)
-                f.write(body)
+                self.ann.write(f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
@@ -122,19 +121,12 @@ class VectorIndex:
     def load(cls, path: Path) -> VectorIndex | None:
         """The saved index, or None when missing or unreadable (the caller rebuilds)."""
         try:
-            data = path.read_bytes()
-            if not data.startswith(MAGIC):
-                return None
-            (hlen,) = struct.unpack_from("<Q", data, len(MAGIC))
-            start = len(MAGIC) + 8
-            header = json.loads(data[start : start + hlen])
-            index = AnnIndex.from_bytes(data[start + hlen :])
-        except (
-            OSError,
-            ValueError,
-            RuntimeError,
-            KeyError,
-            struct.error,
-        ):  # zip/npz errors are ValueError/OSError
+            with open(path, "rb", buffering=1 << 20) as f:
+                if f.read(len(MAGIC)) != MAGIC:
+                    return None
+                (hlen,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(hlen))
+                index = AnnIndex.read(f)
+        except (OSError, ValueError, KeyError, struct.error):
             return None
         return cls(header["dim"], index, header["generation"])
