@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 
@@ -77,7 +78,7 @@ def finetune_cmd(state, pairs, val_pairs, val_fraction, epochs, batch_size, lr, 
     with state.open(device=device) as lib:
         train, val, empty = _read_inputs(lib, pairs, val_pairs, val_fraction, seed)
         lm = lib.model
-        out_dir = out or lib.path / "models" / time.strftime("finetune-%Y%m%d-%H%M%S")
+        out_dir = out or _new_model_dir(lib.path / "models")
         info(f"fine-tuning {lm.spec} on {len(train)} pairs, {len(val)} held out", quiet_text)
         result = finetune(lm, train, val, cfg, out_dir, progress=epoch_line)
         for path, reason in result.bad_images:
@@ -94,6 +95,16 @@ def finetune_cmd(state, pairs, val_pairs, val_fraction, epochs, batch_size, lr, 
     if as_json:
         emit_json(summary)
     _table(result, empty, reembedded, quiet_text)
+
+
+def _new_model_dir(parent: Path) -> Path:
+    """``finetune-YYYYmmdd-HHMMSS`` under ``parent``, with a suffix if that name is taken."""
+    base = time.strftime("finetune-%Y%m%d-%H%M%S")
+    path, n = parent / base, 1
+    while path.exists():
+        n += 1
+        path = parent / f"{base}-{n}"
+    return path
 
 
 def _read_inputs(lib, pairs, val_pairs, val_fraction: float, seed: int) -> tuple[list, list, int]:
