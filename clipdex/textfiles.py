@@ -24,16 +24,7 @@ def read_texts(path: str | Path, column: str | None = None) -> list[str]:
         fields = list(rows[0].keys()) if rows else []
         values = _column(rows, fields, column, path)
     elif suffix in (".jsonl", ".ndjson"):
-        rows = []
-        for n, line in enumerate(raw.splitlines(), start=1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                except ValueError as e:
-                    raise ClipdexError(f"{path}:{n}: invalid JSON ({e})") from e
-                if not isinstance(row, dict):
-                    raise ClipdexError(f"{path}:{n}: each line must be a JSON object")
-                rows.append(row)
+        rows = parse_jsonl(raw, path)
         fields = sorted({k for r in rows for k in r})
         values = _column(rows, fields, column, path)
     elif column is not None:
@@ -41,6 +32,34 @@ def read_texts(path: str | Path, column: str | None = None) -> list[str]:
     else:
         values = raw.splitlines()
     return [v.strip() for v in values if isinstance(v, str) and v.strip()]
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The JSON objects of a JSON Lines file (UTF-8, BOM tolerated, blank lines skipped)."""
+    path = Path(path)
+    try:
+        raw = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ClipdexError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    except OSError as e:
+        raise ClipdexError(f"cannot read {path}: {e.strerror}") from e
+    return parse_jsonl(raw, path)
+
+
+def parse_jsonl(raw: str, path: Path) -> list[dict]:
+    """One JSON object per non-empty line; a bad line is a one-line error naming its number."""
+    rows = []
+    for n, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise ClipdexError(f"{path}:{n}: invalid JSON ({e})") from e
+        if not isinstance(row, dict):
+            raise ClipdexError(f"{path}:{n}: each line must be a JSON object")
+        rows.append(row)
+    return rows
 
 
 def _column(rows: list[dict], fields: list[str], column: str | None, path: Path) -> list:

@@ -10,7 +10,6 @@ writes anything. Pure numpy / csv / json / pyarrow: no models here.
 from __future__ import annotations
 
 import csv
-import json
 import os
 import sys
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from clipdex.errors import ClipdexError
+from clipdex.textfiles import read_jsonl
 
 IMAGE, TEXT = "image", "text"
 COLUMNS = {IMAGE: ("path", "image_path"), TEXT: ("text", "caption")}
@@ -191,21 +191,7 @@ def _csv(path: Path, modality: str | None) -> tuple[str, list]:
 
 
 def _jsonl(path: Path, modality: str | None) -> tuple[str, list]:
-    rows = []
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except ValueError as e:
-                    raise ClipdexError(f"{path.name}:{n}: invalid JSON ({e})") from e
-                if not isinstance(row, dict):
-                    raise ClipdexError(f"{path.name}:{n}: each line must be a JSON object")
-                rows.append(row)
-    except UnicodeDecodeError as e:
-        raise ClipdexError(f"{path.name}: not UTF-8 text ({e.reason} at byte {e.start})") from e
+    rows = read_jsonl(path)
     fields = list(dict.fromkeys(k for r in rows[:1000] for k in r))
     if rows and not any(c in fields for cs in COLUMNS.values() for c in cs):
         fields = list(dict.fromkeys(k for r in rows for k in r))

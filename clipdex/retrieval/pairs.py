@@ -8,7 +8,6 @@ captions (``photo.jpg`` + ``photo.txt``).
 from __future__ import annotations
 
 import csv
-import json
 import os
 import random
 from collections.abc import Callable, Sequence
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from clipdex.errors import ClipdexError
+from clipdex.textfiles import read_jsonl
 
 IMAGE_EXTS = {
     ".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
@@ -89,27 +89,9 @@ def _table_rows(path: Path, delimiter: str) -> list[tuple[str, str]]:
 
 
 def _jsonl_rows(path: Path) -> list[tuple[str, str]]:
-    rows, found = [], set()
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ClipdexError(f"cannot read {path}: {e}") from e
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError as e:
-            raise ClipdexError(f"{path}:{n}: not valid JSON ({e.msg})") from e
-        if not isinstance(obj, dict):
-            raise ClipdexError(f"{path}:{n}: each line must be a JSON object")
-        found.update(obj)
-        if "image" not in obj:
-            _need_columns(sorted(found), path)
-        rows.append((obj.get("image") or "", obj.get("caption") or ""))
-    if rows:
-        _need_columns(sorted(found), path)
-    return rows
+    rows = read_jsonl(path)
+    _need_columns(sorted({k for r in rows for k in r}) if rows else ["image", "caption"], path)
+    return [(r.get("image") or "", r.get("caption") or "") for r in rows]
 
 
 def _folder_rows(folder: Path) -> list[tuple[str, str]]:
