@@ -13,6 +13,7 @@ from clipdex.index.store import IMAGE, TEXT, Store
 from clipdex.index.vectors import VectorIndex
 
 INDEX_TYPE_KEY = "index_type"
+TUNE_QUERIES = 200
 
 
 class IndexSet:
@@ -55,7 +56,11 @@ class IndexSet:
 
     def build(self, kind: str, ids, vecs, generation: int) -> VectorIndex:
         """Build from arrays the caller already holds (saves re-reading SQLite), cache and save it."""
-        idx = VectorIndex.build(ids, vecs, self.store.dim or 0, generation, self.index_type)
+        # Text->image queries sit further from the images than image->image ones do, so an image
+        # index is tuned on stored texts when there are enough of them.
+        tune = self.store.sample_vectors(TEXT, TUNE_QUERIES) if kind == IMAGE else None
+        tune = tune if tune is not None and len(tune) >= TUNE_QUERIES // 2 else None
+        idx = VectorIndex.build(ids, vecs, self.store.dim or 0, generation, self.index_type, tune)
         self._cache[kind] = idx
         self._try_save(kind, idx)
         return idx

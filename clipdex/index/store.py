@@ -314,6 +314,14 @@ class Store:
                 out[row] = np.frombuffer(found[i], np.float32)
         return out
 
+    def sample_vectors(self, kind: str, n: int) -> np.ndarray:
+        """Up to ``n`` stored vectors of ``kind``, drawn at random."""
+        rows = self.conn.execute(
+            "SELECT vector FROM items WHERE kind = ? ORDER BY random() LIMIT ?", (kind, n)
+        ).fetchall()
+        dim = self.dim or 0
+        return np.array([np.frombuffer(r[0], np.float32) for r in rows], np.float32).reshape(-1, dim)
+
     def count(self, kind: str | None = None) -> int:
         if kind is None:
             return self.conn.execute("SELECT count(*) FROM items").fetchone()[0]

@@ -45,11 +45,19 @@ class VectorIndex:
 
     @classmethod
     def build(
-        cls, ids: np.ndarray, vectors: np.ndarray, dim: int, generation: int, kind: str = "auto"
+        cls,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        dim: int,
+        generation: int,
+        kind: str = "auto",
+        tune_queries: np.ndarray | None = None,
     ) -> VectorIndex:
-        """Index type chosen by ann.choose_kind (or forced by `kind`), search parameters tuned."""
+        """Index type chosen by ann.choose_kind (or forced by `kind`), search parameters tuned
+        (on `tune_queries` when given: a sample of the queries this index will really answer)."""
         vectors = np.asarray(vectors, np.float32).reshape(len(ids), dim)
-        return cls(dim, ann.build(vectors, np.asarray(ids, np.int64), kind), generation)
+        built = ann.build(vectors, np.asarray(ids, np.int64), kind, tune_queries=tune_queries)
+        return cls(dim, built, generation)
 
     @property
     def info(self) -> dict:
