@@ -63,7 +63,8 @@ class Library:
     ) -> Library:
         """Open the library at ``path`` (default: ``default_library_dir()``).
 
-        ``model``/``pretrained`` name the model for a new library, or must match the stored one.
+        ``model``/``pretrained`` name the model for a new library; writing with a different one than
+        the stored model is refused unless it re-embeds (``index(..., reembed=True)``).
         """
         lib_dir = Path(path).expanduser().absolute() if path is not None else default_library_dir()
         if lib_dir.exists() and not lib_dir.is_dir():
