@@ -252,3 +252,20 @@ def test_damaged_bytes_raise_value_error(built):
     for bad in (b"", b"junk", data[: len(data) // 2]):
         with pytest.raises(ValueError):
             A.AnnIndex.from_bytes(bad)
+
+
+def test_auto_falls_back_to_an_exact_scan_when_ivf_misses_the_recall_target(monkeypatch):
+    """Unclustered data defeats IVF at small nprobe: auto must not hand out a low-recall index."""
+    monkeypatch.setattr(A, "FLAT_MAX_FLOATS", 1_000)  # make 5k x 64 'large'
+    monkeypatch.setattr(A, "NPROBES", (1,))  # and the probe grid too small for uniform data
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5_000, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = np.arange(10, 5_010, dtype=np.int64)
+    ann = A.build(x, ids, "auto")
+    assert ann.kind == "flat" and ann.info["requested"] == "auto"
+    assert (
+        ann.info["fallback_from"]["type"] == "ivf-flat" and ann.info["fallback_from"]["recall_at_10"] < 0.95
+    )
+    forced = A.build(x, ids, "ivf-flat")  # a forced type is kept, with its measured recall
+    assert forced.kind == "ivf-flat" and forced.info["recall_at_10"] < 0.95
