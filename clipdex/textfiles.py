@@ -13,12 +13,7 @@ def read_texts(path: str | Path, column: str | None = None) -> list[str]:
     """Non-empty, stripped texts from ``path``; ``column`` (default ``text``) for tabular files."""
     path = Path(path)
     suffix = path.suffix.lower()
-    try:
-        raw = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ClipdexError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
-    except OSError as e:
-        raise ClipdexError(f"cannot read {path}: {e.strerror}") from e
+    raw = read_text(path)
     if suffix in (".csv", ".tsv"):
         rows = list(csv.DictReader(raw.splitlines(), delimiter="\t" if suffix == ".tsv" else ","))
         fields = list(rows[0].keys()) if rows else []
@@ -36,14 +31,17 @@ def read_texts(path: str | Path, column: str | None = None) -> list[str]:
 
 def read_jsonl(path: str | Path) -> list[dict]:
     """The JSON objects of a JSON Lines file (UTF-8, BOM tolerated, blank lines skipped)."""
-    path = Path(path)
+    return parse_jsonl(read_text(Path(path)), Path(path))
+
+
+def read_text(path: Path) -> str:
+    """A whole UTF-8 file (BOM tolerated); unreadable or undecodable -> one-line ClipdexError."""
     try:
-        raw = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
         raise ClipdexError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from e
     except OSError as e:
         raise ClipdexError(f"cannot read {path}: {e.strerror}") from e
-    return parse_jsonl(raw, path)
 
 
 def parse_jsonl(raw: str, path: Path) -> list[dict]:
