@@ -265,3 +265,16 @@ def test_index_type_is_remembered_and_scores_stay_exact(tiny_model_dir, tmp_path
     for h in hits:  # scores are exact cosine from the stored vectors, whatever the index
         assert h["score"] == pytest.approx(float(stored_vecs[list(ids).index(h["id"])] @ query), abs=1e-6)
     assert_one_error_line(run("--library", lib, "index", folder, "--index-type", "nope"), "nope")
+
+
+def test_model_init_never_overwrites_a_folder(tmp_path):
+    photos = tmp_path / "photos"
+    make_images(photos, ["keep.png"])
+    assert_one_error_line(run("model", "init", "ViT-B-32", "--out", photos), "not empty")
+    assert (photos / "keep.png").is_file()
+    from clipdex.errors import ModelError
+    from clipdex.retrieval.models import save_local_dir
+
+    with pytest.raises(ModelError, match="not a model directory"):
+        save_local_dir(object(), {}, {}, photos)
+    assert (photos / "keep.png").is_file()

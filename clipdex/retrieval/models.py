@@ -281,6 +281,9 @@ def save_local_dir(model: Any, model_cfg: dict, preprocess_cfg: dict, out: str |
     from safetensors.torch import save_file
 
     out = Path(out).expanduser().resolve()
+    if out.exists() and not (out / CONFIG_NAME).is_file() and (not out.is_dir() or any(out.iterdir())):
+        # Only ever replace a model directory: never a user's folder given by mistake.
+        raise ModelError(f"{out} exists and is not a model directory; choose another output")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -312,6 +315,8 @@ def init_model(arch_or_json: str, out: str | Path, seed: int = 0) -> Path:
     """
     import torch
 
+    if Path(out).expanduser().exists() and any(Path(out).expanduser().iterdir()):
+        raise ModelError(f"{out} already exists and is not empty; choose another --out")
     open_clip = _open_clip()
     preprocess_cfg: dict = {}
     if arch_or_json.endswith(".json") or os.path.isfile(arch_or_json):
