@@ -36,12 +36,13 @@ def clipdex(*args: str) -> None:
     sys.stdout.flush()
 
 
-def show_captions(lib: str, caption: str) -> None:
+def show_captions(lib: str, caption: str, image: Path | None = None) -> None:
     """What the hits really show (their sidecar captions), so the reader can judge the search."""
     from clipdex import Library
 
     with Library.open(lib) as library:
-        for hit in library.search(text=caption, k=3):
+        hits = library.search(image=image, k=3) if image else library.search(text=caption, k=3)
+        for hit in hits:
             shown = Path(hit.path).with_suffix(".txt").read_text(encoding="utf-8").strip()
             print(f"  #{hit.rank} shows {shown!r}" + ("  <- exact match" if shown == caption else ""))
 
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         show_captions(lib, caption)
     print(f"\n# Image search with a held-out picture showing: {queries[1][1]!r}")
     clipdex("--library", lib, "search", "--image", str(queries[1][0]), "-k", "3")
+    show_captions(lib, queries[1][1], image=queries[1][0])
     print(f"\n# Image -> text: which captions describe {queries[2][0].name} ({queries[2][1]!r})?")
     clipdex("--library", lib, "search", "--image", str(queries[2][0]), "--target", "texts", "-k", "3")
     print(f"\nDemo finished in {time.monotonic() - started:.0f} s. Library: {lib}")
