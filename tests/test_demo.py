@@ -1,0 +1,18 @@
+"""The README's command one: the offline demo runs end to end (shortened here)."""
+
+from __future__ import annotations
+
+from clipdex import Library
+from clipdex.demo.__main__ import main
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    assert main(["--out", str(tmp_path / "demo"), "--scenes", "100", "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "$ clipdex" in out and "Demo finished" in out
+    with Library.open(tmp_path / "demo" / "library") as lib:
+        assert lib.store.count("image") == 100 and lib.store.count("text") == 100
+        # --apply made the fine-tuned model the library's
+        assert "/models/finetune-" in lib.spec.name
+        hits = lib.search(image=tmp_path / "demo" / "scenes" / "scene_00007.png", k=1)
+        assert hits[0].path.endswith("scene_00007.png") and hits[0].score >= 0.9999
