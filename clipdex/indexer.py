@@ -49,8 +49,10 @@ class IndexRun:
         exact_decode: bool = False,
         problem: Problem | None = None,
         progress: Callable[[int, int], None] | None = None,
+        before_write: Callable[[], None] | None = None,
     ):
         self.store, self._model = store, model
+        self._before_write = before_write  # called once, before the first commit
         self.batch_size = max(1, batch_size)
         self.workers = workers or default_workers()
         self.exact_decode = exact_decode
@@ -169,6 +171,7 @@ class IndexRun:
     ) -> Change:
         """One transaction: delete replaced rows, insert images and their captions, bump generation."""
         store = self.store
+        self._first_write()
         with store.transaction():
             gone = store.delete(removed)
             image_ids = store.insert(
@@ -216,6 +219,7 @@ class IndexRun:
                 continue  # e.g. an empty sidecar: no caption then, none now; nothing to write
             # Only new captions need the model; a removal alone must not load it.
             tvecs = encode_texts(self.lm, [t for _, t, _ in new]) if new else None
+            self._first_write()
             with self.store.transaction():
                 gone = self.store.delete(removed)
                 ids = self.store.insert(
@@ -225,6 +229,11 @@ class IndexRun:
                 ) if new else []  # fmt: skip
                 self.store.bump_generation()
             yield Change({TEXT: (ids, tvecs)} if ids else {}, gone)
+
+    def _first_write(self) -> None:
+        if self._before_write is not None:
+            self._before_write()
+            self._before_write = None
 
     def _scan_error(self, path: bytes, reason: str) -> None:
         self.problem(display_path(path), reason)

@@ -157,10 +157,16 @@ class Library:
             stored = self.spec
             if stored is None or reembed or self._target_spec() != stored:
                 self.writer_model(reembed, problem)  # load now: it records or re-embeds
-            indexes = {kind: self.indexes.get(kind) for kind in (IMAGE, TEXT)}
+            indexes: dict[str, Any] = {}
+
+            def load_indexes() -> None:
+                # Only a run that writes needs them (a big index takes seconds to load); they are
+                # loaded before its first commit, so the changes then apply to them incrementally.
+                indexes.update({kind: self.indexes.get(kind) for kind in (IMAGE, TEXT)})
+
             run = IndexRun(
                 self.store, lambda: self.model, batch_size=batch_size, workers=workers,
-                exact_decode=exact_decode, problem=problem, progress=progress,
+                exact_decode=exact_decode, problem=problem, progress=progress, before_write=load_indexes,
             )  # fmt: skip
             try:
                 for change in run.run(folders, include_hidden, exclude=[self.path]):

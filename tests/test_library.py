@@ -109,9 +109,16 @@ def test_unchanged_run_writes_nothing(tiny_model_dir, tmp_path, monkeypatch):
     (imgs / "c.txt").write_text("a real caption")
     assert index_json(lib, imgs, "--model", tiny_model_dir) == stats(added=3, texts_added=1)
     generation = json_lines(ok("--library", lib, "info", "--json").stdout)[0]["generation"]
-    loads = []
+    loads, faiss_loads = [], []
     monkeypatch.setattr(clipdex.library, "load_model", lambda *a, **k: loads.append(a))
+    real_get = clipdex.library.IndexSet.get
+    monkeypatch.setattr(
+        clipdex.library.IndexSet,
+        "get",
+        lambda self, kind: (faiss_loads.append(kind), real_get(self, kind))[1],
+    )
     assert index_json(lib, imgs) == stats(unchanged=3)
+    assert faiss_loads == []  # nothing written: the FAISS files are not even read
     assert json_lines(ok("--library", lib, "info", "--json").stdout)[0]["generation"] == generation
     assert loads == []  # nothing to embed: the model is not even loaded
     (imgs / "c.txt").unlink()  # removing a caption needs no model either

@@ -24,6 +24,7 @@ DEMO_MODEL = {
     "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3},
 }
 
+
 def clipdex(*args: str) -> None:
     """Run one clipdex command in this process, echoing it like a shell session."""
     from clipdex.cli.main import cli
