@@ -15,26 +15,26 @@ TINY_CFG = {
 }
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A random-init (seed 0) tiny model written by clipdex's own `model init` code."""
+def _tiny_model(factory: pytest.TempPathFactory, name: str, seed: int) -> Path:
+    """A random-init tiny model written by clipdex's own `model init` code."""
     from clipdex.retrieval.models import init_model
 
-    root = tmp_path_factory.mktemp("models")
+    root = factory.mktemp(name)
     cfg = root / "tiny.json"
     cfg.write_text(json.dumps(TINY_CFG))
-    return init_model(str(cfg), root / "tiny", seed=0)
+    return init_model(str(cfg), root / name, seed=seed)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tests' tiny model (seed 0)."""
+    return _tiny_model(tmp_path_factory, "tiny", seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny_model_dir2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A second tiny model (other seed): a *different* model for refusal tests."""
-    from clipdex.retrieval.models import init_model
-
-    root = tmp_path_factory.mktemp("models2")
-    cfg = root / "tiny.json"
-    cfg.write_text(json.dumps(TINY_CFG))
-    return init_model(str(cfg), root / "tiny-b", seed=1)
+    return _tiny_model(tmp_path_factory, "tiny-b", seed=1)
 
 
 @pytest.fixture(autouse=True)
