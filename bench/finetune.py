@@ -36,6 +36,7 @@ BENCH_CFG = {
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 3},
 }
 
+
 def semantic_recall_at_5(lm, val) -> float:
     from clipdex.retrieval.decode import open_image
 

@@ -13,7 +13,7 @@ import numpy as np
 from clipdex.index.scan import FileStat, ScannedImage, display_path, is_under, read_sidecar, scan, scan_roots
 from clipdex.index.store import IMAGE, TEXT, FileRecord, Store
 from clipdex.results import IndexStats
-from clipdex.retrieval.decode import default_workers, load_and_preprocess, ordered_prefetch
+from clipdex.retrieval.decode import default_workers
 from clipdex.retrieval.models import LoadedModel
 
 Problem = Callable[[str, str], None]  # (display path, reason) -> report it on stderr
@@ -97,44 +97,30 @@ class IndexRun:
     def _embed_images(self, todo: list[_Todo], captions: dict) -> Iterator[Change]:
         if not todo:
             return
+        from clipdex.retrieval.embed import embed_image_files  # torch: only when there is work
+
         lm = self.lm
-        draft_to = None if self.exact_decode else lm.image_size
-
-        def decode(t: _Todo):
-            return load_and_preprocess(t.scanned.image.path, lm.preprocess, draft_to)
-
-        batch: list[tuple[_Todo, object]] = []
-        failed_old: list[int] = []
-        done = 0
-        for t, result in ordered_prefetch(decode, todo, self.workers, ahead=self.batch_size * 2):
-            if isinstance(result, BaseException):
+        batches = embed_image_files(
+            lm, todo, lambda t: t.scanned.image.path, batch_size=self.batch_size, workers=self.workers,
+            draft_to=None if self.exact_decode else lm.image_size,
+        )  # fmt: skip
+        for encoded, failed, done in batches:
+            failed_old = []
+            for t, error in failed:
                 self.stats.failed += 1
-                self.problem(display_path(t.scanned.image.path), str(result) or type(result).__name__)
+                self.problem(display_path(t.scanned.image.path), str(error) or type(error).__name__)
                 if t.old is not None:  # its stored vector describes content that is gone
                     failed_old.append(t.old.id)
-            else:
-                batch.append((t, result))
-            done += 1
-            if len(batch) >= self.batch_size:
-                yield self._store_images(batch, captions, failed_old)
-                batch, failed_old = [], []
-                if self.progress:
-                    self.progress(done, len(todo))
-        if batch or failed_old:
-            yield self._store_images(batch, captions, failed_old)
-        if self.progress:
-            self.progress(done, len(todo))
+            if encoded or failed_old:
+                yield self._store_images(encoded, captions, failed_old)
+            if self.progress:
+                self.progress(done, len(todo))
 
     def _store_images(self, batch: list, captions: dict, failed_old: list[int]) -> Change:
-        import torch  # lazily, like embed: an unchanged re-index never pays torch's import
+        from clipdex.retrieval.embed import encode_texts
 
-        from clipdex.retrieval.embed import encode_image_batch, encode_texts
-
-        vecs = (
-            encode_image_batch(self.lm, torch.stack([r for _, r in batch]))
-            if batch
-            else np.zeros((0, self.lm.embed_dim), np.float32)
-        )
+        dim = self.lm.embed_dim
+        vecs = np.stack([v for _, v in batch]) if batch else np.zeros((0, dim), np.float32)
         texts = [
             (i, read_sidecar(t.scanned.sidecar.path)) for i, (t, _) in enumerate(batch) if t.scanned.sidecar
         ]

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
+
 from clipdex.index.scan import display_path
 from clipdex.index.store import IMAGE, TEXT, Store
-from clipdex.retrieval.decode import default_workers, load_and_preprocess, ordered_prefetch
-from clipdex.retrieval.embed import encode_image_batch, encode_texts
+from clipdex.retrieval.decode import default_workers
+from clipdex.retrieval.embed import embed_image_files, encode_texts
 from clipdex.retrieval.models import LoadedModel
 
 BATCH = 32
@@ -26,8 +28,6 @@ def reembed_all(
     Pending vectors of the same target model survive an interruption and are not recomputed.
     Items whose image can no longer be read are dropped at the swap (reported via ``problem``).
     """
-    import torch
-
     target = lm.spec.to_json()
     if store.get_meta("pending_model") != target:
         with store.transaction():
@@ -38,28 +38,19 @@ def reembed_all(
     texts = [(i, t) for i, _, t in store.iter_items(TEXT) if i not in done]
     total, count = len(images) + len(texts), 0
 
-    def decode(item: tuple[int, bytes | None]) -> torch.Tensor:
-        if item[1] is None:
-            raise FileNotFoundError("no file path (imported vector)")
-        return load_and_preprocess(item[1], lm.preprocess, lm.image_size)
-
-    ids: list[int] = []
-    pixels: list[torch.Tensor] = []
-    for (item_id, path), result in ordered_prefetch(decode, images, workers or default_workers(), BATCH * 2):
-        count += 1
-        if isinstance(result, BaseException):
+    batches = embed_image_files(
+        lm, images, lambda item: item[1], batch_size=BATCH, workers=workers or default_workers(),
+        draft_to=lm.image_size,
+    )  # fmt: skip
+    for encoded, failed, consumed in batches:
+        for (item_id, path), error in failed:
             if problem:
-                problem(display_path(path) if path else f"item {item_id}", f"{result}; dropped")
-            continue
-        ids.append(item_id)
-        pixels.append(result)
-        if len(ids) == BATCH:
-            store.put_pending(ids, encode_image_batch(lm, torch.stack(pixels)))
-            ids, pixels = [], []
-            if progress:
-                progress(count, total)
-    if ids:
-        store.put_pending(ids, encode_image_batch(lm, torch.stack(pixels)))
+                problem(display_path(path) if path else f"item {item_id}", f"{error}; dropped")
+        if encoded:
+            store.put_pending([item_id for (item_id, _), _ in encoded], np.stack([v for _, v in encoded]))
+        count = consumed
+        if progress:
+            progress(count, total)
     for start in range(0, len(texts), 256):
         chunk = texts[start : start + 256]
         store.put_pending([i for i, _ in chunk], encode_texts(lm, [t or "" for _, t in chunk]))

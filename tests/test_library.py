@@ -13,6 +13,7 @@ from corehelp import assert_one_error_line, blocks_image, json_lines, make_image
 from oddfiles import BAD, make_odd_files
 
 import clipdex.indexer
+import clipdex.retrieval.embed
 from clipdex.index.store import IMAGE, Store
 
 ZERO = {"added": 0, "updated": 0, "removed": 0, "unchanged": 0, "failed": 0,
@@ -38,14 +39,14 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """Counts the files the indexer decodes (paths, in any order)."""
     calls: list[bytes] = []
     lock = threading.Lock()
-    real = clipdex.indexer.load_and_preprocess
+    real = clipdex.retrieval.embed.load_and_preprocess
 
     def counting(path, *args, **kwargs):
         with lock:
             calls.append(os.fsencode(path))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(clipdex.indexer, "load_and_preprocess", counting)
+    monkeypatch.setattr(clipdex.retrieval.embed, "load_and_preprocess", counting)
     return calls
 
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipdex.retrieval.decode import DecodeError, load_and_preprocess, ordered_prefetch
 from clipdex.retrieval.models import LoadedModel
+
+T = TypeVar("T")
 
 
 def _autocast(device: str) -> Any:
@@ -48,6 +51,47 @@ def encode_images(lm: LoadedModel, images: Iterable[Any], batch_size: int = 64) 
     for batch in _chunks(images, batch_size):
         out.append(encode_image_batch(lm, torch.stack([lm.preprocess(im) for im in batch])))
     return np.concatenate(out)
+
+
+def embed_image_files(
+    lm: LoadedModel,
+    items: Iterable[T],
+    path_of: Callable[[T], bytes | str | None],
+    *,
+    batch_size: int,
+    workers: int,
+    draft_to: tuple[int, int] | None,
+) -> Iterator[tuple[list[tuple[T, np.ndarray]], list[tuple[T, BaseException]], int]]:
+    """Decode files in parallel (ordered, bounded prefetch) and encode them in batches.
+
+    Yields ``(encoded, failed, done)`` per batch: ``(item, vector)`` pairs in input order, the items
+    whose file could not be decoded with the reason, and how many items were consumed so far.
+    Decoding of the next files goes on in the threads while a batch is encoded.
+    """
+
+    def decode(item: T) -> torch.Tensor:
+        path = path_of(item)
+        if path is None:
+            raise DecodeError("no file to decode (imported vector)")
+        return load_and_preprocess(path, lm.preprocess, draft_to)
+
+    ok: list[T] = []
+    pixels: list[torch.Tensor] = []
+    failed: list[tuple[T, BaseException]] = []
+    done = 0
+    for item, result in ordered_prefetch(decode, items, workers, ahead=batch_size * 2):
+        done += 1
+        if isinstance(result, BaseException):
+            failed.append((item, result))
+            continue
+        ok.append(item)
+        pixels.append(result)
+        if len(ok) >= batch_size:
+            yield list(zip(ok, encode_image_batch(lm, torch.stack(pixels)))), failed, done
+            ok, pixels, failed = [], [], []
+    if ok or failed:
+        vecs = encode_image_batch(lm, torch.stack(pixels)) if ok else []
+        yield list(zip(ok, vecs)), failed, done
 
 
 def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -15,7 +15,7 @@ import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -178,7 +178,6 @@ class LoadedModel:
     device: str
     embed_dim: int
     image_size: tuple[int, int]
-    train_preprocess: Any = field(default=None, repr=False)
 
 
 def load_model(spec: ModelSpec, device: str = "auto") -> LoadedModel:
@@ -190,7 +189,7 @@ def load_model(spec: ModelSpec, device: str = "auto") -> LoadedModel:
     _check_reachable_or_cached(spec)
     try:
         with quiet_logging(), skip_random_init() if _has_weights(spec) else nullcontext():
-            model, train_pp, val_pp = open_clip.create_model_and_transforms(
+            model, _, val_pp = open_clip.create_model_and_transforms(
                 spec.name, pretrained=spec.pretrained, device=device
             )
             tokenizer = open_clip.get_tokenizer(spec.name)
@@ -212,7 +211,6 @@ def load_model(spec: ModelSpec, device: str = "auto") -> LoadedModel:
         device=device,
         embed_dim=_embed_dim(model),
         image_size=size,
-        train_preprocess=train_pp,
     )
 
 
