@@ -57,6 +57,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--arch", default="ViT-B-32")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--workers", type=int, default=None, help="decode threads (default: clipdex chooses)")
     ap.add_argument("--cache", default=os.path.join(tempfile.gettempdir(), "clipdex-bench-photos"))
     args = ap.parse_args()
     w, h = (int(v) for v in args.size.split("x"))
@@ -88,9 +89,16 @@ def main() -> int:
     model_ips = reps * args.batch_size / (time.perf_counter() - t)
 
     # 2. clipdex index end to end (fresh library), 3. unchanged re-index.
+    # Index exactly these n files (the cache folder may hold more from an earlier, larger run).
+    folder = work / "photos"
+    folder.mkdir()
+    for p in photos:
+        (folder / p.name).symlink_to(p)
     lib = work / "library"
-    common = ["--library", str(lib), "index", str(photos[0].parent), "--model", str(model_dir), "--quiet"]
+    common = ["--library", str(lib), "index", str(folder), "--model", str(model_dir), "--quiet"]
     common += ["--batch-size", str(args.batch_size), "--device", args.device]
+    if args.workers:
+        common += ["--workers", str(args.workers)]
     t = time.perf_counter()
     cli.main(common, standalone_mode=False)
     index_s = time.perf_counter() - t
