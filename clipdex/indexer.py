@@ -1,17 +1,31 @@
 """One `index` run: scan → decode → encode → store, committed in batches.
 
 Joins `index/` (files, SQLite, FAISS) and `retrieval/` (model, tensors); the Library drives it.
+Identity is stable: a changed file is updated in place (same id), a file moved within this run's
+FOLDERs is recognised by size + content hash and keeps its id, vector and captions, and a file that
+failed to decode is remembered and not retried until it changes.
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from clipdex.index.scan import FileStat, ScannedImage, display_path, is_under, read_sidecar, scan, scan_roots
-from clipdex.index.store import IMAGE, TEXT, FileRecord, Store
+from clipdex.index.scan import (
+    FileStat,
+    ScannedImage,
+    SidecarError,
+    content_hash,
+    display_path,
+    is_under,
+    read_sidecar,
+    scan,
+    scan_roots,
+)
+from clipdex.index.store import IMAGE, TEXT, Caption, FileRecord, Store
 from clipdex.results import IndexStats
 from clipdex.retrieval.decode import default_workers
 from clipdex.retrieval.models import LoadedModel
@@ -21,10 +35,28 @@ Problem = Callable[[str, str], None]  # (display path, reason) -> report it on s
 
 @dataclass(slots=True)
 class Change:
-    """The vectors that one committed batch added and removed (the FAISS indexes follow it)."""
+    """The vectors one committed batch changed; the FAISS indexes follow it.
 
-    added: dict[str, tuple[list[int], np.ndarray]]
-    removed: list[int]
+    Apply ``removed`` first, then ``added``: an update in place (same id) appears in both.
+    """
+
+    added: dict[str, tuple[list[int], np.ndarray]] = field(default_factory=dict)
+    removed: list[int] = field(default_factory=list)
+
+    def add(self, kind: str, ids: list[int], vecs: np.ndarray) -> None:
+        if ids:
+            self.added[kind] = (ids, vecs)
+
+
+@dataclass(slots=True)
+class _CaptionPlan:
+    insert: list[tuple[int, FileStat, str]] = field(default_factory=list)  # (image id, .txt, text)
+    update: list[tuple[int, FileStat, str]] = field(default_factory=list)  # (caption id, .txt, text)
+    facts: list[tuple[int, FileStat]] = field(default_factory=list)  # same text: new stat only
+    delete: list[int] = field(default_factory=list)
+
+    def any(self) -> bool:
+        return bool(self.insert or self.update or self.facts or self.delete)
 
 
 @dataclass(slots=True)
@@ -47,6 +79,7 @@ class IndexRun:
         batch_size: int = 32,
         workers: int | None = None,
         exact_decode: bool = False,
+        retry_failed: bool = False,
         problem: Problem | None = None,
         progress: Callable[[int, int], None] | None = None,
         before_write: Callable[[], None] | None = None,
@@ -56,6 +89,7 @@ class IndexRun:
         self.batch_size = max(1, batch_size)
         self.workers = workers or default_workers()
         self.exact_decode = exact_decode
+        self.retry_failed = retry_failed
         self.problem = problem or (lambda path, reason: None)
         self.progress = progress
         self.stats = IndexStats()
@@ -63,35 +97,67 @@ class IndexRun:
     def run(
         self, folders: Sequence[str | bytes], include_hidden: bool, exclude: Sequence
     ) -> Iterator[Change]:
-        known = self.store.scanned_files()
+        known = self.store.image_files()
         captions = self.store.sidecars()
+        failures = self.store.failures()
         seen: set[bytes] = set()
         todo: list[_Todo] = []
         caption_fixes: list[tuple[int, ScannedImage]] = []
-        for s in scan(folders, include_hidden=include_hidden, exclude=exclude, on_error=self._scan_error):
-            seen.add(s.image.path)
-            old = known.get(s.image.path)
-            if old is not None and old.mtime_ns == s.image.mtime_ns and old.size == s.image.size:
+        for s in scan(
+            folders, include_hidden=include_hidden, exclude=exclude, on_error=self._scan_error,
+            on_bad_file=self._bad_file,
+        ):  # fmt: skip
+            f = s.image
+            seen.add(f.path)
+            old = known.get(f.path)
+            if old is not None and old.mtime_ns == f.mtime_ns and old.size == f.size:
                 self.stats.unchanged += 1
                 if _sidecar_changed(captions.get(old.id), s.sidecar):
                     caption_fixes.append((old.id, s))
+            elif not self.retry_failed and failures.get(f.path) == (f.size, f.mtime_ns):
+                self.stats.skipped_failed += 1
             else:
                 todo.append(_Todo(s, old))
+        # Only after a complete scan: scanned files gone from under this run's FOLDERs (imported
+        # items are never removed). Some of them may have moved to a new path seen above.
+        roots = scan_roots(folders)
+        gone = {p: r for p, r in known.items() if r.source == "scan" and p not in seen and is_under(p, roots)}
+        todo, moves = _find_moves(todo, gone)
+        if moves:
+            self._move(moves, captions, caption_fixes)
         if self.progress:
             self.progress(0, len(todo))
         yield from self._embed_images(todo, captions)
         yield from self._fix_captions(caption_fixes, captions)
-        # Only after a complete scan: files gone from under this run's FOLDERs.
-        roots = scan_roots(folders)
-        gone = [rec.id for path, rec in known.items() if path not in seen and is_under(path, roots)]
+        forget = [p for p in failures if p not in seen and is_under(p, roots)]
+        forget += [t.scanned.image.path for t in todo if t.scanned.image.path in failures]
         if gone:
             self.stats.removed += len(gone)
-            self.stats.texts_removed += sum(1 for i in gone if i in captions)
-            yield self._commit([], [], gone)
+            self.stats.texts_removed += sum(1 for r in gone.values() if r.id in captions)
+            self._first_write()
+            with self.store.transaction():
+                change = Change(removed=self.store_delete([r.id for r in gone.values()]))
+                self.store.bump_generation()
+            yield change
+        if forget:
+            self.store.forget_failures(forget)
 
     @property
     def lm(self) -> LoadedModel:
         return self._model()
+
+    # ---- moves ----------------------------------------------------------------------------
+    def _move(self, moves: list[tuple[FileRecord, ScannedImage]], captions: dict, fixes: list) -> None:
+        """Moved files keep id and vector: only their path and stat change (no re-encoding)."""
+        self._first_write()
+        self.store.update_files(
+            [rec.id for rec, _ in moves], paths=[s.image.path for _, s in moves],
+            stats=[(s.image.mtime_ns, s.image.size) for _, s in moves],
+        )  # fmt: skip
+        self.stats.moved += len(moves)
+        for rec, s in moves:
+            if _sidecar_changed(captions.get(rec.id), s.sidecar):
+                fixes.append((rec.id, s))
 
     # ---- images ---------------------------------------------------------------------------
     def _embed_images(self, todo: list[_Todo], captions: dict) -> Iterator[Change]:
@@ -105,116 +171,138 @@ class IndexRun:
             draft_to=None if self.exact_decode else lm.image_size,
         )  # fmt: skip
         for encoded, failed, done in batches:
-            failed_old = []
+            failed_old, failures = [], []
             for t, error in failed:
+                f, reason = t.scanned.image, str(error) or type(error).__name__
                 self.stats.failed += 1
-                self.problem(display_path(t.scanned.image.path), str(error) or type(error).__name__)
-                if t.old is not None:  # its stored vector describes content that is gone
+                self.problem(display_path(f.path), reason)
+                failures.append((f.path, f.size, f.mtime_ns, reason))
+                if t.old is not None and t.old.source == "scan":  # its vector describes content that is gone
                     failed_old.append(t.old.id)
+            if failures:
+                self.store.record_failures(failures)
             if encoded or failed_old:
                 yield self._store_images(encoded, captions, failed_old)
             if self.progress:
                 self.progress(done, len(todo))
 
-    def _store_images(self, batch: list, captions: dict, failed_old: list[int]) -> Change:
-        from clipdex.retrieval.embed import encode_texts
-
-        dim = self.lm.embed_dim
-        vecs = np.stack([v for _, v in batch]) if batch else np.zeros((0, dim), np.float32)
-        texts = [
-            (i, read_sidecar(t.scanned.sidecar.path)) for i, (t, _) in enumerate(batch) if t.scanned.sidecar
-        ]
-        texts = [(i, s) for i, s in texts if s]
-        tvecs = encode_texts(self.lm, [s for _, s in texts])
-        removed = list(failed_old)
-        for t, _ in batch:
-            if t.old is None:
-                self.stats.added += 1
-            else:
-                self.stats.updated += 1
-                removed.append(t.old.id)
-        with_caption = {i for i, _ in texts}
-        for i, (t, _) in enumerate(batch):
-            had = t.old is not None and t.old.id in captions
-            if had and i in with_caption:
-                self.stats.texts_updated += 1
-            elif had:
-                self.stats.texts_removed += 1
-            elif i in with_caption:
-                self.stats.texts_added += 1
-        self.stats.texts_removed += sum(1 for i in failed_old if i in captions)
-        images = [t.scanned.image for t, _ in batch]
-        sidecars = [batch[i][0].scanned.sidecar for i, _ in texts]
-        return self._commit(images, list(zip(texts, sidecars)), removed, vecs, tvecs)
-
-    def _commit(
-        self,
-        images: list[FileStat],
-        texts: list,
-        removed: list[int],
-        vecs: np.ndarray | None = None,
-        tvecs: np.ndarray | None = None,
+    def _store_images(
+        self, batch: list[tuple[_Todo, np.ndarray]], captions: dict, failed_old: list[int]
     ) -> Change:
-        """One transaction: delete replaced rows, insert images and their captions, bump generation."""
+        """One transaction: new images inserted, changed ones updated in place, captions synced."""
         store = self.store
+        files = [t.scanned.image for t, _ in batch]
+        hashes = [content_hash(f.path, f.size) for f in files]
+        new = [n for n, (t, _) in enumerate(batch) if t.old is None]
+        upd = [n for n, (t, _) in enumerate(batch) if t.old is not None]
+        vecs = np.stack([v for _, v in batch]) if batch else None
+        self.stats.added += len(new)
+        self.stats.updated += len(upd)
+        self.stats.texts_removed += sum(1 for i in failed_old if i in captions)
         self._first_write()
+        change = Change()
         with store.transaction():
-            gone = store.delete(removed)
-            image_ids = store.insert(
-                IMAGE, "scan", vecs if vecs is not None else np.zeros((0, 0), np.float32),
-                paths=[f.path for f in images], stats=[(f.mtime_ns, f.size) for f in images],
-            ) if images else []  # fmt: skip
-            text_ids = []
-            if texts:
-                text_ids = store.insert(
-                    TEXT, "sidecar", tvecs,
-                    paths=[sc.path for _, sc in texts], stats=[(sc.mtime_ns, sc.size) for _, sc in texts],
-                    texts=[s for (_, s), _ in texts], image_ids=[image_ids[i] for (i, _), _ in texts],
+            change.removed += self.store_delete(failed_old)
+            new_ids = store.insert(
+                IMAGE, "scan", vecs[new], paths=[files[n].path for n in new],
+                stats=[(files[n].mtime_ns, files[n].size) for n in new],
+            ) if new else []  # fmt: skip
+            if new:
+                store.update_files(new_ids, hashes=[hashes[n] for n in new])
+            upd_ids = [batch[n][0].old.id for n in upd]
+            if upd:
+                store.update_vectors(
+                    upd_ids, vecs[upd], paths=[files[n].path for n in upd],
+                    stats=[(files[n].mtime_ns, files[n].size) for n in upd], hashes=[hashes[n] for n in upd],
+                    source="scan",
                 )  # fmt: skip
+                change.removed += upd_ids
+            ids = dict(zip(new, new_ids)) | dict(zip(upd, upd_ids))
+            if batch:
+                change.add(IMAGE, [ids[n] for n in range(len(batch))], vecs)
+            plan = self._plan_captions([(ids[n], t.scanned) for n, (t, _) in enumerate(batch)], captions)
+            self._apply_captions(plan, change)
             store.bump_generation()
-        added = {}
-        if image_ids:
-            added[IMAGE] = (image_ids, vecs)
-        if text_ids:
-            added[TEXT] = (text_ids, tvecs)
-        return Change(added, gone)
+        return change
 
-    # ---- captions of unchanged images -----------------------------------------------------
+    # ---- captions -------------------------------------------------------------------------
     def _fix_captions(self, fixes: list[tuple[int, ScannedImage]], captions: dict) -> Iterator[Change]:
-        if not fixes:
-            return
-        from clipdex.retrieval.embed import encode_texts
-
+        """Captions of unchanged (or moved) images whose sidecar appeared, changed or went away."""
         for start in range(0, len(fixes), 256):
-            chunk = fixes[start : start + 256]
-            removed, new = [], []
-            for image_id, s in chunk:
-                had = captions.get(image_id)
-                text = read_sidecar(s.sidecar.path) if s.sidecar else None
-                if had:
-                    removed.append(had[0])
-                if had and text:
-                    self.stats.texts_updated += 1
-                elif had:
-                    self.stats.texts_removed += 1
-                elif text:
-                    self.stats.texts_added += 1
-                if text:
-                    new.append((image_id, text, s.sidecar))
-            if not removed and not new:
+            plan = self._plan_captions(fixes[start : start + 256], captions)
+            if not plan.any():
                 continue  # e.g. an empty sidecar: no caption then, none now; nothing to write
-            # Only new captions need the model; a removal alone must not load it.
-            tvecs = encode_texts(self.lm, [t for _, t, _ in new]) if new else None
+            change = Change()
             self._first_write()
             with self.store.transaction():
-                gone = self.store.delete(removed)
-                ids = self.store.insert(
-                    TEXT, "sidecar", tvecs,
-                    paths=[sc.path for _, _, sc in new], stats=[(sc.mtime_ns, sc.size) for _, _, sc in new],
-                    texts=[t for _, t, _ in new], image_ids=[i for i, _, _ in new],
-                ) if new else []  # fmt: skip
-                self.store.bump_generation()
-            yield Change({TEXT: (ids, tvecs)} if ids else {}, gone)
+                if self._apply_captions(plan, change):
+                    self.store.bump_generation()
+            if change.added or change.removed:
+                yield change
+
+    def _plan_captions(
+        self, images: list[tuple[int, ScannedImage]], captions: dict[int, Caption]
+    ) -> _CaptionPlan:
+        """What each image's sidecar caption needs, given its .txt now (counted in the stats)."""
+        plan = _CaptionPlan()
+        for image_id, s in images:
+            had = captions.get(image_id)
+            text = self._read_sidecar(s.sidecar) if s.sidecar else None
+            if had is None and text:
+                plan.insert.append((image_id, s.sidecar, text))
+                self.stats.texts_added += 1
+            elif had is not None and not text:
+                plan.delete.append(had.id)
+                self.stats.texts_removed += 1
+            elif had is not None and text == had.text:
+                plan.facts.append((had.id, s.sidecar))
+            elif had is not None:
+                plan.update.append((had.id, s.sidecar, text))
+                self.stats.texts_updated += 1
+        return plan
+
+    def _apply_captions(self, plan: _CaptionPlan, change: Change) -> bool:
+        """Write a caption plan (inside the caller's transaction); True when a vector changed.
+
+        Same text (a touched or moved .txt): only the file facts change, nothing is re-encoded.
+        Another text: the caption keeps its id and gets a new vector. Only new texts load the model.
+        """
+        store = self.store
+        if plan.facts:
+            store.update_files([i for i, _ in plan.facts], paths=[sc.path for _, sc in plan.facts],
+                               stats=[(sc.mtime_ns, sc.size) for _, sc in plan.facts])  # fmt: skip
+        change.removed += self.store_delete(plan.delete)
+        insert, update = plan.insert, plan.update
+        if not insert and not update:
+            return bool(plan.delete)
+        from clipdex.retrieval.embed import encode_texts
+
+        tvecs = encode_texts(self.lm, [t for _, _, t in insert + update])
+        new_ids = store.insert(
+            TEXT, "sidecar", tvecs[: len(insert)], paths=[sc.path for _, sc, _ in insert],
+            stats=[(sc.mtime_ns, sc.size) for _, sc, _ in insert], texts=[t for _, _, t in insert],
+            image_ids=[i for i, _, _ in insert],
+        ) if insert else []  # fmt: skip
+        upd_ids = [i for i, _, _ in update]
+        if update:
+            store.update_vectors(
+                upd_ids, tvecs[len(insert) :], texts=[t for _, _, t in update],
+                paths=[sc.path for _, sc, _ in update], stats=[(sc.mtime_ns, sc.size) for _, sc, _ in update],
+            )  # fmt: skip
+            change.removed += upd_ids
+        change.add(TEXT, new_ids + upd_ids, tvecs)
+        return True
+
+    def _read_sidecar(self, sidecar: FileStat) -> str | None:
+        try:
+            return read_sidecar(sidecar.path)
+        except SidecarError as e:
+            self.problem(display_path(sidecar.path), str(e))
+            return None
+
+    # ---- plumbing -------------------------------------------------------------------------
+    def store_delete(self, ids: list[int]) -> list[int]:
+        return self.store.delete(ids) if ids else []
 
     def _first_write(self) -> None:
         if self._before_write is not None:
@@ -224,11 +312,40 @@ class IndexRun:
     def _scan_error(self, path: bytes, reason: str) -> None:
         self.problem(display_path(path), reason)
 
+    def _bad_file(self, path: bytes, reason: str) -> None:
+        """An image entry that cannot be indexed at all (dangling link, symlink loop): a failure."""
+        self.stats.failed += 1
+        self.problem(display_path(path), reason)
 
-def _sidecar_changed(had: tuple | None, now: FileStat | None) -> bool:
+
+def _find_moves(
+    todo: list[_Todo], gone: dict[bytes, FileRecord]
+) -> tuple[list[_Todo], list[tuple[FileRecord, ScannedImage]]]:
+    """Pair new paths with vanished ones of the same size and content hash (removed from ``gone``)."""
+    by_size: dict[int, list[tuple[bytes, FileRecord]]] = defaultdict(list)
+    for path, rec in gone.items():
+        if rec.content_hash is not None:
+            by_size[rec.size].append((path, rec))
+    if not by_size:
+        return todo, []
+    rest, moves = [], []
+    for t in todo:
+        f = t.scanned.image
+        candidates = by_size.get(f.size) if t.old is None else None
+        digest = content_hash(f.path, f.size) if candidates else None
+        match = next((c for c in candidates or () if c[1].content_hash == digest), None) if digest else None
+        if match is None:
+            rest.append(t)
+            continue
+        candidates.remove(match)
+        del gone[match[0]]
+        moves.append((match[1], t.scanned))
+    return rest, moves
+
+
+def _sidecar_changed(had: Caption | None, now: FileStat | None) -> bool:
     if had is None:
         return now is not None
     if now is None:
         return True
-    _, path, mtime, size = had
-    return path != now.path or mtime != now.mtime_ns or size != now.size
+    return had.path != now.path or had.mtime_ns != now.mtime_ns or had.size != now.size

@@ -17,7 +17,7 @@ from clipdex.errors import ClipdexError, ModelError
 from clipdex.index.indexset import IndexSet
 from clipdex.index.lock import WriterLock
 from clipdex.index.store import DB_NAME, IMAGE, TEXT, Store
-from clipdex.results import IndexStats, SearchResult
+from clipdex.results import IndexStats, Reembedded, SearchResult
 from clipdex.retrieval.models import LoadedModel, ModelSpec, load_model, resolve_spec
 
 Problem = Callable[[str, str], None]
@@ -50,6 +50,7 @@ class Library:
         self.device = device
         self._model: LoadedModel | None = None
         self.indexes = IndexSet(path, store)
+        self.last_reembed: Reembedded | None = None  # what the last re-embedding did
 
     # ---- opening --------------------------------------------------------------------------
     @classmethod
@@ -112,7 +113,9 @@ class Library:
             self.store.set_meta("model", lm.spec.to_json())
             self.store.set_meta("dim", str(lm.embed_dim))
 
-    def writer_model(self, reembed: bool = False, problem: Problem | None = None) -> LoadedModel:
+    def writer_model(
+        self, reembed: bool = False, problem: Problem | None = None, drop_unembeddable: bool = False
+    ) -> LoadedModel:
         """Model for a writing command: check, load, record (first time) or re-embed (on change)."""
         self.check_model(reembed)
         target = self._target_spec()
@@ -122,7 +125,9 @@ class Library:
         if stored is None:
             self._record_model(self._model)
         elif target != stored or reembed:
-            self.reembed(self._model, problem=problem)
+            self.last_reembed = self.reembed(
+                self._model, problem=problem, drop_unembeddable=drop_unembeddable
+            )
         return self._model
 
     # ---- writing --------------------------------------------------------------------------
@@ -136,10 +141,17 @@ class Library:
         workers: int | None = None,
         exact_decode: bool = False,
         index_type: str | None = None,
+        retry_failed: bool = False,
+        drop_unembeddable: bool = False,
         problem: Problem | None = None,
         progress: Progress | None = None,
     ) -> IndexStats:
-        """Bring the library in line with ``folders``: add new, re-embed changed, drop deleted files."""
+        """Bring the library in line with ``folders``: add new, re-embed changed, drop deleted files.
+
+        Files that failed to decode before are not retried until they change (``retry_failed``
+        retries them). A re-embedding (``reembed``, or another model) refuses when some images have
+        no file to re-embed from, unless ``drop_unembeddable``.
+        """
         from clipdex.index.scan import check_folders
         from clipdex.indexer import IndexRun
 
@@ -155,8 +167,11 @@ class Library:
             if index_type is not None:
                 self.indexes.set_index_type(index_type)
             stored = self.spec
+            dropped = None
             if stored is None or reembed or self._target_spec() != stored:
-                self.writer_model(reembed, problem)  # load now: it records or re-embeds
+                self.last_reembed = None
+                self.writer_model(reembed, problem, drop_unembeddable)  # load now: it records or re-embeds
+                dropped = self.last_reembed.dropped if self.last_reembed else None
             indexes: dict[str, Any] = {}
 
             def load_indexes() -> None:
@@ -167,13 +182,16 @@ class Library:
             run = IndexRun(
                 self.store, lambda: self.model, batch_size=batch_size, workers=workers,
                 exact_decode=exact_decode, problem=problem, progress=progress, before_write=load_indexes,
+                retry_failed=retry_failed,
             )  # fmt: skip
+            run.stats.dropped = dropped
             try:
                 for change in run.run(folders, include_hidden, exclude=[self.path]):
+                    for idx in indexes.values():  # removals first: an update re-adds its id
+                        idx.remove(change.removed)
                     for kind, (ids, vecs) in change.added.items():
                         indexes[kind].add(ids, vecs)
                     for idx in indexes.values():
-                        idx.remove(change.removed)
                         idx.generation = self.store.generation
             finally:
                 self.indexes.save_all()
@@ -212,16 +230,24 @@ class Library:
         return import_embeddings(self, vectors_path, metadata_path, modality, progress)
 
     def reembed(
-        self, lm: LoadedModel, problem: Problem | None = None, progress: Progress | None = None
-    ) -> int:
+        self,
+        lm: LoadedModel,
+        problem: Problem | None = None,
+        progress: Progress | None = None,
+        drop_unembeddable: bool = False,
+    ) -> Reembedded:
         """Re-embed every item with ``lm`` and make it the library's model.
 
         New vectors go to a pending table and are swapped in at the end in one transaction, so
-        searches keep working on the old vectors meanwhile and an interrupted run resumes.
+        searches keep working on the old vectors meanwhile and an interrupted run resumes. Images
+        with no readable file make it refuse (ClipdexError, nothing changed) unless
+        ``drop_unembeddable``: then they are deleted and counted in ``dropped``.
         """
         from clipdex.reembed import reembed_all
 
-        n = reembed_all(self.store, lm, problem=problem, progress=progress)
+        n = reembed_all(
+            self.store, lm, drop_unembeddable=drop_unembeddable, problem=problem, progress=progress
+        )
         self.indexes.forget()
         for kind in (IMAGE, TEXT):
             self.indexes.get(kind)
@@ -308,6 +334,7 @@ class Library:
             "dim": self.store.dim,
             "images": counts["images"],
             "texts": counts["texts"],
+            "failed_files": self.store.count_failures(),
             "counts": counts,
             "indexes": indexes,
             "generation": self.store.generation,
@@ -322,9 +349,12 @@ class Library:
 
     def use_model(
         self, model: str, pretrained: str | None = None, problem: Problem | None = None,
-        progress: Progress | None = None,
-    ) -> int:  # fmt: skip
-        """Make ``model`` (e.g. a fine-tuned local-dir) the library's model; re-embeds everything."""
+        progress: Progress | None = None, drop_unembeddable: bool = False,
+    ) -> Reembedded:  # fmt: skip
+        """Make ``model`` (e.g. a fine-tuned local-dir) the library's model; re-embeds everything.
+
+        Returns the counts (``total`` re-embedded, ``dropped``); see `reembed`.
+        """
         spec = resolve_spec(model, pretrained)
         with WriterLock(self.path):
             lm = (
@@ -332,6 +362,6 @@ class Library:
                 if self._model is not None and self._model.spec == spec
                 else load_model(spec, self.device)
             )
-            n = self.reembed(lm, problem=problem, progress=progress)
+            n = self.reembed(lm, problem=problem, progress=progress, drop_unembeddable=drop_unembeddable)
             self._model, self.requested = lm, None
         return n

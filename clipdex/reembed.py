@@ -2,31 +2,55 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import numpy as np
 
+from clipdex.errors import ClipdexError
 from clipdex.index.scan import display_path
 from clipdex.index.store import IMAGE, TEXT, Store
+from clipdex.results import Reembedded
 from clipdex.retrieval.decode import default_workers
 from clipdex.retrieval.embed import embed_image_files, encode_texts
 from clipdex.retrieval.models import LoadedModel
 
 BATCH = 32
+SHOWN = 3  # paths named in a refusal
+
+
+def unembeddable(store: Store, skip: set[int] = frozenset()) -> list[tuple[int, bytes | None]]:
+    """Images whose file is not on this machine (missing, or imported without a local file)."""
+    return [
+        (i, p)
+        for i, p, _ in store.iter_items(IMAGE)
+        if i not in skip and (p is None or not os.path.isfile(p))
+    ]
+
+
+def _refuse(what: str, items: list[tuple[int, bytes | None]]) -> ClipdexError:
+    shown = ", ".join(display_path(p) if p else f"item {i}" for i, p in items[:SHOWN])
+    more = ", …" if len(items) > SHOWN else ""
+    return ClipdexError(
+        f"{len(items)} images {what} ({shown}{more}); the library is unchanged "
+        "(pass --drop-unembeddable to re-embed the rest and drop them)"
+    )
 
 
 def reembed_all(
     store: Store,
     lm: LoadedModel,
     *,
+    drop_unembeddable: bool = False,
     problem: Callable[[str, str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
-) -> int:
+) -> Reembedded:
     """Write new vectors to the pending table, then swap them in (and record the model) at once.
 
     Pending vectors of the same target model survive an interruption and are not recomputed.
-    Items whose image can no longer be read are dropped at the swap (reported via ``problem``).
+    Images that cannot be re-embedded (file missing, or unreadable) make it refuse before the swap
+    unless ``drop_unembeddable``; then they are deleted at the swap and counted in ``dropped``.
     """
     target = lm.spec.to_json()
     if store.get_meta("pending_model") != target:
@@ -34,18 +58,25 @@ def reembed_all(
             store.clear_pending()
             store.set_meta("pending_model", target)
     done = store.pending_ids()
-    images = [(i, p) for i, p, _ in store.iter_items(IMAGE) if i not in done]
+    missing = unembeddable(store, done)
+    if missing and not drop_unembeddable:
+        raise _refuse("have no file on this machine to re-embed from", missing)
+    skip = done | {i for i, _ in missing}
+    images = [(i, p) for i, p, _ in store.iter_items(IMAGE) if i not in skip]
     texts = [(i, t) for i, _, t in store.iter_items(TEXT) if i not in done]
     total, count = len(images) + len(texts), 0
 
+    unreadable: list[tuple[int, bytes | None]] = []
     batches = embed_image_files(
         lm, images, lambda item: item[1], batch_size=BATCH, workers=workers or default_workers(),
         draft_to=lm.image_size,
     )  # fmt: skip
     for encoded, failed, consumed in batches:
         for (item_id, path), error in failed:
+            unreadable.append((item_id, path))
             if problem:
-                problem(display_path(path) if path else f"item {item_id}", f"{error}; dropped")
+                verdict = "dropped" if drop_unembeddable else "not re-embedded"
+                problem(display_path(path) if path else f"item {item_id}", f"{error}; {verdict}")
         if encoded:
             store.put_pending([item_id for (item_id, _), _ in encoded], np.stack([v for _, v in encoded]))
         count = consumed
@@ -57,10 +88,14 @@ def reembed_all(
         count += len(chunk)
         if progress:
             progress(count, total)
+    if unreadable and not drop_unembeddable:  # the pending vectors stay: a re-run resumes
+        raise _refuse("could not be decoded", unreadable)
     with store.transaction():
-        store.swap_in_pending()
+        dropped = store.swap_in_pending()
         store.set_meta("model", target)
         store.set_meta("dim", str(lm.embed_dim))
         store.set_meta("pending_model", None)
         store.bump_generation()
-    return total
+    # Only images lack a pending vector (texts are always re-encoded); their captions go with them.
+    n_dropped = len(dropped)
+    return Reembedded(total - len(unreadable), n_dropped)

@@ -35,9 +35,22 @@ class IndexStats:
     texts_added: int = 0
     texts_updated: int = 0
     texts_removed: int = 0
+    moved: int = 0
+    skipped_failed: int = 0  # remembered failures, not retried (the file has not changed)
     reembedded: int = field(default=0)
+    dropped: int | None = None  # set when the run re-embedded: images dropped (--drop-unembeddable)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d.pop("reembedded")
+        if self.dropped is None:
+            d.pop("dropped")
         return d
+
+
+@dataclass(frozen=True, slots=True)
+class Reembedded:
+    """What a re-embedding did: ``total`` items encoded, ``dropped`` images deleted (no file)."""
+
+    total: int
+    dropped: int

@@ -18,7 +18,7 @@ from corehelp import assert_one_error_line, brute_force, json_lines, make_images
 import clipdex
 
 INDEX_KEYS = ["added", "updated", "removed", "unchanged", "failed", "texts_added", "texts_updated",
-              "texts_removed"]  # fmt: skip
+              "texts_removed", "moved", "skipped_failed"]  # fmt: skip
 IMAGE_KEYS = {"rank", "score", "modality", "id", "path"}
 
 

@@ -39,7 +39,8 @@ def indexed(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     res = ok("--library", lib, "index", imgs, "--model", tiny_model_dir, "--json", "--batch-size", "4")
     assert json_lines(res.stdout) == [
         {"added": len(files), "updated": 0, "removed": 0, "unchanged": 0, "failed": 0,
-         "texts_added": len(CAPTIONS), "texts_updated": 0, "texts_removed": 0}
+         "texts_added": len(CAPTIONS), "texts_updated": 0, "texts_removed": 0, "moved": 0,
+         "skipped_failed": 0}
     ]  # fmt: skip
     (root / "texts.txt").write_text("\n".join(ADDED) + "\n\n")
     assert json_lines(ok("--library", lib, "add-texts", root / "texts.txt", "--json").stdout) == [

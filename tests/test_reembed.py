@@ -57,7 +57,7 @@ def test_interrupted_reembed_keeps_old_vectors_and_resumes(
         reembed_mod.Store, "put_pending", lambda self, i, v: (encoded.extend(i), real_put(self, i, v))
     )
     with Library.open(lib_dir) as lib:
-        n = lib.use_model(str(tiny_model_dir2))
+        n = lib.use_model(str(tiny_model_dir2)).total
         assert n == 41 - len(first_batch)
         assert not set(encoded) & first_batch
         assert lib.spec == resolve_spec(str(tiny_model_dir2))

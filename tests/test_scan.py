@@ -11,7 +11,9 @@ import pytest
 from clipdex.errors import ClipdexError
 from clipdex.index import scan as scan_mod
 from clipdex.index.scan import (
+    SIDECAR_MAX,
     FileStat,
+    SidecarError,
     check_folders,
     display_path,
     image_extensions,
@@ -76,7 +78,18 @@ def test_symlinks(tmp_path: Path) -> None:
     (root / "dirlink").symlink_to(outside / "dir", target_is_directory=True)
     (root / "broken.jpg").symlink_to(tmp_path / "missing.jpg")
     (root / "dir.jpg").symlink_to(outside / "dir", target_is_directory=True)  # a dir named like an image
-    (scanned,) = list(scan([root]))
+    (root / "loop1.jpg").symlink_to(root / "loop2.jpg")
+    (root / "loop2.jpg").symlink_to(root / "loop1.jpg")
+    bad: list[tuple[bytes, str]] = []
+    (scanned,) = list(
+        scan([root], on_error=lambda p, m: pytest.fail(m), on_bad_file=lambda p, m: bad.append((p, m)))
+    )
+    # Dangling links and loops are reported as bad files (the indexer counts them as failed).
+    assert bad == [
+        (os.fsencode(root / "broken.jpg"), "dangling symbolic link"),
+        (os.fsencode(root / "loop1.jpg"), "symbolic link loop"),
+        (os.fsencode(root / "loop2.jpg"), "symbolic link loop"),
+    ]
     # The link's own (user-visible) path, with the target's stat.
     assert scanned.image.path == os.fsencode(root / "link.jpg")
     assert scanned.image.size == 6
@@ -118,10 +131,19 @@ def test_sidecars(tmp_path: Path) -> None:
 
 
 def test_read_sidecar(tmp_path: Path) -> None:
-    p = touch(tmp_path / "a.txt", "\ufeff  a red bus\n\n".encode() + b"\xff\n")
-    assert read_sidecar(os.fsencode(p)) == "a red bus\n\n\ufffd"
+    p = touch(tmp_path / "a.txt", "\ufeff  a red bus\n\n\u2028x\n".encode())
+    assert read_sidecar(os.fsencode(p)) == "a red bus\n\n\u2028x"
     assert read_sidecar(os.fsencode(touch(tmp_path / "e.txt", b" \n\t"))) is None
     assert read_sidecar(os.fsencode(tmp_path / "missing.txt")) is None
+    # Binary, not UTF-8, or oversized: refused with a reason, never turned into a caption.
+    for name, data, word in [
+        ("bad.txt", b"caption\xff\n", "not UTF-8"),
+        ("bin.txt", b"\x00\x01\x02 PK", "binary"),
+        ("big.txt", b"word " * (SIDECAR_MAX // 5 + 1), "larger than 64 KB"),
+    ]:
+        with pytest.raises(SidecarError, match=word):
+            read_sidecar(os.fsencode(touch(tmp_path / name, data)))
+    assert read_sidecar(os.fsencode(touch(tmp_path / "max.txt", b"a" * SIDECAR_MAX))) == "a" * SIDECAR_MAX
 
 
 def test_non_utf8_name(tmp_path: Path) -> None:
@@ -147,8 +169,8 @@ def test_overlapping_folders_yield_once(tmp_path: Path) -> None:
 def test_check_folders(tmp_path: Path) -> None:
     f = touch(tmp_path / "file.jpg")
     check_folders([tmp_path, str(tmp_path), os.fsencode(tmp_path)])
-    for bad in [tmp_path / "missing", f]:
-        with pytest.raises(ClipdexError, match="folder not found: .*"):
+    for bad, word in [(tmp_path / "missing", "folder not found"), (f, "not a folder")]:
+        with pytest.raises(ClipdexError, match=f"{word}: .*{bad.name}"):
             check_folders([tmp_path, bad])
     # scan() checks eagerly, before yielding (and before a generator is even iterated).
     with pytest.raises(ClipdexError, match="missing"):

@@ -41,6 +41,13 @@ def quiet_option(f: Callable) -> Callable:
     )(f)
 
 
+def drop_option(f: Callable) -> Callable:
+    return click.option(
+        "--drop-unembeddable", is_flag=True,
+        help="When re-embedding, drop images with no readable file (imported or missing) instead of refusing.",
+    )(f)  # fmt: skip
+
+
 def model_options(f: Callable) -> Callable:
     f = click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")(f)
     f = click.option("--pretrained", default=None, help="Pretrained tag or checkpoint file for --model.")(f)

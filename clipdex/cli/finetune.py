@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from clipdex.cli.common import emit_json, info, json_option, pass_state, problem, quiet_option
+from clipdex.cli.common import drop_option, emit_json, info, json_option, pass_state, problem, quiet_option
 
 
 @click.command("finetune")
@@ -39,12 +39,13 @@ from clipdex.cli.common import emit_json, info, json_option, pass_state, problem
               help="Output model directory (default: LIBRARY/models/finetune-TIMESTAMP).")  # fmt: skip
 @click.option("--apply", is_flag=True, help="Then make the fine-tuned model the library's and re-embed.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
+@drop_option
 @json_option
 @quiet_option
 @pass_state
 def finetune_cmd(state, pairs, val_pairs, val_fraction, epochs, batch_size, lr, weight_decay, warmup,
                  accum_steps, lock_image, lock_text, unlock_last, patience, wise, seed, out, apply, device,
-                 as_json, quiet):  # fmt: skip
+                 drop_unembeddable, as_json, quiet):  # fmt: skip
     """Fine-tune the library's model on image–caption PAIRS and report held-out recall.
 
     PAIRS is a .csv/.tsv (with a header) or .jsonl with columns `image` and `caption` (image paths
@@ -83,15 +84,20 @@ def finetune_cmd(state, pairs, val_pairs, val_fraction, epochs, batch_size, lr, 
         result = finetune(lm, train, val, cfg, out_dir, progress=epoch_line)
         for path, reason in result.bad_images:
             problem(path, reason)
-        reembedded = lib.use_model(result.model, problem=problem) if apply else None
+        done = (
+            lib.use_model(result.model, problem=problem, drop_unembeddable=drop_unembeddable)
+            if apply
+            else None
+        )
+        reembedded = done.total if done else None
 
     summary = {
         "model": result.model, "train_pairs": result.train_pairs, "val_pairs": result.val_pairs,
         "skipped": result.skipped + empty, "before": result.before, "after": result.after,
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
     }  # fmt: skip
-    if reembedded is not None:
-        summary["reembedded"] = reembedded
+    if done is not None:
+        summary["reembedded"], summary["dropped"] = done.total, done.dropped
     if as_json:
         emit_json(summary)
     _table(result, empty, reembedded, quiet_text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from clipdex.cli.common import (
+    drop_option,
     emit_json,
     info,
     json_option,
@@ -27,6 +28,12 @@ from clipdex.cli.common import (
 )
 @click.option("--include-hidden", is_flag=True, help="Also index hidden files and folders.")
 @click.option("--reembed", is_flag=True, help="Re-embed every item (required to switch the library's model).")
+@drop_option
+@click.option(
+    "--retry-failed",
+    is_flag=True,
+    help="Retry files that failed to decode before (default: only once changed).",
+)
 @click.option("--exact-decode", is_flag=True, help="Never decode large JPEGs at reduced scale.")
 @click.option(
     "--index-type",
@@ -38,10 +45,12 @@ from clipdex.cli.common import (
 @quiet_option
 @pass_state
 def index(state, folders, model, pretrained, device, batch_size, workers, include_hidden, reembed,
-          exact_decode, index_type, as_json, quiet):  # fmt: skip
+          drop_unembeddable, retry_failed, exact_decode, index_type, as_json, quiet):  # fmt: skip
     """Index image FOLDERS: add new files, re-embed changed ones, drop deleted ones.
 
-    Sidecar captions (photo.jpg + photo.txt) become searchable texts.
+    Sidecar captions (photo.jpg + photo.txt) become searchable texts. A changed file keeps its id;
+    a file moved within FOLDERS keeps its id and vector (no re-encoding). Files that fail to decode
+    are remembered and skipped until they change (--retry-failed retries them).
 
     \b
     Examples:
@@ -54,15 +63,18 @@ def index(state, folders, model, pretrained, device, batch_size, workers, includ
     with lib, progress_bar("indexing", quiet) as bar:
         stats = lib.index(
             list(folders), include_hidden=include_hidden, reembed=reembed, batch_size=batch_size,
-            workers=workers, exact_decode=exact_decode, index_type=index_type, problem=problem, progress=bar,
+            workers=workers, exact_decode=exact_decode, index_type=index_type, retry_failed=retry_failed,
+            drop_unembeddable=drop_unembeddable, problem=problem, progress=bar,
         )  # fmt: skip
     if as_json:
         emit_json(stats.to_dict())
     s = stats
     info(
-        f"{s.added} added, {s.updated} updated, {s.removed} removed, {s.unchanged} unchanged, "
-        f"{s.failed} failed; texts: {s.texts_added} added, {s.texts_updated} updated, "
-        f"{s.texts_removed} removed",
+        f"{s.added} added, {s.updated} updated, {s.moved} moved, {s.removed} removed, "
+        f"{s.unchanged} unchanged, "
+        f"{s.failed} failed, {s.skipped_failed} skipped as failed before; texts: {s.texts_added} added, "
+        f"{s.texts_updated} updated, {s.texts_removed} removed"
+        + (f"; {s.dropped} dropped (no file to re-embed)" if s.dropped else ""),
         quiet or as_json,
     )
 
@@ -195,6 +207,8 @@ def info_cmd(state, as_json):
     click.echo(f"dimension: {data['dim']}")
     click.echo(f"images:    {data['images']}")
     click.echo(f"texts:     {data['texts']}")
+    click.echo(f"failed:    {data['failed_files']} files that did not decode (retried once changed, "
+               "or with `index --retry-failed`)")  # fmt: skip
     for kind, idx in data["indexes"].items():
         extra = ", ".join(f"{k}={v}" for k, v in idx.items() if k not in ("type", "ntotal"))
         click.echo(

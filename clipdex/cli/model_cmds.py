@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import click
 
-from clipdex.cli.common import emit_json, info, json_option, pass_state, problem, progress_bar, quiet_option
+from clipdex.cli.common import (
+    drop_option,
+    emit_json,
+    info,
+    json_option,
+    pass_state,
+    problem,
+    progress_bar,
+    quiet_option,
+)
 
 
 @click.group("model")
@@ -37,10 +46,13 @@ def init(arch_or_json: str, out: str, seed: int) -> None:
 @click.command("use-model")
 @click.argument("model_dir")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
+@drop_option
 @json_option
 @quiet_option
 @pass_state
-def use_model(state, model_dir: str, device: str, as_json: bool, quiet: bool) -> None:
+def use_model(
+    state, model_dir: str, device: str, drop_unembeddable: bool, as_json: bool, quiet: bool
+) -> None:
     """Make MODEL_DIR the library's model and re-embed every image and text.
 
     Searches keep working on the old vectors until the re-embedding is complete; an interrupted
@@ -51,11 +63,11 @@ def use_model(state, model_dir: str, device: str, as_json: bool, quiet: bool) ->
       clipdex use-model ~/.local/share/clipdex/default/models/finetune-20260101-120000
     """
     with state.open(device=device) as lib, progress_bar("re-embedding", quiet) as bar:
-        n = lib.use_model(model_dir, problem=problem, progress=bar)
+        done = lib.use_model(model_dir, problem=problem, progress=bar, drop_unembeddable=drop_unembeddable)
         spec = str(lib.spec)
     if as_json:
-        emit_json({"model": spec, "reembedded": n})
-    info(f"re-embedded {n} items with {spec}", quiet or as_json)
+        emit_json({"model": spec, "reembedded": done.total, "dropped": done.dropped})
+    info(f"re-embedded {done.total} items with {spec}; {done.dropped} dropped", quiet or as_json)
 
 
 COMMANDS = [model_group, use_model]

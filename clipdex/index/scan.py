@@ -7,7 +7,9 @@ are DESIGN.md's "Scanning rules for `index`".
 
 from __future__ import annotations
 
+import errno
 import functools
+import hashlib
 import importlib.util
 import os
 import stat
@@ -24,6 +26,8 @@ OnError = Callable[[bytes, str], None]
 _SEP = os.sep.encode()
 _DOT = ord(".")
 _TXT = (b".txt", b".TXT")
+SIDECAR_MAX = 64 * 1024  # a larger .txt beside a photo is not a caption
+HASH_BLOCK = 64 * 1024
 
 # Always scanned: the formats DESIGN.md promises, whatever Pillow's registry says.
 _ALWAYS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
@@ -89,7 +93,8 @@ def check_folders(folders: Sequence[PathArg]) -> None:
     """Raise ClipdexError for the first FOLDER that does not exist or is not a directory."""
     for folder in folders:
         if not os.path.isdir(folder):
-            raise ClipdexError(f"folder not found: {display_path(os.fsencode(folder))}")
+            what = "not a folder" if os.path.lexists(folder) else "folder not found"
+            raise ClipdexError(f"{what}: {display_path(os.fsencode(folder))}")
 
 
 def scan_roots(folders: Sequence[PathArg]) -> list[bytes]:
@@ -105,29 +110,69 @@ def is_under(path: bytes, roots: list[bytes]) -> bool:
     return False
 
 
-def read_sidecar(path: bytes) -> str | None:
-    """The whole sidecar text (UTF-8, BOM dropped, bad bytes replaced), stripped; None if empty/unreadable."""
+class SidecarError(ClipdexError):
+    """A sidecar that cannot be a caption (binary, oversized, unreadable); the message says why."""
+
+
+def read_sidecar(path: bytes | str) -> str | None:
+    """The whole sidecar text (UTF-8, BOM dropped), stripped; None when empty.
+
+    Raises SidecarError for a file over ``SIDECAR_MAX`` bytes, one that is not UTF-8 text, or one
+    that cannot be read: such a file is skipped with one line rather than becoming a caption.
+    """
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise SidecarError("sidecar caption is not a regular file; ignored")
+            data = f.read(SIDECAR_MAX + 1)
+    except FileNotFoundError:
+        return None  # deleted since the scan
+    except OSError as e:
+        raise SidecarError(f"cannot read sidecar caption ({e.strerror or e}); ignored") from e
+    if len(data) > SIDECAR_MAX:
+        raise SidecarError(f"sidecar caption larger than {SIDECAR_MAX // 1024} KB; ignored")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise SidecarError(f"sidecar caption is not UTF-8 text (byte {e.start}); ignored") from e
+    if "\0" in text:
+        raise SidecarError("sidecar caption is binary (NUL bytes); ignored")
+    return text.strip() or None
+
+
+def content_hash(path: bytes, size: int) -> bytes | None:
+    """A fingerprint of a file's first and last blocks (and its size), to recognise a moved file."""
+    h = hashlib.blake2b(size.to_bytes(8, "little"), digest_size=16)
+    try:
+        with open(path, "rb") as f:
+            h.update(f.read(HASH_BLOCK))
+            if size > HASH_BLOCK:
+                f.seek(max(HASH_BLOCK, size - HASH_BLOCK))
+                h.update(f.read(HASH_BLOCK))
     except OSError:
         return None
-    text = data.decode("utf-8-sig", errors="replace").strip()
-    return text or None
+    return h.digest()
 
 
 def _stat(path: bytes, entry: os.DirEntry, on_error: OnError) -> FileStat | None:
-    """Stat through file symlinks; None for broken links, non-regular targets and stat errors."""
+    """Stat through file symlinks; None (reported to ``on_error``) for dangling links and loops;
+    None silently for non-regular targets and files deleted since listing."""
     try:
         st = entry.stat()  # follows symlinks; cached on the entry
     except FileNotFoundError:
-        return None  # broken symlink, or deleted since listing: nothing to index
+        if entry.is_symlink():
+            on_error(path, "dangling symbolic link")
+        return None  # else deleted since listing: nothing to index
     except OSError as e:
-        on_error(path, e.strerror or str(e))
+        on_error(path, "symbolic link loop" if e.errno == errno.ELOOP else (e.strerror or str(e)))
         return None
     if not stat.S_ISREG(st.st_mode):
         return None  # e.g. a symlink to a directory that happens to be named x.jpg
     return FileStat(path, st.st_mtime_ns, st.st_size)
+
+
+def _ignore(path: bytes, message: str) -> None:
+    """A broken sidecar link is simply no sidecar."""
 
 
 def _warn(path: bytes, message: str) -> None:
@@ -140,19 +185,23 @@ def scan(
     include_hidden: bool = False,
     exclude: Sequence[PathArg] = (),
     on_error: OnError | None = None,
+    on_bad_file: OnError | None = None,
 ) -> Iterator[ScannedImage]:
     """Yield every image under `folders`, depth-first in sorted name order (reproducible).
 
     Folders are checked eagerly (ClipdexError before any output). Per-path problems (an
-    unreadable directory) go to `on_error(path, message)` (default: a warning) and are skipped.
+    unreadable directory) go to `on_error(path, message)` (default: a warning) and are skipped;
+    image entries that cannot be statted (a dangling link, a symlink loop) go to `on_bad_file`
+    (default: `on_error`).
     """
     check_folders(folders)
     excluded = {os.path.realpath(os.fsencode(p)) for p in exclude}
-    return _walk(scan_roots(folders), include_hidden, excluded, on_error or _warn)
+    on_error = on_error or _warn
+    return _walk(scan_roots(folders), include_hidden, excluded, on_error, on_bad_file or on_error)
 
 
 def _walk(
-    roots: list[bytes], include_hidden: bool, excluded: set[bytes], on_error: OnError
+    roots: list[bytes], include_hidden: bool, excluded: set[bytes], on_error: OnError, on_bad_file: OnError
 ) -> Iterator[ScannedImage]:
     exts = _byte_extensions()
     # Real paths of directories already walked: overlapping FOLDERs (or two FOLDERs that are the
@@ -199,14 +248,14 @@ def _walk(
                         texts[name[:dot]] = entry  # both exist: prefer the lower-case one
             sidecars: dict[bytes, FileStat | None] = {}
             for entry, stem in images:
-                image = _stat(entry.path, entry, on_error)
+                image = _stat(entry.path, entry, on_bad_file)
                 if image is None:
                     continue
                 sidecar = None
                 if stem in texts:
                     if stem not in sidecars:  # a.jpg and a.png share one stat of a.txt
                         txt = texts[stem]
-                        sidecars[stem] = _stat(txt.path, txt, on_error)
+                        sidecars[stem] = _stat(txt.path, txt, _ignore)
                     sidecar = sidecars[stem]
                 yield ScannedImage(image, sidecar)
             # Reversed onto the stack so that subdirectories are walked in sorted order.

@@ -50,7 +50,22 @@ def _m2_pending(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE pending_vectors (id INTEGER PRIMARY KEY, vector BLOB NOT NULL)")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_pending]
+def _m3_identity(db: sqlite_utils.Database) -> None:
+    # content_hash: size-independent fingerprint of a scanned file (first/last blocks), so a moved
+    # file is recognised and keeps its id. failures: files that failed to decode, not retried until
+    # they change. The text index makes "is this exact text already stored?" a lookup, not a scan.
+    if "content_hash" not in {c.name for c in db["items"].columns}:
+        db.execute("ALTER TABLE items ADD COLUMN content_hash BLOB")
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS failures (
+            path BLOB PRIMARY KEY, size INTEGER, mtime_ns INTEGER, error TEXT NOT NULL,
+            failed_at REAL NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS items_kind_text ON items (kind, text)")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_pending, _m3_identity]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -71,8 +86,32 @@ class FileRecord:
     """What the scanner compares against: stat of a stored file."""
 
     id: int
+    mtime_ns: int | None  # None for an imported item (no file seen yet)
+    size: int | None
+    source: str = "scan"
+    content_hash: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Caption:
+    """A sidecar caption as stored: its id, the .txt it came from, and its text."""
+
+    id: int
+    path: bytes
     mtime_ns: int
     size: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Merged:
+    """What `Store.merge_keyed` did with one chunk of keyed rows (row numbers index the chunk)."""
+
+    new_ids: np.ndarray
+    new_rows: np.ndarray
+    updated_ids: np.ndarray
+    updated_rows: np.ndarray
+    unchanged: int
 
 
 class Store:
@@ -260,6 +299,166 @@ class Store:
                 self.conn.execute(f"DELETE FROM pending_vectors WHERE id IN ({marks})", chunk)
         return gone
 
+    def update_vectors(
+        self,
+        ids: Sequence[int],
+        vectors: np.ndarray,
+        *,
+        texts: Sequence[str] | None = None,
+        paths: Sequence[bytes] | None = None,
+        stats: Sequence[tuple[int, int]] | None = None,
+        hashes: Sequence[bytes | None] | None = None,
+        source: str | None = None,
+    ) -> None:
+        """Replace the vectors of existing items in place (their ids stay), with their new file facts.
+
+        Every change of a stored vector goes through here, `insert`/`insert_many` or `delete`.
+        """
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids but {len(vectors)} vectors")
+        cols: dict[str, Sequence] = {"vector": [v.tobytes() for v in vectors]}
+        if texts is not None:
+            cols["text"] = texts
+        cols.update(self._file_columns(paths, stats, hashes))
+        with self.transaction():
+            self._update_columns(ids, cols, source)
+
+    def update_files(
+        self,
+        ids: Sequence[int],
+        *,
+        paths: Sequence[bytes] | None = None,
+        stats: Sequence[tuple[int, int]] | None = None,
+        hashes: Sequence[bytes | None] | None = None,
+        source: str | None = None,
+    ) -> None:
+        """New file facts (path, stat, content hash) for items whose vector stays: a move, a touch."""
+        with self.transaction():
+            self._update_columns(ids, self._file_columns(paths, stats, hashes), source)
+
+    @staticmethod
+    def _file_columns(paths: Sequence | None, stats: Sequence | None, hashes: Sequence | None) -> dict:
+        cols: dict[str, Sequence] = {}
+        if paths is not None:
+            cols["path"] = paths
+        if stats is not None:
+            cols["mtime_ns"] = [m for m, _ in stats]
+            cols["size"] = [z for _, z in stats]
+        if hashes is not None:
+            cols["content_hash"] = hashes
+        return cols
+
+    def _update_columns(self, ids: Sequence[int], cols: dict[str, Sequence], source: str | None) -> None:
+        names = list(cols)
+        sets = [f"{c} = ?" for c in names] + (["source = ?"] if source is not None else [])
+        if not ids or not sets:
+            return
+        extra = (source,) if source is not None else ()
+        rows = ((*(cols[c][n] for c in names), *extra, int(i)) for n, i in enumerate(ids))
+        self.conn.executemany(f"UPDATE items SET {', '.join(sets)} WHERE id = ?", rows)
+
+    def merge_keyed(self, kind: str, source: str, keys: Sequence, vectors: np.ndarray) -> Merged:
+        """Upsert rows keyed by image path (bytes) or exact text (non-sidecar texts).
+
+        A known key with an equal vector is unchanged, with another vector it is updated in place
+        (same id); an unknown key is inserted. A key repeated within one run (see `begin_merge`)
+        counts once: the first row wins, later ones are unchanged. Set-based SQL through a
+        temporary table: no per-row round trips, so a million-row import stays fast.
+        """
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        n = len(vectors)
+        column = "path" if kind == "image" else "text"
+        sidecar = "" if kind == "image" else " AND i.source != 'sidecar'"
+        with self.transaction():
+            c = self.conn
+            c.execute("DELETE FROM temp.merge_rows")
+            row_bytes = vectors.shape[1] * 4 if vectors.ndim == 2 else 0
+            flat = memoryview(vectors).cast("B")
+            c.executemany(
+                "INSERT OR IGNORE INTO temp.merge_rows (key, row, vector) VALUES (?, ?, ?)",
+                ((k, r, flat[r * row_bytes : (r + 1) * row_bytes]) for r, k in enumerate(keys)),
+            )
+            c.execute("DELETE FROM temp.merge_rows WHERE key IN (SELECT key FROM temp.merge_seen)")
+            c.execute("INSERT INTO temp.merge_seen (key) SELECT key FROM temp.merge_rows")
+            c.execute(
+                f"UPDATE temp.merge_rows SET id = (SELECT min(i.id) FROM items i WHERE i.kind = ?"
+                f" AND i.{column} = temp.merge_rows.key{sidecar})",
+                (kind,),
+            )
+            changed = c.execute(
+                "SELECT m.id, m.row FROM temp.merge_rows m JOIN items i ON i.id = m.id"
+                " WHERE i.vector IS NOT m.vector ORDER BY m.row"
+            ).fetchall()
+            fresh = [r for (r,) in c.execute("SELECT row FROM temp.merge_rows WHERE id IS NULL ORDER BY row")]
+            updated_ids = np.array([i for i, _ in changed], np.int64)
+            updated_rows = np.array([r for _, r in changed], np.int64)
+            if len(changed):
+                self.update_vectors(updated_ids.tolist(), vectors[updated_rows], source=None)
+            new_rows = np.array(fresh, np.int64)
+            fresh_keys = [keys[r] for r in fresh]
+            new_ids = self.insert_many(
+                kind, source, vectors[new_rows],
+                paths=fresh_keys if kind == "image" else None, texts=fresh_keys if kind != "image" else None,
+            ) if fresh else np.empty(0, np.int64)  # fmt: skip
+        return Merged(new_ids, new_rows, updated_ids, updated_rows, n - len(fresh) - len(changed))
+
+    @contextmanager
+    def merging(self) -> Iterator[None]:
+        """The temporary tables `merge_keyed` uses for one run (keys seen so far collapse)."""
+        c = self.conn
+        c.execute(
+            "CREATE TEMP TABLE IF NOT EXISTS merge_rows"
+            " (key PRIMARY KEY, row INTEGER, vector BLOB, id INTEGER)"
+        )
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS merge_seen (key PRIMARY KEY)")
+        try:
+            yield
+        finally:
+            c.execute("DROP TABLE IF EXISTS temp.merge_rows")
+            c.execute("DROP TABLE IF EXISTS temp.merge_seen")
+
+    def known_texts(self, texts: Sequence[str]) -> set[str]:
+        """Which of ``texts`` are already stored as non-sidecar texts (exact content)."""
+        c = self.conn
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS probe_texts (text TEXT PRIMARY KEY)")
+        try:
+            c.execute("DELETE FROM temp.probe_texts")
+            c.executemany("INSERT OR IGNORE INTO temp.probe_texts VALUES (?)", ((t,) for t in texts))
+            rows = c.execute(
+                "SELECT p.text FROM temp.probe_texts p WHERE EXISTS (SELECT 1 FROM items i"
+                " WHERE i.kind = 'text' AND i.text = p.text AND i.source != 'sidecar')"
+            )
+            return {t for (t,) in rows}
+        finally:
+            c.execute("DROP TABLE IF EXISTS temp.probe_texts")
+
+    # ---- failures (files that failed to decode) -------------------------------------------
+    def failures(self) -> dict[bytes, tuple[int, int]]:
+        """path -> (size, mtime_ns) of every remembered decode failure."""
+        rows = self.conn.execute("SELECT path, size, mtime_ns FROM failures")
+        return {bytes(p): (z, m) for p, z, m in rows}
+
+    def record_failures(self, rows: Sequence[tuple[bytes, int, int, str]]) -> None:
+        """Remember (path, size, mtime_ns, error) of files that failed to decode."""
+        now = time.time()
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO failures (path, size, mtime_ns, error, failed_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                ((p, z, m, e, now) for p, z, m, e in rows),
+            )
+
+    def forget_failures(self, paths: Iterable[bytes]) -> None:
+        with self.transaction():
+            self.conn.executemany("DELETE FROM failures WHERE path = ?", ((p,) for p in paths))
+
+    def count_failures(self) -> int:
+        try:
+            return self.conn.execute("SELECT count(*) FROM failures").fetchone()[0]
+        except sqlite3.OperationalError:  # an older schema, read without migrating
+            return 0
+
     # ---- reads --------------------------------------------------------------------------
     def scanned_files(self) -> dict[bytes, FileRecord]:
         """Every scanned image, by path, in one query (no per-file round trips)."""
@@ -268,12 +467,20 @@ class Store:
         )
         return {bytes(p): FileRecord(i, m, s) for p, i, m, s in rows}
 
-    def sidecars(self) -> dict[int, tuple[int, bytes, int, int]]:
-        """image id -> (caption id, sidecar path, mtime_ns, size) for sidecar captions."""
+    def image_files(self) -> dict[bytes, FileRecord]:
+        """Every image with a path (scanned or imported), by path; the lowest id wins a duplicate."""
         rows = self.conn.execute(
-            "SELECT image_id, id, path, mtime_ns, size FROM items WHERE source = 'sidecar'"
+            "SELECT path, id, mtime_ns, size, source, content_hash FROM items"
+            " WHERE kind = 'image' AND path IS NOT NULL ORDER BY id DESC"
         )
-        return {img: (tid, bytes(p), m, s) for img, tid, p, m, s in rows}
+        return {bytes(p): FileRecord(i, m, s, src, h) for p, i, m, s, src, h in rows}
+
+    def sidecars(self) -> dict[int, Caption]:
+        """image id -> its sidecar caption."""
+        rows = self.conn.execute(
+            "SELECT image_id, id, path, mtime_ns, size, text FROM items WHERE source = 'sidecar'"
+        )
+        return {img: Caption(tid, bytes(p), m, s, t) for img, tid, p, m, s, t in rows}
 
     def items(self, ids: Sequence[int]) -> dict[int, Item]:
         out: dict[int, Item] = {}
@@ -367,8 +574,12 @@ class Store:
                 [(int(i), vectors[n].tobytes()) for n, i in enumerate(ids)],
             )
 
-    def swap_in_pending(self) -> None:
-        """Replace every vector by its pending one (one transaction); drop items without one."""
+    def swap_in_pending(self) -> list[int]:
+        """Replace every vector by its pending one (one transaction); delete items without one.
+
+        Returns the ids of the items deleted for lack of a pending vector (the caller decides
+        beforehand whether that is allowed); their linked captions go with them.
+        """
         with self.transaction():
             missing = self._select_ids(
                 "SELECT id FROM items WHERE id NOT IN (SELECT id FROM pending_vectors)", []
@@ -380,6 +591,7 @@ class Store:
             if missing:
                 self.delete(missing)
             self.conn.execute("DELETE FROM pending_vectors")
+        return missing
 
     def clear_pending(self) -> None:
         self.conn.execute("DELETE FROM pending_vectors")
