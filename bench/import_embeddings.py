@@ -151,7 +151,7 @@ def main() -> int:
         shutil.rmtree(lib_dir, ignore_errors=True)
         lib = library_mod.Library.open(lib_dir, create=True, model=f"local-dir:{model_dir}", device="cpu")
         with phase("total"):
-            n = lib.import_embeddings(vec_path, meta)
+            n = lib.import_embeddings(vec_path, meta).imported
         query = np.load(vec_path, mmap_mode="r")[args.n // 2].astype(np.float32)
         lib.close()
 

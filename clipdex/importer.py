@@ -1,8 +1,10 @@
 """`import-embeddings`: vectors computed elsewhere (a GPU cluster, clip-retrieval) into a library.
 
 Everything is checked before anything is written. The model is loaded only for a new library (to
-learn and record its dimension); an existing one is checked by its stored dim. Rows go in by
-chunks of 100k (bounded memory); an import that fails halfway is undone.
+learn and record its dimension); an existing one is checked by its stored dim. Rows are keyed (an
+image by its path, a text by its exact content), so a re-run adds nothing and a changed vector for
+a known key updates that item in place. Rows go in by chunks of 100k (bounded memory) inside one
+transaction: an import that fails halfway leaves the library as it was.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from clipdex.errors import ClipdexError
 from clipdex.index.imports import read_embeddings
 from clipdex.index.lock import WriterLock
 from clipdex.index.store import IMAGE, TEXT
+from clipdex.results import ImportCounts
 
 if TYPE_CHECKING:
     from clipdex.library import Library, Progress
@@ -28,10 +31,11 @@ def import_embeddings(
     metadata_path: str | os.PathLike,
     modality: str | None = None,
     progress: Progress | None = None,
-) -> int:
-    """Store ``VECTORS.npy`` rows with their paths or texts from ``METADATA``; returns the count."""
+) -> ImportCounts:
+    """Store ``VECTORS.npy`` rows with their paths or texts from ``METADATA``; returns the counts."""
     data = read_embeddings(vectors_path, metadata_path, modality)
     kind = IMAGE if data.modality == "image" else TEXT
+    counts = ImportCounts(missing_files=data.missing_files())
     with WriterLock(lib.path):
         lib.check_model(reembed=False)
         dim = lib.store.dim if lib.spec is not None else None
@@ -43,41 +47,43 @@ def import_embeddings(
                 f"({lib.spec}) makes {dim}-d ones"
             )
         if data.count == 0:
-            return 0
+            return counts
+        store = lib.store
         indexes = {k: lib.indexes.get(k) for k in (IMAGE, TEXT)}
         fresh = indexes[kind].ntotal == 0  # build once from all vectors (lets FAISS pick/train)
-        all_ids = np.empty(data.count, np.int64)
+        all_ids = np.full(data.count, -1, np.int64)  # fresh: the new id of each row (-1: not new)
         all_vecs = np.empty((data.count, dim), np.float32) if fresh else None
-        done = 0
         try:
-            with lib.store.bulk_load():
+            with store.bulk_load(), store.merging(), store.transaction():
                 for start, vecs in data.chunks(out=all_vecs):  # into all_vecs when fresh
                     stop = start + len(vecs)
-                    with lib.store.transaction():
-                        ids = lib.store.insert_many(
-                            kind, "import", vecs,
-                            paths=data.paths(start, stop) if kind == IMAGE else None,
-                            texts=data.values[start:stop] if kind == TEXT else None,
-                        )  # fmt: skip
-                        lib.store.bump_generation()
-                    all_ids[start:stop] = ids
-                    done = stop
-                    if all_vecs is None:
-                        indexes[kind].add(ids, vecs)
+                    keys = data.paths(start, stop) if kind == IMAGE else data.values[start:stop]
+                    merged = store.merge_keyed(kind, "import", keys, vecs)
+                    counts.imported += len(merged.new_ids)
+                    counts.updated += len(merged.updated_ids)
+                    counts.unchanged += merged.unchanged
+                    if fresh:
+                        all_ids[start + merged.new_rows] = merged.new_ids
+                    else:  # an update is a removal and an add of the same id
+                        indexes[kind].remove(merged.updated_ids)
+                        indexes[kind].add(merged.updated_ids, vecs[merged.updated_rows])
+                        indexes[kind].add(merged.new_ids, vecs[merged.new_rows])
                     if progress:
-                        progress(done, data.count)
+                        progress(stop, data.count)
+                if counts.imported or counts.updated:
+                    store.bump_generation()
         except BaseException:
-            lib.indexes.forget(kind)
-            if done:  # all or nothing: take back the chunks already committed
-                with lib.store.transaction():
-                    lib.store.delete(all_ids[:done].tolist())
-                    lib.store.bump_generation()
+            lib.indexes.forget(kind)  # it may hold rows that were rolled back
             raise
-        gen = lib.store.generation
-        if all_vecs is not None:
-            indexes[kind] = lib.indexes.build(kind, all_ids, all_vecs, gen)
+        gen = store.generation
+        if all_vecs is not None and counts.imported:
+            keep = all_ids >= 0
+            if keep.all():
+                indexes[kind] = lib.indexes.build(kind, all_ids, all_vecs, gen)
+            else:  # rows that repeated a key: only the first of each is stored
+                indexes[kind] = lib.indexes.build(kind, all_ids[keep], all_vecs[keep], gen)
             del all_vecs
         for idx in indexes.values():  # the other kind is unchanged: still valid at this generation
             idx.generation = gen
         lib.indexes.save_all()
-    return data.count
+    return counts

@@ -17,7 +17,7 @@ from clipdex.errors import ClipdexError, ModelError
 from clipdex.index.indexset import IndexSet
 from clipdex.index.lock import WriterLock
 from clipdex.index.store import DB_NAME, IMAGE, TEXT, Store
-from clipdex.results import IndexStats, Reembedded, SearchResult
+from clipdex.results import ImportCounts, IndexStats, Reembedded, SearchResult
 from clipdex.retrieval.models import LoadedModel, ModelSpec, load_model, resolve_spec
 
 Problem = Callable[[str, str], None]
@@ -198,11 +198,20 @@ class Library:
             return run.stats
 
     def add_texts(self, texts: Sequence[str], source: str = "add-texts") -> list[int]:
-        """Store and index free texts (searchable with ``target="texts"``); returns their ids."""
+        """Store and index free texts (searchable with ``target="texts"``); returns the new ids.
+
+        A text is keyed by its exact (stripped) content: texts already stored and repeats within
+        ``texts`` are not added again, so an interrupted run can simply be run again.
+        """
         from clipdex.retrieval.embed import encode_texts
 
-        texts = [t.strip() for t in texts if t and t.strip()]
+        texts = list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
         with WriterLock(self.path):
+            if texts and self.store.dim is not None:
+                known = self.store.known_texts(texts)
+                texts = [t for t in texts if t not in known]
+            if not texts:
+                return []
             lm = self.writer_model()
             index = self.indexes.get(TEXT)
             ids: list[int] = []
@@ -223,8 +232,12 @@ class Library:
         metadata_path: str | os.PathLike,
         modality: str | None = None,
         progress: Progress | None = None,
-    ) -> int:
-        """Store vectors computed elsewhere (``.npy`` + metadata); see `clipdex.importer`."""
+    ) -> ImportCounts:
+        """Store vectors computed elsewhere (``.npy`` + metadata); see `clipdex.importer`.
+
+        Idempotent: an image row is keyed by its path, a text row by its exact content; a re-run
+        adds nothing, a changed vector for a known key updates that item (same id).
+        """
         from clipdex.importer import import_embeddings
 
         return import_embeddings(self, vectors_path, metadata_path, modality, progress)

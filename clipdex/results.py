@@ -48,6 +48,19 @@ class IndexStats:
         return d
 
 
+@dataclass(slots=True)
+class ImportCounts:
+    """Counts of one `import-embeddings` run; ``to_dict()`` is its ``--json`` object."""
+
+    imported: int = 0  # new items
+    updated: int = 0  # known key (path or text), another vector: updated in place
+    unchanged: int = 0  # known key, same vector (and rows repeating a key within the input)
+    missing_files: int = 0  # image paths that do not exist on this machine
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
 @dataclass(frozen=True, slots=True)
 class Reembedded:
     """What a re-embedding did: ``total`` items encoded, ``dropped`` images deleted (no file)."""

@@ -117,7 +117,7 @@ def test_add_texts_formats(tiny_model_dir, tmp_path, name, content, column):
     lib = tmp_path / "lib"
     args = ["--library", lib, "add-texts", tmp_path / name, "--model", tiny_model_dir, "--json"]
     res = ok(*args, *(["--column", column] if column else []))
-    assert res.stdout.count("\n") == 1 and json.loads(res.stdout) == {"added": 3}
+    assert res.stdout.count("\n") == 1 and json.loads(res.stdout) == {"added": 3, "unchanged": 0}
     hits = json_lines(ok("--library", lib, "search", "two", "--target", "texts", "--json").stdout)
     assert hits[0]["text"] == "two" and hits[0]["score"] >= 0.9999 and hits[0]["path"] is None
     assert sorted(h["text"] for h in hits) == ["one", "three", "two"]
@@ -235,7 +235,9 @@ def test_writer_lock(small, tmp_path, holder, monkeypatch, writer):
     holder.wait()
     res = ok("--library", lib, writer, target, "--json")
     assert json.loads(res.stdout) == (
-        {"added": 2} if writer == "add-texts" else dict.fromkeys(INDEX_KEYS, 0) | {"unchanged": 6}
+        {"added": 0, "unchanged": 2}
+        if writer == "add-texts"
+        else dict.fromkeys(INDEX_KEYS, 0) | {"unchanged": 6}
     )
     assert not lock.exists()
 

@@ -44,7 +44,7 @@ def indexed(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     ]  # fmt: skip
     (root / "texts.txt").write_text("\n".join(ADDED) + "\n\n")
     assert json_lines(ok("--library", lib, "add-texts", root / "texts.txt", "--json").stdout) == [
-        {"added": len(ADDED)}
+        {"added": len(ADDED), "unchanged": 0}
     ]
     return {"lib": lib, "imgs": imgs, "files": files}
 

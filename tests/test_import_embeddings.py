@@ -79,6 +79,11 @@ def imported(tmp_path: Path, tiny_model_dir: Path, lib_args: list) -> dict:
     return {"vecs": vecs, "paths": paths, "stdout": out.stdout, "lib": tmp_path / "lib"}
 
 
+def counts(**kw: int) -> dict:
+    """The `import-embeddings --json` object."""
+    return {"imported": 0, "updated": 0, "unchanged": 0, "missing_files": 0, **kw}
+
+
 def count(lib_dir: Path, kind: str = "image") -> int:
     with Library.open(lib_dir) as lib:
         return lib.store.count(kind)
@@ -86,7 +91,9 @@ def count(lib_dir: Path, kind: str = "image") -> int:
 
 # ---- importing ---------------------------------------------------------------------------------
 def test_csv_import_then_search_by_an_imported_vector(imported):
-    assert imported["stdout"].count("\n") == 1 and json.loads(imported["stdout"]) == {"imported": 8}
+    assert imported["stdout"].count("\n") == 1 and json.loads(imported["stdout"]) == counts(
+        imported=8, missing_files=8
+    )
     with Library.open(imported["lib"]) as lib:
         assert lib.store.dim == DIM and lib.spec is not None  # the model was recorded
         for i in (0, 5):
@@ -116,7 +123,7 @@ def test_second_import_into_an_existing_library_does_not_load_the_model(imported
     npy = save_npy(tmp_path / "more.npy", more)
     meta = write_csv(tmp_path / "more.csv", ["path"], [[f"/data/more/{i}.jpg"] for i in range(3)])
     out = ok("--library", imported["lib"], "import-embeddings", npy, meta, "--json")
-    assert json.loads(out.stdout) == {"imported": 3}
+    assert json.loads(out.stdout) == counts(imported=3, missing_files=3)
     with Library.open(imported["lib"]) as lib:
         assert lib.store.count("image") == 11
         assert lib.search(vector=more[2], k=1)[0].path == "/data/more/2.jpg"
@@ -128,7 +135,7 @@ def test_jsonl_caption_alias_imports_texts(tmp_path, tiny_model_dir, lib_args):
     npy = save_npy(tmp_path / "t.npy", vecs)
     meta = write_jsonl(tmp_path / "t.jsonl", [{"id": i, "caption": f" text number {i} "} for i in range(5)])
     out = ok(*lib_args, "import-embeddings", npy, meta, "--model", tiny_model_dir, "--json", "--quiet")
-    assert json.loads(out.stdout) == {"imported": 5}
+    assert json.loads(out.stdout) == counts(imported=5)
     hits = [
         json.loads(line)
         for line in ok(*lib_args, "search", "x", "--target", "texts", "--json").stdout.splitlines()
@@ -148,12 +155,16 @@ def test_parquet_image_path_alias_float16_and_relative_paths(tmp_path, tiny_mode
     meta = tmp_path / "m.parquet"
     names = [f"sub/img{i}.jpg" for i in range(6)]
     pq.write_table(pa.table({"image_path": names, "caption": ["c"] * 6}), meta)
-    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "sub" / "img1.jpg")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # the cwd does not matter: relative to the metadata's folder
     out = ok(*lib_args, "import-embeddings", npy, meta, "--model", tiny_model_dir, "--json")
-    assert json.loads(out.stdout) == {"imported": 6}
+    assert json.loads(out.stdout) == counts(imported=6, missing_files=5)  # only sub/img1.jpg exists
     with Library.open(tmp_path / "lib") as lib:
         top = lib.search(vector=vecs[4].astype(np.float32), k=1)[0]
-        assert top.path == str(tmp_path / "sub" / "img4.jpg")  # made absolute (against the cwd)
+        assert top.path == str(tmp_path / "sub" / "img4.jpg")
         assert top.score == pytest.approx(1.0, abs=1e-5)
 
 
@@ -292,3 +303,70 @@ def test_a_failure_halfway_undoes_the_whole_import(imported, tmp_path, monkeypat
     with Library.open(imported["lib"]) as lib:
         assert lib.info()["indexes"]["images"]["ntotal"] == 8
         assert lib.search(vector=imported["vecs"][2], k=1)[0].path == imported["paths"][2]
+
+
+# ---- idempotence -------------------------------------------------------------------------------
+def test_reimport_adds_nothing_and_a_changed_vector_updates_in_place(imported, tmp_path):
+    lib = imported["lib"]
+    again = ok("--library", lib, "import-embeddings", tmp_path / "v.npy", tmp_path / "m.csv", "--json")
+    assert json.loads(again.stdout) == counts(unchanged=8, missing_files=8)
+    with Library.open(lib) as opened:
+        ids_before = {os.fsdecode(p): rec.id for p, rec in opened.store.image_files().items()}
+    assert len(ids_before) == 8 and count(lib) == 8
+
+    # Row 2 changed, a new path, and a path repeated within the file (the first row counts).
+    vecs = imported["vecs"].copy()
+    vecs[2] = vectors(1, seed=42)[0]
+    extra = vectors(2, seed=43)
+    npy = save_npy(tmp_path / "v2.npy", np.concatenate([vecs, extra]))
+    paths = imported["paths"] + ["/data/photos/new.jpg", "/data/photos/new.jpg"]
+    meta = write_csv(tmp_path / "m2.csv", ["path"], [[p] for p in paths])
+    out = ok("--library", lib, "import-embeddings", npy, meta, "--json")
+    assert json.loads(out.stdout) == counts(imported=1, updated=1, unchanged=8, missing_files=10)
+    with Library.open(lib) as opened:
+        assert opened.store.count("image") == 9
+        ids = {os.fsdecode(p): rec.id for p, rec in opened.store.image_files().items()}
+        assert {p: ids[p] for p in ids_before} == ids_before  # same ids, the updated one too
+        hit = opened.search(vector=vecs[2], k=2)
+        assert hit[0].id == ids_before[imported["paths"][2]] and hit[0].score == pytest.approx(1, abs=1e-5)
+        assert hit[1].score < 0.99  # the old vector is gone from the index
+        assert opened.search(vector=extra[0], k=1)[0].path == "/data/photos/new.jpg"
+        assert opened.info()["indexes"]["images"]["ntotal"] == 9
+
+
+def test_reimporting_texts_and_re_adding_texts_is_idempotent(tmp_path, tiny_model_dir, lib_args):
+    npy = save_npy(tmp_path / "t.npy", vectors(3))
+    meta = write_jsonl(tmp_path / "t.jsonl", [{"text": t} for t in ("one", "two", "three")])
+    ok(*lib_args, "import-embeddings", npy, meta, "--model", tiny_model_dir)
+    out = ok(*lib_args, "import-embeddings", npy, meta, "--json")
+    assert json.loads(out.stdout) == counts(unchanged=3)
+    (tmp_path / "more.txt").write_text("two\nfour\nfive\nfour\n\n")  # "two" is stored; "four" twice
+    first = ok(*lib_args, "add-texts", tmp_path / "more.txt", "--json")
+    assert json.loads(first.stdout) == {"added": 2, "unchanged": 2}
+    second = ok(*lib_args, "add-texts", tmp_path / "more.txt", "--json")
+    assert json.loads(second.stdout) == {"added": 0, "unchanged": 4}
+    with Library.open(tmp_path / "lib") as lib:
+        texts = sorted(t for _, _, t in lib.store.iter_items("text"))
+        assert texts == ["five", "four", "one", "three", "two"]
+        assert lib.info()["indexes"]["texts"]["ntotal"] == 5
+
+
+def test_a_scanned_file_adopts_the_imported_item_at_its_path(tmp_path, tiny_model_dir, lib_args):
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for name in ("a.png", "b.png"):
+        Image.new("RGB", (16, 16), (200, 10, 10) if name == "a.png" else (10, 10, 200)).save(imgs / name)
+    npy = save_npy(tmp_path / "v.npy", vectors(1))
+    meta = write_csv(imgs / "m.csv", ["path"], [["a.png"]])  # relative to the metadata's folder
+    out = ok(*lib_args, "import-embeddings", npy, meta, "--model", tiny_model_dir, "--json")
+    assert json.loads(out.stdout) == counts(imported=1)
+    with Library.open(tmp_path / "lib") as lib:
+        (imported_id,) = [rec.id for rec in lib.store.image_files().values()]
+    res = json.loads(ok(*lib_args, "index", imgs, "--json").stdout)
+    assert (res["added"], res["updated"]) == (1, 1)
+    with Library.open(tmp_path / "lib") as lib:
+        files = lib.store.image_files()
+        assert len(files) == 2 and files[os.fsencode(imgs / "a.png")].id == imported_id
+        assert files[os.fsencode(imgs / "a.png")].source == "scan"
+        hit = lib.search(image=imgs / "a.png", k=1)[0]  # the new (model-made) vector replaced the import
+        assert hit.id == imported_id and hit.score == pytest.approx(1, abs=1e-4)

@@ -44,7 +44,7 @@ def quiet_option(f: Callable) -> Callable:
 def drop_option(f: Callable) -> Callable:
     return click.option(
         "--drop-unembeddable", is_flag=True,
-        help="When re-embedding, drop images with no readable file (imported or missing) instead of refusing.",
+        help="When re-embedding, drop images with no readable file (imported, missing) instead of refusing.",
     )(f)  # fmt: skip
 
 

@@ -141,6 +141,8 @@ def _table(results) -> None:
 def add_texts(state, file, column, model, pretrained, device, as_json, quiet):
     """Add texts from FILE (.txt one per line, or .csv/.tsv/.jsonl with --column).
 
+    A text already in the library (exact content) is not added again: re-running is safe.
+
     \b
     Examples:
       clipdex add-texts labels.txt
@@ -153,9 +155,10 @@ def add_texts(state, file, column, model, pretrained, device, as_json, quiet):
     lib = state.open(create=True, model=model, pretrained=pretrained, device=device)
     with lib:
         ids = lib.add_texts(texts)
+    unchanged = len(texts) - len(ids)  # already stored, or a repeated line
     if as_json:
-        emit_json({"added": len(ids)})
-    info(f"{len(ids)} texts added", quiet or as_json)
+        emit_json({"added": len(ids), "unchanged": unchanged})
+    info(f"{len(ids)} texts added, {unchanged} unchanged", quiet or as_json)
 
 
 @click.command("import-embeddings")
@@ -175,7 +178,8 @@ def import_embeddings(state, vectors, metadata, modality, model, pretrained, dev
     METADATA is a .csv, .jsonl or .parquet file with a `path` (or `image_path`) column for images
     or a `text` (or `caption`) column for texts; row i describes vector i. Vectors are
     L2-normalised; D must match the library's model (a new library records --model, or the default).
-    Image paths are stored made absolute; `index` never removes imported items.
+    Relative image paths resolve against METADATA's folder; `index` never removes imported items.
+    Re-running is safe: a known path (or text) is unchanged, or updated when its vector differs.
 
     \b
     Examples:
@@ -185,10 +189,14 @@ def import_embeddings(state, vectors, metadata, modality, model, pretrained, dev
     """
     lib = state.open(create=True, model=model, pretrained=pretrained, device=device)
     with lib, progress_bar("importing", quiet) as bar:
-        n = lib.import_embeddings(vectors, metadata, modality=modality, progress=bar)
+        c = lib.import_embeddings(vectors, metadata, modality=modality, progress=bar)
     if as_json:
-        emit_json({"imported": n})
-    info(f"{n} embeddings imported", quiet or as_json)
+        emit_json(c.to_dict())
+    missing = f"; {c.missing_files} paths do not exist on this machine" if c.missing_files else ""
+    info(
+        f"{c.imported} embeddings imported, {c.updated} updated, {c.unchanged} unchanged{missing}",
+        quiet or as_json,
+    )
 
 
 @click.command("info")

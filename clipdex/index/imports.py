@@ -60,6 +60,10 @@ class Embeddings:
             np.divide(block, self.norms[start:stop, None], out=block)
             yield start, block
 
+    def missing_files(self) -> int:
+        """How many image paths do not exist on this machine (0 for texts)."""
+        return sum(not os.path.exists(v) for v in self.values) if self.modality == IMAGE else 0
+
     def paths(self, start: int, stop: int) -> list[bytes]:
         """Rows' image paths as stored: absolute, ``os.fsencode`` bytes."""
         return [os.fsencode(v) for v in self.values[start:stop]]
@@ -86,7 +90,11 @@ def read_embeddings(
             raise ClipdexError(f"{name}: row {row} has {got} {what} (rows count from 0)")
         if not value.strip():
             raise ClipdexError(f"{name}: row {row} has an empty {what} (rows count from 0)")
-    values = [os.path.abspath(v) for v in values] if modality == IMAGE else [v.strip() for v in values]
+    if modality == IMAGE:  # relative to the metadata file's folder, like fine-tuning pairs
+        base = os.path.dirname(os.path.abspath(metadata_path))
+        values = [os.path.normpath(os.path.join(base, os.path.expanduser(v))) for v in values]
+    else:
+        values = [v.strip() for v in values]
     norms = row_norms(vectors, Path(vectors_path).name)
     return Embeddings(vectors, norms, modality, values)
 
