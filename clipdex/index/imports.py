@@ -9,9 +9,7 @@ writes anything. Pure numpy / csv / json / pyarrow: no models here.
 
 from __future__ import annotations
 
-import csv
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from clipdex.errors import ClipdexError
-from clipdex.textfiles import read_jsonl
+from clipdex.textfiles import JSONL_SUFFIXES, pick_column, read_csv, read_records, require_file
 
 IMAGE, TEXT = "image", "text"
 COLUMNS = {IMAGE: ("path", "image_path"), TEXT: ("text", "caption")}
@@ -102,6 +100,7 @@ def read_embeddings(
 def open_vectors(path: str | os.PathLike) -> np.ndarray:
     """The (N, D) float array in ``path``, memory-mapped; refuses other shapes and dtypes."""
     name = Path(path).name
+    require_file(path, "vectors file")
     try:
         arr = np.load(path, mmap_mode="r", allow_pickle=False)
     except FileNotFoundError as e:
@@ -162,49 +161,29 @@ def read_metadata(path: str | os.PathLike, modality: str | None = None) -> tuple
     """
     path = Path(path)
     suffix = path.suffix.lower()
-    readers = {".csv": _csv, ".tsv": _csv, ".jsonl": _jsonl, ".ndjson": _jsonl, ".parquet": _parquet}
+    readers = {".csv": _table, ".tsv": _table, ".jsonl": _table, ".ndjson": _table, ".parquet": _parquet}
     if suffix not in readers:
         raise ClipdexError(f"{path.name}: metadata must be a .csv, .jsonl or .parquet file")
-    if not path.is_file():
-        raise ClipdexError(f"no such file: {path}")
+    require_file(path, "metadata file")
     return readers[suffix](path, modality)
 
 
 def _pick(path: Path, fields: list[str], modality: str | None) -> tuple[str, str]:
     """(modality, column name) to read, or a message naming the columns that were found."""
     wanted = [modality] if modality else [IMAGE, TEXT]
-    for m in wanted:
-        for name in COLUMNS[m]:
-            if name in fields:
-                return m, name
-    names = " or ".join(f"'{c}'" for m in wanted for c in COLUMNS[m])
-    found = ", ".join(fields) if fields else "none"
-    raise ClipdexError(f"{path.name}: no {names} column (found: {found})")
+    column = pick_column(path, fields, [c for m in wanted for c in COLUMNS[m]])
+    return next(m for m in wanted if column in COLUMNS[m]), column
 
 
-def _csv(path: Path, modality: str | None) -> tuple[str, list]:
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            reader = csv.reader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
-            header = next(reader, [])
-            modality, column = _pick(path, header, modality)
-            i = header.index(column)
-            values = [row[i] if len(row) > i else None for row in reader]
-    except UnicodeDecodeError as e:
-        raise ClipdexError(f"{path.name}: not UTF-8 text ({e.reason} at byte {e.start})") from e
-    except csv.Error as e:
-        raise ClipdexError(f"{path.name}: invalid CSV ({e})") from e
-    return modality, values
-
-
-def _jsonl(path: Path, modality: str | None) -> tuple[str, list]:
-    rows = read_jsonl(path)
-    fields = list(dict.fromkeys(k for r in rows[:1000] for k in r))
-    if rows and not any(c in fields for cs in COLUMNS.values() for c in cs):
-        fields = list(dict.fromkeys(k for r in rows for k in r))
-    modality, column = _pick(path, fields, modality)
-    return modality, [r.get(column) for r in rows]
+def _table(path: Path, modality: str | None) -> tuple[str, list]:
+    if path.suffix.lower() in JSONL_SUFFIXES:
+        fields, rows = read_records(path)
+        modality, column = _pick(path, fields, modality)
+        return modality, [r.get(column) for r in rows]
+    header, rows = read_csv(path)  # plain rows: a million dicts would cost time for one column
+    modality, column = _pick(path, header, modality)
+    i = header.index(column)
+    return modality, [row[i] if len(row) > i else None for row in rows]
 
 
 def _parquet(path: Path, modality: str | None) -> tuple[str, list]:

@@ -7,7 +7,6 @@ captions (``photo.jpg`` + ``photo.txt``).
 
 from __future__ import annotations
 
-import csv
 import os
 import random
 from collections.abc import Callable, Sequence
@@ -17,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from clipdex.errors import ClipdexError
-from clipdex.textfiles import read_jsonl
+from clipdex.index.scan import SidecarError, read_sidecar
+from clipdex.textfiles import JSONL_SUFFIXES, TABLE_SUFFIXES, read_records, require_file
 
 IMAGE_EXTS = {
     ".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",
@@ -48,17 +48,12 @@ def read_pairs(source: str | Path) -> tuple[list[Pair], int]:
     if source.is_dir():
         rows = _folder_rows(source)
         base = source
-    elif not source.is_file():
-        raise ClipdexError(f"pairs file not found: {source}")
     else:
+        require_file(source, "pairs file")
         base = source.resolve().parent
-        suffix = source.suffix.lower()
-        if suffix in (".csv", ".tsv"):
-            rows = _table_rows(source, "\t" if suffix == ".tsv" else ",")
-        elif suffix in (".jsonl", ".ndjson"):
-            rows = _jsonl_rows(source)
-        else:
+        if source.suffix.lower() not in TABLE_SUFFIXES + JSONL_SUFFIXES:
             raise ClipdexError(f"{source}: pairs must be a .csv, .tsv or .jsonl file or a folder of images")
+        rows = _table_rows(source)
     pairs, empty = [], 0
     for image, caption in rows:
         caption = (caption or "").strip()
@@ -70,27 +65,12 @@ def read_pairs(source: str | Path) -> tuple[list[Pair], int]:
     return pairs, empty
 
 
-def _need_columns(found: Sequence[str], where: Path) -> None:
-    missing = [c for c in ("image", "caption") if c not in found]
-    if missing:
-        shown = ", ".join(repr(c) for c in found) or "none"
-        raise ClipdexError(f"{where}: needs columns 'image' and 'caption'; found {shown}")
-
-
-def _table_rows(path: Path, delimiter: str) -> list[tuple[str, str]]:
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh, delimiter=delimiter)
-            _need_columns([c.strip() for c in reader.fieldnames or []], path)
-            rows = [{(k or "").strip(): v for k, v in row.items()} for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise ClipdexError(f"cannot read {path}: {e}") from e
-    return [(r.get("image") or "", r.get("caption") or "") for r in rows]
-
-
-def _jsonl_rows(path: Path) -> list[tuple[str, str]]:
-    rows = read_jsonl(path)
-    _need_columns(sorted({k for r in rows for k in r}) if rows else ["image", "caption"], path)
+def _table_rows(path: Path) -> list[tuple[str, str]]:
+    fields, rows = read_records(path)
+    missing = [c for c in ("image", "caption") if c not in fields]
+    if missing and (rows or path.suffix.lower() not in JSONL_SUFFIXES):
+        shown = ", ".join(repr(c) for c in fields) or "none"
+        raise ClipdexError(f"{path}: needs columns 'image' and 'caption'; found {shown}")
     return [(r.get("image") or "", r.get("caption") or "") for r in rows]
 
 
@@ -104,8 +84,8 @@ def _folder_rows(folder: Path) -> list[tuple[str, str]]:
             if name.startswith(".") or ext.lower() not in IMAGE_EXTS or f"{stem}.txt" not in names:
                 continue
             try:
-                caption = Path(root, f"{stem}.txt").read_text(encoding="utf-8", errors="replace")
-            except OSError:
+                caption = read_sidecar(os.path.join(root, f"{stem}.txt")) or ""
+            except SidecarError:  # binary, oversized or unreadable: not a caption
                 caption = ""
             rows.append((str(Path(root, name).resolve()), caption))
     if not rows:
