@@ -373,28 +373,24 @@ class Store:
         with self.transaction():
             c = self.conn
             c.execute("DELETE FROM temp.merge_rows")
-            row_bytes = vectors.shape[1] * 4 if vectors.ndim == 2 else 0
-            flat = memoryview(vectors).cast("B")
             c.executemany(
-                "INSERT OR IGNORE INTO temp.merge_rows (key, row, vector) VALUES (?, ?, ?)",
-                ((k, r, flat[r * row_bytes : (r + 1) * row_bytes]) for r, k in enumerate(keys)),
+                "INSERT OR IGNORE INTO temp.merge_rows (key, row) VALUES (?, ?)", zip(keys, range(n))
             )
             c.execute("DELETE FROM temp.merge_rows WHERE key IN (SELECT key FROM temp.merge_seen)")
             c.execute("INSERT INTO temp.merge_seen (key) SELECT key FROM temp.merge_rows")
-            c.execute(
-                f"UPDATE temp.merge_rows SET id = (SELECT min(i.id) FROM items i WHERE i.kind = ?"
-                f" AND i.{column} = temp.merge_rows.key{sidecar})",
+            rows = {r for (r,) in c.execute("SELECT row FROM temp.merge_rows")}
+            # min(): SQLite takes the bare column (vector) from the row holding the minimum id.
+            matched = c.execute(
+                f"SELECT m.row, min(i.id), i.vector FROM temp.merge_rows m JOIN items i"
+                f" ON i.kind = ? AND i.{column} = m.key{sidecar} GROUP BY m.row",
                 (kind,),
-            )
-            changed = c.execute(
-                "SELECT m.id, m.row FROM temp.merge_rows m JOIN items i ON i.id = m.id"
-                " WHERE i.vector IS NOT m.vector ORDER BY m.row"
             ).fetchall()
-            fresh = [r for (r,) in c.execute("SELECT row FROM temp.merge_rows WHERE id IS NULL ORDER BY row")]
-            updated_ids = np.array([i for i, _ in changed], np.int64)
-            updated_rows = np.array([r for _, r in changed], np.int64)
-            if len(changed):
-                self.update_vectors(updated_ids.tolist(), vectors[updated_rows], source=None)
+            changed = sorted((r, i) for r, i, blob in matched if blob != vectors[r].tobytes())
+            updated_rows = np.array([r for r, _ in changed], np.int64)
+            updated_ids = np.array([i for _, i in changed], np.int64)
+            if changed:
+                self.update_vectors(updated_ids.tolist(), vectors[updated_rows])
+            fresh = sorted(rows - {r for r, _, _ in matched})
             new_rows = np.array(fresh, np.int64)
             fresh_keys = [keys[r] for r in fresh]
             new_ids = self.insert_many(
@@ -407,10 +403,7 @@ class Store:
     def merging(self) -> Iterator[None]:
         """The temporary tables `merge_keyed` uses for one run (keys seen so far collapse)."""
         c = self.conn
-        c.execute(
-            "CREATE TEMP TABLE IF NOT EXISTS merge_rows"
-            " (key PRIMARY KEY, row INTEGER, vector BLOB, id INTEGER)"
-        )
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS merge_rows (key PRIMARY KEY, row INTEGER)")
         c.execute("CREATE TEMP TABLE IF NOT EXISTS merge_seen (key PRIMARY KEY)")
         try:
             yield
