@@ -318,7 +318,9 @@ class Library:
             return encode_texts(lm, [text])[0]
         from clipdex.index.scan import display_path
         from clipdex.retrieval.decode import DecodeError, load_and_preprocess
+        from clipdex.textfiles import require_file
 
+        require_file(image, "query image")  # before opening: a FIFO would block
         try:
             pixels = load_and_preprocess(image, lm.preprocess, lm.image_size)
         except DecodeError as e:

@@ -61,9 +61,15 @@ def read_lines(path: str | Path) -> list[str]:
     path = Path(path)
     try:
         with _open(path, newline="\n") as f:  # "\n": no other character ends a line
-            return [line[:-1] if line.endswith("\n") else line for line in f]
+            return [_chomp(line) for line in f]
     except UnicodeDecodeError as e:
         raise _decode_error(path, e) from e
+
+
+def _chomp(line: str) -> str:
+    if line.endswith("\n"):
+        line = line[:-2] if line.endswith("\r\n") else line[:-1]
+    return line
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

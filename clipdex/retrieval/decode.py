@@ -8,6 +8,7 @@ while keeping input order. Threads suffice: Pillow's decoders and resizers relea
 from __future__ import annotations
 
 import os
+import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -145,8 +146,13 @@ def open_image(path: str | bytes | os.PathLike, draft_to: tuple[int, int] | None
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
         Image.MAX_IMAGE_PIXELS = limit  # only ever raised, so a benign race between threads
     try:
-        with open(path, "rb") as fh:  # our own handle: bytes paths work, and the file always closes
-            if os.fstat(fh.fileno()).st_size == 0:
+        # Our own handle: bytes paths work and the file always closes. O_NONBLOCK: opening a FIFO
+        # must not wait for a writer; anything but a regular file is refused before a read.
+        with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as fh:
+            st = os.fstat(fh.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise DecodeError("is a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file")
+            if st.st_size == 0:
                 raise DecodeError("zero-byte file")
             img = Image.open(fh)
             if img.width * img.height > limit:
