@@ -277,8 +277,6 @@ class Library:
         target: str = "images",
     ) -> list[SearchResult]:
         """Best ``k`` items of ``target`` ("images" or "texts") for one query, best first."""
-        from clipdex.index.scan import display_path
-
         if sum(q is not None for q in (text, image, vector)) != 1:
             raise ValueError("give exactly one of text=, image=, vector=")
         if k < 1:
@@ -297,8 +295,9 @@ class Library:
         for rank, (item_id, score) in enumerate(hits, start=1):
             it = items[item_id]
             path = it.path if kind == IMAGE else (linked[it.image_id].path if it.image_id in linked else None)
-            shown = display_path(path) if path is not None else None
-            results.append(SearchResult(rank, score, kind, item_id, shown, it.text if kind == TEXT else None))
+            text = it.text if kind == TEXT else None
+            name = os.fsdecode(path) if path is not None else None
+            results.append(SearchResult(rank, score, kind, item_id, name, text, raw_path=path))
         return results
 
     def _query_vector(self, text: Any, image: Any, vector: Any) -> np.ndarray:

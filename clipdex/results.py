@@ -2,25 +2,59 @@
 
 from __future__ import annotations
 
+import base64
+import os
 from dataclasses import asdict, dataclass, field
 
 
 @dataclass(frozen=True, slots=True)
 class SearchResult:
-    """One search hit; ``to_dict()`` is the JSON line of DESIGN.md."""
+    """One search hit; ``to_dict()`` is its `search --json` line.
+
+    ``path`` is the absolute image path as Python spells it (``os.fsdecode``: a name that is not
+    UTF-8 keeps its bytes as surrogate escapes, so ``open(path)`` works); ``raw_path`` the bytes.
+    """
 
     rank: int
     score: float
     modality: str  # "image" | "text"
     id: int
-    path: str | None  # absolute image path (escaped if not UTF-8); a text's linked image, or None
+    path: str | None  # an image's path; a text's linked image, or None
     text: str | None = None
+    raw_path: bytes | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def path_bytes(self) -> bytes | None:
+        """The exact bytes of the path (what `--paths` and `-0` print)."""
+        if self.raw_path is not None:
+            return self.raw_path
+        return os.fsencode(self.path) if self.path is not None else None
+
+    @property
+    def shown_path(self) -> str | None:
+        """The path for people and JSON: valid UTF-8 as is, other bytes as U+FFFD."""
+        raw = self.path_bytes
+        return raw.decode("utf-8", "replace") if raw is not None else None
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        if self.modality == "image":
-            d.pop("text")
+        """JSON-safe: ``path`` with replacement characters, plus ``path_b64`` (the exact bytes)
+        only when the name is not valid UTF-8."""
+        d = {"rank": self.rank, "score": self.score, "modality": self.modality, "id": self.id}
+        d["path"] = self.shown_path
+        if self.modality == "text":
+            d["text"] = self.text
+        raw = self.path_bytes
+        if raw is not None and not _is_utf8(raw):
+            d["path_b64"] = base64.b64encode(raw).decode("ascii")
         return d
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 @dataclass(slots=True)

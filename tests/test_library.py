@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import threading
@@ -15,6 +16,7 @@ from oddfiles import BAD, make_odd_files
 import clipdex.indexer
 import clipdex.retrieval.embed
 from clipdex.index.store import IMAGE, Store
+from clipdex.library import Library
 
 ZERO = {"added": 0, "updated": 0, "removed": 0, "unchanged": 0, "failed": 0, "texts_added": 0,
         "texts_updated": 0, "texts_removed": 0, "moved": 0, "skipped_failed": 0}  # fmt: skip
@@ -176,13 +178,27 @@ def test_non_utf8_file_name(tiny_model_dir, tmp_path):
         blocks_image(77).save(f, "PNG")
     assert index_json(lib, imgs, "--model", tiny_model_dir) == stats(added=2)
     assert raw in path_ids(lib)  # stored losslessly, the exact bytes
-    shown = str(imgs) + "/caf\\xe9.png"
+    shown = str(imgs) + "/caf\ufffd.png"  # replacement character where the byte is
     table = ok("--library", lib, "search", "--image", raw, "-k", 1).stdout
-    assert shown in table
-    hit = json_lines(ok("--library", lib, "search", "--image", raw, "-k", 1, "--json").stdout)[0]
+    assert shown in table and "\\x" not in table
+    res = ok("--library", lib, "search", "--image", raw, "-k", 1, "--json")
+    res.stdout_bytes.decode("utf-8")  # valid UTF-8 JSON
+    hit = json_lines(res.stdout)[0]
     assert hit["path"] == shown and hit["score"] >= 0.9999
-    paths = ok("--library", lib, "search", "x", "-k", 5, "--paths").stdout.splitlines()
-    assert sorted(paths) == sorted([shown, str(imgs / "plain.png")])
+    assert base64.b64decode(hit["path_b64"]) == raw  # the exact bytes
+    plain = json_lines(
+        ok("--library", lib, "search", "--image", imgs / "plain.png", "-k", 1, "--json").stdout
+    )[0]
+    assert plain["path"] == str(imgs / "plain.png") and "path_b64" not in plain  # only when needed
+    # --paths and -0 write the raw bytes: the printed name opens the file.
+    paths = ok("--library", lib, "search", "x", "-k", 5, "--paths").stdout_bytes.split(b"\n")
+    assert sorted(paths) == sorted([b"", raw, os.fsencode(imgs / "plain.png")])
+    nul = ok("--library", lib, "search", "x", "-k", 5, "-0").stdout_bytes
+    assert sorted(nul.split(b"\0")) == sorted([b"", raw, os.fsencode(imgs / "plain.png")])
+    assert all(os.path.exists(p) for p in nul.split(b"\0") if p)
+    with Library.open(lib) as opened:  # the Python API: a str that opens the file
+        (top,) = opened.search(image=raw, k=1)
+        assert top.path == os.fsdecode(raw) and os.path.exists(top.path) and top.path_bytes == raw
     assert index_json(lib, imgs) == stats(unchanged=2)
 
 
@@ -224,7 +240,7 @@ def test_model_refused_then_reembedded(tiny_model_dir, tiny_model_dir2, tmp_path
 
 def test_python_api(tiny_model_dir, tmp_path, monkeypatch):
     import clipdex.library
-    from clipdex import Library
+    from clipdex import Library  # noqa: F811  (the public import path)
 
     files = make_images(tmp_path / "imgs", ["a.png", "b.png", "c.png"])
     (tmp_path / "imgs" / "b.txt").write_text("the b caption")

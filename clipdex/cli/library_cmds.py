@@ -115,19 +115,17 @@ def search(state, text, image, k, target, as_json, paths, null):
     if as_json:
         for r in results:
             emit_json(r.to_dict())
-    elif paths or null:
-        for r in results:
-            if r.path is not None:
-                click.echo(r.path, nl=not null)
-                if null:
-                    click.echo("\0", nl=False)
+    elif paths or null:  # the exact bytes of each name: what `xargs -0` needs
+        out = b"".join(r.path_bytes + (b"\0" if null else b"\n") for r in results if r.path_bytes is not None)
+        click.echo(out, nl=False)
     else:
         _table(results)
 
 
 def _table(results) -> None:
     for r in results:
-        shown = r.path if r.modality == "image" else f"{r.text!r}" + (f"  [{r.path}]" if r.path else "")
+        path = r.shown_path  # a name that is not UTF-8 shows U+FFFD where its bytes are
+        shown = path if r.modality == "image" else f"{r.text!r}" + (f"  [{path}]" if path else "")
         click.echo(f"{r.rank:>3}  {r.score:7.4f}  {shown}")
 
 
