@@ -24,6 +24,14 @@ class State:
 
         return Library.open(self.library, create=create, **kwargs)
 
+    def database(self) -> str:
+        """The library's database file (for error messages)."""
+        from clipdex.index.store import DB_NAME
+        from clipdex.library import default_library_dir
+
+        folder = os.path.abspath(os.path.expanduser(self.library)) if self.library else default_library_dir()
+        return os.path.join(folder, DB_NAME)
+
 
 pass_state = click.make_pass_decorator(State)
 

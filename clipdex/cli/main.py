@@ -36,8 +36,12 @@ class ClipdexGroup(click.Group):
             # `clipdex search … | head`: stdout closed early is not an error.
             sys.stderr.close()
             ctx.exit(0)
-        except Exception as e:  # a bug or an unexpected environment problem
-            self._fail(ctx, f"unexpected {type(e).__name__}: {e} (run with --debug for details)")
+        except Exception as e:  # a damaged database, a full disk, a permission; or a bug
+            from clipdex.errors import explain_environment_error
+
+            state = ctx.find_object(State)
+            known = explain_environment_error(e, state.database() if state else None)
+            self._fail(ctx, known or f"unexpected {type(e).__name__}: {e} (run with --debug for details)")
 
     def _fail(self, ctx: click.Context, message: str) -> None:
         state = ctx.find_object(State)

@@ -123,6 +123,14 @@ class Store:
             raise ClipdexError(f"no library at {library_dir} (run `clipdex index FOLDER` to create one)")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not self.path.exists()
+        try:
+            self._open(new)
+        except sqlite3.DatabaseError as e:
+            from clipdex.errors import explain_environment_error
+
+            raise ClipdexError(explain_environment_error(e, str(self.path)) or f"{self.path}: {e}") from e
+
+    def _open(self, new: bool) -> None:
         conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None, check_same_thread=False)
         self.db = sqlite_utils.Database(conn)
         self.conn = conn
