@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from clipdex.errors import ClipdexError
+from clipdex.index.store import IMAGE, TEXT
 from clipdex.textfiles import JSONL_SUFFIXES, pick_column, read_csv, read_records, require_file
 
-IMAGE, TEXT = "image", "text"
 COLUMNS = {IMAGE: ("path", "image_path"), TEXT: ("text", "caption")}
 CHUNK = 100_000
 
