@@ -53,14 +53,15 @@ def reembed_all(
     unless ``drop_unembeddable``; then they are deleted at the swap and counted in ``dropped``.
     """
     target = lm.spec.to_json()
-    if store.get_meta("pending_model") != target:
+    resuming = store.get_meta("pending_model") == target
+    done = store.pending_ids() if resuming else set()
+    missing = unembeddable(store, done)
+    if missing and not drop_unembeddable:  # checked before anything is written
+        raise _refuse("have no file on this machine to re-embed from", missing)
+    if not resuming:
         with store.transaction():
             store.clear_pending()
             store.set_meta("pending_model", target)
-    done = store.pending_ids()
-    missing = unembeddable(store, done)
-    if missing and not drop_unembeddable:
-        raise _refuse("have no file on this machine to re-embed from", missing)
     skip = done | {i for i, _ in missing}
     images = [(i, p) for i, p, _ in store.iter_items(IMAGE) if i not in skip]
     texts = [(i, t) for i, _, t in store.iter_items(TEXT) if i not in done]
