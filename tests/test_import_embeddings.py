@@ -370,3 +370,27 @@ def test_a_scanned_file_adopts_the_imported_item_at_its_path(tmp_path, tiny_mode
         assert files[os.fsencode(imgs / "a.png")].source == "scan"
         hit = lib.search(image=imgs / "a.png", k=1)[0]  # the new (model-made) vector replaced the import
         assert hit.id == imported_id and hit.score == pytest.approx(1, abs=1e-4)
+
+
+def test_a_failure_halfway_undoes_updates_too(imported, tmp_path, monkeypatch):
+    from clipdex.index import imports
+    from clipdex.index.store import Store
+
+    monkeypatch.setattr(imports, "CHUNK", 4)
+    vecs = imported["vecs"].copy()
+    vecs[1] = vectors(1, seed=50)[0]  # an update in the first chunk
+    npy = save_npy(tmp_path / "u.npy", np.concatenate([vecs, vectors(2, seed=51)]))
+    meta = write_csv(tmp_path / "u.csv", ["path"], [[p] for p in imported["paths"] + ["/n/1", "/n/2"]])
+    real = Store.insert_many
+
+    def full(self, *a, **kw):
+        raise OSError(28, "No space left on device", "clipdex.db")
+
+    monkeypatch.setattr(Store, "insert_many", full)  # the third chunk's new rows
+    r = run("--library", imported["lib"], "import-embeddings", npy, meta)
+    assert r.exit_code == 1 and "disk full" in r.stderr
+    monkeypatch.setattr(Store, "insert_many", real)
+    with Library.open(imported["lib"]) as lib:
+        assert lib.store.count("image") == 8
+        hit = lib.search(vector=imported["vecs"][1], k=1)[0]  # the old vector is back in place
+        assert hit.path == imported["paths"][1] and hit.score == pytest.approx(1, abs=1e-5)
