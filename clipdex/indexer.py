@@ -93,6 +93,7 @@ class IndexRun:
         self.problem = problem or (lambda path, reason: None)
         self.progress = progress
         self.stats = IndexStats()
+        self._failed_now: set[bytes] = set()  # paths that failed to decode in this run
 
     def run(
         self, folders: Sequence[str | bytes], include_hidden: bool, exclude: Sequence
@@ -129,8 +130,10 @@ class IndexRun:
             self.progress(0, len(todo))
         yield from self._embed_images(todo, captions)
         yield from self._fix_captions(caption_fixes, captions)
+        # Failures to forget: files gone from under FOLDERs, and those that decoded this time.
         forget = [p for p in failures if p not in seen and is_under(p, roots)]
         forget += [t.scanned.image.path for t in todo if t.scanned.image.path in failures]
+        forget = [p for p in forget if p not in self._failed_now]
         if gone:
             self.stats.removed += len(gone)
             self.stats.texts_removed += sum(1 for r in gone.values() if r.id in captions)
@@ -177,6 +180,7 @@ class IndexRun:
                 self.stats.failed += 1
                 self.problem(display_path(f.path), reason)
                 failures.append((f.path, f.size, f.mtime_ns, reason))
+                self._failed_now.add(f.path)
                 if t.old is not None and t.old.source == "scan":  # its vector describes content that is gone
                     failed_old.append(t.old.id)
             if failures:

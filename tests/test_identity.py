@@ -150,6 +150,7 @@ def test_failures_are_remembered_until_the_file_changes(tiny_model_dir, tmp_path
 
     out = index_json(lib, imgs, "--retry-failed")
     assert (out["failed"], out["skipped_failed"]) == (4, 0) and opened == [os.fsencode(bad)]
+    assert index_json(lib, imgs)["skipped_failed"] == 1  # failed again: still remembered
 
     blocks_image(5).save(bad)  # fixed: it changed, so it is tried (and now succeeds)
     out = index_json(lib, imgs)
@@ -159,6 +160,7 @@ def test_failures_are_remembered_until_the_file_changes(tiny_model_dir, tmp_path
     st = bad.stat()
     os.utime(bad, ns=(st.st_atime_ns, st.st_mtime_ns + 5_000_000_000))
     assert index_json(lib, imgs)["failed"] == 4  # its old vector is dropped, the failure recorded
+    assert info(lib)["failed_files"] == 1 and index_json(lib, imgs)["skipped_failed"] == 1
     bad.unlink()
     index_json(lib, imgs)
     assert info(lib)["failed_files"] == 0  # a vanished file's failure is forgotten
