@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from clipdex.index.scan import FileStat, ScannedImage, display_path, is_under, read_sidecar, scan, scan_roots
-from clipdex.index.store import IMAGE, TEXT, FileRecord, Store
+from clipdex.index.store import IMAGE, TEXT, FileRecord, PhotoMeta, Store
 from clipdex.results import IndexStats
 from clipdex.retrieval.decode import default_workers
 from clipdex.retrieval.models import LoadedModel
@@ -59,6 +59,7 @@ class IndexRun:
         self.problem = problem or (lambda path, reason: None)
         self.progress = progress
         self.stats = IndexStats()
+        self._photos: dict[bytes, PhotoMeta] = {}  # path -> date and size, from the decode threads
 
     def run(
         self, folders: Sequence[str | bytes], include_hidden: bool, exclude: Sequence
@@ -102,7 +103,7 @@ class IndexRun:
         lm = self.lm
         batches = embed_image_files(
             lm, todo, lambda t: t.scanned.image.path, batch_size=self.batch_size, workers=self.workers,
-            draft_to=None if self.exact_decode else lm.image_size,
+            draft_to=None if self.exact_decode else lm.image_size, on_info=self._remember_photo,
         )  # fmt: skip
         for encoded, failed, done in batches:
             failed_old = []
@@ -115,6 +116,9 @@ class IndexRun:
                 yield self._store_images(encoded, captions, failed_old)
             if self.progress:
                 self.progress(done, len(todo))
+
+    def _remember_photo(self, todo: _Todo, info: tuple) -> None:
+        self._photos[todo.scanned.image.path] = PhotoMeta(*info)
 
     def _store_images(self, batch: list, captions: dict, failed_old: list[int]) -> Change:
         from clipdex.retrieval.embed import encode_texts
@@ -163,6 +167,7 @@ class IndexRun:
             image_ids = store.insert(
                 IMAGE, "scan", vecs if vecs is not None else np.zeros((0, 0), np.float32),
                 paths=[f.path for f in images], stats=[(f.mtime_ns, f.size) for f in images],
+                photos=[self._photos.pop(f.path, None) for f in images],
             ) if images else []  # fmt: skip
             text_ids = []
             if texts:

@@ -50,7 +50,23 @@ def _m2_pending(db: sqlite_utils.Database) -> None:
     db.execute("CREATE TABLE pending_vectors (id INTEGER PRIMARY KEY, vector BLOB NOT NULL)")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_pending]
+def _m3_photo_meta(db: sqlite_utils.Database) -> None:
+    # When a photo was taken (unix seconds: EXIF DateTimeOriginal, else the file's mtime) and the
+    # decoded image's size (after EXIF rotation), read at index time: date filters, duplicates.
+    # Rows indexed before this column existed get their file's mtime; their EXIF date and size
+    # come with their next re-index (size is read from the file header when needed meanwhile).
+    columns = {c.name for c in db["items"].columns}
+    for name, sql_type in (("taken_at", "REAL"), ("width", "INTEGER"), ("height", "INTEGER")):
+        if name not in columns:
+            db.execute(f"ALTER TABLE items ADD COLUMN {name} {sql_type}")
+    db.execute(
+        "UPDATE items SET taken_at = mtime_ns / 1e9"
+        " WHERE kind = 'image' AND taken_at IS NULL AND mtime_ns IS NOT NULL"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS idx_items_kind_taken_at ON items (kind, taken_at)")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_pending, _m3_photo_meta]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -64,6 +80,16 @@ class Item:
     text: str | None
     image_id: int | None
     source: str
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoMeta:
+    """What indexing learns about a photo besides its vector: when it was taken (unix seconds)
+    and the decoded image's width and height (after EXIF rotation)."""
+
+    taken_at: float | None = None
+    width: int | None = None
+    height: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +196,12 @@ class Store:
         stats: Sequence[tuple[int, int] | tuple[None, None]] | None = None,
         texts: Sequence[str | None] | None = None,
         image_ids: Sequence[int | None] | None = None,
+        photos: Sequence[PhotoMeta | None] | None = None,
     ) -> list[int]:
-        """Insert ``len(vectors)`` items; returns their new ids in order."""
+        """Insert ``len(vectors)`` items; returns their new ids in order.
+
+        ``photos`` gives each image's date and size (see `PhotoMeta`); without one an image with a
+        stat is dated by its mtime."""
         n = len(vectors)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         now = time.time()
@@ -179,14 +209,19 @@ class Store:
         stats = stats or [(None, None)] * n
         texts = texts or [None] * n
         image_ids = image_ids or [None] * n
+        photos = photos or [None] * n
         ids = []
         with self.transaction():
             for i in range(n):
+                meta = photos[i] or PhotoMeta()
+                taken = meta.taken_at
+                if taken is None and kind == IMAGE and stats[i][0] is not None:
+                    taken = stats[i][0] / 1e9
                 cur = self.conn.execute(
-                    "INSERT INTO items (kind, source, path, mtime_ns, size, text, image_id, vector, added_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO items (kind, source, path, mtime_ns, size, text, image_id, vector,"
+                    " added_at, taken_at, width, height) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (kind, source, paths[i], stats[i][0], stats[i][1], texts[i], image_ids[i],
-                     vectors[i].tobytes(), now),
+                     vectors[i].tobytes(), now, taken, meta.width, meta.height),
                 )  # fmt: skip
                 ids.append(int(cur.lastrowid))
         return ids
@@ -349,6 +384,11 @@ class Store:
             " WHERE t.kind = 'text' AND i.path IS NOT NULL AND t.text != '' ORDER BY t.id"
         )
         return [(bytes(p), t) for p, t in rows]
+
+    def has_columns(self, table: str, *names: str) -> bool:
+        """Whether ``table`` has every column in ``names`` (an older schema may lack new ones)."""
+        have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+        return set(names) <= have
 
     @property
     def dim(self) -> int | None:

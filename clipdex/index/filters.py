@@ -1,0 +1,155 @@
+"""Search filters (folder, date range, captioned, minimum score) that keep top-k exact.
+
+A filtered search returns the best k among the items that match, never fewer while more match:
+the matching ids come from SQLite; a small set is ranked exactly from its stored vectors, a large
+one through the FAISS index with an ID selector (an IVF index probes more lists until k are found),
+falling back to the exact ranking if the index still finds fewer than k.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from clipdex.errors import ClipdexError
+from clipdex.index.store import IMAGE, Store
+
+if TYPE_CHECKING:
+    from clipdex.index.vectors import VectorIndex
+
+# Up to this many matching items are ranked exactly from SQLite (a few ms per thousand rows);
+# beyond it the FAISS scan with a selector is cheaper than reading the vectors.
+EXACT_MAX = 4096
+EXACT_CHUNK = 8192  # rows per float64 block in the exact ranking
+UPGRADE = "this library's schema has no photo dates yet; run `clipdex check --repair` to upgrade"
+
+DateLike = str | datetime | date | float | int
+
+
+def parse_date(value: DateLike) -> float:
+    """ISO 8601 date or date-time (or a datetime/date/unix seconds) -> unix seconds.
+
+    A date alone is local midnight; a time without a zone is local time.
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"not a date: {value!r}")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, date):
+        return datetime(value.year, value.month, value.day).timestamp()
+    try:
+        text = str(value).strip()
+        return datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text).timestamp()
+    except ValueError:
+        raise ValueError(f"not an ISO 8601 date: {value!r} (e.g. 2024-06-01 or 2024-06-01T18:30)") from None
+
+
+@dataclass(frozen=True)
+class Filter:
+    """What a search keeps: items under any of ``under`` (folders, path prefixes by component),
+    taken at or after ``after`` and before ``before`` (ISO 8601 strings, datetimes or unix
+    seconds; the photo's EXIF date, else its file's mtime), with or without a caption
+    (``captioned`` True/False; None: either), scoring at least ``min_score``.
+
+    For ``target="texts"`` the folder and date conditions apply to a text's linked image (free
+    texts have none, so they never match them).
+    """
+
+    under: Sequence[str | bytes | os.PathLike] = ()
+    after: DateLike | None = None
+    before: DateLike | None = None
+    captioned: bool | None = None
+    min_score: float | None = None
+
+    def __post_init__(self) -> None:
+        under = [self.under] if isinstance(self.under, (str, bytes, os.PathLike)) else list(self.under)
+        roots = tuple(os.path.abspath(os.fsencode(os.path.expanduser(u) if isinstance(u, str) else u))
+                      for u in under)  # fmt: skip
+        object.__setattr__(self, "under", tuple(dict.fromkeys(roots)))
+        for name in ("after", "before"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, None if value is None else parse_date(value))
+        if self.min_score is not None:
+            object.__setattr__(self, "min_score", float(self.min_score))
+
+    @property
+    def restricts_items(self) -> bool:
+        """Whether some items are excluded whatever their score."""
+        return bool(self.under) or self.after is not None or self.before is not None or self.captioned is not None
+
+
+def matching_ids(store: Store, kind: str, filt: Filter) -> np.ndarray:
+    """Ids (ascending) of the items of ``kind`` that ``filt`` keeps, scores aside."""
+    if (filt.after is not None or filt.before is not None) and not store.has_columns("items", "taken_at"):
+        raise ClipdexError(UPGRADE)
+    where, args = [], []
+    if kind == IMAGE:
+        sql, img = "SELECT i.id FROM items i WHERE i.kind = 'image'", "i"
+    else:
+        sql = "SELECT t.id FROM items t LEFT JOIN items i ON t.image_id = i.id WHERE t.kind = 'text'"
+        img = "i"
+        if filt.captioned is not None:
+            raise ValueError("captioned/uncaptioned applies to image searches")
+    if filt.under:
+        ors = []
+        for root in filt.under:
+            prefix = root if root.endswith(os.sep.encode()) else root + os.sep.encode()
+            ors.append(f"({img}.path = ? OR substr({img}.path, 1, ?) = ?)")
+            args += [root, len(prefix), prefix]
+        where.append("(" + " OR ".join(ors) + ")")
+    if filt.after is not None:
+        where.append(f"{img}.taken_at >= ?")
+        args.append(filt.after)
+    if filt.before is not None:
+        where.append(f"{img}.taken_at < ?")
+        args.append(filt.before)
+    if filt.captioned is not None:
+        exists = "EXISTS (SELECT 1 FROM items c WHERE c.image_id = i.id)"
+        where.append(exists if filt.captioned else "NOT " + exists)
+    for clause in where:
+        sql += " AND " + clause
+    rows = store.conn.execute(sql + " ORDER BY 1", args).fetchall()
+    return np.fromiter((r[0] for r in rows), np.int64, len(rows))
+
+
+def exact_top_k(
+    store: Store, ids: np.ndarray, query: np.ndarray, k: int
+) -> list[tuple[int, float]]:
+    """Best k of ``ids`` by the exact cosine of their stored vectors (float64 sums of the float32
+    products, as the index's re-ranking computes them), ties by ascending id."""
+    q = np.asarray(query, np.float64).reshape(-1)
+    best_ids, best_scores = np.zeros(0, np.int64), np.zeros(0)
+    for start in range(0, len(ids), EXACT_CHUNK):
+        chunk = ids[start : start + EXACT_CHUNK]
+        vecs = store.get_vectors(chunk).astype(np.float64)
+        scores = (vecs * q).sum(axis=1)
+        all_ids, all_scores = np.concatenate([best_ids, chunk]), np.concatenate([best_scores, scores])
+        order = np.lexsort((all_ids, -all_scores))[:k]
+        best_ids, best_scores = all_ids[order], all_scores[order]
+    return [(int(i), float(s)) for i, s in zip(best_ids, best_scores)]
+
+
+def search(
+    index: VectorIndex, store: Store, kind: str, query: np.ndarray, k: int, filt: Filter | None
+) -> list[tuple[int, float]]:
+    """Top-k (id, exact cosine) of one query among the items ``filt`` keeps, best first."""
+    if filt is None or not filt.restricts_items:
+        hits = index.search(query[None], k, store.get_vectors)[0]
+    else:
+        allowed = matching_ids(store, kind, filt)
+        if len(allowed) <= EXACT_MAX:
+            hits = exact_top_k(store, allowed, query, k)
+        else:
+            hits = index.search(query[None], k, store.get_vectors, allowed=allowed)[0]
+            if len(hits) < min(k, len(allowed)):  # e.g. HNSW's graph walk ran dry among the allowed
+                hits = exact_top_k(store, allowed, query, k)
+    if filt is not None and filt.min_score is not None:
+        hits = [(i, s) for i, s in hits if s >= filt.min_score]
+    return hits
