@@ -57,8 +57,9 @@ def test_composed_query_equals_brute_force_on_the_composed_vector(photos):
                           weights=weights, k=24)  # fmt: skip
         assert [(h.id, pytest.approx(h.score, abs=1e-6)) for h in hits] == brute_force(ids, vecs, q, 24)
         # The same weights as a mapping; a wrong count is refused before anything is encoded.
+        by_role = {"text": 0.5, "image": [1.0, 2.0], "not_text": 0.7, "not_image": 0.3}
         again = lib.search(text="a red bus", image=[p3, p7], not_text="a blue car", not_image=[p11], k=24,
-                           weights={"text": 0.5, "image": [1.0, 2.0], "not_text": 0.7, "not_image": 0.3})  # fmt: skip
+                           weights=by_role)  # fmt: skip
         assert [h.id for h in again] == [h.id for h in hits]
         with pytest.raises(ValueError):
             lib.search(text="a red bus", image=p3, weights=[1.0])

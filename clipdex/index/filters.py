@@ -82,7 +82,8 @@ class Filter:
     @property
     def restricts_items(self) -> bool:
         """Whether some items are excluded whatever their score."""
-        return bool(self.under) or self.after is not None or self.before is not None or self.captioned is not None
+        bounds = (self.after, self.before, self.captioned)
+        return bool(self.under) or any(b is not None for b in bounds)
 
 
 def matching_ids(store: Store, kind: str, filt: Filter) -> np.ndarray:
@@ -119,9 +120,7 @@ def matching_ids(store: Store, kind: str, filt: Filter) -> np.ndarray:
     return np.fromiter((r[0] for r in rows), np.int64, len(rows))
 
 
-def exact_top_k(
-    store: Store, ids: np.ndarray, query: np.ndarray, k: int
-) -> list[tuple[int, float]]:
+def exact_top_k(store: Store, ids: np.ndarray, query: np.ndarray, k: int) -> list[tuple[int, float]]:
     """Best k of ``ids`` by the exact cosine of their stored vectors (float64 sums of the float32
     products, as the index's re-ranking computes them), ties by ascending id."""
     q = np.asarray(query, np.float64).reshape(-1)

@@ -81,7 +81,8 @@ class Terms:
         else:
             w = np.asarray([float(x) for x in weights])
             if len(w) != self.count:
-                raise ValueError(f"{len(w)} weights for {self.count} terms (text, image, not_text, not_image)")
+                order = ", ".join(ROLES)
+                raise ValueError(f"{len(w)} weights for {self.count} terms (in the order {order})")
         if not np.isfinite(w).all() or (w < 0).any():
             raise ValueError("weights must be finite and non-negative (negative terms are subtracted)")
         return w
