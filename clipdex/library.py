@@ -18,7 +18,7 @@ from clipdex.index.filters import Filter
 from clipdex.index.indexset import IndexSet
 from clipdex.index.lock import WriterLock
 from clipdex.index.store import DB_NAME, IMAGE, TEXT, Store
-from clipdex.results import IndexStats, SearchResult
+from clipdex.results import DuplicateItem, IndexStats, SearchResult
 from clipdex.retrieval.models import LoadedModel, ModelSpec, load_model, resolve_spec
 from clipdex.retrieval.query import Terms, Weights, compose
 
@@ -318,6 +318,21 @@ class Library:
         nt, ni = len(terms.text), len(terms.image)
         vectors = np.concatenate([texts[:nt], images[:ni], texts[nt:], images[ni:]])
         return compose(vectors, terms.signs(), w)
+
+    def duplicates(
+        self, threshold: float = 0.95, under: Sequence[str | os.PathLike | bytes] | str | None = None
+    ) -> list[list[DuplicateItem]]:
+        """Groups of near-identical images (cosine >= ``threshold`` between neighbours, joined
+        transitively), optionally only among images under some folders. Largest group first; in
+        a group the best quality first (most pixels, then largest file), each with its score
+        against that first image. Uses the stored vectors only: no model, no decoding."""
+        from clipdex.index.duplicates import find_duplicates
+        from clipdex.retrieval.decode import image_size
+
+        if not -1.0 <= threshold <= 1.0:
+            raise ValueError("threshold must lie between -1 and 1 (a cosine similarity)")
+        roots = [under] if isinstance(under, (str, bytes, os.PathLike)) else list(under or [])
+        return find_duplicates(self.store, threshold, roots, dims_of=image_size)
 
     # ---- reporting ------------------------------------------------------------------------
     def info(self) -> dict:
