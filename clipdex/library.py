@@ -271,7 +271,7 @@ class Library:
             raise ValueError(f"target must be 'images' or 'texts', not {target!r}")
         if filter is not None and not isinstance(filter, Filter):
             raise TypeError("filter must be a clipdex.Filter")
-        if self.store.count(kind) == 0:
+        if not self.store.has_any(kind):
             what = "images" if kind == IMAGE else "texts"
             raise ClipdexError(f"the library at {self.path} has no {what} to search")
         query = self._vector_query(vector) if vector is not None else self._composed_query(terms, weights)

@@ -24,8 +24,11 @@ if TYPE_CHECKING:
 
 # Up to this many matching items are ranked exactly from SQLite (a few ms per thousand rows);
 # beyond it the FAISS scan with a selector is cheaper than reading the vectors.
-EXACT_MAX = 4096
+EXACT_MAX = 256
 EXACT_CHUNK = 8192  # rows per float64 block in the exact ranking
+# From this share of the collection up, the unfiltered ranking holds k matches within about
+# k / share candidates: cheaper than listing every matching id for a selector.
+OVERFETCH_SHARE = 0.2
 UPGRADE = "this library's schema has no photo dates yet; run `clipdex check --repair` to upgrade"
 
 DateLike = str | datetime | date | float | int
@@ -86,37 +89,47 @@ class Filter:
         return bool(self.under) or any(b is not None for b in bounds)
 
 
-def matching_ids(store: Store, kind: str, filt: Filter) -> np.ndarray:
-    """Ids (ascending) of the items of ``kind`` that ``filt`` keeps, scores aside."""
+def _where(store: Store, kind: str, filt: Filter) -> tuple[str, list]:
+    """``FROM … WHERE …`` selecting the items of ``kind`` that ``filt`` keeps (alias ``x``), and
+    its arguments. Folder prefixes are byte ranges, so SQLite walks its (kind, path) index."""
     if (filt.after is not None or filt.before is not None) and not store.has_columns("items", "taken_at"):
         raise ClipdexError(UPGRADE)
-    where, args = [], []
     if kind == IMAGE:
-        sql, img = "SELECT i.id FROM items i WHERE i.kind = 'image'", "i"
+        sql, img = "FROM items x WHERE x.kind = 'image'", "x"
     else:
-        sql = "SELECT t.id FROM items t LEFT JOIN items i ON t.image_id = i.id WHERE t.kind = 'text'"
-        img = "i"
+        sql, img = "FROM items x LEFT JOIN items i ON x.image_id = i.id WHERE x.kind = 'text'", "i"
         if filt.captioned is not None:
             raise ValueError("captioned/uncaptioned applies to image searches")
+    args: list = []
     if filt.under:
+        # Per root, a byte range [root, root + "0") that SQLite can walk on its (kind, path) index
+        # ("0" follows the separator "/"), then the exact test (the range also holds "root-x").
+        # (With several roots SQLite scans the kind's index entries instead: still no vectors read.)
         ors = []
         for root in filt.under:
             prefix = root if root.endswith(os.sep.encode()) else root + os.sep.encode()
-            ors.append(f"({img}.path = ? OR substr({img}.path, 1, ?) = ?)")
-            args += [root, len(prefix), prefix]
-        where.append("(" + " OR ".join(ors) + ")")
+            end = prefix[:-1] + bytes([prefix[-1] + 1])
+            ors.append(
+                f"({img}.path >= ? AND {img}.path < ? AND ({img}.path = ? OR substr({img}.path, 1, ?) = ?))"
+            )
+            args += [root.rstrip(os.sep.encode()) or prefix, end, root, len(prefix), prefix]
+        sql += " AND (" + " OR ".join(ors) + ")"
     if filt.after is not None:
-        where.append(f"{img}.taken_at >= ?")
+        sql += f" AND {img}.taken_at >= ?"
         args.append(filt.after)
     if filt.before is not None:
-        where.append(f"{img}.taken_at < ?")
+        sql += f" AND {img}.taken_at < ?"
         args.append(filt.before)
     if filt.captioned is not None:
-        exists = "EXISTS (SELECT 1 FROM items c WHERE c.image_id = i.id)"
-        where.append(exists if filt.captioned else "NOT " + exists)
-    for clause in where:
-        sql += " AND " + clause
-    rows = store.conn.execute(sql + " ORDER BY 1", args).fetchall()
+        exists = "EXISTS (SELECT 1 FROM items c WHERE c.image_id = x.id)"
+        sql += " AND " + (exists if filt.captioned else "NOT " + exists)
+    return sql, args
+
+
+def matching_ids(store: Store, kind: str, filt: Filter) -> np.ndarray:
+    """Ids (ascending) of the items of ``kind`` that ``filt`` keeps, scores aside."""
+    sql, args = _where(store, kind, filt)
+    rows = store.conn.execute(f"SELECT x.id {sql} ORDER BY x.id", args).fetchall()
     return np.fromiter((r[0] for r in rows), np.int64, len(rows))
 
 
@@ -138,17 +151,64 @@ def exact_top_k(store: Store, ids: np.ndarray, query: np.ndarray, k: int) -> lis
 def search(
     index: VectorIndex, store: Store, kind: str, query: np.ndarray, k: int, filt: Filter | None
 ) -> list[tuple[int, float]]:
-    """Top-k (id, exact cosine) of one query among the items ``filt`` keeps, best first."""
+    """Top-k (id, exact cosine) of one query among the items ``filt`` keeps, best first.
+
+    By the number m of matching items (of n): none; m <= EXACT_MAX: exact ranking of their
+    stored vectors; m >= OVERFETCH_SHARE * n: the unfiltered ranking, deep enough to hold k
+    matches (widening until it does); in between: the index with an ID selector.
+    """
     if filt is None or not filt.restricts_items:
         hits = index.search(query[None], k, store.get_vectors)[0]
     else:
-        allowed = matching_ids(store, kind, filt)
-        if len(allowed) <= EXACT_MAX:
-            hits = exact_top_k(store, allowed, query, k)
-        else:
-            hits = index.search(query[None], k, store.get_vectors, allowed=allowed)[0]
-            if len(hits) < min(k, len(allowed)):  # e.g. HNSW's graph walk ran dry among the allowed
-                hits = exact_top_k(store, allowed, query, k)
+        with store.snapshot():
+            hits = _filtered(index, store, kind, query, k, filt)
     if filt is not None and filt.min_score is not None:
         hits = [(i, s) for i, s in hits if s >= filt.min_score]
     return hits
+
+
+def _filtered(
+    index: VectorIndex, store: Store, kind: str, query: np.ndarray, k: int, filt: Filter
+) -> list[tuple[int, float]]:
+    sql, args = _where(store, kind, filt)
+    m = store.conn.execute(f"SELECT count(*) {sql}", args).fetchone()[0]
+    if m == 0:
+        return []
+    total = max(index.ntotal, 1)
+    if m > EXACT_MAX and m >= OVERFETCH_SHARE * total:
+        hits = _overfetch(index, store, sql, args, query, k, m / total)
+        if hits is not None:
+            return hits
+    allowed = matching_ids(store, kind, filt)
+    if len(allowed) <= EXACT_MAX:
+        return exact_top_k(store, allowed, query, k)
+    hits = index.search(query[None], k, store.get_vectors, allowed=allowed)[0]
+    if len(hits) < min(k, len(allowed)):  # e.g. HNSW's graph walk ran dry among the allowed
+        hits = exact_top_k(store, allowed, query, k)
+    return hits
+
+
+def _overfetch(
+    index: VectorIndex, store: Store, sql: str, args: list, query: np.ndarray, k: int, share: float
+) -> list[tuple[int, float]] | None:
+    """The first k matching items of the unfiltered ranking, fetched deep enough (about k/share,
+    doubled, widened 4x while short); None when the index runs out of candidates first."""
+    fetch = int(2 * k / share) + 10
+    # NOT INDEXED: look the few candidates up by rowid rather than walking the (kind, ...) indexes
+    by_id = sql.replace("FROM items x", "FROM items x NOT INDEXED", 1)
+    while True:
+        hits = index.search(query[None], fetch, store.get_vectors)[0]
+        ids = [i for i, _ in hits]
+        keep: set[int] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            keep.update(
+                r[0] for r in store.conn.execute(f"SELECT x.id {by_id} AND x.id IN ({marks})", args + chunk)
+            )
+        good = [h for h in hits if h[0] in keep]
+        if len(good) >= k or fetch >= index.ntotal:
+            return good[:k]
+        if len(hits) < fetch:  # an IVF index found no more candidates in the lists it probes
+            return None
+        fetch *= 4

@@ -362,6 +362,10 @@ class Store:
             return self.conn.execute("SELECT count(*) FROM items").fetchone()[0]
         return self.conn.execute("SELECT count(*) FROM items WHERE kind = ?", (kind,)).fetchone()[0]
 
+    def has_any(self, kind: str) -> bool:
+        """Whether any item of ``kind`` is stored (without counting them all)."""
+        return self.conn.execute("SELECT 1 FROM items WHERE kind = ? LIMIT 1", (kind,)).fetchone() is not None
+
     def counts(self) -> dict[str, int]:
         rows = self.conn.execute("SELECT kind, source, count(*) FROM items GROUP BY kind, source")
         out = {"images": 0, "texts": 0}
