@@ -171,12 +171,17 @@ def _filtered(
     index: VectorIndex, store: Store, kind: str, query: np.ndarray, k: int, filt: Filter
 ) -> list[tuple[int, float]]:
     sql, args = _where(store, kind, filt)
+    total = max(index.ntotal, 1)
+    # A broad filter finds its k in a short unfiltered list: try that before counting the matches
+    # (counting a large share of a big library costs more than the search).
+    hits = _overfetch(index, store, sql, args, query, k, fetch=min(total, 4 * k + 10), widen=False)
+    if hits is not None and len(hits) >= k:
+        return hits
     m = store.conn.execute(f"SELECT count(*) {sql}", args).fetchone()[0]
     if m == 0:
         return []
-    total = max(index.ntotal, 1)
     if m > EXACT_MAX and m >= OVERFETCH_SHARE * total:
-        hits = _overfetch(index, store, sql, args, query, k, m / total)
+        hits = _overfetch(index, store, sql, args, query, k, fetch=int(2 * k * total / m) + 10, widen=True)
         if hits is not None:
             return hits
     allowed = matching_ids(store, kind, filt)
@@ -189,11 +194,12 @@ def _filtered(
 
 
 def _overfetch(
-    index: VectorIndex, store: Store, sql: str, args: list, query: np.ndarray, k: int, share: float
-) -> list[tuple[int, float]] | None:
-    """The first k matching items of the unfiltered ranking, fetched deep enough (about k/share,
-    doubled, widened 4x while short); None when the index runs out of candidates first."""
-    fetch = int(2 * k / share) + 10
+    index: VectorIndex, store: Store, sql: str, args: list, query: np.ndarray, k: int, fetch: int,
+    widen: bool,
+) -> list[tuple[int, float]] | None:  # fmt: skip
+    """The first k matching items of the unfiltered ranking's top ``fetch`` (widened 4x while
+    short when ``widen``), or fewer when the whole collection holds fewer; None when the index
+    runs out of candidates first (an IVF index probes only some lists)."""
     # NOT INDEXED: look the few candidates up by rowid rather than walking the (kind, ...) indexes
     by_id = sql.replace("FROM items x", "FROM items x NOT INDEXED", 1)
     while True:
@@ -207,8 +213,8 @@ def _overfetch(
                 r[0] for r in store.conn.execute(f"SELECT x.id {by_id} AND x.id IN ({marks})", args + chunk)
             )
         good = [h for h in hits if h[0] in keep]
-        if len(good) >= k or fetch >= index.ntotal:
+        if len(good) >= k or len(hits) >= index.ntotal:  # or the ranking held every item
             return good[:k]
-        if len(hits) < fetch:  # an IVF index found no more candidates in the lists it probes
+        if len(hits) < fetch or not widen:
             return None
         fetch *= 4
