@@ -18,7 +18,8 @@ def mixture(n: int, d: int, seed: int = 0) -> np.ndarray:
     out = np.empty((n, d), np.float32)
     for s in range(0, n, 100_000):
         e = min(n, s + 100_000)
-        x = centres[rng.integers(0, nc, e - s)] + 0.8 / np.sqrt(d) * rng.standard_normal((e - s, d), np.float32)
+        noise = rng.standard_normal((e - s, d), np.float32)
+        x = centres[rng.integers(0, nc, e - s)] + 0.8 / np.sqrt(d) * noise
         out[s:e] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
 

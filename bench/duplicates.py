@@ -50,7 +50,8 @@ def main() -> None:
     try:
         t = time.perf_counter()
         lib_dir = import_library(work, x, paths)
-        print(f"{len(x)} x {args.dim} vectors ({args.groups} planted groups) imported in {time.perf_counter() - t:.1f} s")
+        took = time.perf_counter() - t
+        print(f"{len(x)} x {args.dim} vectors ({args.groups} planted groups) imported in {took:.1f} s")
         from clipdex.library import Library
 
         t = time.perf_counter()

@@ -62,23 +62,25 @@ def main() -> None:
             print(f"index: {lib.indexes.get('image').info['type']}")
             base50, base99, _ = p50_p99(lambda q: lib.search(vector=q, k=args.k), queries)
             print(f"unfiltered: p50 {base50:.1f} ms, p99 {base99:.1f} ms")
-            print(f"{'keeps':>7} {'matching':>9} {'p50 ms':>8} {'p99 ms':>8} {'p50 ratio':>9} {'recall@10':>9}")
+            heads = ("keeps", "matching", "p50 ms", "p99 ms", "p50 ratio", "recall@10")
+            print(" ".join(f"{h:>9}" for h in heads))
             cases = [("100%", [f"/p/{a}" for a in range(10)]), ("50%", [f"/p/{a}" for a in range(5)]),
-                     ("10%", ["/p/3"]), ("1%", ["/p/3/4"]), ("0.1%", ["/p/3/4/5"]), ("0.01%", ["/p/3/4/5/6"])]  # fmt: skip
+                     ("10%", ["/p/3"]), ("1%", ["/p/3/4"]), ("0.1%", ["/p/3/4/5"]),
+                     ("0.01%", ["/p/3/4/5/6"])]  # fmt: skip
             for label, roots in cases:
                 mask = np.zeros(args.n, bool)
                 for r in roots:
                     levels = [int(c) for c in r.split("/")[2:]]
                     mask |= (parts[:, : len(levels)] == levels).all(axis=1)
                 f = Filter(under=roots)
-                p50, p99, results = p50_p99(lambda q: lib.search(vector=q, k=args.k, filter=f), queries)
+                p50, p99, results = p50_p99(lambda q, f=f: lib.search(vector=q, k=args.k, filter=f), queries)
                 sub, sub_ids = x[mask], ids[mask]
                 recalls = []
                 for q, res in zip(queries, results):
                     s = sub @ q
                     top = sub_ids[np.argsort(-s)[: args.k]]
                     recalls.append(len({h.id for h in res} & set(top.tolist())) / len(top))
-                print(f"{label:>7} {int(mask.sum()):>9} {p50:>8.1f} {p99:>8.1f} {p50 / base50:>9.2f} "
+                print(f"{label:>9} {int(mask.sum()):>9} {p50:>9.1f} {p99:>9.1f} {p50 / base50:>9.2f} "
                       f"{np.mean(recalls):>9.3f}")  # fmt: skip
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -1,9 +1,12 @@
 """Search filters (folder, date range, captioned, minimum score) that keep top-k exact.
 
-A filtered search returns the best k among the items that match, never fewer while more match:
-the matching ids come from SQLite; a small set is ranked exactly from its stored vectors, a large
-one through the FAISS index with an ID selector (an IVF index probes more lists until k are found),
-falling back to the exact ranking if the index still finds fewer than k.
+A filtered search returns the best k among the items that match, never fewer while more match.
+The matching items are selected in SQLite (folder prefixes walk the (kind, path) index, dates the
+(kind, taken_at) one), then, by how many match: a broad filter takes the first matches of a short
+unfiltered ranking (read deeper until k match); up to EXACT_MAX matches are ranked exactly from
+their stored vectors; in between the FAISS index searches with an ID selector (an IVF index
+probing more lists the fewer match), falling back to the exact ranking if it still finds fewer
+than k. Scores are always the exact cosines of the stored vectors.
 """
 
 from __future__ import annotations
@@ -153,9 +156,10 @@ def search(
 ) -> list[tuple[int, float]]:
     """Top-k (id, exact cosine) of one query among the items ``filt`` keeps, best first.
 
-    By the number m of matching items (of n): none; m <= EXACT_MAX: exact ranking of their
-    stored vectors; m >= OVERFETCH_SHARE * n: the unfiltered ranking, deep enough to hold k
-    matches (widening until it does); in between: the index with an ID selector.
+    First the unfiltered top 4k + 10: enough when the filter is broad. Else by the number m of
+    matching items (of n): none; m >= OVERFETCH_SHARE * n: the unfiltered ranking read deeper
+    (about 2kn/m, widening until k match); m <= EXACT_MAX: the exact ranking of their stored
+    vectors; in between: the index with an ID selector.
     """
     if filt is None or not filt.restricts_items:
         hits = index.search(query[None], k, store.get_vectors)[0]
