@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Library", "ClipdexError", "__version__"]
+__all__ = ["Library", "Filter", "ClipdexError", "__version__"]
 
 if TYPE_CHECKING:
     from clipdex.errors import ClipdexError
+    from clipdex.index.filters import Filter
     from clipdex.library import Library
 
 
@@ -18,6 +19,10 @@ def __getattr__(name: str) -> Any:
         from clipdex.library import Library
 
         return Library
+    if name == "Filter":
+        from clipdex.index.filters import Filter
+
+        return Filter
     if name == "ClipdexError":
         from clipdex.errors import ClipdexError
 

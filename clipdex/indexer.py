@@ -25,7 +25,7 @@ from clipdex.index.scan import (
     scan,
     scan_roots,
 )
-from clipdex.index.store import IMAGE, TEXT, Caption, FileRecord, Store
+from clipdex.index.store import IMAGE, TEXT, Caption, FileRecord, PhotoMeta, Store
 from clipdex.results import IndexStats
 from clipdex.retrieval.decode import default_workers
 from clipdex.retrieval.models import LoadedModel
@@ -94,6 +94,7 @@ class IndexRun:
         self.progress = progress
         self.stats = IndexStats()
         self._failed_now: set[bytes] = set()  # paths that failed to decode in this run
+        self._photos: dict[bytes, PhotoMeta] = {}  # path -> date and size, from the decode threads
 
     def run(
         self, folders: Sequence[str | bytes], include_hidden: bool, exclude: Sequence
@@ -171,7 +172,7 @@ class IndexRun:
         lm = self.lm
         batches = embed_image_files(
             lm, todo, lambda t: t.scanned.image.path, batch_size=self.batch_size, workers=self.workers,
-            draft_to=None if self.exact_decode else lm.image_size,
+            draft_to=None if self.exact_decode else lm.image_size, on_info=self._remember_photo,
         )  # fmt: skip
         for encoded, failed, done in batches:
             failed_old, failures = [], []
@@ -190,6 +191,9 @@ class IndexRun:
             if self.progress:
                 self.progress(done, len(todo))
 
+    def _remember_photo(self, todo: _Todo, info: tuple) -> None:
+        self._photos[todo.scanned.image.path] = PhotoMeta(*info)
+
     def _store_images(
         self, batch: list[tuple[_Todo, np.ndarray]], captions: dict, failed_old: list[int]
     ) -> Change:
@@ -200,6 +204,7 @@ class IndexRun:
         new = [n for n, (t, _) in enumerate(batch) if t.old is None]
         upd = [n for n, (t, _) in enumerate(batch) if t.old is not None]
         vecs = np.stack([v for _, v in batch]) if batch else None
+        photos = [self._photos.pop(f.path, None) for f in files]
         self.stats.added += len(new)
         self.stats.updated += len(upd)
         self.stats.texts_removed += sum(1 for i in failed_old if i in captions)
@@ -209,7 +214,7 @@ class IndexRun:
             change.removed += self.store_delete(failed_old)
             new_ids = store.insert(
                 IMAGE, "scan", vecs[new], paths=[files[n].path for n in new],
-                stats=[(files[n].mtime_ns, files[n].size) for n in new],
+                stats=[(files[n].mtime_ns, files[n].size) for n in new], photos=[photos[n] for n in new],
             ) if new else []  # fmt: skip
             if new:
                 store.update_files(new_ids, hashes=[hashes[n] for n in new])
@@ -218,7 +223,7 @@ class IndexRun:
                 store.update_vectors(
                     upd_ids, vecs[upd], paths=[files[n].path for n in upd],
                     stats=[(files[n].mtime_ns, files[n].size) for n in upd], hashes=[hashes[n] for n in upd],
-                    source="scan",
+                    photos=[photos[n] for n in upd], source="scan",
                 )  # fmt: skip
                 change.removed += upd_ids
             ids = dict(zip(new, new_ids)) | dict(zip(upd, upd_ids))

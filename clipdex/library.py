@@ -14,14 +14,17 @@ from typing import Any
 import numpy as np
 
 from clipdex.errors import ClipdexError, ModelError
+from clipdex.index.filters import Filter
 from clipdex.index.indexset import IndexSet
 from clipdex.index.lock import WriterLock
 from clipdex.index.store import DB_NAME, IMAGE, TEXT, Store
-from clipdex.results import ImportCounts, IndexStats, Reembedded, SearchResult
+from clipdex.results import DuplicateItem, ImportCounts, IndexStats, Reembedded, SearchResult
 from clipdex.retrieval.models import LoadedModel, ModelSpec, load_model, resolve_spec
+from clipdex.retrieval.query import Terms, Weights, compose
 
 Problem = Callable[[str, str], None]
 Progress = Callable[[int, int], None]
+ImageArg = str | os.PathLike | bytes
 
 
 def default_library_dir() -> Path:
@@ -270,25 +273,47 @@ class Library:
     # ---- searching ------------------------------------------------------------------------
     def search(
         self,
-        text: str | None = None,
-        image: str | os.PathLike | bytes | None = None,
+        text: str | Sequence[str] | None = None,
+        image: ImageArg | Sequence[ImageArg] | None = None,
         vector: Sequence[float] | np.ndarray | None = None,
         k: int = 10,
         target: str = "images",
+        *,
+        not_text: str | Sequence[str] | None = None,
+        not_image: ImageArg | Sequence[ImageArg] | None = None,
+        weights: Weights = None,
+        filter: Filter | None = None,
     ) -> list[SearchResult]:
-        """Best ``k`` items of ``target`` ("images" or "texts") for one query, best first."""
-        if sum(q is not None for q in (text, image, vector)) != 1:
-            raise ValueError("give exactly one of text=, image=, vector=")
+        """Best ``k`` items of ``target`` ("images" or "texts") for one query, best first.
+
+        The query is ``vector`` (an embedding in the library's space), or a composed query: any
+        number of ``text`` and ``image`` terms (a value or a list each), minus ``not_text`` and
+        ``not_image`` terms; its vector is the normalised weighted sum of the positive terms' unit
+        vectors minus the negative ones'. ``weights`` is one non-negative number per term in the
+        order text, image, not_text, not_image, or a mapping from those names to a number (all
+        terms of that name) or a list (default: all 1). ``filter`` (`clipdex.Filter`) keeps only
+        items under some folders, in a date range, with or without captions, above a score; the
+        result is still the best k among the items that match.
+        """
+        from clipdex.index import filters
+
+        terms = Terms.of(text, image, not_text, not_image)
+        if vector is not None and terms.count:
+            raise ValueError("give vector= alone, or text=/image= terms (with not_text=/not_image=)")
+        if vector is None and not terms.positives:
+            raise ValueError("give text=, image= or vector= (negative terms alone are not a query)")
         if k < 1:
             raise ValueError("k must be at least 1")
         kind = {"images": IMAGE, "texts": TEXT, "image": IMAGE, "text": TEXT}.get(target)
         if kind is None:
             raise ValueError(f"target must be 'images' or 'texts', not {target!r}")
-        if self.store.count(kind) == 0:
+        if filter is not None and not isinstance(filter, Filter):
+            raise TypeError("filter must be a clipdex.Filter")
+        if not self.store.has_any(kind):
             what = "images" if kind == IMAGE else "texts"
             raise ClipdexError(f"the library at {self.path} has no {what} to search")
-        query = self._query_vector(text, image, vector)
-        hits = self.indexes.get(kind).search(query[None], k, self.store.get_vectors)[0]
+        query = self._vector_query(vector) if vector is not None else self._composed_query(terms, weights)
+        hits = filters.search(self.indexes.get(kind), self.store, kind, query, k, filter)
         items = self.store.items([i for i, _ in hits])
         linked = self.store.items([it.image_id for it in items.values() if it.image_id is not None])
         results = []
@@ -300,31 +325,55 @@ class Library:
             results.append(SearchResult(rank, score, kind, item_id, name, text, raw_path=path))
         return results
 
-    def _query_vector(self, text: Any, image: Any, vector: Any) -> np.ndarray:
-        if vector is not None:
-            q = np.asarray(vector, np.float32).reshape(-1)
-            dim = self.store.dim
-            if dim and q.shape[0] != dim:
-                raise ClipdexError(f"query vector has dimension {q.shape[0]}, the library's is {dim}")
-            norm = float(np.linalg.norm(q))
-            if not np.isfinite(norm) or norm == 0:
-                raise ClipdexError("query vector must be finite and non-zero")
-            return q / norm
-        from clipdex.retrieval.embed import encode_image_batch, encode_texts
+    def _vector_query(self, vector: Any) -> np.ndarray:
+        q = np.asarray(vector, np.float32).reshape(-1)
+        dim = self.store.dim
+        if dim and q.shape[0] != dim:
+            raise ClipdexError(f"query vector has dimension {q.shape[0]}, the library's is {dim}")
+        norm = float(np.linalg.norm(q))
+        if not np.isfinite(norm) or norm == 0:
+            raise ClipdexError("query vector must be finite and non-zero")
+        return q / norm
 
-        lm = self.model
-        if text is not None:
-            return encode_texts(lm, [text])[0]
+    def _composed_query(self, terms: Terms, weights: Weights) -> np.ndarray:
+        """Encode every term (texts in one batch, images in one batch) and compose them."""
+        import torch
+
         from clipdex.index.scan import display_path
         from clipdex.retrieval.decode import DecodeError, load_and_preprocess
+        from clipdex.retrieval.embed import encode_image_batch, encode_texts
         from clipdex.textfiles import require_file
 
-        require_file(image, "query image")  # before opening: a FIFO would block
-        try:
-            pixels = load_and_preprocess(image, lm.preprocess, lm.image_size)
-        except DecodeError as e:
-            raise ClipdexError(f"cannot read query image {display_path(os.fsencode(image))}: {e}") from e
-        return encode_image_batch(lm, pixels[None])[0]
+        w = terms.weights(weights)  # before any encoding: a bad weight costs nothing
+        lm = self.model
+        texts = encode_texts(lm, terms.text + terms.not_text)
+        pixels = []
+        for path in terms.image + terms.not_image:
+            require_file(path, "query image")  # before opening: a FIFO would block
+            try:
+                pixels.append(load_and_preprocess(path, lm.preprocess, lm.image_size))
+            except DecodeError as e:
+                shown = display_path(os.fsencode(path))
+                raise ClipdexError(f"cannot read query image {shown}: {e}") from e
+        images = encode_image_batch(lm, torch.stack(pixels)) if pixels else texts[:0]
+        nt, ni = len(terms.text), len(terms.image)
+        vectors = np.concatenate([texts[:nt], images[:ni], texts[nt:], images[ni:]])
+        return compose(vectors, terms.signs(), w)
+
+    def duplicates(
+        self, threshold: float = 0.95, under: Sequence[str | os.PathLike | bytes] | str | None = None
+    ) -> list[list[DuplicateItem]]:
+        """Groups of near-identical images (cosine >= ``threshold`` between neighbours, joined
+        transitively), optionally only among images under some folders. Largest group first; in
+        a group the best quality first (most pixels, then largest file), each with its score
+        against that first image. Uses the stored vectors only: no model, no decoding."""
+        from clipdex.index.duplicates import find_duplicates
+        from clipdex.retrieval.decode import image_size
+
+        if not -1.0 <= threshold <= 1.0:
+            raise ValueError("threshold must lie between -1 and 1 (a cosine similarity)")
+        roots = [under] if isinstance(under, (str, bytes, os.PathLike)) else list(under or [])
+        return find_duplicates(self.store, threshold, roots, dims_of=image_size)
 
     # ---- reporting ------------------------------------------------------------------------
     def info(self) -> dict:

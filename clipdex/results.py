@@ -101,3 +101,18 @@ class Reembedded:
 
     total: int
     dropped: int
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateItem:
+    """One image of a near-duplicate group; ``score`` is its cosine to the group's first image."""
+
+    id: int
+    path: str | None
+    score: float
+    width: int | None
+    height: int | None
+    size: int | None  # file size in bytes
+
+    def to_dict(self) -> dict:
+        return asdict(self)

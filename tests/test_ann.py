@@ -233,7 +233,9 @@ def test_candidate_list_widens_only_at_ties(data, monkeypatch):
     def spy(ann: A.AnnIndex) -> list[int]:
         calls: list[int] = []
         real = ann._candidates
-        monkeypatch.setattr(ann, "_candidates", lambda qq, fetch: calls.append(fetch) or real(qq, fetch))
+        monkeypatch.setattr(
+            ann, "_candidates", lambda qq, fetch, *rest: calls.append(fetch) or real(qq, fetch, *rest)
+        )
         return calls
 
     ann = A.build(x, ids, "flat")

@@ -133,8 +133,10 @@ def test_add_texts_missing_column(tiny_model_dir, tmp_path):
 
 @pytest.mark.parametrize(
     "args",
-    [[], ["--json"], ["hello", "--image", "x.png"], ["hello", "--json", "--paths"], ["hello", "-0", "--json"],
-     ["hello", "-k", "0"], ["hello", "-k", "-3"], ["hello", "--target", "videos"]],
+    [[], ["--json"], ["--not", "x"], ["--not-image", "x.png"], ["hello", "--json", "--paths"],
+     ["hello", "-0", "--json"], ["hello", "-k", "0"], ["hello", "-k", "-3"], ["hello", "--target", "videos"],
+     ["hello", "--after", "June"], ["hello", "--before", "2024-13-01"], ["hello", "--not", " "],
+     ["hello", "--captioned", "--target", "texts"]],
 )  # fmt: skip
 def test_search_usage_errors_exit_2(small, args):
     res = run("--library", small["lib"], "search", *args)

@@ -79,20 +79,49 @@ def index(state, folders, model, pretrained, device, batch_size, workers, includ
     )
 
 
+class DateParam(click.ParamType):
+    """An ISO 8601 date or date-time (a date alone is local midnight); checked at parse time."""
+
+    name = "DATE"
+
+    def convert(self, value, param, ctx):
+        from clipdex.index.filters import parse_date
+
+        try:
+            parse_date(value)
+        except ValueError as e:
+            self.fail(str(e), param, ctx)
+        return value
+
+
 @click.command()
 @click.argument("text", nargs=-1)
-@click.option(
-    "--image", "image", type=click.Path(path_type=bytes), help="Query by this image instead of text."
-)
+@click.option("--image", "images", multiple=True, type=click.Path(path_type=bytes),
+              help="Look for images like this one (repeatable; combines with TEXT).")  # fmt: skip
+@click.option("--not", "not_texts", multiple=True, help="Steer away from this text (repeatable).")
+@click.option("--not-image", "not_images", multiple=True, type=click.Path(path_type=bytes),
+              help="Steer away from images like this one (repeatable).")  # fmt: skip
 @click.option("-k", "k", default=10, show_default=True, type=int, help="Number of results.")
 @click.option("--target", type=click.Choice(["images", "texts"]), default="images", show_default=True,
               help="Search stored images, or stored texts (captions and add-texts entries).")  # fmt: skip
+@click.option("--under", multiple=True, type=click.Path(path_type=bytes),
+              help="Only images under this folder (repeatable: any of them).")  # fmt: skip
+@click.option("--after", type=DateParam(), help="Only photos taken on or after DATE (ISO 8601).")
+@click.option("--before", type=DateParam(), help="Only photos taken before DATE (ISO 8601).")
+@click.option("--min-score", type=float, default=None, help="Only results scoring at least S.")
+@click.option("--captioned/--uncaptioned", default=None, help="Only images with (without) a caption.")
 @json_option
 @click.option("--paths", is_flag=True, help="Print bare absolute image paths, one per line.")
 @click.option("-0", "null", is_flag=True, help="Like --paths, separated by NUL.")
 @pass_state
-def search(state, text, image, k, target, as_json, paths, null):
-    """Search by TEXT or by --image: the best matching images (or --target texts).
+def search(state, text, images, not_texts, not_images, k, target, under, after, before, min_score,
+           captioned, as_json, paths, null):  # fmt: skip
+    """Search by TEXT and/or --image: the best matching images (or --target texts).
+
+    Terms combine: the query is the normalised sum of TEXT's and each --image's vector minus
+    each --not's and --not-image's. Filters keep the best k among the images that match.
+    Dates are the photo's EXIF date (else its file's mtime); --after is inclusive, --before
+    exclusive, a date alone is local midnight.
 
     \b
     Examples:
@@ -100,18 +129,30 @@ def search(state, text, image, k, target, as_json, paths, null):
       clipdex search "sunset over the sea" -k 20 --json
       clipdex search --image query.jpg --paths | xargs open
       clipdex search --image query.jpg --target texts     # image -> captions
+      clipdex search "beach at sunset" --image ref.jpg --not people --not-image crowd.jpg
+      clipdex search dog --under ~/Pictures/2024 --after 2024-06-01 --before 2024-07-01
     """
+    from clipdex.index.filters import Filter
+
     query = " ".join(text).strip()
-    if not query and image is None:
+    if not query and not images:
+        if not_texts or not_images:
+            raise click.UsageError("negative terms need a TEXT or --image to steer from")
         raise click.UsageError("give a TEXT query or --image PATH")
-    if query and image is not None:
-        raise click.UsageError("give either TEXT or --image, not both")
+    if any(not t.strip() for t in not_texts):
+        raise click.UsageError("--not needs a non-empty text")
     if k < 1:
         raise click.UsageError("-k must be at least 1")
     if sum([as_json, paths, null]) > 1:
         raise click.UsageError("--json, --paths and -0 are exclusive")
+    if captioned is not None and target == "texts":
+        raise click.UsageError("--captioned/--uncaptioned apply to image searches")
+    filt = Filter(under=list(under), after=after, before=before, captioned=captioned, min_score=min_score)
     with state.open() as lib:
-        results = lib.search(text=query or None, image=image, k=k, target=target)
+        results = lib.search(
+            text=query or None, image=list(images), not_text=list(not_texts), not_image=list(not_images),
+            k=k, target=target, filter=filt,
+        )  # fmt: skip
     if as_json:
         for r in results:
             emit_json(r.to_dict())

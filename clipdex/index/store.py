@@ -65,7 +65,28 @@ def _m3_identity(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS items_kind_text ON items (kind, text)")
 
 
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_m1_initial, _m2_pending, _m3_identity]
+def _m4_photo_meta(db: sqlite_utils.Database) -> None:
+    # When a photo was taken (unix seconds: EXIF DateTimeOriginal, else the file's mtime) and the
+    # decoded image's size (after EXIF rotation), read at index time: date filters, duplicates.
+    # Rows indexed before this column existed get their file's mtime; their EXIF date and size
+    # come with their next re-index (size is read from the file header when needed meanwhile).
+    columns = {c.name for c in db["items"].columns}
+    for name, sql_type in (("taken_at", "REAL"), ("width", "INTEGER"), ("height", "INTEGER")):
+        if name not in columns:
+            db.execute(f"ALTER TABLE items ADD COLUMN {name} {sql_type}")
+    db.execute(
+        "UPDATE items SET taken_at = mtime_ns / 1e9"
+        " WHERE kind = 'image' AND taken_at IS NULL AND mtime_ns IS NOT NULL"
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS idx_items_kind_taken_at ON items (kind, taken_at)")
+
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
+    _m1_initial,
+    _m2_pending,
+    _m3_identity,
+    _m4_photo_meta,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -79,6 +100,16 @@ class Item:
     text: str | None
     image_id: int | None
     source: str
+
+
+@dataclass(frozen=True, slots=True)
+class PhotoMeta:
+    """What indexing learns about a photo besides its vector: when it was taken (unix seconds)
+    and the decoded image's width and height (after EXIF rotation)."""
+
+    taken_at: float | None = None
+    width: int | None = None
+    height: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,8 +248,12 @@ class Store:
         stats: Sequence[tuple[int, int] | tuple[None, None]] | None = None,
         texts: Sequence[str | None] | None = None,
         image_ids: Sequence[int | None] | None = None,
+        photos: Sequence[PhotoMeta | None] | None = None,
     ) -> list[int]:
-        """Insert ``len(vectors)`` items; returns their new ids in order."""
+        """Insert ``len(vectors)`` items; returns their new ids in order.
+
+        ``photos`` gives each image's date and size (see `PhotoMeta`); without one an image with a
+        stat is dated by its mtime."""
         n = len(vectors)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         now = time.time()
@@ -226,14 +261,19 @@ class Store:
         stats = stats or [(None, None)] * n
         texts = texts or [None] * n
         image_ids = image_ids or [None] * n
+        photos = photos or [None] * n
         ids = []
         with self.transaction():
             for i in range(n):
+                meta = photos[i] or PhotoMeta()
+                taken = meta.taken_at
+                if taken is None and kind == IMAGE and stats[i][0] is not None:
+                    taken = stats[i][0] / 1e9
                 cur = self.conn.execute(
-                    "INSERT INTO items (kind, source, path, mtime_ns, size, text, image_id, vector, added_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO items (kind, source, path, mtime_ns, size, text, image_id, vector,"
+                    " added_at, taken_at, width, height) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (kind, source, paths[i], stats[i][0], stats[i][1], texts[i], image_ids[i],
-                     vectors[i].tobytes(), now),
+                     vectors[i].tobytes(), now, taken, meta.width, meta.height),
                 )  # fmt: skip
                 ids.append(int(cur.lastrowid))
         return ids
@@ -316,6 +356,7 @@ class Store:
         paths: Sequence[bytes] | None = None,
         stats: Sequence[tuple[int, int]] | None = None,
         hashes: Sequence[bytes | None] | None = None,
+        photos: Sequence[PhotoMeta | None] | None = None,
         source: str | None = None,
     ) -> None:
         """Replace the vectors of existing items in place (their ids stay), with their new file facts.
@@ -329,6 +370,15 @@ class Store:
         if texts is not None:
             cols["text"] = texts
         cols.update(self._file_columns(paths, stats, hashes))
+        if photos is not None:  # re-read with the new content: date (else mtime), size
+            metas = [p or PhotoMeta() for p in photos]
+            mtimes = [m for m, _ in stats] if stats is not None else [None] * len(metas)
+            cols["taken_at"] = [
+                p.taken_at if p.taken_at is not None else (m / 1e9 if m is not None else None)
+                for p, m in zip(metas, mtimes)
+            ]
+            cols["width"] = [p.width for p in metas]
+            cols["height"] = [p.height for p in metas]
         with self.transaction():
             self._update_columns(ids, cols, source)
 
@@ -535,6 +585,10 @@ class Store:
             return self.conn.execute("SELECT count(*) FROM items").fetchone()[0]
         return self.conn.execute("SELECT count(*) FROM items WHERE kind = ?", (kind,)).fetchone()[0]
 
+    def has_any(self, kind: str) -> bool:
+        """Whether any item of ``kind`` is stored (without counting them all)."""
+        return self.conn.execute("SELECT 1 FROM items WHERE kind = ? LIMIT 1", (kind,)).fetchone() is not None
+
     def counts(self) -> dict[str, int]:
         rows = self.conn.execute("SELECT kind, source, count(*) FROM items GROUP BY kind, source")
         out = {"images": 0, "texts": 0}
@@ -557,6 +611,11 @@ class Store:
             " WHERE t.kind = 'text' AND i.path IS NOT NULL AND t.text != '' ORDER BY t.id"
         )
         return [(bytes(p), t) for p, t in rows]
+
+    def has_columns(self, table: str, *names: str) -> bool:
+        """Whether ``table`` has every column in ``names`` (an older schema may lack new ones)."""
+        have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+        return set(names) <= have
 
     @property
     def dim(self) -> int | None:

@@ -83,18 +83,24 @@ class VectorIndex:
             self._gpu = None
 
     def search(
-        self, queries: np.ndarray, k: int, get_vectors: Callable[[np.ndarray], np.ndarray] | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        get_vectors: Callable[[np.ndarray], np.ndarray] | None = None,
+        allowed: np.ndarray | None = None,
     ) -> list[list[tuple[int, float]]]:
         """Top-k (id, exact cosine) per query; ties by ascending id.
 
         Scores are recomputed from `get_vectors` (the stored float32 vectors), also when the index
         is approximate or compressed; without it only a flat index can supply its own vectors.
+        `allowed` restricts the search to those ids (a FAISS ID selector, on the CPU index).
         """
         if self.ntotal == 0:
             return [[] for _ in range(len(queries))]
         if get_vectors is None:
             get_vectors = self._own_vectors
-        scores, ids = self._searcher().search(queries, k, get_vectors)
+        searcher = self.ann if allowed is not None else self._searcher()  # GPU indexes lack selectors
+        scores, ids = searcher.search(queries, k, get_vectors, allowed)
         return [[(int(i), float(s)) for i, s in zip(ir, sr) if i >= 0] for ir, sr in zip(ids, scores)]
 
     def _own_vectors(self, ids: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
@@ -134,13 +135,59 @@ def _reason(exc: BaseException) -> str:
     )
 
 
-def open_image(path: str | bytes | os.PathLike, draft_to: tuple[int, int] | None = None) -> Image.Image:
+# (taken_at, width, height): EXIF DateTimeOriginal as unix seconds (None without one) and the full
+# image size after EXIF rotation (not the draft-decoded size).
+PhotoInfo = tuple[float | None, int, int]
+_EXIF_IFD, _DATETIME_ORIGINAL, _OFFSET_TIME_ORIGINAL = 0x8769, 0x9003, 0x9011
+
+
+def exif_taken_at(img: Image.Image) -> float | None:
+    """EXIF DateTimeOriginal as unix seconds: with OffsetTimeOriginal when present, else local time."""
+    try:
+        exif = img.getexif().get_ifd(_EXIF_IFD)
+        raw, offset = exif.get(_DATETIME_ORIGINAL), exif.get(_OFFSET_TIME_ORIGINAL)
+        if not isinstance(raw, str):
+            return None
+        taken = datetime.strptime(raw.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
+        if isinstance(offset, str) and len(offset.strip("\x00 ")) >= 6:
+            off = offset.strip("\x00 ")
+            sign = -1 if off[0] == "-" else 1
+            delta = timedelta(hours=int(off[1:3]), minutes=int(off[4:6]))
+            taken = taken.replace(tzinfo=timezone(sign * delta))
+        return taken.timestamp()  # a naive datetime is local time
+    except Exception:  # missing, malformed ("0000:00:00 00:00:00") or broken EXIF: no date
+        return None
+
+
+def photo_info(img: Image.Image) -> PhotoInfo:
+    """(taken_at, width, height) of an opened, not yet drafted image."""
+    w, h = img.size
+    if _orientation(img) in (5, 6, 7, 8):
+        w, h = h, w
+    return exif_taken_at(img), w, h
+
+
+def image_size(path: str | bytes | os.PathLike) -> tuple[int, int] | None:
+    """(width, height) after EXIF rotation from the file's header (no decoding); None if unreadable."""
+    try:
+        with Image.open(path) as img:
+            return photo_info(img)[1:]
+    except Exception:
+        return None
+
+
+def open_image(
+    path: str | bytes | os.PathLike,
+    draft_to: tuple[int, int] | None = None,
+    on_info: Callable[[PhotoInfo], None] | None = None,
+) -> Image.Image:
     """Fully decode ``path`` to an RGB image with its EXIF orientation applied.
 
     Alpha and palette transparency are composited over white; high-bit-depth grey is scaled to 8
     bits; animated files give their first frame. ``draft_to`` lets a JPEG at least twice that size
     in both sides decode at reduced scale (never below ``draft_to``). Raises DecodeError for anything
-    unreadable, including images over ``MAX_PIXELS``.
+    unreadable, including images over ``MAX_PIXELS``. ``on_info`` receives the `photo_info`
+    (date, full size) of an image that decoded.
     """
     limit = MAX_PIXELS
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
@@ -157,12 +204,15 @@ def open_image(path: str | bytes | os.PathLike, draft_to: tuple[int, int] | None
             img = Image.open(fh)
             if img.width * img.height > limit:
                 raise DecodeError(f"image too large ({img.width * img.height} pixels > {limit})")
+            info = photo_info(img) if on_info is not None else None
             _maybe_draft(img, draft_to)
             img.load()  # decode now, inside the try: truncation surfaces here, not in a later resize
             orientation = _orientation(img)
             out = _to_rgb(img)
         if orientation != 1:
             out = out.transpose(_ORIENTATION[orientation])
+        if on_info is not None and info is not None:
+            on_info(info)
         return out
     except DecodeError:
         raise
@@ -174,9 +224,10 @@ def load_and_preprocess(
     path: str | bytes | os.PathLike,
     preprocess: Callable[[Image.Image], torch.Tensor],
     draft_to: tuple[int, int] | None = None,
+    on_info: Callable[[PhotoInfo], None] | None = None,
 ) -> torch.Tensor:
     """``open_image`` then the model's ``preprocess``: one unit of work for a prefetch worker."""
-    return preprocess(open_image(path, draft_to))
+    return preprocess(open_image(path, draft_to, on_info))
 
 
 def default_workers() -> int:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipdex.retrieval.decode import DecodeError, load_and_preprocess, ordered_prefetch
+from clipdex.retrieval.decode import DecodeError, PhotoInfo, load_and_preprocess, ordered_prefetch
 from clipdex.retrieval.models import LoadedModel
 
 T = TypeVar("T")
@@ -61,19 +61,22 @@ def embed_image_files(
     batch_size: int,
     workers: int,
     draft_to: tuple[int, int] | None,
+    on_info: Callable[[T, PhotoInfo], None] | None = None,
 ) -> Iterator[tuple[list[tuple[T, np.ndarray]], list[tuple[T, BaseException]], int]]:
     """Decode files in parallel (ordered, bounded prefetch) and encode them in batches.
 
     Yields ``(encoded, failed, done)`` per batch: ``(item, vector)`` pairs in input order, the items
     whose file could not be decoded with the reason, and how many items were consumed so far.
-    Decoding of the next files goes on in the threads while a batch is encoded.
+    Decoding of the next files goes on in the threads while a batch is encoded. ``on_info(item,
+    (taken_at, width, height))`` is called (from a decode thread) for each item that decoded.
     """
 
     def decode(item: T) -> torch.Tensor:
         path = path_of(item)
         if path is None:
             raise DecodeError("no file to decode (imported vector)")
-        return load_and_preprocess(path, lm.preprocess, draft_to)
+        report = (lambda info: on_info(item, info)) if on_info is not None else None
+        return load_and_preprocess(path, lm.preprocess, draft_to, report)
 
     ok: list[T] = []
     pixels: list[torch.Tensor] = []
