@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Library", "ClipdexError", "__version__"]
+__all__ = ["Library", "ClipdexError", "evaluate", "__version__"]
 
 if TYPE_CHECKING:
     from clipdex.errors import ClipdexError
     from clipdex.library import Library
+    from clipdex.retrieval.evaluate import evaluate
 
 
 def __getattr__(name: str) -> Any:
@@ -18,6 +19,10 @@ def __getattr__(name: str) -> Any:
         from clipdex.library import Library
 
         return Library
+    if name == "evaluate":
+        from clipdex.retrieval.evaluate import evaluate
+
+        return evaluate
     if name == "ClipdexError":
         from clipdex.errors import ClipdexError
 
