@@ -238,3 +238,43 @@ def test_cli_finetune_json_and_apply(tiny_model_dir, tmp_path) -> None:
     assert info["model"] == out["model"]
     bad = run("--library", lib, "finetune", scenes, "--batch-size", "64")
     assert bad.exit_code == 1 and "--batch-size" in bad.stderr
+
+
+def test_library_finetune_chooses_on_val_and_reports_on_a_disjoint_test_split(
+    tiny_model_dir, tmp_path
+) -> None:
+    import clipdex
+    from clipdex import Library
+
+    folder = tmp_path / "scenes"
+    make_scenes(folder, 100, seed=4, size=64)
+    pairs, _ = read_pairs(folder)
+    with Library.open(tmp_path / "lib", create=True, model=str(tiny_model_dir)) as lib:
+        result = lib.finetune(
+            [(p.image, p.caption) for p in pairs], config=FinetuneConfig(**{**FAST, "seed": 2}),
+            val_fraction=0.2, test_fraction=0.1, out=tmp_path / "tuned",
+        )  # fmt: skip
+    train, val, test = split_pairs(pairs, 0.2, seed=2, test_fraction=0.1)  # the same seeded split
+    assert (
+        (result.train_pairs, result.val_pairs, result.test_pairs)
+        == (len(train), len(val), len(test))
+        == (70, 20, 10)
+    )
+    assert {p.image for p in test}.isdisjoint({p.image for p in train + val})
+    assert result.report_split == "test" and result.model == f"local-dir:{(tmp_path / 'tuned').resolve()}"
+    # "after" is the saved model on exactly the test pictures, as `clipdex eval` measures it
+    (after,) = clipdex.evaluate(test, [result.model], device="cpu")
+    assert result.after == pytest.approx({k: after[k] for k in result.after}, abs=1e-9)
+
+
+def test_too_few_images_for_a_test_split_report_on_validation_and_say_so(tiny_model_dir, tmp_path) -> None:
+    from corehelp import ok
+
+    scenes = tmp_path / "scenes"
+    make_scenes(scenes, 40, seed=5, size=64)
+    lib = tmp_path / "lib"
+    ok("--library", lib, "index", scenes, "--model", tiny_model_dir, "--quiet")
+    res = ok("--library", lib, "finetune", "--epochs", "1", "--batch-size", "16", "--lr", "1e-3", "--json")
+    out = json.loads(res.stdout)
+    assert (out["train_pairs"], out["val_pairs"], out["test_pairs"], out["report_split"]) == (36, 4, 0, "val")
+    assert "validation split" in res.stderr

@@ -78,7 +78,8 @@ def coerce_pairs(source: PairsArg) -> tuple[list[Pair], int]:
     if isinstance(source, (str, os.PathLike)):
         return read_pairs(source)
     pairs, empty = [], 0
-    for image, caption in source or []:
+    for item in source or []:
+        image, caption = (item.image, item.caption) if isinstance(item, Pair) else item
         caption = (caption or "").strip()
         if not caption:
             empty += 1
