@@ -17,6 +17,6 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         # pictures of held-out descriptions are indexed without a caption
         assert lib.store.count("image") == 100 and lib.store.count("text") == captioned < 100
         # --apply made the fine-tuned model the library's
-        assert "/models/finetune-" in lib.spec.name
+        assert lib.spec.name == f"local-dir:{(tmp_path / 'demo' / 'tuned-model').resolve()}"
         hits = lib.search(image=tmp_path / "demo" / "scenes" / "scene_00007.png", k=1)
         assert hits[0].path.endswith("scene_00007.png") and hits[0].score >= 0.9999
