@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shlex
 import shutil
 import sys
@@ -56,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m clipdex.demo", description=__doc__)
     parser.add_argument("--out", default="demo-output", help="Working folder (recreated).")
     parser.add_argument("--scenes", type=int, default=1200, help="Number of generated scenes.")
-    parser.add_argument("--epochs", type=int, default=30, help="Fine-tuning epochs.")
+    parser.add_argument("--epochs", type=int, default=20, help="Fine-tuning epochs.")
     args = parser.parse_args(argv)
 
     from clipdex.demo.scenes import make_scenes, split_descriptions, write_pairs
@@ -73,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
           "are held out of training (their pictures get no caption file)")  # fmt: skip
     scenes = make_scenes(out / "scenes", args.scenes, seed=0, size=64, captioned=seen)
     truth = {str(path): caption for path, caption in scenes}
-    # query pictures are never indexed or trained on; "unseen" ones show held-out descriptions
-    queries_seen = make_scenes(out / "queries-seen", QUERIES, seed=99, size=64, keys=seen)
+    # query pictures are never indexed or trained on; "unseen" ones show held-out descriptions. The
+    # seen ones come from as many descriptions as there are unseen ones, so both sets are as hard.
+    seen_pool = random.Random(1).sample(seen, len(unseen))
+    queries_seen = make_scenes(out / "queries-seen", QUERIES, seed=99, size=64, keys=seen_pool)
     queries = make_scenes(out / "queries-unseen", QUERIES, seed=98, size=64, keys=unseen)
     write_pairs(out / "queries-seen.csv", queries_seen)
     write_pairs(out / "queries-unseen.csv", queries)
