@@ -8,9 +8,10 @@ out of training altogether: training and validation pictures show only the other
 Before/after figures come from `clipdex.evaluate` on two sets of new pictures, one of seen and one of
 unseen descriptions (72 descriptions each, so equally hard); a caption shared by several pictures
 counts them all as right answers, so the figures are semantic (the same description, not only the
-same file). For speed it then runs a plain open_clip loop (ClipLoss + AdamW, same data, batch, epochs and lr, tensors preloaded, no
-augmentation, no evaluation) in the same process and prints the time-per-epoch ratio clipdex /
-plain (training time only). Both flush denormals to zero, as clipdex does on CPU.
+same file). For speed it then runs a plain open_clip loop (ClipLoss + AdamW, same data, batch,
+epochs and lr, tensors preloaded, no augmentation, no evaluation) in the same process and prints the
+time-per-epoch ratio clipdex / plain (training time only). Both flush denormals to zero, as clipdex
+does on CPU.
 """
 
 from __future__ import annotations
