@@ -278,3 +278,15 @@ def test_too_few_images_for_a_test_split_report_on_validation_and_say_so(tiny_mo
     out = json.loads(res.stdout)
     assert (out["train_pairs"], out["val_pairs"], out["test_pairs"], out["report_split"]) == (36, 4, 0, "val")
     assert "validation split" in res.stderr
+
+
+def test_val_file_chooses_the_epoch_and_the_test_split_comes_from_pairs(tiny_model_dir, tmp_path) -> None:
+    from clipdex import Library
+
+    make_scenes(tmp_path / "train", 60, seed=6, size=64)
+    make_scenes(tmp_path / "val", 12, seed=7, size=64)
+    with Library.open(tmp_path / "lib", create=True, model=str(tiny_model_dir)) as lib:
+        result = lib.finetune(tmp_path / "train", val=tmp_path / "val", config=FinetuneConfig(**FAST),
+                              out=tmp_path / "tuned")  # fmt: skip
+    counts = (result.train_pairs, result.val_pairs, result.test_pairs)
+    assert counts == (54, 12, 6) and result.report_split == "test"
