@@ -5,12 +5,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Library", "Filter", "ClipdexError", "__version__"]
+__all__ = ["Library", "Filter", "ClipdexError", "evaluate", "__version__"]
 
 if TYPE_CHECKING:
     from clipdex.errors import ClipdexError
     from clipdex.index.filters import Filter
     from clipdex.library import Library
+    from clipdex.retrieval.evaluate import evaluate
 
 
 def __getattr__(name: str) -> Any:
@@ -23,6 +24,10 @@ def __getattr__(name: str) -> Any:
         from clipdex.index.filters import Filter
 
         return Filter
+    if name == "evaluate":
+        from clipdex.retrieval.evaluate import evaluate
+
+        return evaluate
     if name == "ClipdexError":
         from clipdex.errors import ClipdexError
 

@@ -428,3 +428,35 @@ class Library:
             n = self.reembed(lm, problem=problem, progress=progress, drop_unembeddable=drop_unembeddable)
             self._model, self.requested = lm, None
         return n
+
+    # ---- models: fine-tuning, explanations ------------------------------------------------
+    def finetune(self, pairs: Any = None, **options: Any) -> Any:
+        """Fine-tune the library's model on image–caption pairs; returns a `FinetuneResult`.
+
+        ``pairs``: a PAIRS file or folder, a list of ``(image, caption)``, or None for the library's
+        own captioned images. Options: ``val`` (held-out pairs; default a seeded split of
+        ``val_fraction``=0.1 of the images), ``test_fraction`` (0.1: ``before``/``after`` are measured
+        on this split; ``result.report_split`` says "val" when it is too small), ``config`` (a
+        `clipdex.retrieval.finetune.FinetuneConfig`), ``out`` (default ``LIBRARY/models/finetune-…``),
+        ``apply`` (make it the library's model and re-embed; ``drop_unembeddable`` as in `use_model`),
+        ``progress``/``problem`` callbacks.
+        """
+        from clipdex.finetuning import finetune_library
+
+        return finetune_library(self, pairs, **options)
+
+    def explain(self, image: str | os.PathLike | bytes, text: str | None = None, vector: Any = None) -> Any:
+        """Occlusion heat map of ``image`` for a ``text`` (or query ``vector``) with the library's model.
+
+        Returns a `clipdex.retrieval.explain.Explanation`: ``.score`` (the cosine search reports),
+        ``.heat`` and ``.png()``; see that module for the method.
+        """
+        from clipdex.retrieval.explain import explain, open_for_explain
+
+        if (text is None) == (vector is None):
+            raise ValueError("give exactly one of text=, vector=")
+        picture = open_for_explain(image)
+        query = (
+            self._vector_query(vector) if vector is not None else self._composed_query(Terms.of(text), None)
+        )
+        return explain(self.model, picture, query)

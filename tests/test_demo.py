@@ -10,9 +10,13 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "demo"), "--scenes", "100", "--epochs", "1"]) == 0
     out = capsys.readouterr().out
     assert "$ clipdex" in out and "Demo finished" in out
+    assert out.count("$ clipdex eval") == 2 and "text->image R@1" in out
+    assert (tmp_path / "demo" / "explain.png").is_file()
     with Library.open(tmp_path / "demo" / "library") as lib:
-        assert lib.store.count("image") == 100 and lib.store.count("text") == 100
+        captioned = len(list((tmp_path / "demo" / "scenes").glob("*.txt")))
+        # pictures of held-out descriptions are indexed without a caption
+        assert lib.store.count("image") == 100 and lib.store.count("text") == captioned < 100
         # --apply made the fine-tuned model the library's
-        assert "/models/finetune-" in lib.spec.name
+        assert lib.spec.name == f"local-dir:{(tmp_path / 'demo' / 'tuned-model').resolve()}"
         hits = lib.search(image=tmp_path / "demo" / "scenes" / "scene_00007.png", k=1)
         assert hits[0].path.endswith("scene_00007.png") and hits[0].score >= 0.9999

@@ -28,7 +28,8 @@ def scenes(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, list]:
     make_scenes(folder, 300, seed=0, size=64)
     pairs, empty = read_pairs(folder)
     assert len(pairs) == 300 and empty == 0
-    return split_pairs(pairs, 0.2, seed=0)  # 240 train, 60 held out
+    train, val, _ = split_pairs(pairs, 0.2, seed=0)  # 240 train, 60 held out
+    return train, val
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +84,21 @@ def _open_clip_vectors(out: Path, val) -> tuple[np.ndarray, np.ndarray, list[int
 def test_reported_recall_equals_an_independent_computation(trained) -> None:
     result, val, out = trained
     img, txt, owner = _open_clip_vectors(out, val)
-    sims = txt @ img.T
-    owner = np.array(owner)
-    own = sims[np.arange(len(txt)), owner]
-    t2i_rank = (sims > own[:, None]).sum(axis=1)  # images scoring above the right one
-    expect = {f"t2i_r{k}": float(np.mean(t2i_rank < k)) for k in (1, 5, 10)}
-    # image -> text: a hit when the best of the image's own captions is within the top k
-    i2t_best = [(sims[:, i] > sims[owner == i, i].max()).sum() for i in range(len(img))]
-    expect.update({f"i2t_r{k}": float(np.mean(np.array(i2t_best) < k)) for k in (1, 5, 10)})
+    # a caption shared by several held-out images is one query with all of them as positives
+    captions = sorted({p.caption for p in val})
+    relevant = np.zeros((len(captions), len(img)), bool)
+    for p, i in zip(val, owner, strict=True):
+        relevant[captions.index(p.caption), i] = True
+    qvec = np.stack([txt[[p.caption for p in val].index(c)] for c in captions])
+    sims = qvec.astype(np.float64) @ img.astype(np.float64).T
+
+    def first_hits(scores, rel):  # full sort, ties with a non-positive placed first
+        return np.array([np.flatnonzero(r[np.lexsort((r, -s))])[0] + 1 for s, r in zip(scores, rel)])
+
+    t2i, i2t = first_hits(sims, relevant), first_hits(sims.T, relevant.T)
+    expect = {f"t2i_r{k}": float(np.mean(t2i <= k)) for k in (1, 5, 10)}
+    expect.update({f"i2t_r{k}": float(np.mean(i2t <= k)) for k in (1, 5, 10)})
+    assert result.report_split == "val"  # no test split was given to finetune() here
     assert result.after == pytest.approx(expect, abs=1e-9)
 
 
@@ -197,9 +205,10 @@ def test_recall_counts_any_caption_of_an_image_for_image_to_text() -> None:
     images = np.eye(3, dtype=np.float32)
     # image 2 has two captions: one good, one closer to image 1
     texts = np.array([[1, 0, 0], [0, 1, 0], [0, 0.2, 0.98], [0, 0.95, 0.31]], np.float32)
-    r = recall_at_k(images, texts, [0, 1, 2, 2], ks=(1, 2))
+    owner = np.eye(3, dtype=bool)[[0, 1, 2, 2]]  # (texts, images) relevance
+    r = recall_at_k(images, texts, owner, ks=(1, 2))
     assert r == {"t2i_r1": 0.75, "t2i_r2": 1.0, "i2t_r1": 1.0, "i2t_r2": 1.0}
-    r = recall_at_k(images, texts[[0, 1, 3]], [0, 1, 2], ks=(1, 2))
+    r = recall_at_k(images, texts[[0, 1, 3]], owner[[0, 1, 3]], ks=(1, 2))
     # the caption that fits image 1 better misses text->image, yet image 2 still ranks it first
     assert r["t2i_r1"] == pytest.approx(2 / 3) and r["i2t_r1"] == 1.0
 
@@ -217,7 +226,8 @@ def test_cli_finetune_json_and_apply(tiny_model_dir, tmp_path) -> None:
     assert len(lines) == 1
     out = json.loads(lines[0])
     assert out["model"].startswith(f"local-dir:{lib.resolve()}/models/finetune-")
-    assert (out["train_pairs"], out["val_pairs"], out["skipped"]) == (48, 12, 0)
+    assert (out["train_pairs"], out["val_pairs"], out["test_pairs"], out["skipped"]) == (42, 12, 6, 0)
+    assert out["report_split"] == "test"
     assert (
         set(out["before"])
         == set(out["after"])
@@ -228,3 +238,55 @@ def test_cli_finetune_json_and_apply(tiny_model_dir, tmp_path) -> None:
     assert info["model"] == out["model"]
     bad = run("--library", lib, "finetune", scenes, "--batch-size", "64")
     assert bad.exit_code == 1 and "--batch-size" in bad.stderr
+
+
+def test_library_finetune_chooses_on_val_and_reports_on_a_disjoint_test_split(
+    tiny_model_dir, tmp_path
+) -> None:
+    import clipdex
+    from clipdex import Library
+
+    folder = tmp_path / "scenes"
+    make_scenes(folder, 100, seed=4, size=64)
+    pairs, _ = read_pairs(folder)
+    with Library.open(tmp_path / "lib", create=True, model=str(tiny_model_dir)) as lib:
+        result = lib.finetune(
+            [(p.image, p.caption) for p in pairs], config=FinetuneConfig(**{**FAST, "seed": 2}),
+            val_fraction=0.2, test_fraction=0.1, out=tmp_path / "tuned",
+        )  # fmt: skip
+    train, val, test = split_pairs(pairs, 0.2, seed=2, test_fraction=0.1)  # the same seeded split
+    assert (
+        (result.train_pairs, result.val_pairs, result.test_pairs)
+        == (len(train), len(val), len(test))
+        == (70, 20, 10)
+    )
+    assert {p.image for p in test}.isdisjoint({p.image for p in train + val})
+    assert result.report_split == "test" and result.model == f"local-dir:{(tmp_path / 'tuned').resolve()}"
+    # "after" is the saved model on exactly the test pictures, as `clipdex eval` measures it
+    (after,) = clipdex.evaluate(test, [result.model], device="cpu")
+    assert result.after == pytest.approx({k: after[k] for k in result.after}, abs=1e-9)
+
+
+def test_too_few_images_for_a_test_split_report_on_validation_and_say_so(tiny_model_dir, tmp_path) -> None:
+    from corehelp import ok
+
+    scenes = tmp_path / "scenes"
+    make_scenes(scenes, 40, seed=5, size=64)
+    lib = tmp_path / "lib"
+    ok("--library", lib, "index", scenes, "--model", tiny_model_dir, "--quiet")
+    res = ok("--library", lib, "finetune", "--epochs", "1", "--batch-size", "16", "--lr", "1e-3", "--json")
+    out = json.loads(res.stdout)
+    assert (out["train_pairs"], out["val_pairs"], out["test_pairs"], out["report_split"]) == (36, 4, 0, "val")
+    assert "validation split" in res.stderr
+
+
+def test_val_file_chooses_the_epoch_and_the_test_split_comes_from_pairs(tiny_model_dir, tmp_path) -> None:
+    from clipdex import Library
+
+    make_scenes(tmp_path / "train", 60, seed=6, size=64)
+    make_scenes(tmp_path / "val", 12, seed=7, size=64)
+    with Library.open(tmp_path / "lib", create=True, model=str(tiny_model_dir)) as lib:
+        result = lib.finetune(tmp_path / "train", val=tmp_path / "val", config=FinetuneConfig(**FAST),
+                              out=tmp_path / "tuned")  # fmt: skip
+    counts = (result.train_pairs, result.val_pairs, result.test_pairs)
+    assert counts == (54, 12, 6) and result.report_split == "test"

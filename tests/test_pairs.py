@@ -72,7 +72,8 @@ def test_missing_and_unreadable_images_are_skipped_and_counted(tmp_path: Path) -
 def test_split_is_deterministic_image_disjoint_and_order_free(tmp_path: Path) -> None:
     # 40 images, each with 1-3 captions
     pairs = [Pair(f"/x/{i}.png", f"c{i}-{j}") for i in range(40) for j in range(1 + i % 3)]
-    train, val = split_pairs(pairs, 0.25, seed=3)
+    train, val, test = split_pairs(pairs, 0.25, seed=3)
+    assert test == []
     assert {p.image for p in train}.isdisjoint({p.image for p in val})
     assert len({p.image for p in val}) == 10 and len(train) + len(val) == len(pairs)
     assert split_pairs(list(reversed(pairs)), 0.25, seed=3)[1] == list(reversed(val))

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import click
 
 from clipdex.cli.common import drop_option, emit_json, info, json_option, pass_state, problem, quiet_option
@@ -15,7 +12,9 @@ from clipdex.cli.common import drop_option, emit_json, info, json_option, pass_s
 @click.option("--val", "val_pairs", type=click.Path(exists=True), default=None,
               help="Held-out PAIRS for evaluation (default: a seeded split of PAIRS).")  # fmt: skip
 @click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.1,
-              show_default=True, help="Share of unique images held out when --val is not given.")  # fmt: skip
+              show_default=True, help="Share of unique images held out to choose the epoch.")  # fmt: skip
+@click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
+              help="Share of unique images held out to report before/after on (0: none).")  # fmt: skip
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Pairs per contrastive batch (every other pair in it is a negative).")  # fmt: skip
@@ -43,17 +42,17 @@ from clipdex.cli.common import drop_option, emit_json, info, json_option, pass_s
 @json_option
 @quiet_option
 @pass_state
-def finetune_cmd(state, pairs, val_pairs, val_fraction, epochs, batch_size, lr, weight_decay, warmup,
-                 accum_steps, lock_image, lock_text, unlock_last, patience, wise, seed, out, apply, device,
-                 drop_unembeddable, as_json, quiet):  # fmt: skip
+def finetune_cmd(state, pairs, val_pairs, val_fraction, test_fraction, epochs, batch_size, lr, weight_decay,
+                 warmup, accum_steps, lock_image, lock_text, unlock_last, patience, wise, seed, out, apply,
+                 device, drop_unembeddable, as_json, quiet):  # fmt: skip
     """Fine-tune the library's model on image–caption PAIRS and report held-out recall.
 
     PAIRS is a .csv/.tsv (with a header) or .jsonl with columns `image` and `caption` (image paths
     relative to the file's folder, or absolute), or a folder of images with sidecar captions
     (photo.jpg + photo.txt). Without PAIRS, the library's own captioned images are used.
-    Recall@1/5/10 (text->image and image->text) is measured on held-out
-    images before and after; the epoch with the best mean recall is kept. The model is saved in
-    open_clip's local-dir format; --apply also re-embeds the library with it.
+    Unique images are split (seeded) into training, validation and test: the epoch with the best
+    mean Recall@1/5/10 on validation is kept, and recall before and after is reported on test.
+    The model is saved in open_clip's local-dir format; --apply also re-embeds the library with it.
 
     \b
     Examples:
@@ -62,7 +61,7 @@ def finetune_cmd(state, pairs, val_pairs, val_fraction, epochs, batch_size, lr, 
       clipdex finetune ~/Pictures/captioned --lock-image --unlock-last 2 --apply
       clipdex finetune train.jsonl --val val.jsonl --wise 0.5 --json
     """
-    from clipdex.retrieval.finetune import FinetuneConfig, finetune
+    from clipdex.retrieval.finetune import FinetuneConfig
 
     cfg = FinetuneConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
@@ -76,82 +75,50 @@ def finetune_cmd(state, pairs, val_pairs, val_fraction, epochs, batch_size, lr, 
         info(f"epoch {e['epoch']}/{epochs}: loss {e['loss']:.4f}, val t2i R@5 {v['t2i_r5']:.3f}, "
              f"i2t R@5 {v['i2t_r5']:.3f} ({e['seconds']:.1f}s)", quiet_text)  # fmt: skip
 
-    with state.open(device=device) as lib:
-        train, val, empty = _read_inputs(lib, pairs, val_pairs, val_fraction, seed)
-        lm = lib.model
-        out_dir = out or _new_model_dir(lib.path / "models")
-        info(f"fine-tuning {lm.spec} on {len(train)} pairs, {len(val)} held out", quiet_text)
-        result = finetune(lm, train, val, cfg, out_dir, progress=epoch_line)
-        for path, reason in result.bad_images:
-            problem(path, reason)
-        done = (
-            lib.use_model(result.model, problem=problem, drop_unembeddable=drop_unembeddable)
-            if apply
-            else None
-        )
-        reembedded = done.total if done else None
+    def on_start(model: str, n_train: int, n_val: int, n_test: int) -> None:
+        info(f"fine-tuning {model} on {n_train} pairs; {n_val} validation, {n_test} test pairs", quiet_text)
 
+    with state.open(device=device) as lib:
+        result = lib.finetune(
+            pairs, val=val_pairs, val_fraction=val_fraction, test_fraction=test_fraction, config=cfg,
+            out=out, apply=apply, drop_unembeddable=drop_unembeddable, progress=epoch_line,
+            problem=problem, on_start=on_start,
+        )  # fmt: skip
+    if result.report_split == "val":
+        info("note: too few images for a separate test split; before/after are measured on the "
+             "validation split that also chose the epoch (they flatter the result)", quiet)  # fmt: skip
     summary = {
         "model": result.model, "train_pairs": result.train_pairs, "val_pairs": result.val_pairs,
-        "skipped": result.skipped + empty, "before": result.before, "after": result.after,
+        "test_pairs": result.test_pairs, "skipped": result.skipped + result.empty_captions,
+        "report_split": result.report_split, "before": result.before, "after": result.after,
         "best_epoch": result.best_epoch, "epochs_run": result.epochs_run,
     }  # fmt: skip
-    if done is not None:
-        summary["reembedded"], summary["dropped"] = done.total, done.dropped
+    if result.reembedded is not None:
+        summary["reembedded"], summary["dropped"] = result.reembedded, result.dropped
     if as_json:
         emit_json(summary)
-    _table(result, empty, reembedded, quiet_text)
+    _table(result, quiet_text)
 
 
-def _new_model_dir(parent: Path) -> Path:
-    """``finetune-YYYYmmdd-HHMMSS`` under ``parent``, with a suffix if that name is taken."""
-    base = time.strftime("finetune-%Y%m%d-%H%M%S")
-    path, n = parent / base, 1
-    while path.exists():
-        n += 1
-        path = parent / f"{base}-{n}"
-    return path
-
-
-def _read_inputs(lib, pairs, val_pairs, val_fraction: float, seed: int) -> tuple[list, list, int]:
-    """Training and held-out pairs: from PAIRS, or from the library's own image-caption links."""
-    from clipdex.errors import ClipdexError
-    from clipdex.retrieval.pairs import Pair, read_pairs, split_pairs
-
-    if pairs is None:
-        train = [Pair(path, caption) for path, caption in lib.caption_pairs()]
-        if not train:
-            raise ClipdexError(
-                f"the library at {lib.path} has no captioned images (sidecar .txt files); give PAIRS"
-            )
-        empty = 0
-    else:
-        train, empty = read_pairs(pairs)
-    if val_pairs:
-        val, val_empty = read_pairs(val_pairs)
-        return train, val, empty + val_empty
-    train, val = split_pairs(train, val_fraction, seed)
-    return train, val, empty
-
-
-def _table(result, empty: int, reembedded: int | None, quiet: bool) -> None:
+def _table(result, quiet: bool) -> None:
     if quiet:
         return
-    lines = [f"{'held-out recall':<16}{'before':>8}{'after':>8}"]
+    lines = [f"{result.report_split + ' recall':<16}{'before':>8}{'after':>8}"]
     for key in result.before:
         direction, k = key.split("_")
         name = f"{'text->image' if direction == 't2i' else 'image->text'} R@{k[1:]}"
         lines.append(f"{name:<16}{result.before[key]:>8.3f}{result.after[key]:>8.3f}")
     lines.append(
-        f"{result.train_pairs} training / {result.val_pairs} held-out pairs; skipped {result.skipped} "
-        f"with a bad image, {empty} with an empty caption; best epoch {result.best_epoch} of "
+        f"{result.train_pairs} training / {result.val_pairs} validation / {result.test_pairs} test pairs; "
+        f"skipped {result.skipped} with a bad image, {result.empty_captions} with an empty caption; "
+        f"best epoch (on validation) {result.best_epoch} of "
         f"{result.epochs_run}; {result.seconds:.0f}s"
     )
     lines.append(f"saved {result.model}")
-    if reembedded is None:
+    if result.reembedded is None:
         lines.append(f"use it with: clipdex use-model {result.model[len('local-dir:') :]}")
     else:
-        lines.append(f"library now uses it ({reembedded} items re-embedded)")
+        lines.append(f"library now uses it ({result.reembedded} items re-embedded)")
     for line in lines:
         info(line)
 

@@ -2,13 +2,17 @@
 
 Every caption is true of its picture ("a red circle on the left on a white background"), so a model
 fine-tuned on them can be checked semantically: a search hit counts when the returned picture shows
-the same description, even if it is another file.
+the same description, even if it is another file. There are 360 descriptions (6 colours x 4 shapes x
+5 positions x 3 backgrounds); `split_descriptions` holds whole combinations out of training, so a
+test can ask about descriptions the model has never seen, made of words it has.
 """
 
 from __future__ import annotations
 
+import csv
 import math
 import random
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,9 +87,32 @@ def _draw_shape(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: flo
         raise ValueError(f"unknown shape {shape!r}")
 
 
-def random_scenes(n: int, seed: int = 0) -> list[Scene]:
-    """``n`` scenes with independently drawn attributes (deterministic for a seed)."""
+def all_scenes() -> list[Scene]:
+    """Every description once, in a fixed order."""
+    return [Scene(c, sh, p, b) for c in COLOURS for sh in SHAPES for p in POSITIONS for b in BACKGROUNDS]
+
+
+def split_descriptions(unseen_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:
+    """(seen, unseen) description keys: a seeded share of whole attribute combinations held out.
+
+    Every single colour, shape, position and background still occurs among the seen ones.
+    """
+    keys = [s.key for s in all_scenes()]
+    rng = random.Random(f"descriptions-{seed}")
+    while True:
+        unseen = set(rng.sample(keys, round(len(keys) * unseen_fraction)))
+        seen = [k for k in keys if k not in unseen]
+        if all(len({k.split("/")[i] for k in seen}) == n for i, n in enumerate((6, 4, 5, 3))):
+            return seen, [k for k in keys if k in unseen]
+
+
+def random_scenes(n: int, seed: int = 0, keys: Collection[str] | None = None) -> list[Scene]:
+    """``n`` scenes (deterministic for a seed): attributes drawn independently, or, with ``keys``,
+    descriptions drawn uniformly from those."""
     rng = random.Random(seed)
+    if keys is not None:
+        pool = [s for s in all_scenes() if s.key in set(keys)]
+        return [rng.choice(pool) for _ in range(n)]
     return [
         Scene(
             rng.choice(list(COLOURS)),
@@ -97,21 +124,41 @@ def random_scenes(n: int, seed: int = 0) -> list[Scene]:
     ]
 
 
-def make_scenes(folder: str | Path, n: int, seed: int = 0, size: int = 128) -> list[tuple[Path, str]]:
+def make_scenes(
+    folder: str | Path,
+    n: int,
+    seed: int = 0,
+    size: int = 128,
+    keys: Collection[str] | None = None,
+    captioned: Collection[str] | None = None,
+) -> list[tuple[Path, str]]:
     """Write ``scene_00001.png`` + ``scene_00001.txt`` (its caption) for ``n`` scenes; return (path, caption).
 
-    The same ``seed`` gives the same files, pixel for pixel.
+    ``keys`` limits the descriptions drawn; only scenes whose description is in ``captioned`` (default:
+    all) get the sidecar ``.txt``. The same arguments give the same files, pixel for pixel.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     jitter = random.Random(f"jitter-{seed}")
+    captioned = set(captioned) if captioned is not None else None
     out = []
-    for i, scene in enumerate(random_scenes(n, seed), start=1):
+    for i, scene in enumerate(random_scenes(n, seed, keys), start=1):
         path = folder / f"scene_{i:05d}.png"
         scene.draw(size, jitter).save(path)
-        path.with_suffix(".txt").write_text(scene.caption + "\n", encoding="utf-8")
+        if captioned is None or scene.key in captioned:
+            path.with_suffix(".txt").write_text(scene.caption + "\n", encoding="utf-8")
         out.append((path, scene.caption))
     return out
+
+
+def write_pairs(path: str | Path, scenes: Sequence[tuple[Path, str]]) -> Path:
+    """A PAIRS csv (``image``, ``caption``) for `clipdex eval`/`finetune`."""
+    path = Path(path)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image", "caption"])
+        writer.writerows((str(p), caption) for p, caption in scenes)
+    return path
 
 
 def scene_key(caption: str) -> str:

@@ -2,8 +2,10 @@
 
 The recipe follows open_clip's training code (ClipLoss/SigLipLoss with the learnable temperature,
 AdamW without decay on gains and biases, cosine schedule with warmup, accum_freq-style gradient
-accumulation) at fine-tuning defaults. Recall is measured before and after on a held-out split
-that never enters training; "after" is measured on the saved model. The result is written in
+accumulation) at fine-tuning defaults. The epoch is chosen on a validation split; recall before and
+after is reported on a separate test split (or, when none is given, on the validation split, which
+flatters "after" a little, and the result says so). Neither enters training; "after" is measured on
+the saved model. The result is written in
 open_clip's local-dir format, so plain ``open_clip`` loads it too.
 """
 
@@ -24,7 +26,7 @@ import torch
 from clipdex.errors import ClipdexError
 from clipdex.retrieval import train_utils as tu
 from clipdex.retrieval.embed import encode_image_batch, encode_texts
-from clipdex.retrieval.metrics import group_by_image, mean_recall, recall_at_k
+from clipdex.retrieval.metrics import group_pairs, mean_recall, recall_at_k
 from clipdex.retrieval.models import (
     CONFIG_NAME,
     LOCAL_DIR,
@@ -72,6 +74,11 @@ class FinetuneResult:
     train_seconds: float  # time spent in training steps only (no decoding or evaluation)
     history: list[dict[str, Any]] = field(default_factory=list)  # per epoch: loss, lr, recall, seconds
     bad_images: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of skipped images
+    test_pairs: int = 0
+    report_split: str = "val"  # the split `before`/`after` were measured on: "test" or "val"
+    empty_captions: int = 0  # pairs dropped before training for an empty caption (set by the reader)
+    reembedded: int | None = None  # items re-embedded when the result was applied to a library
+    dropped: int | None = None  # images without a file dropped then (only with drop_unembeddable)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,12 +138,12 @@ def _seed_everything(seed: int) -> None:
 
 def _recall(lm: LoadedModel, to_tensor: Callable, views: dict, pairs: Sequence[Pair]) -> dict[str, float]:
     """Recall on cached eval views: identical to encoding the decoded files with lm.preprocess."""
-    paths, texts, owner = group_by_image(pairs)
+    paths, texts, relevant = group_pairs(pairs)
     vecs = [
         encode_image_batch(lm, torch.stack([to_tensor(views[p]) for p in paths[i : i + 128]]))
         for i in range(0, len(paths), 128)
     ]
-    return recall_at_k(np.concatenate(vecs), encode_texts(lm, texts), owner)
+    return recall_at_k(np.concatenate(vecs), encode_texts(lm, texts), relevant)
 
 
 def _start_config(lm: LoadedModel) -> tuple[dict, dict]:
@@ -177,8 +184,12 @@ def finetune(
     cfg: FinetuneConfig,
     out_dir: str | Path,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    test: Sequence[Pair] | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``lm`` on ``train``, select the best epoch on ``val``, save to ``out_dir``.
+
+    ``before``/``after`` are measured on ``test`` when given (else on ``val``). An image in ``val``
+    or ``test`` never enters training, and a ``test`` image also in ``val`` is dropped from ``test``.
 
     ``progress`` is called after every epoch with that epoch's history entry. ``lm.model`` is given
     back with its starting weights; the tuned model lives only in ``out_dir``.
@@ -191,14 +202,17 @@ def finetune(
     _seed_everything(cfg.seed)
 
     to_view, to_tensor = _split_transform(lm.preprocess)
-    decoded = decode_pairs([*train, *val], prepare=to_view)
+    decoded = decode_pairs([*train, *val, *(test or [])], prepare=to_view)
     views = decoded.images
     val = [p for p in val if p.image in views]
     val_images = {p.image for p in val}
+    test = [p for p in test or [] if p.image in views and p.image not in val_images]
+    held_out = val_images | {p.image for p in test}
     # a held-out image never enters training, even when --val repeats some of the training images
-    train = [p for p in train if p.image in views and p.image not in val_images]
+    train = [p for p in train if p.image in views and p.image not in held_out]
     if not val:
         raise ClipdexError("no usable validation pairs")
+    report = test or val
     need = cfg.batch_size * cfg.accum_steps
     if len(train) < need:
         raise ClipdexError(
@@ -208,7 +222,7 @@ def finetune(
     model, device = lm.model, lm.device
     start = tu.cpu_state(model)
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
-    before = _recall(lm, to_tensor, views, val)
+    before = _recall(lm, to_tensor, views, report)
     amp_dtype, scaler = None, None
     if device.startswith("cuda"):  # mixed precision and checkpointing pay off only on a GPU
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -228,7 +242,7 @@ def finetune(
         model.eval()
 
     saved = load_model(ModelSpec(LOCAL_DIR + str(out)), device)
-    after = _recall(saved, _split_transform(saved.preprocess)[1], views, val)
+    after = _recall(saved, _split_transform(saved.preprocess)[1], views, report)
     result = FinetuneResult(
         model=LOCAL_DIR + str(out),
         before=before,
@@ -242,6 +256,8 @@ def finetune(
         train_seconds=train_seconds,
         history=history,
         bad_images=decoded.bad_images,
+        test_pairs=len(test),
+        report_split="test" if test else "val",
     )
     record = {"base_model": lm.spec.to_json(), "config": asdict(cfg), **result.to_dict()}
     (out / RECORD_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")

@@ -1,45 +1,84 @@
-"""Retrieval recall on a held-out set: text->image and image->text Recall@K."""
+"""Retrieval metrics on image–caption pairs, both directions: Recall@K, median rank, mAP.
+
+The one implementation behind `clipdex eval` and fine-tuning's held-out figures.
+
+Queries and positives. Captions are grouped by exact text and images by path, so a query is a
+unique caption (text->image) or a unique image (image->text). A query's positives are everything
+paired with it: an image with three captions has three positive texts, and a caption shared by two
+images ("a red bus") has both images as positives. Recall@K counts a hit when any positive is in the
+top K; the median rank is that of the first positive; AP averages precision at every positive.
+
+Ties are ranked pessimistically: a non-positive that scores the same as a positive (within
+``TIE_EPS``) is placed before it, so identical vectors never flatter a figure and the result does not
+depend on file order.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
 from clipdex.retrieval.pairs import Pair
 
+KS = (1, 5, 10)
 KEYS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")
+ALL_KEYS = (*KEYS, "t2i_median_rank", "i2t_median_rank", "t2i_map", "i2t_map")
+TIE_EPS = 1e-6  # scores closer than this count as tied (float32 cosines of identical vectors)
+
+
+def positive_ranks(scores: np.ndarray, positive: np.ndarray) -> list[np.ndarray]:
+    """For each query row, the 1-based ranks of its positives, best first, ties pessimistic.
+
+    ``scores`` (Q, C) and the boolean ``positive`` (Q, C). The i-th best positive's rank is i plus
+    the number of non-positives scoring at least its score (minus ``TIE_EPS``).
+    """
+    out = []
+    for row, pos in zip(scores, positive, strict=True):
+        neg = np.sort(row[~pos])
+        p = np.sort(row[pos])[::-1]
+        above = len(neg) - np.searchsorted(neg, p - TIE_EPS, side="left")
+        out.append(np.arange(1, len(p) + 1) + above)
+    return out
+
+
+def _direction(scores: np.ndarray, positive: np.ndarray, prefix: str, ks: Sequence[int]) -> dict[str, float]:
+    ranks = positive_ranks(scores, positive)
+    first = np.array([r[0] for r in ranks])
+    ap = [float(np.mean(np.arange(1, len(r) + 1) / r)) for r in ranks]
+    out = {f"{prefix}_r{k}": float(np.mean(first <= k)) for k in ks}
+    out[f"{prefix}_median_rank"] = float(np.median(first))
+    out[f"{prefix}_map"] = float(np.mean(ap))
+    return out
+
+
+def retrieval_metrics(
+    image_vecs: np.ndarray, text_vecs: np.ndarray, relevant: np.ndarray, ks: Sequence[int] = KS
+) -> dict[str, float]:
+    """Metrics for unit vectors and the boolean (texts, images) matrix of which pairs belong together.
+
+    Every text and every image needs at least one positive. Keys: ``t2i_r{k}``, ``i2t_r{k}``,
+    ``t2i_median_rank``, ``i2t_median_rank``, ``t2i_map``, ``i2t_map``.
+    """
+    relevant = np.asarray(relevant, bool)
+    if not (relevant.any(axis=0).all() and relevant.any(axis=1).all()):
+        raise ValueError("every image and every text needs at least one positive")
+    # float64 products: the same vector scores the same against every query, whatever BLAS does
+    sims = np.asarray(text_vecs, np.float64) @ np.asarray(image_vecs, np.float64).T
+    t2i = _direction(sims, relevant, "t2i", ks)
+    i2t = _direction(sims.T, relevant.T, "i2t", ks)
+    ordered = [f"t2i_r{k}" for k in ks] + [f"i2t_r{k}" for k in ks]
+    ordered += ["t2i_median_rank", "i2t_median_rank", "t2i_map", "i2t_map"]
+    both = {**t2i, **i2t}
+    return {k: both[k] for k in ordered}
 
 
 def recall_at_k(
-    image_vecs: np.ndarray,
-    text_vecs: np.ndarray,
-    text_to_image: Sequence[int],
-    ks: Sequence[int] = (1, 5, 10),
+    image_vecs: np.ndarray, text_vecs: np.ndarray, relevant: np.ndarray, ks: Sequence[int] = KS
 ) -> dict[str, float]:
-    """Recall@K both ways for unique images with one or more captions each.
-
-    Text->image: a hit when the caption's own image is in the top k. Image->text: a hit when ANY of
-    the image's captions is in the top k. Vectors are unit-length, so the dot product is the cosine.
-    A rank counts the candidates scoring strictly higher, so exact ties (two images with the same
-    caption text, say) count in the query's favour instead of depending on file order.
-    """
-    image_vecs = np.asarray(image_vecs, np.float32)
-    text_vecs = np.asarray(text_vecs, np.float32)
-    owner = np.asarray(text_to_image, np.int64)
-    sims = text_vecs @ image_vecs.T  # (T, I)
-    own = sims[np.arange(len(owner)), owner]
-    t_rank = (sims > own[:, None]).sum(axis=1)
-    best_own = np.full(len(image_vecs), -np.inf, np.float32)
-    np.maximum.at(best_own, owner, own)  # each image's best-scoring own caption
-    i_rank = (sims > best_own[None, :]).sum(axis=0)
-    out = {}
-    for k in ks:
-        out[f"t2i_r{k}"] = float(np.mean(t_rank < k))
-    for k in ks:
-        out[f"i2t_r{k}"] = float(np.mean(i_rank < k))
-    return out
+    """Only the Recall@K values of `retrieval_metrics` (the fine-tuning report)."""
+    m = retrieval_metrics(image_vecs, text_vecs, relevant, ks)
+    return {f"{d}_r{k}": m[f"{d}_r{k}"] for d in ("t2i", "i2t") for k in ks}
 
 
 def mean_recall(metrics: Mapping[str, float]) -> float:
@@ -47,24 +86,14 @@ def mean_recall(metrics: Mapping[str, float]) -> float:
     return float(np.mean([metrics[k] for k in KEYS]))
 
 
-def group_by_image(pairs: Sequence[Pair]) -> tuple[list[str], list[str], list[int]]:
-    """(unique image paths in first-seen order, captions, caption -> image index)."""
-    index: dict[str, int] = {}
-    texts, owner = [], []
-    for p in pairs:
-        owner.append(index.setdefault(p.image, len(index)))
-        texts.append(p.caption)
-    return list(index), texts, owner
-
-
-def evaluate(lm: Any, pairs: Sequence[Pair], images: Mapping[str, Any] | None = None) -> dict[str, float]:
-    """Recall of ``lm`` on ``pairs``, embedding exactly as the library does (eval preprocess).
-
-    ``images`` may hold already decoded PIL images by path; otherwise they are decoded here.
-    """
-    from clipdex.retrieval.decode import open_image
-    from clipdex.retrieval.embed import encode_images, encode_texts
-
-    paths, texts, owner = group_by_image(pairs)
-    pil = (images[p] if images is not None else open_image(p) for p in paths)
-    return recall_at_k(encode_images(lm, pil), encode_texts(lm, texts), owner)
+def group_pairs(pairs: Sequence[Pair]) -> tuple[list[str], list[str], np.ndarray]:
+    """(unique image paths, unique captions, both in first-seen order; relevance (texts, images))."""
+    images: dict[str, int] = {}
+    texts: dict[str, int] = {}
+    links = [
+        (texts.setdefault(p.caption, len(texts)), images.setdefault(p.image, len(images))) for p in pairs
+    ]
+    relevant = np.zeros((len(texts), len(images)), bool)
+    for t, i in links:
+        relevant[t, i] = True
+    return list(images), list(texts), relevant

@@ -50,6 +50,10 @@ class ModelSpec:
     def from_json(cls, text: str) -> ModelSpec:
         return cls(**json.loads(text))
 
+    def to_arg(self) -> str:
+        """The form ``--model`` accepts: ``ARCH@TAG``, ``local-dir:/abs``, ``hf-hub:ORG/REPO``."""
+        return f"{self.name}@{self.pretrained}" if self.pretrained else self.name
+
     @property
     def local_dir(self) -> Path | None:
         return Path(self.name[len(LOCAL_DIR) :]) if self.name.startswith(LOCAL_DIR) else None
@@ -62,13 +66,23 @@ def _open_clip():
 
 
 def resolve_spec(model: str | None = None, pretrained: str | None = None) -> ModelSpec:
-    """Normalise a user's ``--model``/``--pretrained`` (or ``$CLIPDEX_MODEL``) into a ModelSpec."""
+    """Normalise a user's ``--model``/``--pretrained`` (or ``$CLIPDEX_MODEL``) into a ModelSpec.
+
+    ``ARCH@TAG`` (``ViT-B-32@laion2b_s34b_b79k``) is the same as ``ARCH`` with ``--pretrained TAG``.
+    """
     if model is None:
         model = os.environ.get("CLIPDEX_MODEL") or DEFAULT_MODEL
         pretrained = pretrained or os.environ.get("CLIPDEX_PRETRAINED") or None
     model = model.strip()
     if not model:
         raise ModelError("empty model name")
+    name, at, tag = model.partition("@")
+    if at and not model.startswith((LOCAL_DIR, HF_HUB)) and os.sep not in name and not os.path.isdir(model):
+        if not tag.strip():
+            raise ModelError(f"empty pretrained tag after '@' in '{model}'")
+        if pretrained is not None and pretrained != tag.strip():
+            raise ModelError(f"--model {model} and --pretrained {pretrained} name different weights")
+        model, pretrained = name.strip(), tag.strip()
     if model.startswith(HF_HUB):
         if not model[len(HF_HUB) :].strip("/"):
             raise ModelError("empty repository after 'hf-hub:'")

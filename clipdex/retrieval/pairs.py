@@ -1,4 +1,4 @@
-"""Image–caption pairs for fine-tuning: reading, decoding with skip counting, the validation split.
+"""Image–caption pairs for fine-tuning and eval: reading, decoding with skip counting, the splits.
 
 PAIRS is a ``.csv``/``.tsv`` with a header or a ``.jsonl``, with columns ``image`` and ``caption``
 (relative image paths resolve against the PAIRS file's folder), or a folder of images with sidecar
@@ -32,6 +32,9 @@ class Pair:
     caption: str
 
 
+PairsArg = str | os.PathLike | Sequence[Pair | tuple[str, str]] | None  # a PAIRS path or the pairs
+
+
 @dataclass
 class DecodedPairs:
     """Pairs whose image decoded, the decoded (prepared) images by path, and what was skipped."""
@@ -62,6 +65,21 @@ def read_pairs(source: str | Path) -> tuple[list[Pair], int]:
             continue
         path = Path(str(image).strip()).expanduser()
         pairs.append(Pair(str(path if path.is_absolute() else (base / path).resolve()), caption))
+    return pairs, empty
+
+
+def coerce_pairs(source: PairsArg) -> tuple[list[Pair], int]:
+    """(pairs, empty captions dropped) from a PAIRS path or a sequence of (image, caption)."""
+    if isinstance(source, (str, os.PathLike)):
+        return read_pairs(source)
+    pairs, empty = [], 0
+    for item in source or []:
+        image, caption = (item.image, item.caption) if isinstance(item, Pair) else item
+        caption = (caption or "").strip()
+        if not caption:
+            empty += 1
+            continue
+        pairs.append(Pair(str(Path(image).expanduser().resolve()), caption))
     return pairs, empty
 
 
@@ -135,21 +153,32 @@ def decode_pairs(
     return DecodedPairs(kept, images, skipped, bad)
 
 
-def split_pairs(
-    pairs: Sequence[Pair], val_fraction: float = 0.1, seed: int = 0
-) -> tuple[list[Pair], list[Pair]]:
-    """Split by UNIQUE image with a seeded shuffle: an image and all its captions land on one side.
+MIN_TEST_IMAGES = 5  # a smaller test split says too little; the figures then come from validation
 
-    The result depends only on the set of images, the fraction and the seed (not on the input order).
+
+def split_pairs(
+    pairs: Sequence[Pair], val_fraction: float = 0.1, seed: int = 0, test_fraction: float = 0.0
+) -> tuple[list[Pair], list[Pair], list[Pair]]:
+    """Seeded (train, validation, test) split by UNIQUE image: an image and all its captions land on
+    one side. The result depends only on the set of images, the fractions and the seed.
+
+    The test split is empty when ``test_fraction`` is 0 or it would hold fewer than
+    ``MIN_TEST_IMAGES`` images (or leave no training image).
     """
     if not 0 < val_fraction < 1:
         raise ClipdexError(f"--val-fraction must be between 0 and 1, got {val_fraction}")
+    if not 0 <= test_fraction < 1 or val_fraction + test_fraction >= 1:
+        raise ClipdexError(f"--test-fraction must be at least 0 and leave some to train on: {test_fraction}")
     images = sorted({p.image for p in pairs})
     if len(images) < 2:
         raise ClipdexError("need at least 2 distinct images to hold some out for validation")
     random.Random(seed).shuffle(images)
     n_val = min(len(images) - 1, max(1, round(len(images) * val_fraction)))
-    val_images = set(images[:n_val])
-    train = [p for p in pairs if p.image not in val_images]
+    n_test = round(len(images) * test_fraction)
+    if n_test < MIN_TEST_IMAGES or n_val + n_test >= len(images):
+        n_test = 0
+    val_images, test_images = set(images[:n_val]), set(images[n_val : n_val + n_test])
+    train = [p for p in pairs if p.image not in val_images and p.image not in test_images]
     val = [p for p in pairs if p.image in val_images]
-    return train, val
+    test = [p for p in pairs if p.image in test_images]
+    return train, val, test

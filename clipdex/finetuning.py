@@ -1,0 +1,83 @@
+"""`Library.finetune`: pairs in, a fine-tuned model out (and, with ``apply``, the library's model).
+
+Joins the pieces the CLI used to compose itself: reading PAIRS (or the library's own captions), the
+seeded train/validation/test split, training (`clipdex.retrieval.finetune`) and applying the result.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from clipdex.errors import ClipdexError
+from clipdex.retrieval.pairs import MIN_TEST_IMAGES, PairsArg, coerce_pairs, split_pairs
+
+if TYPE_CHECKING:
+    from clipdex.library import Library
+    from clipdex.retrieval.finetune import FinetuneConfig, FinetuneResult
+
+
+def new_model_dir(parent: Path) -> Path:
+    """``finetune-YYYYmmdd-HHMMSS`` under ``parent``, with a suffix if that name is taken."""
+    base = time.strftime("finetune-%Y%m%d-%H%M%S")
+    path, n = parent / base, 1
+    while path.exists():
+        n += 1
+        path = parent / f"{base}-{n}"
+    return path
+
+
+def finetune_library(
+    lib: Library,
+    pairs: PairsArg = None,
+    *,
+    val: PairsArg = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.1,
+    config: FinetuneConfig | None = None,
+    out: str | os.PathLike | None = None,
+    apply: bool = False,
+    drop_unembeddable: bool = False,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    problem: Callable[[str, str], None] | None = None,
+    on_start: Callable[[str, int, int, int], None] | None = None,
+) -> FinetuneResult:
+    """See `Library.finetune`."""
+    from clipdex.retrieval.finetune import FinetuneConfig, finetune
+
+    cfg = config or FinetuneConfig()
+    if pairs is None:
+        train, empty = coerce_pairs(lib.caption_pairs())
+        if not train:
+            raise ClipdexError(
+                f"the library at {lib.path} has no captioned images (sidecar .txt files); give PAIRS"
+            )
+    else:
+        train, empty = coerce_pairs(pairs)
+    if val is not None:
+        held, val_empty = coerce_pairs(val)
+        empty += val_empty
+        held_images = {p.image for p in held}
+        rest = [p for p in train if p.image not in held_images]
+        # validation comes from ``val``; the test split still comes out of PAIRS
+        train, test, _ = split_pairs(rest, test_fraction, cfg.seed) if test_fraction > 0 else (rest, [], [])
+        if len({p.image for p in test}) < MIN_TEST_IMAGES:
+            train, test = rest, []
+    else:
+        train, held, test = split_pairs(train, val_fraction, cfg.seed, test_fraction)
+    lm = lib.model
+    out_dir = Path(out).expanduser() if out is not None else new_model_dir(lib.path / "models")
+    if on_start is not None:
+        on_start(str(lm.spec), len(train), len(held), len(test))
+    result = finetune(lm, train, held, cfg, out_dir, progress=progress, test=test)
+    result.empty_captions = empty
+    if problem is not None:
+        for path, reason in result.bad_images:
+            problem(path, reason)
+    if apply:
+        done = lib.use_model(result.model, problem=problem, drop_unembeddable=drop_unembeddable)
+        result.reembedded, result.dropped = done.total, done.dropped
+    return result
