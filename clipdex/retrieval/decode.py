@@ -7,11 +7,13 @@ while keeping input order. Threads suffice: Pillow's decoders and resizers relea
 
 from __future__ import annotations
 
+import io
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TYPE_CHECKING, TypeVar
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -133,7 +135,19 @@ def _reason(exc: BaseException) -> str:
     )
 
 
-def open_image(path: str | bytes | os.PathLike, draft_to: tuple[int, int] | None = None) -> Image.Image:
+def _byte_size(fh: BinaryIO) -> int:
+    try:
+        return os.fstat(fh.fileno()).st_size
+    except (AttributeError, OSError, io.UnsupportedOperation):  # an in-memory stream
+        here = fh.tell()
+        size = fh.seek(0, io.SEEK_END)
+        fh.seek(here)
+        return size
+
+
+def open_image(
+    path: str | bytes | os.PathLike | BinaryIO, draft_to: tuple[int, int] | None = None
+) -> Image.Image:
     """Fully decode ``path`` to an RGB image with its EXIF orientation applied.
 
     Alpha and palette transparency are composited over white; high-bit-depth grey is scaled to 8
@@ -145,8 +159,10 @@ def open_image(path: str | bytes | os.PathLike, draft_to: tuple[int, int] | None
     if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
         Image.MAX_IMAGE_PIXELS = limit  # only ever raised, so a benign race between threads
     try:
-        with open(path, "rb") as fh:  # our own handle: bytes paths work, and the file always closes
-            if os.fstat(fh.fileno()).st_size == 0:
+        # Our own handle: bytes paths work, and the file always closes. A binary file object (bytes
+        # fetched from a URL by `clipdex embed`) is decoded the same way.
+        with nullcontext(path) if hasattr(path, "read") else open(path, "rb") as fh:
+            if _byte_size(fh) == 0:
                 raise DecodeError("zero-byte file")
             img = Image.open(fh)
             if img.width * img.height > limit:
