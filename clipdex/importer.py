@@ -81,3 +81,19 @@ def import_embeddings(
             idx.generation = gen
         lib.indexes.save_all()
     return data.count
+
+
+def import_shard_dir(lib: Library, folder: str | os.PathLike, progress: Progress | None = None) -> int:
+    """Import a SHARD_DIR (`clipdex embed`'s output or clip-retrieval's) shard by shard.
+
+    Each shard's arrays go through ``import_embeddings`` on their own, so memory stays bounded by
+    one shard; a failing shard is undone, the shards before it stay imported.
+    """
+    from clipdex.scale import require_pyarrow
+    from clipdex.scale.shards import iter_shard_pairs
+
+    require_pyarrow()
+    return sum(
+        import_embeddings(lib, vectors, metadata, modality, progress)
+        for vectors, metadata, modality in iter_shard_pairs(folder)
+    )

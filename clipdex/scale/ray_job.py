@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 # Fault injection for the test suite: the encoder actor that manages to delete this file dies
 # (hard, mid-run) on its next batch, once for the whole job.
 FAULT_ENV = "CLIPDEX_EMBED_FAULT_FILE"
+# Logical memory reserved by a decode task: a worker with torch loaded, a decoded photo, a batch.
+DECODE_MEMORY = 2**30
 
 
 def decode_batch(batch: dict[str, np.ndarray], preprocess: Any, draft_to: Any, shape: tuple) -> dict:
@@ -99,7 +101,7 @@ def _collect(job: EmbedJob, builder: Any, batch: dict, i: int, pos: int) -> None
     if batch["ok"][i]:
         loaded = Loaded(
             None, int(batch["size"][i]), float(batch["mtime"][i]), int(batch["width"][i]),
-            int(batch["height"][i]), batch["caption"][i],
+            int(batch["height"][i]), caption if isinstance(caption := batch["caption"][i], str) else None,
         )  # fmt: skip
         builder.put(pos, batch["vector"][i], loaded)
     else:
@@ -157,14 +159,15 @@ def run_ray(job: EmbedJob, todo: list[Shard], lm: LoadedModel, address: str, act
         h, w = lm.image_size
         ds = ray.data.from_items(rows, override_num_blocks=blocks)
         ds = ds.map_batches(
-            decode_batch, batch_size=job.batch_size, batch_format="numpy", num_cpus=1, max_retries=3,
+            decode_batch, batch_size=job.batch_size, batch_format="numpy", num_cpus=1, memory=DECODE_MEMORY,
             fn_kwargs={"preprocess": lm.preprocess, "draft_to": lm.image_size, "shape": (3, h, w)},
         )  # fmt: skip
-        # Explicit restarts/retries: a dead actor comes back and its batch is redone (and, the
-        # remote args differing, Ray keeps decoding in its own tasks instead of fusing it in here).
+        # Ray Data restarts a dead actor and redoes its batch (max_restarts / max_task_retries
+        # default to -1 for actor pools); the decode tasks' memory reservation differing from the
+        # actors', Ray keeps decoding in its own tasks instead of fusing it into the actors.
         ds = ds.map_batches(
             Encoder, batch_size=job.batch_size, batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=size), max_restarts=-1, max_task_retries=-1,
+            compute=ray.data.ActorPoolStrategy(size=size),
             fn_constructor_kwargs={"spec_json": lm.spec.to_json(), "device": device}, **actor_args,
         )  # fmt: skip
         job.log(f"ray: {size} encoder actor{'s' if size != 1 else ''} on {device}")

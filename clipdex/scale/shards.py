@@ -189,3 +189,13 @@ def iter_shard_pairs(root: str | os.PathLike) -> Iterator[tuple[Path, Path, str]
         yield shard.image_vectors, shard.metadata, "image"
         if shard.text_vectors is not None:
             yield shard.text_vectors, shard.metadata, "text"
+
+
+def manifest_model(root: str | os.PathLike) -> tuple[str, str | None] | None:
+    """(model, pretrained) recorded by `clipdex embed` in a SHARD_DIR, or None (e.g. clip-retrieval's)."""
+    path = Path(root) / MANIFEST
+    if not path.is_file():
+        return None
+    manifest = ShardDir(root).read_manifest()
+    model = manifest.get("model") if manifest else None
+    return (model["name"], model.get("pretrained")) if isinstance(model, dict) and model.get("name") else None
