@@ -231,7 +231,7 @@ class EmbedJob:
             batch.clear()
 
         def flush_complete() -> None:
-            for index in [i for i, b in builders.items() if b.complete]:
+            for index in sorted(i for i, b in builders.items() if b.complete):
                 self.finish_shard(builders.pop(index))
 
         decode = lambda item: load_entry(item[2], lm.preprocess, draft_to)  # noqa: E731
@@ -240,9 +240,10 @@ class EmbedJob:
             decode, items, workers, ahead=self.batch_size * 2
         ):
             done += 1
+            b = builder(index)  # made in listing order, so shards are written in order
             if isinstance(result, BaseException):
                 reason = str(result) or type(result).__name__
-                builder(index).fail(pos, reason)
+                b.fail(pos, reason)
                 self.report_failure(entry, reason)
             else:
                 batch.append((index, pos, result))

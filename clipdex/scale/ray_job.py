@@ -155,7 +155,7 @@ def run_ray(job: EmbedJob, todo: list[Shard], lm: LoadedModel, address: str, act
             {"shard": s.index, "pos": pos, "key": e.key, "sidecar": e.sidecar or "", "probe": e.probe}
             for s in todo for pos, e in enumerate(s.entries)
         ]  # fmt: skip
-        blocks = max(1, -(-len(rows) // (job.batch_size * 4)))
+        blocks = max(1, min(-(-len(rows) // job.batch_size), 10_000))  # a batch a block, for small jobs
         h, w = lm.image_size
         ds = ray.data.from_items(rows, override_num_blocks=blocks)
         ds = ds.map_batches(
