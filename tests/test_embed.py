@@ -83,7 +83,7 @@ def test_list_files_and_single_images_give_the_folder_scans_vectors(tmp_path, ph
 
 
 def test_fsspec_urls(tmp_path, photos, tiny_model_dir, monkeypatch):
-    fsspec = pytest.importorskip("fsspec")
+    import fsspec
     ok("embed", photos, "--out", tmp_path / "ref", "--model", tiny_model_dir)
     ref_rows, ref_vecs, _ = read_shards(tmp_path / "ref")
     fs = fsspec.filesystem("memory")

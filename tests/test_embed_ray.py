@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 from corehelp import ok
@@ -19,7 +18,7 @@ pytestmark = pytest.mark.ray
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    ray = pytest.importorskip("ray")
+    import ray
     from clipdex.scale.ray_job import FAULT_ENV
 
     token = tmp_path_factory.mktemp("fault") / "kill-one-encoder"
@@ -57,8 +56,8 @@ def test_ray_embed_equals_index_and_resumes_an_in_process_job(
     f32 = capture_float32(monkeypatch)
     r = ok("embed", photos, "--out", out, "--model", tiny_model_dir, "--shard-size", "4", "--batch-size", "2",
            "--ray", "--actors", "2", "--json")  # fmt: skip
-    assert json.loads(r.stdout) == {"files": 11, "embedded": 10, "failed": 1, "shards": 3, "shards_written": 2,
-                                    "shards_skipped": 1}  # fmt: skip
+    want = {"files": 11, "embedded": 10, "failed": 1, "shards": 3, "shards_written": 2, "shards_skipped": 1}
+    assert json.loads(r.stdout) == want
     assert "2 encoder actors" in r.stderr
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.rglob("*_00000.*")} == first
     written = {k: v for k, v in ref.items() if k in f32}  # the shards Ray wrote
@@ -96,4 +95,3 @@ def test_a_killed_actor_loses_and_duplicates_nothing(ray_cluster, tmp_path, tiny
     want = encode_images(lm, [Image.open(p).convert("RGB") for p in paths])
     for p, w in zip(paths, want):
         assert np.abs(f32[str(p)] - w).max() <= 1e-5, p
-    assert isinstance(Path, type)

@@ -83,6 +83,6 @@ def test_clip_retrieval_folder_with_text_embeddings(tmp_path, tiny_model_dir):
     finally:
         store.close()
     (out / "metadata" / "metadata_1.parquet").unlink()
-    assert_one_error_line(run("--library", tmp_path / "l2", "import-embeddings", out, "--model", tiny_model_dir),
-                          "metadata_1.parquet")  # fmt: skip
+    r = run("--library", tmp_path / "l2", "import-embeddings", out, "--model", tiny_model_dir)
+    assert_one_error_line(r, "metadata_1.parquet")
     assert run("--library", lib, "import-embeddings", out, out / "img_emb" / "img_emb_0.npy").exit_code == 2
