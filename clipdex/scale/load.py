@@ -63,8 +63,6 @@ def _read(key: str) -> tuple[bytes, int, float]:
             return data, int(info.get("size") or len(data)), _url_mtime(info)
         with open(os.fsencode(key), "rb") as f:
             st = os.fstat(f.fileno())
-            if not os.path.isfile(os.fsencode(key)):
-                raise IsADirectoryError
             return f.read(), st.st_size, st.st_mtime_ns / 1e9
     except FileNotFoundError as e:
         raise LoadError("file not found") from e

@@ -96,6 +96,20 @@ def _maybe_die(calls: int) -> None:
         os._exit(1)
 
 
+def _listing(todo: list[Shard]) -> Any:
+    """The files to embed as one columnar table (compact in the driver, even for millions)."""
+    import pyarrow as pa
+
+    entries = [(s.index, pos, e) for s in todo for pos, e in enumerate(s.entries)]
+    return pa.table({
+        "shard": pa.array([i for i, _, _ in entries], pa.int32()),
+        "pos": pa.array([p for _, p, _ in entries], pa.int32()),
+        "key": pa.array([e.key for _, _, e in entries], pa.string()),
+        "sidecar": pa.array([e.sidecar or "" for _, _, e in entries], pa.string()),
+        "probe": pa.array([e.probe for _, _, e in entries], pa.bool_()),
+    })  # fmt: skip
+
+
 def _collect(job: EmbedJob, builder: Any, batch: dict, i: int, pos: int) -> None:
     """Row ``i`` of an encoded batch into its shard's builder (a vector and metadata, or a failure)."""
     if batch["ok"][i]:
@@ -151,13 +165,11 @@ def run_ray(job: EmbedJob, todo: list[Shard], lm: LoadedModel, address: str, act
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
-        rows = [
-            {"shard": s.index, "pos": pos, "key": e.key, "sidecar": e.sidecar or "", "probe": e.probe}
-            for s in todo for pos, e in enumerate(s.entries)
-        ]  # fmt: skip
-        blocks = max(1, min(-(-len(rows) // job.batch_size), 10_000))  # a batch a block, for small jobs
+        listing = _listing(todo)
+        total = listing.num_rows
+        step = max(job.batch_size, -(-total // 10_000))  # a batch a block for small jobs, ≤ 10k blocks
         h, w = lm.image_size
-        ds = ray.data.from_items(rows, override_num_blocks=blocks)
+        ds = ray.data.from_arrow([listing.slice(i, step) for i in range(0, total, step)])
         ds = ds.map_batches(
             decode_batch, batch_size=job.batch_size, batch_format="numpy", num_cpus=1, memory=DECODE_MEMORY,
             fn_kwargs={"preprocess": lm.preprocess, "draft_to": lm.image_size, "shape": (3, h, w)},
@@ -174,7 +186,7 @@ def run_ray(job: EmbedJob, todo: list[Shard], lm: LoadedModel, address: str, act
         shards = {s.index: s for s in todo}
         builders: dict[int, ShardBuilder] = {}
         written: set[int] = set()
-        total, done = len(rows), 0
+        done = 0
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for i in range(len(batch["pos"])):
                 index, pos = int(batch["shard"][i]), int(batch["pos"][i])
