@@ -120,7 +120,7 @@ def main() -> None:
         (root / f"block_{i:05d}.index").unlink()
 
     rss0 = rss_bytes()
-    index = faiss.read_index(str(root / "populated.index"), faiss.IO_FLAG_MMAP)
+    index = faiss.read_index(str(root / "populated.index"))  # its inverted lists: mmap of .ivfdata
     index.nprobe = args.nprobe
     ram = rss_bytes() - rss0
     shards = [np.load(f, mmap_mode="r") for f in files]
