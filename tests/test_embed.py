@@ -84,6 +84,7 @@ def test_list_files_and_single_images_give_the_folder_scans_vectors(tmp_path, ph
 
 def test_fsspec_urls(tmp_path, photos, tiny_model_dir, monkeypatch):
     import fsspec
+
     ok("embed", photos, "--out", tmp_path / "ref", "--model", tiny_model_dir)
     ref_rows, ref_vecs, _ = read_shards(tmp_path / "ref")
     fs = fsspec.filesystem("memory")
@@ -135,16 +136,26 @@ def test_resume_writes_only_the_missing_shards(tmp_path, tiny_model_dir):
                   on_shard=stop_after_two)  # fmt: skip
     before = _shard_files(out)
     assert len([k for k in before if k.startswith("metadata")]) == 2
+    leftover = out / "img_emb" / ".img_emb_00002.npy.x1y2.tmp"  # a write cut short by a crash
+    leftover.write_bytes(b"partial")
     r = ok("embed", folder, "--out", out, "--model", tiny_model_dir, "--shard-size", "3", "--json")
     assert json.loads(r.stdout) == {"files": 10, "embedded": 10, "failed": 0, "shards": 4,
                                          "shards_written": 2, "shards_skipped": 2}  # fmt: skip
     after = _shard_files(out)
     assert {k: after[k] for k in before} == before  # finished shards untouched (same inode, mtime)
+    assert not leftover.exists()
     assert len(after) == 12
     rows, vecs, _ = read_shards(out)
     ref_rows, ref_vecs, _ = read_shards(tmp_path / "ref")
     assert rows == ref_rows
     assert_f16_close(vecs, ref_vecs)
+    # A shard cut between its renames (vectors there, metadata not) is redone, alone.
+    kept = {k: v for k, v in after.items() if "00001" not in k}
+    (out / "metadata" / "metadata_00001.parquet").unlink()
+    r = ok("embed", folder, "--out", out, "--model", tiny_model_dir, "--shard-size", "3", "--json")
+    assert (json.loads(r.stdout)["shards_written"], json.loads(r.stdout)["embedded"]) == (1, 10)
+    after = _shard_files(out)
+    assert {k: v for k, v in after.items() if "00001" not in k} == kept
     # A new file sorting last changes only the last shard's inputs: only that shard is rewritten.
     make_images(folder, ["z.png"], seed=5)
     r = ok("embed", folder, "--out", out, "--model", tiny_model_dir, "--shard-size", "3", "--json")

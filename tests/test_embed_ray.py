@@ -19,6 +19,7 @@ pytestmark = pytest.mark.ray
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
     import ray
+
     from clipdex.scale.ray_job import FAULT_ENV
 
     token = tmp_path_factory.mktemp("fault") / "kill-one-encoder"

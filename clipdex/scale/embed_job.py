@@ -110,7 +110,6 @@ class EmbedJob:
         *,
         shard_size: int = 100_000,
         batch_size: int = 32,
-        device: str = "auto",
         workers: int | None = None,
         problem: Problem | None = None,
         progress: Progress | None = None,
@@ -120,11 +119,13 @@ class EmbedJob:
         if shard_size < 1 or batch_size < 1:
             raise ValueError("shard_size and batch_size must be at least 1")
         self.sources, self.out, self.spec = list(sources), ShardDir(out), spec
-        self.shard_size, self.batch_size, self.device, self.workers = shard_size, batch_size, device, workers
+        self.shard_size, self.batch_size, self.workers = shard_size, batch_size, workers
         self.problem = problem or (lambda path, reason: None)
         self.progress, self.log = progress, log or (lambda msg: None)
         self.on_shard = on_shard  # called after each shard is written (tests interrupt here)
         self.stats = EmbedStats()
+        self.shards: list[Shard] = []
+        self.dim: int | None = None  # known before loading the model when resuming
         self._counts: dict[int, tuple[int, int]] = {}
 
     # ---- planning and resuming ------------------------------------------------------------
@@ -161,7 +162,9 @@ class EmbedJob:
             s.index for s in self.shards
             if s.index in old and old[s.index].get("digest") == s.digest and self.out.is_done(s.index)
         }  # fmt: skip
-        # Before the new plan is recorded: files of a shard that is not finished under it go.
+        # Before the new plan is recorded: files of a shard that is not finished under it go, and
+        # the temporary files of writes a crash cut short.
+        self.out.remove_temporaries()
         for index in self.out.shard_indexes():
             if index not in done:
                 self.out.remove_shard(index)
@@ -293,11 +296,11 @@ def run_embed(
 
         require_ray()
     job = EmbedJob(
-        sources, out, spec, shard_size=shard_size, batch_size=batch_size, device=device, workers=workers,
+        sources, out, spec, shard_size=shard_size, batch_size=batch_size, workers=workers,
         problem=problem, progress=progress, log=log, on_shard=on_shard,
     )  # fmt: skip
     todo = job.prepare()
-    dim = getattr(job, "dim", None)
+    dim = job.dim
     if todo or dim is None:
         # The driver's model gives the dimension and the preprocess; Ray's actors load their own.
         lm = load_model(spec, "cpu" if ray is not None else device)

@@ -115,6 +115,11 @@ class ShardDir:
         for p in self.files(index):
             p.unlink(missing_ok=True)
 
+    def remove_temporaries(self) -> None:
+        for sub in ("img_emb", "metadata", "failed"):
+            for p in (self.root / sub).glob(".*.tmp"):
+                p.unlink(missing_ok=True)
+
     def shard_indexes(self) -> list[int]:
         """Indexes of every shard file present (any of the three)."""
         found = set()
