@@ -87,3 +87,25 @@ def import_embeddings(
             idx.generation = gen
         lib.indexes.save_all()
     return counts
+
+
+def import_shard_dir(
+    lib: Library, folder: str | os.PathLike, progress: Progress | None = None
+) -> ImportCounts:
+    """Import a SHARD_DIR (`clipdex embed`'s output or clip-retrieval's) shard by shard.
+
+    Each shard's arrays go through ``import_embeddings`` on their own, so memory stays bounded by
+    one shard; a failing shard is undone, the shards before it stay imported.
+    """
+    from clipdex.scale import require_pyarrow
+    from clipdex.scale.shards import iter_shard_pairs
+
+    require_pyarrow()
+    total = ImportCounts()
+    for vectors, metadata, modality in iter_shard_pairs(folder):
+        counts = import_embeddings(lib, vectors, metadata, modality, progress)
+        total.imported += counts.imported
+        total.updated += counts.updated
+        total.unchanged += counts.unchanged
+        total.missing_files += counts.missing_files
+    return total

@@ -232,17 +232,22 @@ class Library:
     def import_embeddings(
         self,
         vectors_path: str | os.PathLike,
-        metadata_path: str | os.PathLike,
+        metadata_path: str | os.PathLike | None = None,
         modality: str | None = None,
         progress: Progress | None = None,
     ) -> ImportCounts:
-        """Store vectors computed elsewhere (``.npy`` + metadata); see `clipdex.importer`.
+        """Store vectors computed elsewhere (``.npy`` + metadata, or a SHARD_DIR when ``metadata_path``
+        is None: `clipdex embed`'s or clip-retrieval's output folder); see `clipdex.importer`.
 
         Idempotent: an image row is keyed by its path, a text row by its exact content; a re-run
         adds nothing, a changed vector for a known key updates that item (same id).
         """
-        from clipdex.importer import import_embeddings
+        from clipdex.importer import import_embeddings, import_shard_dir
 
+        if metadata_path is None:
+            if modality is not None:
+                raise ValueError("a shard folder says its modalities itself: no modality= with it")
+            return import_shard_dir(self, vectors_path, progress)
         return import_embeddings(self, vectors_path, metadata_path, modality, progress)
 
     def reembed(

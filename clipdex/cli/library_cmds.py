@@ -201,8 +201,8 @@ def add_texts(state, file, column, model, pretrained, device, as_json, quiet):
 
 
 @click.command("import-embeddings")
-@click.argument("vectors", type=click.Path(exists=True, dir_okay=False))
-@click.argument("metadata", type=click.Path(exists=True, dir_okay=False))
+@click.argument("vectors", type=click.Path(exists=True))
+@click.argument("metadata", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option(
     "--modality", type=click.Choice(["image", "text"]), default=None,
     help="What the rows are (default: image if METADATA has a path column, else text).",
@@ -212,7 +212,7 @@ def add_texts(state, file, column, model, pretrained, device, as_json, quiet):
 @quiet_option
 @pass_state
 def import_embeddings(state, vectors, metadata, modality, model, pretrained, device, as_json, quiet):
-    """Import embeddings computed elsewhere: VECTORS.npy (N, D) with METADATA (N rows).
+    """Import embeddings computed elsewhere: VECTORS.npy (N, D) with METADATA (N rows), or a SHARD_DIR.
 
     METADATA is a .csv, .jsonl or .parquet file with a `path` (or `image_path`) column for images
     or a `text` (or `caption`) column for texts; row i describes vector i. Vectors are
@@ -220,12 +220,28 @@ def import_embeddings(state, vectors, metadata, modality, model, pretrained, dev
     Relative image paths resolve against METADATA's folder; `index` never removes imported items.
     Re-running is safe: a known path (or text) is unchanged, or updated when its vector differs.
 
+    A SHARD_DIR (the output of `clipdex embed`, or of clip-retrieval) is imported shard by shard:
+    img_emb/*.npy with metadata/*.parquet, and text_emb/*.npy when present. A new library takes
+    the model recorded in the folder's manifest.json unless --model is given.
+
     \b
     Examples:
       clipdex import-embeddings img_emb/img_emb_0.npy metadata/metadata_0.parquet
       clipdex import-embeddings vecs.npy paths.csv --model ViT-B-32 --json
       clipdex import-embeddings text_vecs.npy captions.jsonl --modality text
+      clipdex import-embeddings embeddings/            # a SHARD_DIR
     """
+    import os
+
+    shard_dir = os.path.isdir(vectors)
+    if shard_dir and (metadata is not None or modality is not None):
+        raise click.UsageError("a SHARD_DIR takes no METADATA and no --modality")
+    if not shard_dir and metadata is None:
+        raise click.UsageError("give METADATA with VECTORS.npy (or a SHARD_DIR alone)")
+    if shard_dir and model is None and pretrained is None:
+        from clipdex.scale.shards import manifest_model
+
+        model, pretrained = manifest_model(vectors) or (None, None)
     lib = state.open(create=True, model=model, pretrained=pretrained, device=device)
     with lib, progress_bar("importing", quiet) as bar:
         c = lib.import_embeddings(vectors, metadata, modality=modality, progress=bar)

@@ -7,13 +7,15 @@ while keeping input order. Threads suffice: Pillow's decoders and resizers relea
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -135,6 +137,26 @@ def _reason(exc: BaseException) -> str:
     )
 
 
+def _open_regular(path: str | bytes | os.PathLike) -> BinaryIO:
+    """Open a regular file without blocking (a FIFO must not wait for a writer); refuse anything else."""
+    fh = os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb")
+    mode = os.fstat(fh.fileno()).st_mode
+    if not stat.S_ISREG(mode):
+        fh.close()
+        raise DecodeError("is a directory" if stat.S_ISDIR(mode) else "not a regular file")
+    return fh
+
+
+def _byte_size(fh: BinaryIO) -> int:
+    try:
+        return os.fstat(fh.fileno()).st_size
+    except (AttributeError, OSError, io.UnsupportedOperation):  # an in-memory stream
+        here = fh.tell()
+        size = fh.seek(0, io.SEEK_END)
+        fh.seek(here)
+        return size
+
+
 # (taken_at, width, height): EXIF DateTimeOriginal as unix seconds (None without one) and the full
 # image size after EXIF rotation (not the draft-decoded size).
 PhotoInfo = tuple[float | None, int, int]
@@ -177,7 +199,7 @@ def image_size(path: str | bytes | os.PathLike) -> tuple[int, int] | None:
 
 
 def open_image(
-    path: str | bytes | os.PathLike,
+    path: str | bytes | os.PathLike | BinaryIO,
     draft_to: tuple[int, int] | None = None,
     on_info: Callable[[PhotoInfo], None] | None = None,
 ) -> Image.Image:
@@ -194,12 +216,10 @@ def open_image(
         Image.MAX_IMAGE_PIXELS = limit  # only ever raised, so a benign race between threads
     try:
         # Our own handle: bytes paths work and the file always closes. O_NONBLOCK: opening a FIFO
-        # must not wait for a writer; anything but a regular file is refused before a read.
-        with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise DecodeError("is a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file")
-            if st.st_size == 0:
+        # must not wait for a writer; anything but a regular file is refused before a read. A binary
+        # file object (bytes fetched from a URL by `clipdex embed`) is decoded the same way.
+        with nullcontext(path) if hasattr(path, "read") else _open_regular(path) as fh:
+            if _byte_size(fh) == 0:
                 raise DecodeError("zero-byte file")
             img = Image.open(fh)
             if img.width * img.height > limit:
