@@ -71,9 +71,9 @@ def cli(ctx: click.Context, library: str | None, debug: bool) -> None:
 
 
 def _register() -> None:
-    from clipdex.cli import finetune, library_cmds, model_cmds
+    from clipdex.cli import finetune, library_cmds, model_cmds, serve, similar
 
-    for module in (library_cmds, model_cmds, finetune):
+    for module in (library_cmds, model_cmds, finetune, similar, serve):
         for command in module.COMMANDS:
             cli.add_command(command)
 
