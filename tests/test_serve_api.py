@@ -5,20 +5,15 @@ from __future__ import annotations
 import io
 import json
 import os
-import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+from corehelp import blocks_image, brute_force, make_images, ok, stored
+from fastapi.testclient import TestClient
 from PIL import Image
 
-from corehelp import blocks_image, brute_force, make_images, ok, run, stored
-
-fastapi = pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
-
-from clipdex.library import Library  # noqa: E402
-from clipdex.serve.app import create_app  # noqa: E402
+from clipdex.library import Library
+from clipdex.serve.app import create_app
 
 BASE = "http://127.0.0.1:8765"
 
@@ -193,7 +188,12 @@ def test_info_equals_cli_info_json(client, library):
         ("post", "/api/search", {"files": {"image": ("x.png", b"not an image at all")}}, 400),
         ("post", "/api/search", {"files": {"image": ("x.png", b"")}}, 400),
         ("post", "/api/search", {"files": {"image": ("x.png", b"\x89PNG")}, "data": {"k": "0"}}, 400),
-        ("post", "/api/search", {"content": b"garbage", "headers": {"content-type": "multipart/form-data"}}, 400),
+        (
+            "post",
+            "/api/search",
+            {"content": b"garbage", "headers": {"content-type": "multipart/form-data"}},
+            400,
+        ),
         ("post", "/api/login", {"json": {}}, 400),
         ("get", "/nope", {}, 404),
     ],

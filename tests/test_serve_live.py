@@ -13,14 +13,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-
 from corehelp import make_images, ok
+from fastapi.testclient import TestClient
 
-pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
-
-from clipdex.library import Library  # noqa: E402
-from clipdex.serve.app import create_app  # noqa: E402
+from clipdex.library import Library
+from clipdex.serve.app import create_app
 
 
 def clipdex_process(*args: object) -> None:
@@ -216,7 +213,9 @@ def test_the_token_prompt_in_a_real_browser(tmp_path, tiny_model_dir):
                 "[...document.querySelectorAll('#grid img')].filter(i => i.naturalWidth > 0).length == 2"
             )
             cookies = {c["name"]: c for c in page.context.cookies()}
-            assert cookies["clipdex_session"]["httpOnly"] and cookies["clipdex_session"]["sameSite"] == "Strict"
+            assert (
+                cookies["clipdex_session"]["httpOnly"] and cookies["clipdex_session"]["sameSite"] == "Strict"
+            )
             assert page.evaluate("document.cookie") == ""  # not readable by scripts
             browser.close()
     lib.close()

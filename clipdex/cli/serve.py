@@ -12,7 +12,9 @@ from clipdex.cli.common import info, pass_state
 
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
-@click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="0: any free port.")
+@click.option(
+    "--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="0: any free port."
+)
 @click.option("--open", "open_browser", is_flag=True, help="Open the page in the default browser.")
 @click.option("--token", default=None, help="Require this token on /api (default: $CLIPDEX_TOKEN).")
 @click.option("--allow-host", multiple=True, metavar="NAME",
@@ -72,6 +74,7 @@ def _url(host: str, port: int) -> str:
 
 
 def _run(lib, sock, url, *, token, host, allow_host, max_upload_mb, open_browser) -> None:
+    import copy
     import threading
     import webbrowser
 
@@ -80,12 +83,17 @@ def _run(lib, sock, url, *, token, host, allow_host, max_upload_mb, open_browser
     from clipdex.serve.app import create_app
 
     app = create_app(lib, token=token, bind_host=host, allow_hosts=allow_host, max_upload_mb=max_upload_mb)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=3))
+    logging = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    logging["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for the URL only
+    config = uvicorn.Config(app, log_level="info", log_config=logging, timeout_graceful_shutdown=3)
+    server = uvicorn.Server(config)
     click.echo(f"clipdex: serving {lib.path} at {url}  (Ctrl-C stops)")
     if open_browser:
         threading.Timer(0.5, webbrowser.open, args=(url,)).start()
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, after a clean shutdown
+        pass
     finally:
         sock.close()
 

@@ -9,7 +9,9 @@ from clipdex.cli.common import emit_json, pass_state
 
 @click.command()
 @click.argument("item", metavar="PATH_OR_ID")
-@click.option("-k", "k", default=10, show_default=True, type=int, help="Number of results (the item included).")
+@click.option(
+    "-k", "k", default=10, show_default=True, type=int, help="Number of results (the item included)."
+)
 @click.option("--json", "as_json", is_flag=True, help="JSON Lines, one result per line (as `search --json`).")
 @click.option("--paths", is_flag=True, help="Print bare absolute image paths, one per line.")
 @click.option("-0", "null", is_flag=True, help="Like --paths, separated by NUL.")

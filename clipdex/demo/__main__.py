@@ -54,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="demo-output", help="Working folder (recreated).")
     parser.add_argument("--scenes", type=int, default=1200, help="Number of generated scenes.")
     parser.add_argument("--epochs", type=int, default=30, help="Fine-tuning epochs.")
+    parser.add_argument(
+        "--serve", action="store_true", help="End by serving the demo library (clipdex serve)."
+    )
+    parser.add_argument("--port", type=int, default=8765, help="Port for --serve.")
     args = parser.parse_args(argv)
 
     from clipdex.demo.scenes import make_scenes
@@ -90,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n# Image -> text: which captions describe {queries[2][0].name} ({queries[2][1]!r})?")
     clipdex("--library", lib, "search", "--image", str(queries[2][0]), "--target", "texts", "-k", "3")
     print(f"\nDemo finished in {time.monotonic() - started:.0f} s. Library: {lib}")
+    if args.serve:
+        print("\n# Search it in your browser (Ctrl-C stops):")
+        clipdex("--library", lib, "serve", "--port", str(args.port))
     return 0
 
 

@@ -231,7 +231,9 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
     )
-    app.add_middleware(Guard, hosts=HostPolicy(bind_host, allow_hosts), auth=auth, max_upload_bytes=max_upload)
+    app.add_middleware(
+        Guard, hosts=HostPolicy(bind_host, allow_hosts), auth=auth, max_upload_bytes=max_upload
+    )
     app.state.served = served
 
     @app.exception_handler(HTTPException)

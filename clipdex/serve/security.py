@@ -78,7 +78,9 @@ class TokenAuth:
     def __init__(self, token: str | None):
         self.token = token or None
         self.session = (
-            hmac.new(self.token.encode(), b"clipdex-session", hashlib.sha256).hexdigest() if self.token else ""
+            hmac.new(self.token.encode(), b"clipdex-session", hashlib.sha256).hexdigest()
+            if self.token
+            else ""
         )
 
     def token_ok(self, given: str) -> bool:
