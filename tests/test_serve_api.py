@@ -326,4 +326,7 @@ def test_empty_library_answers_empty_results(tmp_path, tiny_model_dir):
     with TestClient(create_app(lib, thumbnails=tmp_path / "t"), base_url=BASE) as c:
         body = c.get("/api/search", params={"q": "anything"}).json()
         assert body["results"] == [] and body["total"] == 0
+        upload = c.post("/api/search", files={"image": ("q.png", png_bytes(3))}).json()
+        assert upload["results"] == [] and upload["total"] == 0
+        assert c.post("/api/search", files={"image": ("q.png", b"nope")}).status_code == 400
     lib.close()

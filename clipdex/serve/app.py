@@ -94,16 +94,18 @@ class Served:
         from clipdex.retrieval.decode import open_image
         from clipdex.retrieval.embed import encode_image_batch
 
+        kind = self._kind(target)
+        try:
+            img = open_image(file)  # the indexing decoder: same pixel/bomb limits
+        except DecodeError as e:
+            raise fail(400, f"cannot read the uploaded image: {e}") from e
+
         def encode():
-            try:
-                img = open_image(file)  # the indexing decoder: same pixel/bomb limits
-            except DecodeError as e:
-                raise fail(400, f"cannot read the uploaded image: {e}") from e
             with self.model_lock:
                 lm = self.lib.model
                 return encode_image_batch(lm, lm.preprocess(img)[None])[0]
 
-        return self._page(self._kind(target), k, offset, encode)
+        return self._page(kind, k, offset, encode)
 
     def similar(self, item_id: int, k: int) -> dict:
         started = time.perf_counter()

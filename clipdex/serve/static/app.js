@@ -92,6 +92,8 @@ function showQuery() {
   const image = query && query.kind === "image";
   const similar = query && query.kind === "similar";
   els.queryView.hidden = !(image || similar);
+  els.queryImg.hidden = false;
+  els.queryImg.onerror = () => { els.queryImg.hidden = true; }; // e.g. "similar" of a text item
   if (image) {
     els.queryImg.src = URL.createObjectURL(query.file);
     els.queryLabel.textContent = `Images like ${query.file.name || "the pasted image"}`;
