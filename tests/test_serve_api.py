@@ -271,7 +271,7 @@ def test_token_bearer_and_login_cookie(library, tmp_path):
         assert c.get("/").status_code == 200  # the page loads, then asks for the token
         assert c.get("/static/app.js").status_code == 200
         assert c.post("/api/login", json={"token": "wrong"}).status_code == 401
-        assert c.get("/api/info", cookies={"clipdex_session": "forged"}).status_code == 401
+        assert c.get("/api/info", headers={"Cookie": "clipdex_session=forged"}).status_code == 401
         r = c.post("/api/login", json={"token": "s3cret"})
         assert r.status_code == 200
         cookie = r.headers["set-cookie"].lower()
@@ -330,3 +330,20 @@ def test_empty_library_answers_empty_results(tmp_path, tiny_model_dir):
         assert upload["results"] == [] and upload["total"] == 0
         assert c.post("/api/search", files={"image": ("q.png", b"nope")}).status_code == 400
     lib.close()
+
+
+def test_concurrent_text_queries_get_the_same_answers(client):
+    """Concurrent queries share forward passes (serve.batching); each gets its own right answer."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    queries = [f"query {i} " + "word " * i for i in range(8)]
+
+    def ask(q):
+        return client.get("/api/search", params={"q": q, "k": 7}).json()["results"]
+
+    alone = [ask(q) for q in queries]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(ask, queries))
+    for a, b in zip(alone, together):
+        assert [r["id"] for r in a] == [r["id"] for r in b]
+        assert [r["score"] for r in a] == pytest.approx([r["score"] for r in b], abs=1e-5)

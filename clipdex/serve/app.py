@@ -2,7 +2,8 @@
 
 One Library stays open with its model and indexes loaded. Store reads and index searches run under
 one lock (they share a SQLite connection); the model's forward pass runs under its own lock, so
-thumbnails, item details and "similar" are served while a query is being encoded. Blocking work runs
+thumbnails, item details and "similar" are served while a query is being encoded, and text
+queries that arrive meanwhile are encoded together in the next pass (serve.batching). Blocking work runs
 in the threadpool. Each request first calls ``Library.refresh`` so other processes' writes appear.
 """
 
@@ -27,6 +28,7 @@ from starlette.exceptions import HTTPException
 from clipdex.errors import ClipdexError
 from clipdex.index.scan import display_path
 from clipdex.library import Library
+from clipdex.serve.batching import TextBatcher
 from clipdex.serve.security import COOKIE, Guard, HostPolicy, TokenAuth, UploadTooLarge
 from clipdex.serve.thumbs import DecodeError, ThumbCache, cache_folder
 
@@ -51,6 +53,12 @@ class Served:
         self.thumbs = thumbs
         self.store_lock = threading.RLock()
         self.model_lock = threading.Lock()
+        self.texts = TextBatcher(self._encode_texts, self.model_lock)
+
+    def _encode_texts(self, texts):
+        from clipdex.retrieval.embed import encode_texts
+
+        return encode_texts(self.lib.model, texts)
 
     # ---- queries --------------------------------------------------------------------------
     def _kind(self, target: str) -> str:
@@ -82,13 +90,7 @@ class Served:
         }
 
     def text_search(self, q: str, k: int, offset: int, target: str) -> dict:
-        from clipdex.retrieval.embed import encode_texts
-
-        def encode():
-            with self.model_lock:
-                return encode_texts(self.lib.model, [q])[0]
-
-        return self._page(self._kind(target), k, offset, encode)
+        return self._page(self._kind(target), k, offset, lambda: self.texts.encode(q))
 
     def image_search(self, file: Path, k: int, offset: int, target: str) -> dict:
         from clipdex.retrieval.decode import open_image
