@@ -187,6 +187,11 @@ def test_the_page_in_a_real_browser(served, tmp_path):
         page.wait_for_url("**/?q=the+first+picture")
         page.wait_for_selector("#grid .hit.image")
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        page.emulate_media(color_scheme="dark")
+        dark = page.evaluate("getComputedStyle(document.body).backgroundColor")
+        assert dark == "rgb(20, 20, 22)", dark  # the dark theme follows the system
+        page.set_viewport_size({"width": 390, "height": 800})  # a phone: the grid reflows
+        page.screenshot(path=str(tmp_path / "page-dark-narrow.png"), full_page=True)
         assert not errors, errors
         browser.close()
     print(f"screenshots: {tmp_path / 'page.png'} {tmp_path / 'viewer.png'}")
