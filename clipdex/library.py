@@ -294,10 +294,10 @@ class Library:
         """
         from dataclasses import replace
 
-        if k < 1:
-            raise ValueError("k must be at least 1")
         from clipdex.index.scan import display_path
 
+        if k < 1:
+            raise ValueError("k must be at least 1")
         item_id = self.resolve_item(item)
         rec = self.store.item_record(item_id)
         vec = self.store.get_vectors([item_id])[0]
@@ -321,7 +321,7 @@ class Library:
         if isinstance(item, str) and item.isascii() and item.isdigit() and not os.path.isfile(item):
             item = int(item)
         if isinstance(item, int):
-            if self.store.item_record(item) is None:
+            if not 0 <= item < 2**63 or self.store.item_record(item) is None:
                 raise ClipdexError(f"no item with id {item} in the library at {self.path}")
             return item
         raw = os.fsencode(os.path.expanduser(item) if isinstance(item, str) else item)

@@ -63,6 +63,7 @@ def test_similar_digit_named_file_is_a_path(library, tmp_path, monkeypatch):
 
 def test_similar_errors(library, tmp_path):
     assert_one_error_line(run("--library", library, "similar", "999999"), "no item with id 999999")
+    assert_one_error_line(run("--library", library, "similar", "9" * 30), "no item with id")
     outside = make_images(tmp_path / "elsewhere", ["x.png"])["x.png"]
     assert_one_error_line(run("--library", library, "similar", outside), "is not in the library")
     assert run("--library", library, "similar", "1", "-k", "0").exit_code == 2
