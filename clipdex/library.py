@@ -380,6 +380,60 @@ class Library:
         roots = [under] if isinstance(under, (str, bytes, os.PathLike)) else list(under or [])
         return find_duplicates(self.store, threshold, roots, dims_of=image_size)
 
+    def similar(self, item: int | str | os.PathLike | bytes, k: int = 10) -> list[SearchResult]:
+        """More like a stored item, ranked by its stored vector (no model, no re-encoding).
+
+        The item itself comes first, then the others of its modality by score, ties by id.
+        ``item`` is an id, or a path of an image in the library (see ``resolve_item``).
+        """
+        from dataclasses import replace
+
+        from clipdex.index.scan import display_path
+
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        item_id = self.resolve_item(item)
+        rec = self.store.item_record(item_id)
+        vec = self.store.get_vectors([item_id])[0]
+        hits = self.search(vector=vec, k=k + 1, target=rec["kind"] + "s")
+        # Built here rather than found among the hits: exact duplicates with lower ids may fill them.
+        path = rec["path"] if rec["kind"] == IMAGE else None
+        if rec["image_id"] is not None:
+            path = (self.store.item_record(rec["image_id"]) or {}).get("path")
+        first = SearchResult(
+            1, float(np.dot(vec, vec) / np.linalg.norm(vec)), rec["kind"], item_id,
+            display_path(path) if path is not None else None, rec["text"] if rec["kind"] == TEXT else None,
+        )  # fmt: skip
+        ranked = [first] + [h for h in hits if h.id != item_id][: k - 1]
+        return [replace(h, rank=n) for n, h in enumerate(ranked, start=1)]
+
+    def resolve_item(self, item: int | str | os.PathLike | bytes) -> int:
+        """An item id from an id or an image path: all digits and not an existing file is an id;
+        a path must be an image in the library. Raises ClipdexError otherwise."""
+        from clipdex.index.scan import display_path
+
+        if isinstance(item, str) and item.isascii() and item.isdigit() and not os.path.isfile(item):
+            item = int(item)
+        if isinstance(item, int):
+            if not 0 <= item < 2**63 or self.store.item_record(item) is None:
+                raise ClipdexError(f"no item with id {item} in the library at {self.path}")
+            return item
+        raw = os.fsencode(os.path.expanduser(item) if isinstance(item, str) else item)
+        for candidate in (os.path.abspath(raw), os.path.realpath(raw)):
+            found = self.store.image_id_by_path(candidate)
+            if found is not None:
+                return found
+        raise ClipdexError(f"{display_path(raw)} is not in the library at {self.path}")
+
+    def refresh(self) -> None:
+        """Catch up with other processes (a long-running reader calls this per request): drop the
+        loaded model when the library's model changed, so the next query loads the new one. The
+        indexes catch up by themselves (they compare the stored generation)."""
+        if self._model is not None:
+            stored = self.spec
+            if stored is not None and stored != self._model.spec:
+                self._model = None
+
     # ---- reporting ------------------------------------------------------------------------
     def info(self) -> dict:
         """Model, dimension, counts by kind, index types, paths and sizes on disk."""

@@ -75,9 +75,9 @@ def cli(ctx: click.Context, library: str | None, debug: bool) -> None:
 
 
 def _register() -> None:
-    from clipdex.cli import duplicates, embed, eval_cmds, finetune, library_cmds, model_cmds
+    from clipdex.cli import duplicates, embed, eval_cmds, finetune, library_cmds, model_cmds, serve, similar
 
-    for module in (library_cmds, model_cmds, finetune, duplicates, eval_cmds, embed):
+    for module in (library_cmds, model_cmds, finetune, similar, duplicates, eval_cmds, embed, serve):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -58,6 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="demo-output", help="Working folder (recreated).")
     parser.add_argument("--scenes", type=int, default=1200, help="Number of generated scenes.")
     parser.add_argument("--epochs", type=int, default=20, help="Fine-tuning epochs.")
+    parser.add_argument(
+        "--serve", action="store_true", help="End by serving the demo library (clipdex serve)."
+    )
+    parser.add_argument("--port", type=int, default=8765, help="Port for --serve.")
     args = parser.parse_args(argv)
 
     from clipdex.demo.scenes import make_scenes, split_descriptions, write_pairs
@@ -110,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     clipdex("explain", str(queries_seen[2][0]), queries_seen[2][1], "--out", str(out / "explain.png"),
             "--model", str(out / "tuned-model"))  # fmt: skip
     print(f"\nDemo finished in {time.monotonic() - started:.0f} s. Library: {lib}")
+    if args.serve:
+        print("\n# Search it in your browser (Ctrl-C stops):")
+        clipdex("--library", lib, "serve", "--port", str(args.port))
     return 0
 
 

@@ -580,6 +580,32 @@ class Store:
         dim = self.dim or 0
         return np.array([np.frombuffer(r[0], np.float32) for r in rows], np.float32).reshape(-1, dim)
 
+    def item_record(self, item_id: int) -> dict | None:
+        """One item's stored fields (no vector) as a dict, or None; for detail views."""
+        row = self.conn.execute(
+            "SELECT id, kind, source, path, mtime_ns, size, text, image_id FROM items WHERE id = ?",
+            (int(item_id),),
+        ).fetchone()
+        if row is None:
+            return None
+        keys = ("id", "kind", "source", "path", "mtime_ns", "size", "text", "image_id")
+        rec = dict(zip(keys, row))
+        rec["path"] = bytes(rec["path"]) if rec["path"] is not None else None
+        return rec
+
+    def image_id_by_path(self, path: bytes) -> int | None:
+        row = self.conn.execute(
+            "SELECT id FROM items WHERE kind = 'image' AND path = ? ORDER BY id LIMIT 1", (path,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def captions_of(self, image_id: int) -> list[tuple[int, str]]:
+        """(id, text) of the texts linked to an image, ascending id."""
+        rows = self.conn.execute(
+            "SELECT id, text FROM items WHERE kind = 'text' AND image_id = ? ORDER BY id", (int(image_id),)
+        )
+        return [(i, t) for i, t in rows]
+
     def count(self, kind: str | None = None) -> int:
         if kind is None:
             return self.conn.execute("SELECT count(*) FROM items").fetchone()[0]

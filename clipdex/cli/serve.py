@@ -1,0 +1,101 @@
+"""`clipdex serve`: the web page and JSON API over the library (FastAPI on uvicorn)."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import click
+
+from clipdex.cli.common import info, pass_state
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default).")
+@click.option(
+    "--port", default=8765, show_default=True, type=click.IntRange(0, 65535), help="0: any free port."
+)
+@click.option("--open", "open_browser", is_flag=True, help="Open the page in the default browser.")
+@click.option("--token", default=None, help="Require this token on /api (default: $CLIPDEX_TOKEN).")
+@click.option("--allow-host", multiple=True, metavar="NAME",
+              help="Also answer for this Host name (repeatable; with a non-loopback --host).")  # fmt: skip
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
+@click.option("--max-upload-mb", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Largest accepted query image upload.")  # fmt: skip
+@pass_state
+def serve(state, host, port, open_browser, token, allow_host, device, max_upload_mb):
+    """Serve a search page and a JSON API for the library (Ctrl-C stops).
+
+    The model and indexes stay loaded, so a query costs its encoding plus the search. Loopback by
+    default; binding another address needs a token (--token or CLIPDEX_TOKEN), which the page asks
+    for once. API: /api/search, /api/items/ID[/similar|/thumbnail|/file], /api/info; docs at /docs.
+
+    \b
+    Examples:
+      clipdex serve --open
+      clipdex serve --port 9000
+      CLIPDEX_TOKEN=s3cret clipdex serve --host 0.0.0.0 --allow-host photos.lan
+    """
+    from clipdex.serve.security import is_loopback
+
+    token = token or os.environ.get("CLIPDEX_TOKEN") or None
+    if not is_loopback(host) and not token:
+        raise click.UsageError(f"binding {host} (not loopback) needs --token TOKEN or CLIPDEX_TOKEN")
+    from clipdex.errors import ClipdexError
+
+    lib = state.open(device=device)
+    with lib:
+        if lib.spec is not None:
+            info(f"clipdex: loading model {lib.spec} …")
+            _ = lib.model  # loaded now, so the first query does not pay for it
+        sock = _bind(host, port, ClipdexError)
+        url = _url(host, sock.getsockname()[1])
+        _run(lib, sock, url, token=token, host=host, allow_host=allow_host, max_upload_mb=max_upload_mb,
+             open_browser=open_browser)  # fmt: skip
+    info("clipdex: stopped")
+
+
+def _bind(host: str, port: int, error: type[Exception]) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host.strip("[]"), port))
+    except OSError as e:
+        sock.close()
+        raise error(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    sock.set_inheritable(True)
+    return sock
+
+
+def _url(host: str, port: int) -> str:
+    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
+    return f"http://{shown}:{port}/"
+
+
+def _run(lib, sock, url, *, token, host, allow_host, max_upload_mb, open_browser) -> None:
+    import copy
+    import threading
+    import webbrowser
+
+    import uvicorn
+
+    from clipdex.serve.app import create_app
+
+    app = create_app(lib, token=token, bind_host=host, allow_hosts=allow_host, max_upload_mb=max_upload_mb)
+    logging = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    logging["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for the URL only
+    config = uvicorn.Config(app, log_level="info", log_config=logging, timeout_graceful_shutdown=3)
+    server = uvicorn.Server(config)
+    click.echo(f"clipdex: serving {lib.path} at {url}  (Ctrl-C stops)")
+    if open_browser:
+        threading.Timer(0.5, webbrowser.open, args=(url,)).start()
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, after a clean shutdown
+        pass
+    finally:
+        sock.close()
+
+
+COMMANDS = [serve]

@@ -1,0 +1,1 @@
+"""`clipdex serve`: the web page and JSON API over one loaded Library (FastAPI on uvicorn)."""

@@ -1,0 +1,331 @@
+// clipdex page: plain JS, no build step, no network beyond this server.
+"use strict";
+
+const PAGE = 40;
+const $ = (id) => document.getElementById(id);
+const els = {
+  form: $("search-form"), q: $("q"), file: $("image-input"), grid: $("grid"), status: $("status"),
+  more: $("more"), viewer: $("viewer"), footer: $("footer"), drop: $("drop"),
+  queryView: $("query-view"), queryImg: $("query-img"), queryLabel: $("query-label"),
+};
+// The current query: {kind: "text", q} | {kind: "image", file} | {kind: "similar", id, label}
+let query = null;
+let target = "images";
+let results = [];
+let total = 0;
+let current = -1; // index of the hit open in the viewer
+let generation = 0; // drops answers to superseded queries
+
+// ---- API ------------------------------------------------------------------------------------
+async function api(url, options = {}) {
+  const response = await fetch(url, { credentials: "same-origin", ...options });
+  if (response.status === 401 && !url.endsWith("/api/login")) {
+    await login();
+    return api(url, options);
+  }
+  let body = null;
+  try { body = await response.json(); } catch { body = null; }
+  if (!response.ok) throw new Error((body && body.error) || `${response.status} ${response.statusText}`);
+  return body;
+}
+
+let loginPending = null;
+function login() {
+  // One dialog for all requests that met a 401; the server then sets an HttpOnly cookie.
+  if (loginPending) return loginPending;
+  loginPending = new Promise((resolve) => {
+    const dialog = $("login");
+    const form = $("login-form");
+    const error = $("login-error");
+    error.textContent = "";
+    form.onsubmit = async (event) => {
+      event.preventDefault();
+      const response = await fetch("/api/login", {
+        method: "POST", credentials: "same-origin",
+        headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token: $("token").value }),
+      });
+      if (response.ok) {
+        dialog.close();
+        loginPending = null;
+        resolve();
+      } else {
+        error.textContent = "Wrong token, try again.";
+      }
+    };
+    dialog.showModal();
+    $("token").focus();
+  });
+  return loginPending;
+}
+
+// ---- URL <-> query --------------------------------------------------------------------------
+function urlFor(q) {
+  const params = new URLSearchParams();
+  if (q && q.kind === "text") params.set("q", q.q);
+  if (q && q.kind === "similar") params.set("similar", q.id);
+  if (target !== "images") params.set("target", target);
+  const s = params.toString();
+  return s ? `/?${s}` : "/";
+}
+
+function fromUrl() {
+  const params = new URLSearchParams(location.search);
+  target = params.get("target") === "texts" ? "texts" : "images";
+  document.querySelector(`input[name=target][value=${target}]`).checked = true;
+  if (params.get("q")) return { kind: "text", q: params.get("q") };
+  if (/^\d+$/.test(params.get("similar") || "")) return { kind: "similar", id: params.get("similar") };
+  return null;
+}
+
+function go(q, push = true) {
+  query = q;
+  if (push) {
+    const url = urlFor(q);
+    if (url !== location.pathname + location.search) history.pushState(null, "", url);
+  }
+  els.q.value = q && q.kind === "text" ? q.q : "";
+  showQuery();
+  run(false);
+}
+
+function showQuery() {
+  const image = query && query.kind === "image";
+  const similar = query && query.kind === "similar";
+  els.queryView.hidden = !(image || similar);
+  els.queryImg.hidden = false;
+  els.queryImg.onerror = () => { els.queryImg.hidden = true; }; // e.g. "similar" of a text item
+  if (image) {
+    els.queryImg.src = URL.createObjectURL(query.file);
+    els.queryLabel.textContent = `Images like ${query.file.name || "the pasted image"}`;
+  } else if (similar) {
+    els.queryImg.src = `/api/items/${query.id}/thumbnail`;
+    els.queryLabel.textContent = `More like item ${query.id}`;
+  }
+}
+
+// ---- searching ------------------------------------------------------------------------------
+async function run(append) {
+  const mine = ++generation;
+  if (!append) { results = []; total = 0; els.grid.replaceChildren(); }
+  if (!query) { status("Type what you are looking for, or drop, paste or pick an image."); els.more.hidden = true; return; }
+  status(append ? "Loading more…" : "Searching…", "busy");
+  els.grid.setAttribute("aria-busy", "true");
+  const offset = results.length;
+  try {
+    let body;
+    if (query.kind === "text") {
+      const params = new URLSearchParams({ q: query.q, k: PAGE, offset, target });
+      body = await api(`/api/search?${params}`);
+    } else if (query.kind === "image") {
+      const form = new FormData();
+      form.append("image", query.file);
+      form.append("k", PAGE);
+      form.append("offset", offset);
+      form.append("target", target);
+      body = await api("/api/search", { method: "POST", body: form });
+    } else {
+      body = await api(`/api/items/${query.id}/similar?k=${Math.min(1000, offset + PAGE)}`);
+      body.results = body.results.slice(offset);
+    }
+    if (mine !== generation) return;
+    total = body.total;
+    const start = results.length;
+    results = results.concat(body.results);
+    body.results.forEach((r, n) => els.grid.append(card(r, start + n)));
+    const took = `${body.took_ms.toFixed(0)} ms`;
+    status(results.length ? `${results.length} of ${total} shown · ${took}` : "No results.");
+    els.more.hidden = results.length >= total || results.length >= 1000 || body.results.length === 0;
+  } catch (error) {
+    if (mine === generation) { status(`Error: ${error.message}`, "error"); els.more.hidden = true; }
+  } finally {
+    if (mine === generation) els.grid.removeAttribute("aria-busy");
+  }
+}
+
+function status(text, kind = "") {
+  els.status.textContent = text;
+  els.status.className = kind;
+  els.status.setAttribute("role", kind === "error" ? "alert" : "status");
+}
+
+function basename(path) { return path ? path.split("/").pop() : ""; }
+
+function card(r, index) {
+  const li = document.createElement("li");
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = `hit ${r.modality}`;
+  button.dataset.index = index;
+  const score = document.createElement("span");
+  score.className = "score";
+  score.textContent = r.score.toFixed(3);
+  score.title = "cosine similarity";
+  if (r.modality === "image") {
+    const img = document.createElement("img");
+    img.src = r.thumbnail;
+    img.alt = basename(r.path);
+    img.loading = "lazy";
+    img.width = 256;
+    img.height = 256;
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = basename(r.path);
+    button.append(img, name);
+    button.setAttribute("aria-label", `${basename(r.path)}, rank ${r.rank}, score ${r.score.toFixed(3)}`);
+  } else {
+    const quote = document.createElement("span");
+    quote.className = "quote";
+    quote.textContent = r.text;
+    const name = document.createElement("span");
+    name.className = "name";
+    name.textContent = r.path ? basename(r.path) : "(free text)";
+    button.append(quote, name);
+    button.setAttribute("aria-label", `text: ${r.text}, rank ${r.rank}, score ${r.score.toFixed(3)}`);
+  }
+  button.append(score);
+  button.addEventListener("click", () => openHit(index));
+  li.append(button);
+  return li;
+}
+
+// ---- the large view -------------------------------------------------------------------------
+async function openHit(index) {
+  if (index < 0 || index >= results.length) return;
+  current = index;
+  const r = results[index];
+  const viewer = els.viewer;
+  $("viewer-title").textContent = r.modality === "image" ? basename(r.path) : r.text;
+  $("viewer-meta").replaceChildren();
+  $("viewer-captions").replaceChildren();
+  $("viewer-img").removeAttribute("src");
+  if (!viewer.open) viewer.showModal();
+  try {
+    const item = await api(`/api/items/${r.id}`);
+    if (current !== index) return;
+    const imageId = item.modality === "image" ? item.id : item.image_id;
+    const img = $("viewer-img");
+    if (imageId != null) {
+      img.src = `/api/items/${imageId}/file`;
+      img.onerror = () => { img.onerror = null; img.src = `/api/items/${imageId}/thumbnail`; };
+      img.alt = item.path ? `The image ${basename(item.path)}` : "The image";
+    }
+    const link = $("original-link");
+    link.hidden = imageId == null;
+    if (imageId != null) link.href = `/api/items/${imageId}/file`;
+    const meta = [["Path", item.path || "—"], ["Score", r.score.toFixed(4)], ["Id", item.id]];
+    if (item.width) meta.push(["Size", `${item.width} × ${item.height} px`]);
+    if (item.size != null) meta.push(["File", formatBytes(item.size)]);
+    if (item.mtime != null) meta.push(["Modified", new Date(item.mtime * 1000).toLocaleString()]);
+    for (const [k, v] of meta) {
+      const dt = document.createElement("dt"); dt.textContent = k;
+      const dd = document.createElement("dd"); dd.textContent = v;
+      $("viewer-meta").append(dt, dd);
+    }
+    const captions = item.captions || [];
+    $("captions-title").hidden = captions.length === 0;
+    for (const c of captions) {
+      const li = document.createElement("li"); li.textContent = c.text;
+      $("viewer-captions").append(li);
+    }
+    $("similar-btn").dataset.id = item.id;
+  } catch (error) {
+    $("viewer-title").textContent = `Error: ${error.message}`;
+  }
+}
+
+function formatBytes(n) {
+  const units = ["B", "KB", "MB", "GB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i += 1; }
+  return `${i ? n.toFixed(1) : n} ${units[i]}`;
+}
+
+// ---- events ---------------------------------------------------------------------------------
+els.form.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const q = els.q.value.trim();
+  go(q ? { kind: "text", q } : null);
+});
+document.querySelectorAll("input[name=target]").forEach((radio) => radio.addEventListener("change", () => {
+  target = radio.value;
+  go(query && query.kind === "similar" ? null : query, query && query.kind !== "image");
+}));
+els.file.addEventListener("change", () => {
+  if (els.file.files.length) go({ kind: "image", file: els.file.files[0] }, true);
+  els.file.value = "";
+});
+els.more.addEventListener("click", () => run(true));
+$("clear-query").addEventListener("click", () => go(null));
+$("close-viewer").addEventListener("click", () => els.viewer.close());
+els.viewer.addEventListener("click", (event) => { if (event.target === els.viewer) els.viewer.close(); });
+els.viewer.addEventListener("close", () => {
+  const hit = els.grid.querySelector(`[data-index="${current}"]`);
+  if (hit) hit.focus();
+});
+$("similar-btn").addEventListener("click", () => {
+  const id = $("similar-btn").dataset.id;
+  els.viewer.close();
+  go({ kind: "similar", id });
+});
+window.addEventListener("popstate", () => go(fromUrl(), false));
+
+document.addEventListener("keydown", (event) => {
+  const typing = /^(INPUT|TEXTAREA|SELECT)$/.test(document.activeElement.tagName);
+  if (event.key === "/" && !typing && !els.viewer.open) {
+    event.preventDefault();
+    els.q.focus();
+    els.q.select();
+    return;
+  }
+  if (els.viewer.open && (event.key === "ArrowRight" || event.key === "ArrowLeft")) {
+    event.preventDefault();
+    openHit(current + (event.key === "ArrowRight" ? 1 : -1));
+    return;
+  }
+  const hit = document.activeElement.closest && document.activeElement.closest(".hit");
+  if (!hit && !typing && event.key.startsWith("Arrow") && results.length) {
+    event.preventDefault();
+    els.grid.querySelector(".hit").focus();
+    return;
+  }
+  if (!hit || !event.key.startsWith("Arrow")) return;
+  event.preventDefault();
+  const index = Number(hit.dataset.index);
+  const columns = getComputedStyle(els.grid).gridTemplateColumns.split(" ").length;
+  const step = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: columns, ArrowUp: -columns }[event.key];
+  const next = els.grid.querySelector(`[data-index="${index + step}"]`);
+  if (next) next.focus();
+  else if (event.key === "ArrowUp") els.q.focus();
+});
+
+// Drag and drop, paste: an image becomes the query.
+let dragDepth = 0;
+document.addEventListener("dragenter", (event) => {
+  if ([...event.dataTransfer.types].includes("Files")) { dragDepth += 1; els.drop.hidden = false; }
+});
+document.addEventListener("dragleave", () => { dragDepth = Math.max(0, dragDepth - 1); if (!dragDepth) els.drop.hidden = true; });
+document.addEventListener("dragover", (event) => event.preventDefault());
+document.addEventListener("drop", (event) => {
+  event.preventDefault();
+  dragDepth = 0;
+  els.drop.hidden = true;
+  const file = [...event.dataTransfer.files].find((f) => f.type.startsWith("image/"));
+  if (file) go({ kind: "image", file });
+});
+document.addEventListener("paste", (event) => {
+  const file = [...(event.clipboardData ? event.clipboardData.files : [])].find((f) => f.type.startsWith("image/"));
+  if (file) { event.preventDefault(); go({ kind: "image", file }); }
+});
+
+async function footer() {
+  try {
+    const info = await api("/api/info");
+    const model = info.model ? info.model.split("/").pop() : "no model yet";
+    els.footer.textContent = `Model: ${model} · ${info.images} images · ${info.texts} texts`;
+  } catch (error) {
+    els.footer.textContent = `Library info unavailable: ${error.message}`;
+  }
+}
+
+go(fromUrl(), false);
+footer();
