@@ -15,7 +15,6 @@ import numpy as np
 
 from clipdex.errors import ClipdexError
 from clipdex.index.imports import read_embeddings
-from clipdex.index.lock import WriterLock
 from clipdex.index.store import IMAGE, TEXT
 
 if TYPE_CHECKING:
@@ -32,7 +31,7 @@ def import_embeddings(
     """Store ``VECTORS.npy`` rows with their paths or texts from ``METADATA``; returns the count."""
     data = read_embeddings(vectors_path, metadata_path, modality)
     kind = IMAGE if data.modality == "image" else TEXT
-    with WriterLock(lib.path):
+    with lib.writing():
         lib.check_model(reembed=False)
         dim = lib.store.dim if lib.spec is not None else None
         if not dim:
@@ -53,25 +52,22 @@ def import_embeddings(
             with lib.store.bulk_load():
                 for start, vecs in data.chunks(out=all_vecs):  # into all_vecs when fresh
                     stop = start + len(vecs)
-                    with lib.store.transaction():
-                        ids = lib.store.insert_many(
-                            kind, "import", vecs,
-                            paths=data.paths(start, stop) if kind == IMAGE else None,
-                            texts=data.values[start:stop] if kind == TEXT else None,
-                        )  # fmt: skip
-                        lib.store.bump_generation()
+                    ids = lib.store.insert_many(
+                        kind, "import", vecs,
+                        paths=data.paths(start, stop) if kind == IMAGE else None,
+                        texts=data.values[start:stop] if kind == TEXT else None,
+                    )  # fmt: skip
                     all_ids[start:stop] = ids
                     done = stop
                     if all_vecs is None:
-                        indexes[kind].add(ids, vecs)
+                        lib.indexes.apply(kind, (ids, vecs), [])
+                        lib.indexes.maybe_save()
                     if progress:
                         progress(done, data.count)
         except BaseException:
             lib.indexes.forget(kind)
             if done:  # all or nothing: take back the chunks already committed
-                with lib.store.transaction():
-                    lib.store.delete(all_ids[:done].tolist())
-                    lib.store.bump_generation()
+                lib.store.delete(all_ids[:done].tolist())
             raise
         gen = lib.store.generation
         if all_vecs is not None:

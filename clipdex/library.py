@@ -6,8 +6,10 @@ indexing run it drives) joins them. The CLI parses, calls a Library and prints.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,9 @@ from clipdex.retrieval.models import LoadedModel, ModelSpec, load_model, resolve
 
 Problem = Callable[[str, str], None]
 Progress = Callable[[int, int], None]
+Warn = Callable[[str], None]
+
+log = logging.getLogger("clipdex")
 
 
 def default_library_dir() -> Path:
@@ -43,13 +48,17 @@ class Library:
     ...     print(hit.score, hit.path)
     """
 
-    def __init__(self, path: Path, store: Store, requested: ModelSpec | None, device: str = "auto"):
+    def __init__(
+        self, path: Path, store: Store, requested: ModelSpec | None, device: str = "auto",
+        warn: Warn | None = None,
+    ):  # fmt: skip
         self.path = path
         self.store = store
         self.requested = requested
         self.device = device
         self._model: LoadedModel | None = None
-        self.indexes = IndexSet(path, store)
+        self._seen_generation: int | None = None
+        self.indexes = IndexSet(path, store, warn or log.warning)
 
     # ---- opening --------------------------------------------------------------------------
     @classmethod
@@ -60,18 +69,28 @@ class Library:
         model: str | None = None,
         pretrained: str | None = None,
         device: str = "auto",
+        warn: Warn | None = None,
     ) -> Library:
         """Open the library at ``path`` (default: ``default_library_dir()``).
 
         ``model``/``pretrained`` name the model for a new library; writing with a different one than
-        the stored model is refused unless it re-embeds (``index(..., reembed=True)``).
+        the stored model is refused unless it re-embeds (``index(..., reembed=True)``). The library
+        is opened for reading (it works on a read-only folder); writing methods take the writer
+        lock and reopen it for writing. ``warn`` receives one-line warnings (default: logging).
         """
         lib_dir = Path(path).expanduser().absolute() if path is not None else default_library_dir()
         if lib_dir.exists() and not lib_dir.is_dir():
             raise ClipdexError(f"library path {lib_dir} exists and is not a directory")
-        store = Store(lib_dir, create=create)
+        store = Store(lib_dir, create=create, write=False)
         requested = resolve_spec(model, pretrained) if (model or pretrained) else None
-        return cls(lib_dir, store, requested, device)
+        return cls(lib_dir, store, requested, device, warn)
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the writer lock with the store open for writing (re-entrant)."""
+        with WriterLock(self.path):
+            self.store.make_writable()
+            yield
 
     def close(self) -> None:
         self.store.close()
@@ -151,7 +170,7 @@ class Library:
 
             if index_type not in ("auto", *KINDS):
                 raise ClipdexError(f"unknown index type '{index_type}' (choose auto, {', '.join(KINDS)})")
-        with WriterLock(self.path):
+        with self.writing():
             if index_type is not None:
                 self.indexes.set_index_type(index_type)
             stored = self.spec
@@ -170,11 +189,9 @@ class Library:
             )  # fmt: skip
             try:
                 for change in run.run(folders, include_hidden, exclude=[self.path]):
-                    for kind, (ids, vecs) in change.added.items():
-                        indexes[kind].add(ids, vecs)
-                    for idx in indexes.values():
-                        idx.remove(change.removed)
-                        idx.generation = self.store.generation
+                    for kind in indexes:
+                        self.indexes.apply(kind, change.added.get(kind), change.removed)
+                    self.indexes.maybe_save()
             finally:
                 self.indexes.save_all()
             return run.stats
@@ -184,17 +201,16 @@ class Library:
         from clipdex.retrieval.embed import encode_texts
 
         texts = [t.strip() for t in texts if t and t.strip()]
-        with WriterLock(self.path):
+        with self.writing():
             lm = self.writer_model()
-            index = self.indexes.get(TEXT)
+            self.indexes.get(TEXT)
             ids: list[int] = []
             for start in range(0, len(texts), 1024):
                 chunk = texts[start : start + 1024]
                 vecs = encode_texts(lm, chunk)
-                with self.store.transaction():
-                    new = self.store.insert(TEXT, source, vecs, texts=chunk)
-                    index.generation = self.store.bump_generation()
-                index.add(new, vecs)
+                new = self.store.insert(TEXT, source, vecs, texts=chunk)
+                self.indexes.apply(TEXT, (new, vecs), [])
+                self.indexes.maybe_save()
                 ids += new
             self.indexes.save_all()
         return ids
@@ -247,11 +263,13 @@ class Library:
         kind = {"images": IMAGE, "texts": TEXT, "image": IMAGE, "text": TEXT}.get(target)
         if kind is None:
             raise ValueError(f"target must be 'images' or 'texts', not {target!r}")
-        if self.store.count(kind) == 0:
+        self._follow_writers()
+        index = self.indexes.view(kind)  # one generation read when nothing changed
+        if index.ntotal == 0:
             what = "images" if kind == IMAGE else "texts"
             raise ClipdexError(f"the library at {self.path} has no {what} to search")
         query = self._query_vector(text, image, vector)
-        hits = self.indexes.get(kind).search(query[None], k, self.store.get_vectors)[0]
+        hits = index.search(query[None], k, self.store.get_vectors)[0]
         items = self.store.items([i for i, _ in hits])
         linked = self.store.items([it.image_id for it in items.values() if it.image_id is not None])
         results = []
@@ -261,6 +279,14 @@ class Library:
             shown = display_path(path) if path is not None else None
             results.append(SearchResult(rank, score, kind, item_id, shown, it.text if kind == TEXT else None))
         return results
+
+    def _follow_writers(self) -> None:
+        """Another process may have changed the model (use-model, finetune --apply): reload it."""
+        gen = self.store.generation
+        if gen != self._seen_generation:
+            self._seen_generation = gen
+            if self._model is not None and self.spec is not None and self._model.spec != self.spec:
+                self._model = None
 
     def _query_vector(self, text: Any, image: Any, vector: Any) -> np.ndarray:
         if vector is not None:
@@ -298,7 +324,7 @@ class Library:
         counts = self.store.counts()
         indexes = {}
         for kind in (IMAGE, TEXT):
-            idx = self.indexes.get(kind)
+            idx = self.indexes.view(kind)
             indexes[kind + "s"] = {"ntotal": idx.ntotal, **idx.info}
         return {
             "library": str(self.path),
@@ -326,7 +352,7 @@ class Library:
     ) -> int:  # fmt: skip
         """Make ``model`` (e.g. a fine-tuned local-dir) the library's model; re-embeds everything."""
         spec = resolve_spec(model, pretrained)
-        with WriterLock(self.path):
+        with self.writing():
             lm = (
                 self._model
                 if self._model is not None and self._model.spec == spec
