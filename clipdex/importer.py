@@ -75,5 +75,5 @@ def import_embeddings(
             del all_vecs
         for idx in indexes.values():  # the other kind is unchanged: still valid at this generation
             idx.generation = gen
-        lib.indexes.save_all()
+        lib.indexes.finish()
     return data.count

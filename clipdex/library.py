@@ -192,8 +192,10 @@ class Library:
                     for kind in indexes:
                         self.indexes.apply(kind, change.added.get(kind), change.removed)
                     self.indexes.maybe_save()
-            finally:
-                self.indexes.save_all()
+            except BaseException:
+                self.indexes.save_all()  # what was committed stays findable without a catch-up
+                raise
+            self.indexes.finish()
             return run.stats
 
     def add_texts(self, texts: Sequence[str], source: str = "add-texts") -> list[int]:
@@ -212,7 +214,7 @@ class Library:
                 self.indexes.apply(TEXT, (new, vecs), [])
                 self.indexes.maybe_save()
                 ids += new
-            self.indexes.save_all()
+            self.indexes.finish()
         return ids
 
     def import_embeddings(
@@ -241,7 +243,7 @@ class Library:
         self.indexes.forget()
         for kind in (IMAGE, TEXT):
             self.indexes.get(kind)
-        self.indexes.save_all()
+        self.indexes.finish()
         return n
 
     # ---- searching ------------------------------------------------------------------------
@@ -263,8 +265,7 @@ class Library:
         kind = {"images": IMAGE, "texts": TEXT, "image": IMAGE, "text": TEXT}.get(target)
         if kind is None:
             raise ValueError(f"target must be 'images' or 'texts', not {target!r}")
-        self._follow_writers()
-        index = self.indexes.view(kind)  # one generation read when nothing changed
+        index = self.indexes.view(kind, self._follow_writers())  # one generation read when nothing changed
         if index.ntotal == 0:
             what = "images" if kind == IMAGE else "texts"
             raise ClipdexError(f"the library at {self.path} has no {what} to search")
@@ -280,13 +281,15 @@ class Library:
             results.append(SearchResult(rank, score, kind, item_id, shown, it.text if kind == TEXT else None))
         return results
 
-    def _follow_writers(self) -> None:
-        """Another process may have changed the model (use-model, finetune --apply): reload it."""
+    def _follow_writers(self) -> int:
+        """The store's generation; when it moved, another process may have changed the model
+        (use-model, finetune --apply): then it is reloaded."""
         gen = self.store.generation
         if gen != self._seen_generation:
             self._seen_generation = gen
             if self._model is not None and self.spec is not None and self._model.spec != self.spec:
                 self._model = None
+        return gen
 
     def _query_vector(self, text: Any, image: Any, vector: Any) -> np.ndarray:
         if vector is not None:
@@ -325,7 +328,7 @@ class Library:
         indexes = {}
         for kind in (IMAGE, TEXT):
             idx = self.indexes.view(kind)
-            indexes[kind + "s"] = {"ntotal": idx.ntotal, **idx.info}
+            indexes[kind + "s"] = {**idx.info, "ntotal": idx.ntotal}
         return {
             "library": str(self.path),
             "database": str(self.path / DB_NAME),
@@ -341,6 +344,12 @@ class Library:
             "bytes_on_disk": sum(files.values()) + model_bytes,
             "files": files,
         }
+
+    def check(self, repair: bool = False) -> dict:
+        """``{"healthy", "problems": [{"kind", "detail"}], "repaired"}``; see `clipdex.check`."""
+        from clipdex.check import check_library
+
+        return check_library(self, repair).to_dict()
 
     def caption_pairs(self) -> list[tuple[str, str]]:
         """(image path, caption) pairs already in the library (sidecar captions), for fine-tuning."""

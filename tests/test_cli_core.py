@@ -251,7 +251,8 @@ def test_lock_file_content_alone_does_not_lock(small, tmp_path, monkeypatch):
     lib = tmp_path / "lib"
     shutil.copytree(small["lib"], lib)
     monkeypatch.setenv("CLIPDEX_LOCK_TIMEOUT", "0.5")
-    (lib / "write.lock").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "cmd": "x"}))
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "cmd": "x"}
+    (lib / "write.lock").write_text(json.dumps(holder))
     ok("--library", lib, "index", small["root"] / "imgs")
 
 

@@ -9,7 +9,8 @@ since. Two ways in:
   and warns once. Each call costs one generation read when nothing changed.
 - `get` (writers, under the writer lock) folds the log into the index, or rebuilds it when it
   is missing, damaged or has outgrown its training; `apply` follows a run's commits, `save_all`
-  and `maybe_save` write the files and prune the log behind them.
+  and `maybe_save` write the files and prune the log behind them, `finish` (the end of a
+  writing command) also repairs a file of the other kind that readers could not use.
 """
 
 from __future__ import annotations
@@ -63,9 +64,10 @@ class IndexSet:
                 self.path(kind).unlink(missing_ok=True)
 
     # ---- readers ------------------------------------------------------------------------
-    def view(self, kind: str) -> VectorIndex:
-        """The index of ``kind`` as of the store's current generation. Never writes anything."""
-        gen = self.store.generation
+    def view(self, kind: str, generation: int | None = None) -> VectorIndex:
+        """The index of ``kind`` as of the store's current generation (``generation`` when the
+        caller has just read it). Never writes anything."""
+        gen = self.store.generation if generation is None else generation
         idx = self._cache.get(kind)
         if idx is not None and idx.generation == gen:
             return idx
@@ -188,6 +190,26 @@ class IndexSet:
             else:
                 self._try_save(kind, idx)
         self._saved_at, self._commits = time.monotonic(), 0
+
+    def finish(self) -> None:
+        """The end of a writing command: save, and rebuild a file of another kind that readers
+        cannot use (missing, unreadable, of another dimension, or older than the log reaches)."""
+        self.save_all()
+        for kind in (IMAGE, TEXT):
+            if kind in self._cache or not self.store.writable:
+                continue
+            head = VectorIndex.read_header(self.path(kind))
+            since = self.store.changes_since(kind)
+            usable = (
+                head is not None
+                and head.get("dim") == self.store.dim
+                and (
+                    head.get("generation") == self.store.generation
+                    or (since is not None and since <= head.get("generation", -1) <= self.store.generation)
+                )
+            )
+            if not usable and (head is not None or self.store.count(kind)):
+                self.get(kind)  # caught up or rebuilt, and saved
 
     def _try_save(self, kind: str, idx: VectorIndex) -> None:
         # Derived data: saved only by a writer, only if it still reflects the database; a failure

@@ -85,6 +85,8 @@ class WriterLock:
             self._entered = True
 
     def _open(self) -> int:
+        if self.library_dir.is_dir() and not os.access(self.library_dir, os.W_OK):
+            raise read_only_error(self.library_dir)
         try:
             return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:

@@ -205,6 +205,18 @@ class VectorIndex:
             Path(tmp).unlink(missing_ok=True)
             raise
 
+    @staticmethod
+    def read_header(path: Path) -> dict | None:
+        """``{"generation", "dim"}`` of a saved file without reading the index (None: missing/unreadable)."""
+        try:
+            with open(path, "rb") as f:
+                if f.read(len(MAGIC)) != MAGIC:
+                    return None
+                (hlen,) = struct.unpack("<Q", f.read(8))
+                return json.loads(f.read(hlen)) if hlen < 1 << 16 else None
+        except (OSError, ValueError, struct.error):
+            return None
+
     @classmethod
     def load(cls, path: Path) -> VectorIndex | None:
         """The saved index, or None when missing or unreadable (the caller rebuilds)."""
