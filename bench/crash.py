@@ -72,18 +72,24 @@ class Tally:
     errors: list[str] = field(default_factory=list)
 
 
-def make_fixture(root: Path, n_images: int, seed: int = 0) -> dict:
-    """Two tiny models, a captioned image folder, a texts file, an embeddings file, base libraries."""
+def make_fixture(root: Path, n_images: int, seed: int = 0, models: tuple[Path, Path] | None = None,
+                 index=None) -> dict:  # fmt: skip
+    """Two tiny models, a captioned image folder, a texts file, an embeddings file, base libraries.
+
+    ``models`` reuses two tiny models; ``index(lib, folder, model)`` replaces the `index` process
+    that makes the base library (the test suite runs it in-process).
+    """
     from PIL import Image
 
     sys.path.insert(0, str(ROOT))
-    from clipdex.retrieval.models import init_model
-
     root.mkdir(parents=True, exist_ok=True)
-    cfg = root / "tiny.json"
-    cfg.write_text(json.dumps(TINY))
-    model_a = init_model(str(cfg), root / "model-a", seed=0)
-    model_b = init_model(str(cfg), root / "model-b", seed=1)
+    if models is None:
+        from clipdex.retrieval.models import init_model
+
+        cfg = root / "tiny.json"
+        cfg.write_text(json.dumps(TINY))
+        models = tuple(init_model(str(cfg), root / f"model-{c}", seed=s) for s, c in enumerate("ab"))
+    model_a, model_b = models
     rng = np.random.default_rng(seed)
     imgs = root / "imgs"
     imgs.mkdir()
@@ -98,7 +104,10 @@ def make_fixture(root: Path, n_images: int, seed: int = 0) -> dict:
     np.save(root / "vecs.npy", vecs)
     (root / "meta.csv").write_text("path\n" + "".join(f"/elsewhere/photo{i}.jpg\n" for i in range(5000)))
     base = root / "base"  # the folder indexed with model A
-    subprocess.run(clipdex(base, "index", imgs, "--model", model_a, "--quiet"), env=env(), check=True)
+    if index is None:
+        subprocess.run(clipdex(base, "index", imgs, "--model", model_a, "--quiet"), env=env(), check=True)
+    else:
+        index(base, imgs, model_a)
     return {"root": root, "imgs": imgs, "model_a": model_a, "model_b": model_b, "texts": texts, "base": base,
             "vecs": root / "vecs.npy", "meta": root / "meta.csv", "n": n_images}  # fmt: skip
 
@@ -144,7 +153,8 @@ def verify(lib: Path, sc: Scenario, model: str | None, check=check_json) -> tupl
         problems.append(f"check: {report['problems']}")
     conn = sqlite3.connect(f"file:{lib / 'clipdex.db'}?mode=ro", uri=True)
     try:
-        paths = [os.fsdecode(bytes(p)) for (p,) in conn.execute("SELECT path FROM items WHERE kind = 'image'")]
+        rows = conn.execute("SELECT path FROM items WHERE kind = 'image'")
+        paths = [os.fsdecode(bytes(p)) for (p,) in rows]
         texts = [t for (t,) in conn.execute("SELECT text FROM items WHERE kind = 'text'")]
         spec = conn.execute("SELECT value FROM meta WHERE key = 'model'").fetchone()
     finally:
