@@ -202,9 +202,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if mode in _SIXTEEN_BIT or mode in ("I", "F"):
         return _to_8bit(img).convert("RGB")
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        rgba = img if mode == "RGBA" else img.convert("RGBA")
+        # Pasting through the alpha channel onto white equals alpha_composite over opaque white,
+        # with 4 bytes a pixel of copies instead of 15 (two RGBA copies and the RGB result).
+        out = Image.new("RGB", rgba.size, (255, 255, 255))
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
     return img if mode == "RGB" else img.convert("RGB")
 
 
