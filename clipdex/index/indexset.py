@@ -119,6 +119,8 @@ class IndexSet:
             if idx.generation == gen:
                 return True
             since = self.store.changes_since(kind)
+            if idx.dim != (self.store.dim or 0):  # the model changed to one of another size
+                return False
             if since is None or idx.generation < since or idx.generation > gen:
                 return False
             ops = self.store.changes(kind, idx.generation, gen)
