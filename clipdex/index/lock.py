@@ -40,7 +40,8 @@ def read_only_error(library_dir: Path) -> ReadOnlyLibrary:
 
 def command_line() -> str:
     """This process's command, as a user would recognise it (``clipdex index ~/Pictures``)."""
-    argv = [os.path.basename(sys.argv[0]) if sys.argv else "python", *sys.argv[1:]]
+    prog = os.path.basename(sys.argv[0]) if sys.argv else "clipdex"
+    argv = ["clipdex" if prog.endswith(".py") else prog, *sys.argv[1:]]  # `python -m clipdex.cli.main`
     line = " ".join(argv)
     return line if len(line) <= 120 else line[:117] + "..."
 
