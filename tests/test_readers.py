@@ -254,3 +254,14 @@ def test_damaged_database_is_never_recreated(lib, content, command):
     res = run("--library", lib, *args[command])
     assert_one_error_line(res, str(db), "is not a clipdex database or is damaged", "backup")
     assert db.read_bytes() == content and snapshot(lib) == before
+
+
+def test_feature_needing_newer_schema_says_how_to_upgrade(lib):
+    sql = sqlite3.connect(lib / "clipdex.db")
+    sql.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    sql.commit()
+    sql.close()
+    store = Store(lib)
+    with pytest.raises(Exception, match=r"needs a newer library format .* `clipdex check --repair` to upgrade"):
+        store.require_schema(3, "the change log")
+    store.close()

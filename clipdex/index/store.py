@@ -225,6 +225,15 @@ class Store:
         return version
 
     # ---- schema -------------------------------------------------------------------------
+    def require_schema(self, version: int, feature: str) -> None:
+        """For a reader of an older library (never migrated by readers): a feature needing a newer
+        table or column says how to upgrade instead of failing on a missing column."""
+        if self.schema_version < version:
+            raise ClipdexError(
+                f"{feature} needs a newer library format (version {version}; this library is at "
+                f"{self.schema_version}): run `clipdex check --repair` to upgrade"
+            )
+
     def _migrate(self) -> None:
         """Bring the schema up to date; the caller holds the writer lock (or owns a new file)."""
         if "meta" not in self.db.table_names():
