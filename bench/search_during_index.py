@@ -41,7 +41,7 @@ def clustered_rows(rng: np.random.Generator, centers: np.ndarray, n: int) -> np.
     """Unit vectors around random centres: the cluster structure real embeddings have (on
     structureless noise `auto` rightly prefers an exact scan to IVF)."""
     noise = rng.standard_normal((n, centers.shape[1]), np.float32)
-    x = centers[rng.integers(0, len(centers), n)] + 0.08 * noise
+    x = centers[rng.integers(0, len(centers), n)] + 0.02 * noise
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
