@@ -17,7 +17,6 @@ import numpy as np
 
 from clipdex.errors import ClipdexError
 from clipdex.index.imports import read_embeddings
-from clipdex.index.lock import WriterLock
 from clipdex.index.store import IMAGE, TEXT
 from clipdex.results import ImportCounts
 
@@ -36,7 +35,7 @@ def import_embeddings(
     data = read_embeddings(vectors_path, metadata_path, modality)
     kind = IMAGE if data.modality == "image" else TEXT
     counts = ImportCounts(missing_files=data.missing_files())
-    with WriterLock(lib.path):
+    with lib.writing():
         lib.check_model(reembed=False)
         dim = lib.store.dim if lib.spec is not None else None
         if not dim:
@@ -65,9 +64,9 @@ def import_embeddings(
                     if fresh:
                         all_ids[start + merged.new_rows] = merged.new_ids
                     else:  # an update is a removal and an add of the same id
-                        indexes[kind].remove(merged.updated_ids)
-                        indexes[kind].add(merged.updated_ids, vecs[merged.updated_rows])
-                        indexes[kind].add(merged.new_ids, vecs[merged.new_rows])
+                        ids = np.concatenate([merged.updated_ids, merged.new_ids])
+                        rows = np.concatenate([merged.updated_rows, merged.new_rows])
+                        lib.indexes.apply(kind, (ids, vecs[rows]), merged.updated_ids.tolist())
                     if progress:
                         progress(stop, data.count)
                 if counts.imported or counts.updated:
@@ -85,7 +84,7 @@ def import_embeddings(
             del all_vecs
         for idx in indexes.values():  # the other kind is unchanged: still valid at this generation
             idx.generation = gen
-        lib.indexes.save_all()
+        lib.indexes.finish()
     return counts
 
 

@@ -6,8 +6,10 @@ indexing run it drives) joins them. The CLI parses, calls a Library and prints.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,9 @@ from clipdex.retrieval.query import Terms, Weights, compose
 Problem = Callable[[str, str], None]
 Progress = Callable[[int, int], None]
 ImageArg = str | os.PathLike | bytes
+Warn = Callable[[str], None]
+
+log = logging.getLogger("clipdex")
 
 
 def default_library_dir() -> Path:
@@ -46,13 +51,17 @@ class Library:
     ...     print(hit.score, hit.path)
     """
 
-    def __init__(self, path: Path, store: Store, requested: ModelSpec | None, device: str = "auto"):
+    def __init__(
+        self, path: Path, store: Store, requested: ModelSpec | None, device: str = "auto",
+        warn: Warn | None = None,
+    ):  # fmt: skip
         self.path = path
         self.store = store
         self.requested = requested
         self.device = device
         self._model: LoadedModel | None = None
-        self.indexes = IndexSet(path, store)
+        self._seen_generation: int | None = None
+        self.indexes = IndexSet(path, store, warn or log.warning)
         self.last_reembed: Reembedded | None = None  # what the last re-embedding did
 
     # ---- opening --------------------------------------------------------------------------
@@ -64,18 +73,28 @@ class Library:
         model: str | None = None,
         pretrained: str | None = None,
         device: str = "auto",
+        warn: Warn | None = None,
     ) -> Library:
         """Open the library at ``path`` (default: ``default_library_dir()``).
 
         ``model``/``pretrained`` name the model for a new library; writing with a different one than
-        the stored model is refused unless it re-embeds (``index(..., reembed=True)``).
+        the stored model is refused unless it re-embeds (``index(..., reembed=True)``). The library
+        is opened for reading (it works on a read-only folder); writing methods take the writer
+        lock and reopen it for writing. ``warn`` receives one-line warnings (default: logging).
         """
         lib_dir = Path(path).expanduser().absolute() if path is not None else default_library_dir()
         if lib_dir.exists() and not lib_dir.is_dir():
             raise ClipdexError(f"library path {lib_dir} exists and is not a directory")
-        store = Store(lib_dir, create=create)
+        store = Store(lib_dir, create=create, write=False)
         requested = resolve_spec(model, pretrained) if (model or pretrained) else None
-        return cls(lib_dir, store, requested, device)
+        return cls(lib_dir, store, requested, device, warn)
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """Hold the writer lock with the store open for writing (re-entrant)."""
+        with WriterLock(self.path):
+            self.store.make_writable()
+            yield
 
     def close(self) -> None:
         self.store.close()
@@ -166,7 +185,7 @@ class Library:
 
             if index_type not in ("auto", *KINDS):
                 raise ClipdexError(f"unknown index type '{index_type}' (choose auto, {', '.join(KINDS)})")
-        with WriterLock(self.path):
+        with self.writing():
             if index_type is not None:
                 self.indexes.set_index_type(index_type)
             stored = self.spec
@@ -190,14 +209,13 @@ class Library:
             run.stats.dropped = dropped
             try:
                 for change in run.run(folders, include_hidden, exclude=[self.path]):
-                    for idx in indexes.values():  # removals first: an update re-adds its id
-                        idx.remove(change.removed)
-                    for kind, (ids, vecs) in change.added.items():
-                        indexes[kind].add(ids, vecs)
-                    for idx in indexes.values():
-                        idx.generation = self.store.generation
-            finally:
-                self.indexes.save_all()
+                    for kind in indexes:
+                        self.indexes.apply(kind, change.added.get(kind), change.removed)
+                    self.indexes.maybe_save()
+            except BaseException:
+                self.indexes.save_all()  # what was committed stays findable without a catch-up
+                raise
+            self.indexes.finish()
             return run.stats
 
     def add_texts(self, texts: Sequence[str], source: str = "add-texts") -> list[int]:
@@ -209,24 +227,23 @@ class Library:
         from clipdex.retrieval.embed import encode_texts
 
         texts = list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
-        with WriterLock(self.path):
+        with self.writing():
             if texts and self.store.dim is not None:
                 known = self.store.known_texts(texts)
                 texts = [t for t in texts if t not in known]
             if not texts:
                 return []
             lm = self.writer_model()
-            index = self.indexes.get(TEXT)
+            self.indexes.get(TEXT)
             ids: list[int] = []
             for start in range(0, len(texts), 1024):
                 chunk = texts[start : start + 1024]
                 vecs = encode_texts(lm, chunk)
-                with self.store.transaction():
-                    new = self.store.insert(TEXT, source, vecs, texts=chunk)
-                    index.generation = self.store.bump_generation()
-                index.add(new, vecs)
+                new = self.store.insert(TEXT, source, vecs, texts=chunk)
+                self.indexes.apply(TEXT, (new, vecs), [])
+                self.indexes.maybe_save()
                 ids += new
-            self.indexes.save_all()
+            self.indexes.finish()
         return ids
 
     def import_embeddings(
@@ -272,7 +289,7 @@ class Library:
         self.indexes.forget()
         for kind in (IMAGE, TEXT):
             self.indexes.get(kind)
-        self.indexes.save_all()
+        self.indexes.finish()
         return n
 
     # ---- searching ------------------------------------------------------------------------
@@ -314,11 +331,12 @@ class Library:
             raise ValueError(f"target must be 'images' or 'texts', not {target!r}")
         if filter is not None and not isinstance(filter, Filter):
             raise TypeError("filter must be a clipdex.Filter")
-        if not self.store.has_any(kind):
+        index = self.indexes.view(kind, self._follow_writers())  # one generation read when nothing changed
+        if index.ntotal == 0:
             what = "images" if kind == IMAGE else "texts"
             raise ClipdexError(f"the library at {self.path} has no {what} to search")
         query = self._vector_query(vector) if vector is not None else self._composed_query(terms, weights)
-        hits = filters.search(self.indexes.get(kind), self.store, kind, query, k, filter)
+        hits = filters.search(index, self.store, kind, query, k, filter)
         items = self.store.items([i for i, _ in hits])
         linked = self.store.items([it.image_id for it in items.values() if it.image_id is not None])
         results = []
@@ -329,6 +347,16 @@ class Library:
             name = os.fsdecode(path) if path is not None else None
             results.append(SearchResult(rank, score, kind, item_id, name, text, raw_path=path))
         return results
+
+    def _follow_writers(self) -> int:
+        """The store's generation; when it moved, another process may have changed the model
+        (use-model, finetune --apply): then it is reloaded."""
+        gen = self.store.generation
+        if gen != self._seen_generation:
+            self._seen_generation = gen
+            if self._model is not None and self.spec is not None and self._model.spec != self.spec:
+                self._model = None
+        return gen
 
     def _vector_query(self, vector: Any) -> np.ndarray:
         q = np.asarray(vector, np.float32).reshape(-1)
@@ -426,13 +454,10 @@ class Library:
         raise ClipdexError(f"{display_path(raw)} is not in the library at {self.path}")
 
     def refresh(self) -> None:
-        """Catch up with other processes (a long-running reader calls this per request): drop the
-        loaded model when the library's model changed, so the next query loads the new one. The
-        indexes catch up by themselves (they compare the stored generation)."""
-        if self._model is not None:
-            stored = self.spec
-            if stored is not None and stored != self._model.spec:
-                self._model = None
+        """Catch up with other processes (a long-running reader calls this per request): the next
+        query loads the library's new model if another process changed it; the indexes catch up
+        from the change log on their next search."""
+        self._follow_writers()
 
     # ---- reporting ------------------------------------------------------------------------
     def info(self) -> dict:
@@ -446,8 +471,8 @@ class Library:
         counts = self.store.counts()
         indexes = {}
         for kind in (IMAGE, TEXT):
-            idx = self.indexes.get(kind)
-            indexes[kind + "s"] = {"ntotal": idx.ntotal, **idx.info}
+            idx = self.indexes.view(kind)
+            indexes[kind + "s"] = {**idx.info, "ntotal": idx.ntotal}
         return {
             "library": str(self.path),
             "database": str(self.path / DB_NAME),
@@ -465,6 +490,12 @@ class Library:
             "files": files,
         }
 
+    def check(self, repair: bool = False) -> dict:
+        """``{"healthy", "problems": [{"kind", "detail"}], "repaired"}``; see `clipdex.check`."""
+        from clipdex.check import check_library
+
+        return check_library(self, repair).to_dict()
+
     def caption_pairs(self) -> list[tuple[str, str]]:
         """(image path, caption) pairs already in the library (sidecar captions), for fine-tuning."""
         return [(os.fsdecode(p), t) for p, t in self.store.caption_pairs()]
@@ -478,7 +509,7 @@ class Library:
         Returns the counts (``total`` re-embedded, ``dropped``); see `reembed`.
         """
         spec = resolve_spec(model, pretrained)
-        with WriterLock(self.path):
+        with self.writing():
             lm = (
                 self._model
                 if self._model is not None and self._model.spec == spec

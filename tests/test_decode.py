@@ -278,3 +278,54 @@ def test_prefetch_early_stop_does_not_hang() -> None:
     while _decode_threads() and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not _decode_threads()
+
+
+def _old_to_8bit(arr: np.ndarray, sixteen: bool) -> np.ndarray:
+    """The reference: the whole image in float64 (what decoding did before it worked in blocks)."""
+    a = np.nan_to_num(arr.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    lo, hi = a.min(), a.max()
+    if sixteen:
+        a = a / 257.0
+    elif lo < 0 or hi > 255:
+        a = (a - lo) * (255.0 / (hi - lo))
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "F"])
+def test_high_bit_depth_without_full_size_float64_copies(mode: str, monkeypatch) -> None:
+    import tracemalloc
+
+    monkeypatch.setattr(decode, "ROWS_PIXELS", 1 << 16)
+    rng = np.random.default_rng(0)
+    h, w = 1500, 1400
+    if mode == "I;16":
+        arr = rng.integers(0, 65536, (h, w), dtype=np.uint16)
+        img = Image.fromarray(arr)
+        assert img.mode == "I;16"
+    else:
+        arr = (rng.standard_normal((h, w)) * 1000).astype(np.float32)
+        img = Image.fromarray(arr, "F")
+    tracemalloc.start()
+    out = decode._to_8bit(img)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.array_equal(np.asarray(out), _old_to_8bit(np.asarray(img), mode == "I;16"))
+    # Pillow's own copies of the pixels (2 x 4 B for "F"), the 8-bit result (1 B) and small blocks;
+    # the former whole-image float64 path peaked at over 24 B a pixel.
+    assert peak < 10 * h * w, peak
+
+
+def test_pixel_budget_bounds_concurrent_decodes(odd: dict[str, Path], tmp_path: Path, monkeypatch) -> None:
+    paths = []
+    for i in range(8):
+        p = tmp_path / f"{i}.png"
+        Image.new("RGBA", (100, 100), (i * 20, 0, 0, 128)).save(p)
+        paths.append(p)
+    budget = decode.PixelBudget(15_000)  # one 10k-pixel image at a time
+    monkeypatch.setattr(decode, "_budget", budget)
+    got = [r for _, r in ordered_prefetch(lambda p: np.asarray(open_image(p)), paths, workers=4)]
+    assert all(isinstance(r, np.ndarray) and r.shape == (100, 100, 3) for r in got)
+    assert budget.peak == 10_000 and budget.used == 0
+    monkeypatch.setattr(decode, "_budget", decode.PixelBudget(9_999))
+    with pytest.raises(DecodeError, match="too large for the memory available"):
+        open_image(paths[0])

@@ -15,6 +15,7 @@ from corehelp import blocks_image, brute_force, json_lines, make_images, ok, pat
 from PIL import Image
 
 from clipdex.index.store import IMAGE, TEXT, Store
+from clipdex.index.vectors import VectorIndex
 
 RGB_NAMES = [f"rgb{i:02d}.png" for i in range(8)]
 CAPTIONS = {"rgb00": "a red square", "rgb01": "two blue circles", "small": "a small photo"}
@@ -224,11 +225,19 @@ def test_faiss_file_rebuilt_from_sqlite(indexed, tiny_model_dir, tmp_path, damag
         faiss_file.write_bytes(old)
     else:
         faiss_file.write_bytes(b"not a faiss index at all")
-    after = json_lines(ok("--library", lib, *query).stdout)
+    left = faiss_file.read_bytes() if faiss_file.exists() else None
+    res = ok("--library", lib, *query)
+    after = json_lines(res.stdout)
     assert after == before
     assert after[0]["path"] == str(more["new1.png"])
     assert len(after) == len(indexed["files"]) + 2
-    assert faiss_file.exists() and faiss_file.read_bytes() != b"not a faiss index at all"
+    # A reader searches exactly from SQLite, says so once, and leaves the file alone…
+    assert res.stderr.startswith("clipdex: warning: the image index") and res.stderr.count("\n") == 1
+    assert (faiss_file.read_bytes() if faiss_file.exists() else None) == left
+    # …the next writer rebuilds it.
+    ok("--library", lib, "index", tmp_path / "b", "--quiet")
+    assert json_lines(ok("--library", lib, *query).stdout) == before
+    assert faiss_file.exists() and VectorIndex.load(faiss_file).ntotal == len(after)
     ids, vecs = stored(lib, IMAGE)
     want = brute_force(ids, vecs, vecs[list(ids).index(after[0]["id"])], 100)
     assert [h["id"] for h in after] == [i for i, _ in want]

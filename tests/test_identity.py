@@ -205,7 +205,7 @@ def test_reembedding_refuses_to_drop_items_without_a_file(mixed, tiny_model_dir,
 
 def test_reembedding_refuses_when_a_photo_is_missing_or_unreadable(mixed, tiny_model_dir2, tmp_path):
     lib = mixed["lib"]
-    store = Store(lib)
+    store = Store(lib, write=True)
     store.delete([i for i, p, _ in store.iter_items("image") if b"elsewhere" in p])
     store.close()
     (mixed["imgs"] / "b.png").unlink()  # an unplugged disk: the file is gone, the item not

@@ -129,12 +129,13 @@ def _planted_library(tmp_path, tiny_model_dir, index_type):
         w.writerow(["path"])
         w.writerows([p] for p in paths)
     lib = Library.open(tmp_path / f"lib-{index_type}", create=True, model=str(tiny_model_dir))
-    lib.indexes.set_index_type(index_type)
+    with lib.writing():
+        lib.indexes.set_index_type(index_type)
     lib.import_embeddings(tmp_path / "v.npy", tmp_path / "m.csv")
     ids, _ = lib.store.vectors(IMAGE)
     taken = BASE + 3600.0 * rng.permutation(N)
     captioned = rng.random(N) < 0.3
-    with lib.store.transaction():
+    with lib.writing(), lib.store.transaction():
         lib.store.conn.executemany(
             "UPDATE items SET taken_at = ? WHERE id = ?", zip(taken.tolist(), ids.tolist())
         )

@@ -22,7 +22,7 @@ class State:
     def open(self, create: bool = False, **kwargs: Any) -> Any:
         from clipdex.library import Library
 
-        return Library.open(self.library, create=create, **kwargs)
+        return Library.open(self.library, create=create, warn=warning, **kwargs)
 
     def database(self) -> str:
         """The library's database file (for error messages)."""
@@ -73,6 +73,11 @@ def emit_json(obj: Any) -> None:
 def info(msg: str, quiet: bool = False) -> None:
     if not quiet:
         click.echo(msg, err=True)
+
+
+def warning(message: str) -> None:
+    """A one-line warning on stderr (results still go to stdout)."""
+    click.echo(f"clipdex: warning: {message}", err=True)
 
 
 def problem(path: str, reason: str) -> None:

@@ -280,6 +280,40 @@ def info_cmd(state, as_json):
     click.echo(f"on disk:   {_size(data['bytes_on_disk'])}")
 
 
+@click.command("check")
+@click.option(
+    "--repair", is_flag=True, help="Rebuild derived files, remove leftovers, upgrade an old schema."
+)
+@json_option
+@pass_state
+@click.pass_context
+def check_cmd(ctx, state, repair, as_json):
+    """Check the library's consistency; exit 0 only when it is healthy.
+
+    Checks SQLite's integrity, FAISS ids against the database, every vector (finite, unit norm),
+    orphan captions, leftover temporary files and the schema version. --repair never removes user
+    data: it rebuilds the FAISS files, removes leftovers and upgrades the schema.
+
+    \b
+    Examples:
+      clipdex check
+      clipdex check --repair --json
+    """
+    with state.open() as lib:
+        report = lib.check(repair=repair)
+    if as_json:
+        emit_json(report)
+    else:
+        for line in report["repaired"]:
+            click.echo(f"repaired: {line}")
+        for p in report["problems"]:
+            click.echo(f"{p['kind']}: {p['detail']}")
+        hint = "" if repair else " (`clipdex check --repair` fixes what it can)"
+        info("library is healthy" if report["healthy"] else f"{len(report['problems'])} problems{hint}")
+    if not report["healthy"]:
+        ctx.exit(1)
+
+
 def _size(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
@@ -288,4 +322,4 @@ def _size(n: int) -> str:
     return str(n)
 
 
-COMMANDS = [index, search, add_texts, import_embeddings, info_cmd]
+COMMANDS = [index, search, add_texts, import_embeddings, info_cmd, check_cmd]

@@ -94,6 +94,11 @@ def _faiss() -> Any:
     return faiss
 
 
+class NeedsRebuild(Exception):
+    """An id to add is tombstoned (an index that cannot remove in place): only a rebuild can
+    replace its vector."""
+
+
 @dataclass
 class AnnIndex:
     kind: str
@@ -113,7 +118,8 @@ class AnnIndex:
         ids = np.asarray(ids, np.int64)
         if not len(ids):
             return
-        self.removed.difference_update(ids.tolist())  # ids are never reused, but be safe
+        if self.removed and not self.removed.isdisjoint(ids.tolist()):
+            raise NeedsRebuild(f"{self.kind} index: cannot replace a removed id's vector in place")
         self.index.add_with_ids(self._encode(vectors), ids)
         self.info["ntotal"] = self.ntotal
 
@@ -144,12 +150,26 @@ class AnnIndex:
         )
 
     # ---- search -----------------------------------------------------------------------------
+    def ids(self) -> np.ndarray:
+        """Every id stored in the FAISS index (tombstoned ones included), unsorted."""
+        faiss = _faiss()
+        if hasattr(self.index, "id_map"):
+            return faiss.vector_to_array(self.index.id_map).astype(np.int64)
+        invlists = faiss.extract_index_ivf(self.index).invlists
+        parts = [
+            faiss.rev_swig_ptr(invlists.get_ids(lst), invlists.list_size(lst)).copy()
+            for lst in range(invlists.nlist)
+            if invlists.list_size(lst)
+        ]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
     def search(
         self,
         queries: np.ndarray,
         k: int,
         get_vectors: Callable[[np.ndarray], np.ndarray],
         allowed: np.ndarray | None = None,
+        exclude: set[int] | frozenset[int] = frozenset(),
     ) -> tuple[np.ndarray, np.ndarray]:
         """(scores, ids), each (Q, k): exact cosine (float64 sums of the float32 vectors' products)
         from `get_vectors`, best first, ties by ascending id.
@@ -157,24 +177,26 @@ class AnnIndex:
         `get_vectors(ids)` returns the stored float32 vectors of the given (sorted, unique) ids, in
         that order. Rows with fewer than k results are padded with id -1 and score -inf.
         `allowed` (ids) restricts the search to those items through a FAISS ID selector; an IVF
-        index probes more lists (up to all of them) until k allowed items are found.
+        index probes more lists (up to all of them) until k allowed items are found. Ids in
+        `exclude` (a reader's tombstones) are never returned.
         """
         q = np.ascontiguousarray(np.atleast_2d(queries), np.float32)
         if len(q) > QUERY_CHUNK:  # bound the re-rank's (queries x candidates x dim) float64 block
             chunks = range(0, len(q), QUERY_CHUNK)
-            parts = [self.search(q[s : s + QUERY_CHUNK], k, get_vectors, allowed) for s in chunks]
+            parts = [self.search(q[s : s + QUERY_CHUNK], k, get_vectors, allowed, exclude) for s in chunks]
             return np.vstack([p[0] for p in parts]), np.vstack([p[1] for p in parts])
         scores = np.full((len(q), k), -np.inf)
         ids = np.full((len(q), k), -1, np.int64)
         total = int(self.index.ntotal)
         if not len(q) or k < 1 or self.ntotal == 0:
             return scores, ids
-        fetch = min(total, k * self.info["params"].get("rerank", 1) + MARGIN + len(self.removed))
+        dropped = self.removed | exclude if exclude else self.removed
+        fetch = min(total, k * self.info["params"].get("rerank", 1) + MARGIN + len(dropped))
         selector = _Selector(self, allowed, k) if allowed is not None else None
         rows = np.arange(len(q))
         while len(rows):
             cand_scores, cand = self._candidates(q[rows], fetch, selector)
-            s, i = self._rerank(q[rows], cand, k, get_vectors)
+            s, i = self._rerank(q[rows], cand, k, get_vectors, dropped)
             scores[rows], ids[rows] = s, i
             if selector is not None and selector.widen((i >= 0).sum(axis=1)):
                 rows = rows[(i >= 0).sum(axis=1) < selector.need]  # probe more lists for these
@@ -198,10 +220,11 @@ class AnnIndex:
             return self.index.search(q, fetch, params=params)
 
     def _rerank(
-        self, q: np.ndarray, cand: np.ndarray, k: int, get_vectors: Callable[[np.ndarray], np.ndarray]
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if self.removed:
-            cand = np.where(np.isin(cand, np.fromiter(self.removed, np.int64)), -1, cand)
+        self, q: np.ndarray, cand: np.ndarray, k: int, get_vectors: Callable[[np.ndarray], np.ndarray],
+        dropped: set[int] | frozenset[int] = frozenset(),
+    ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+        if dropped:
+            cand = np.where(np.isin(cand, np.fromiter(dropped, np.int64, len(dropped))), -1, cand)
         valid = cand >= 0
         uniq, inv = np.unique(cand[valid], return_inverse=True)
         vecs = np.asarray(get_vectors(uniq), np.float64).reshape(len(uniq), q.shape[1])

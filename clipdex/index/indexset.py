@@ -1,28 +1,51 @@
 """The library's FAISS files (``images.faiss``, ``texts.faiss``), kept in line with the store.
 
-Each file records the store generation it reflects. ``get`` hands out the cached index, else the
-file, else (missing, unreadable, stale, or grown past what it was trained on) a rebuild from
-SQLite, which it saves for the next reader.
+Each file records the store generation it reflects; the store's change log says what changed
+since. Two ways in:
+
+- `view` (readers: search, info, a long-lived Library) never writes. It loads the file and
+  catches up from the log in memory; when the file is missing, damaged, of another dimension, or
+  the log no longer reaches back to it, it searches exactly from SQLite (in memory, not saved)
+  and warns once. Each call costs one generation read when nothing changed.
+- `get` (writers, under the writer lock) folds the log into the index, or rebuilds it when it
+  is missing, damaged or has outgrown its training; `apply` follows a run's commits, `save_all`
+  and `maybe_save` write the files and prune the log behind them, `finish` (the end of a
+  writing command) also repairs a file of the other kind that readers could not use.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
+
+from clipdex.index.ann import NeedsRebuild
 from clipdex.index.store import IMAGE, TEXT, Store
 from clipdex.index.vectors import VectorIndex
 
 INDEX_TYPE_KEY = "index_type"
 TUNE_QUERIES = 200
+SAVE_SECONDS = 60.0  # a long writer run saves its FAISS files at least this often…
+SAVE_COMMITS = 200  # …or after this many commits, whichever comes first
+RELOAD_OVERLAY = 20_000  # a reader whose catch-up grew past this reloads a newer file
+
+Warn = Callable[[str], None]
 
 
 class IndexSet:
     """One VectorIndex per kind ("image", "text") for a library folder."""
 
-    def __init__(self, folder: Path, store: Store):
+    def __init__(self, folder: Path, store: Store, warn: Warn | None = None):
         self.folder = folder
         self.store = store
+        self.warn = warn or (lambda message: None)
         self._cache: dict[str, VectorIndex] = {}
+        self._file_stamp: dict[str, tuple[int, int] | None] = {}
+        self._warned: set[str] = set()
+        self._saved_at = time.monotonic()
+        self._commits = 0
 
     def path(self, kind: str) -> Path:
         return self.folder / f"{kind}s.faiss"
@@ -33,26 +56,94 @@ class IndexSet:
         return self.store.get_meta(INDEX_TYPE_KEY) or "auto"
 
     def set_index_type(self, index_type: str) -> None:
-        """Record a new index type; the indexes are rebuilt with it on next use."""
+        """Record a new index type (writer); the indexes are rebuilt with it on next use."""
         if index_type != self.index_type:
             self.store.set_meta(INDEX_TYPE_KEY, None if index_type == "auto" else index_type)
             self._cache.clear()
             for kind in (IMAGE, TEXT):
                 self.path(kind).unlink(missing_ok=True)
 
-    def get(self, kind: str) -> VectorIndex:
-        gen = self.store.generation
+    # ---- readers ------------------------------------------------------------------------
+    def view(self, kind: str, generation: int | None = None) -> VectorIndex:
+        """The index of ``kind`` as of the store's current generation (``generation`` when the
+        caller has just read it). Never writes anything."""
+        gen = self.store.generation if generation is None else generation
         idx = self._cache.get(kind)
         if idx is not None and idx.generation == gen:
             return idx
-        idx = VectorIndex.load(self.path(kind))
-        if idx is None or idx.generation != gen or idx.dim != (self.store.dim or 0) or idx.stale():
-            with self.store.snapshot():  # ids, vectors and generation from one consistent state
-                gen = self.store.generation
-                ids, vecs = self.store.vectors(kind)
-            idx = self.build(kind, ids, vecs, gen)
+        if idx is not None and idx.overlay_size > RELOAD_OVERLAY and self._file_changed(kind):
+            idx = None  # a writer saved since: a fresh base beats a big in-memory catch-up
+        if idx is not None and self._catch_up(idx, kind, fold=False):
+            return idx
+        idx, why = self._load(kind)
+        if idx is not None and self._catch_up(idx, kind, fold=False):
+            self._cache[kind] = idx
+            return idx
+        why = why or "older than the database's change log"
+        return self._exact(kind, why)
+
+    def _exact(self, kind: str, why: str) -> VectorIndex:
+        with self.store.snapshot():  # ids, vectors and generation from one consistent state
+            gen = self.store.generation
+            ids, vecs = self.store.vectors(kind)
+        if len(ids) and kind not in self._warned:
+            self._warned.add(kind)
+            self.warn(
+                f"the {kind} index {self.path(kind)} is {why}; searching exactly from the database "
+                "(slower; the next `clipdex index` or `clipdex check --repair` rebuilds it)"
+            )
+        idx = VectorIndex.build(ids, vecs, self.store.dim or 0, gen, "flat")
+        idx.exact_fallback = True
         self._cache[kind] = idx
         return idx
+
+    def _load(self, kind: str) -> tuple[VectorIndex | None, str | None]:
+        path = self.path(kind)
+        self._file_stamp[kind] = _stamp(path)
+        if not path.exists():
+            return None, "missing"
+        idx = VectorIndex.load(path)
+        if idx is None:
+            return None, "damaged"
+        if idx.dim != (self.store.dim or 0):
+            return None, f"of another model ({idx.dim}-d vectors; the library's are {self.store.dim}-d)"
+        return idx, None
+
+    def _file_changed(self, kind: str) -> bool:
+        return _stamp(self.path(kind)) != self._file_stamp.get(kind)
+
+    def _catch_up(self, idx: VectorIndex, kind: str, fold: bool) -> bool:
+        """Apply the logged changes since ``idx.generation``; False when the log cannot."""
+        with self.store.snapshot():
+            gen = self.store.generation
+            if idx.generation == gen:
+                return True
+            since = self.store.changes_since(kind)
+            if idx.dim != (self.store.dim or 0):  # the model changed to one of another size
+                return False
+            if since is None or idx.generation < since or idx.generation > gen:
+                return False
+            ops = self.store.changes(kind, idx.generation, gen)
+            idx.apply_changes(ops, lambda ids: self.store.live_vectors(kind, ids), gen, fold=fold)
+        return True
+
+    # ---- writers ------------------------------------------------------------------------
+    def get(self, kind: str) -> VectorIndex:
+        """The index of ``kind`` for a writer: up to date, folded, saved when it had to be rebuilt."""
+        idx = self._cache.get(kind)
+        if idx is None or idx.exact_fallback:
+            idx, _ = self._load(kind)
+        try:
+            if idx is not None and self._catch_up(idx, kind, fold=True) and not idx.stale():
+                idx.fold()
+                self._cache[kind] = idx
+                return idx
+        except NeedsRebuild:
+            pass
+        with self.store.snapshot():
+            gen = self.store.generation
+            ids, vecs = self.store.vectors(kind)
+        return self.build(kind, ids, vecs, gen)
 
     def build(self, kind: str, ids, vecs, generation: int) -> VectorIndex:
         """Build from arrays the caller already holds (saves re-reading SQLite), cache and save it."""
@@ -65,6 +156,24 @@ class IndexSet:
         self._try_save(kind, idx)
         return idx
 
+    def apply(self, kind: str, added: tuple[list[int], np.ndarray] | None, removed: list[int]) -> None:
+        """Follow one committed change of a writer's run (rebuilds when the index cannot)."""
+        idx = self._cache[kind]
+        try:
+            idx.remove(removed)
+            if added is not None:
+                idx.add(*added)
+            idx.generation = self.store.generation
+        except NeedsRebuild:
+            self._cache.pop(kind)
+            self.get(kind)
+
+    def maybe_save(self) -> None:
+        """A commit point of a long run: save every SAVE_SECONDS or SAVE_COMMITS commits."""
+        self._commits += 1
+        if self._commits >= SAVE_COMMITS or time.monotonic() - self._saved_at >= SAVE_SECONDS:
+            self.save_all()
+
     def forget(self, kind: str | None = None) -> None:
         if kind is None:
             self._cache.clear()
@@ -72,13 +181,54 @@ class IndexSet:
             self._cache.pop(kind, None)
 
     def save_all(self) -> None:
-        for kind, idx in self._cache.items():
-            self._try_save(kind, idx)
+        """Save every up-to-date writer index (a writer's commit point); one that has outgrown
+        its training (see VectorIndex.stale) is rebuilt first."""
+        for kind, idx in list(self._cache.items()):
+            if idx.exact_fallback:
+                continue
+            if self.store.writable and idx.generation == self.store.generation and idx.stale():
+                self.forget(kind)
+                self.get(kind)  # rebuilds and saves
+            else:
+                self._try_save(kind, idx)
+        self._saved_at, self._commits = time.monotonic(), 0
+
+    def finish(self) -> None:
+        """The end of a writing command: save, and rebuild a file of another kind that readers
+        cannot use (missing, unreadable, of another dimension, or older than the log reaches)."""
+        self.save_all()
+        for kind in (IMAGE, TEXT):
+            if kind in self._cache or not self.store.writable:
+                continue
+            head = VectorIndex.read_header(self.path(kind))
+            since = self.store.changes_since(kind)
+            usable = (
+                head is not None
+                and head.get("dim") == self.store.dim
+                and (
+                    head.get("generation") == self.store.generation
+                    or (since is not None and since <= head.get("generation", -1) <= self.store.generation)
+                )
+            )
+            if not usable and (head is not None or self.store.count(kind)):
+                self.get(kind)  # caught up or rebuilt, and saved
 
     def _try_save(self, kind: str, idx: VectorIndex) -> None:
-        # Derived data: saved only if it still reflects the database, and a failure is harmless.
-        if idx.generation == self.store.generation:
-            try:
-                idx.save(self.path(kind))
-            except OSError:
-                pass
+        # Derived data: saved only by a writer, only if it still reflects the database; a failure
+        # is harmless (readers catch up from the log, the next writer saves again).
+        if not self.store.writable or idx.generation != self.store.generation:
+            return
+        try:
+            idx.save(self.path(kind))
+        except OSError:
+            return
+        self._file_stamp[kind] = _stamp(self.path(kind))
+        self.store.prune_changes(kind, idx.generation)
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_ino

@@ -7,6 +7,7 @@ the vectors bumps ``generation``; FAISS files record the generation they reflect
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -19,6 +20,7 @@ import numpy as np
 import sqlite_utils
 
 from clipdex.errors import ClipdexError
+from clipdex.index.lock import WriterLock, read_only_error
 
 DB_NAME = "clipdex.db"
 IMAGE, TEXT = "image", "text"
@@ -81,11 +83,36 @@ def _m4_photo_meta(db: sqlite_utils.Database) -> None:
     db.execute("CREATE INDEX IF NOT EXISTS idx_items_kind_taken_at ON items (kind, taken_at)")
 
 
+def _m5_change_log(db: sqlite_utils.Database) -> None:
+    # What each generation added and removed, written in the same transaction as the data, so a
+    # reader holding a FAISS file of an older generation catches up without a rebuild. Runs of
+    # consecutive ids are one row (an import of 1M rows is a handful). An update is a remove and an
+    # add of the same id. The log is complete for generations above meta `changes_since_<kind>`.
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS changes (
+            seq INTEGER PRIMARY KEY AUTOINCREMENT,
+            generation INTEGER NOT NULL,
+            kind TEXT NOT NULL,
+            op TEXT NOT NULL CHECK (op IN ('add', 'remove')),
+            first_id INTEGER NOT NULL,
+            last_id INTEGER NOT NULL
+        )"""
+    )
+    db.execute("CREATE INDEX IF NOT EXISTS changes_kind_generation ON changes (kind, generation)")
+    gen = db.execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+    for kind in (IMAGE, TEXT):
+        db.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)",
+            (f"changes_since_{kind}", gen[0] if gen else "0"),
+        )
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial,
     _m2_pending,
     _m3_identity,
     _m4_photo_meta,
+    _m5_change_log,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -146,44 +173,146 @@ class Merged:
 
 
 class Store:
-    """Thin typed layer over the library's SQLite database."""
+    """Thin typed layer over the library's SQLite database.
 
-    def __init__(self, library_dir: Path, create: bool = False):
-        self.path = Path(library_dir) / DB_NAME
-        if not self.path.exists() and not create:
-            raise ClipdexError(f"no library at {library_dir} (run `clipdex index FOLDER` to create one)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.exists()
+    Opened for reading unless ``write`` (default: ``create``): a reader opens the file read-only
+    (``immutable`` when the folder cannot be written: a read-only mount or a backup copy), sets no
+    pragma and migrates nothing; an older schema is read as it is. `make_writable` switches to a
+    read-write connection (WAL) and migrates, under the writer lock.
+    """
+
+    def __init__(self, library_dir: Path, create: bool = False, write: bool | None = None):
+        self.folder = Path(library_dir)
+        self.path = self.folder / DB_NAME
+        self.writable = False
+        self._txn_gen: int | None = None
+        if not self.path.exists():
+            if not create:
+                raise ClipdexError(f"no library at {library_dir} (run `clipdex index FOLDER` to create one)")
+            self._create()
+        if create if write is None else write:
+            self._open_write()
+        else:
+            self._open_read()
+
+    # ---- opening ------------------------------------------------------------------------
+    def _create(self) -> None:
+        """A new database, made aside and renamed into place: a crash never leaves a half-made one."""
         try:
-            self._open(new)
-        except sqlite3.DatabaseError as e:
-            from clipdex.errors import explain_environment_error
-
-            raise ClipdexError(explain_environment_error(e, str(self.path)) or f"{self.path}: {e}") from e
-
-    def _open(self, new: bool) -> None:
-        conn = sqlite3.connect(str(self.path), timeout=30, isolation_level=None, check_same_thread=False)
-        self.db = sqlite_utils.Database(conn)
-        self.conn = conn
-        if new:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except PermissionError:
+            raise read_only_error(self.folder) from None
+        except OSError as e:
+            if e.errno == 30:  # EROFS
+                raise read_only_error(self.folder) from None
+            raise
+        with WriterLock(self.folder):
+            if self.path.exists():
+                return
+            # Half-made databases of creators killed before their rename (they held this lock, so
+            # none is still being written): removed, with their -wal/-shm files.
+            for stale in self.folder.glob(f".{DB_NAME}.new-*"):
+                stale.unlink(missing_ok=True)
+            tmp = self.folder / f".{DB_NAME}.new-{os.getpid()}"
+            conn = sqlite3.connect(str(tmp), isolation_level=None)
             # A 512-d float32 row is ~2.1 KB: with 4 KB pages only one fits per page (half the file is
             # slack); 32 KB pages hold 15. Only settable before the file has content.
             conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
-        conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute(f"PRAGMA journal_size_limit={64 << 20}")  # shrink the WAL after big writes
-        conn.execute("PRAGMA foreign_keys=OFF")
-        self._migrate()
+            conn.execute("PRAGMA journal_mode=WAL")
+            self.conn, self.db = conn, sqlite_utils.Database(conn)
+            self._migrate()
+            conn.close()
+            os.replace(tmp, self.path)
 
-    # ---- schema -------------------------------------------------------------------------
-    def _migrate(self) -> None:
-        if "meta" not in self.db.table_names():
-            self.db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-        version = int(self.get_meta("schema_version") or 0)
+    def _connect(self, uri: str) -> None:
+        conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False)
+        self.conn, self.db = conn, sqlite_utils.Database(conn)
+
+    def _uri(self, mode: str) -> str:
+        from urllib.parse import quote
+
+        return f"file:{quote(str(self.path.absolute()))}?{mode}"
+
+    def _open_read(self) -> None:
+        self._check_not_empty()
+        folder_writable = os.access(self.folder, os.W_OK)
+        try:
+            self._connect(self._uri("mode=ro" if folder_writable else "immutable=1"))
+        except sqlite3.Error as e:
+            raise self.damaged(e) from None
+        self.schema_version = self._read_schema_version()
+
+    def _open_write(self) -> None:
+        if not (os.access(self.folder, os.W_OK) and os.access(self.path, os.W_OK)):
+            raise read_only_error(self.folder)
+        self._check_not_empty()
+        try:
+            self._connect(self._uri("mode=rw"))
+            self.conn.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.execute(f"PRAGMA journal_size_limit={64 << 20}")  # shrink the WAL after big writes
+            self.conn.execute("PRAGMA foreign_keys=OFF")
+            version = self._read_schema_version()
+        except sqlite3.OperationalError as e:
+            if "readonly" in str(e) or "read-only" in str(e):
+                raise read_only_error(self.folder) from None
+            raise self.damaged(e) from None
+        except sqlite3.DatabaseError as e:
+            raise self.damaged(e) from None
+        if version < SCHEMA_VERSION:
+            with WriterLock(self.folder):  # two processes upgrading one library: one at a time
+                self._migrate()
+        self.schema_version = SCHEMA_VERSION
+        self.writable = True
+
+    def make_writable(self) -> None:
+        """Reopen read-write (migrating an older schema); the caller holds the writer lock."""
+        if not self.writable:
+            self.conn.close()
+            self._open_write()
+
+    def _check_not_empty(self) -> None:
+        try:
+            empty = self.path.stat().st_size == 0
+        except OSError as e:
+            raise self.damaged(e.strerror or e) from None
+        if empty:
+            raise self.damaged("the file is empty")
+
+    def damaged(self, reason: object) -> ClipdexError:
+        return ClipdexError(
+            f"{self.path} is not a clipdex database or is damaged: {reason} "
+            "(restore it from a backup, or move it aside to start a new library)"
+        )
+
+    def _read_schema_version(self) -> int:
+        try:
+            if "meta" not in self.db.table_names():  # a new database is made whole (see _create)
+                raise self.damaged("it has no clipdex tables")
+            version = int(self.get_meta("schema_version") or 0)
+        except sqlite3.DatabaseError as e:
+            raise self.damaged(e) from None
         if version > SCHEMA_VERSION:
             raise ClipdexError(
                 f"library schema version {version} is newer than this clipdex supports; upgrade clipdex"
             )
+        return version
+
+    # ---- schema -------------------------------------------------------------------------
+    def require_schema(self, version: int, feature: str) -> None:
+        """For a reader of an older library (never migrated by readers): a feature needing a newer
+        table or column says how to upgrade instead of failing on a missing column."""
+        if self.schema_version < version:
+            raise ClipdexError(
+                f"{feature} needs a newer library format (version {version}; this library is at "
+                f"{self.schema_version}): run `clipdex check --repair` to upgrade"
+            )
+
+    def _migrate(self) -> None:
+        """Bring the schema up to date; the caller holds the writer lock (or owns a new file)."""
+        if "meta" not in self.db.table_names():
+            self.db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+        version = int(self.get_meta("schema_version") or 0)  # re-read: another writer may have upgraded
         for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
             with self.transaction():
                 migration(self.db)
@@ -195,11 +324,14 @@ class Store:
             yield
             return
         self.conn.execute("BEGIN IMMEDIATE")
+        self._txn_gen = None
         try:
             yield
         except BaseException:
+            self._txn_gen = None
             self.conn.execute("ROLLBACK")
             raise
+        self._txn_gen = None
         self.conn.execute("COMMIT")
 
     @contextmanager
@@ -233,9 +365,70 @@ class Store:
         return int(self.get_meta("generation") or 0)
 
     def bump_generation(self) -> int:
+        """The generation of the current write transaction (bumped once per transaction)."""
+        if self._txn_gen is not None and self.conn.in_transaction:
+            return self._txn_gen
         gen = self.generation + 1
         self.set_meta("generation", str(gen))
+        if self.conn.in_transaction:
+            self._txn_gen = gen
         return gen
+
+    # ---- change log (readers catch up from it; see _m3_change_log) ----------------------
+    def _log(self, op: str, kinds_ids: Iterable[tuple[str, int]]) -> None:
+        """Record ``op`` of these (kind, id)s in this transaction's generation. Every write method
+        that adds, removes or changes a vector calls this (an update: "remove" then "add")."""
+        by_kind: dict[str, list[int]] = {}
+        for kind, i in kinds_ids:
+            by_kind.setdefault(kind, []).append(int(i))
+        if not by_kind:
+            return
+        gen = self.bump_generation()
+        rows = [
+            (gen, kind, op, first, last)
+            for kind, ids in by_kind.items()
+            for first, last in _runs(sorted(ids))
+        ]
+        self.conn.executemany(
+            "INSERT INTO changes (generation, kind, op, first_id, last_id) VALUES (?, ?, ?, ?, ?)", rows
+        )
+
+    def changes_since(self, kind: str) -> int | None:
+        """The log holds every change of ``kind`` after this generation (None: no log, old schema)."""
+        value = self.get_meta(f"changes_since_{kind}")
+        return int(value) if value is not None else None
+
+    def changes(self, kind: str, after: int, upto: int) -> list[tuple[str, int, int]]:
+        """(op, first id, last id) of ``kind`` in generations (after, upto], in the order written."""
+        return self.conn.execute(
+            "SELECT op, first_id, last_id FROM changes WHERE kind = ? AND generation > ?"
+            " AND generation <= ? ORDER BY seq",
+            (kind, after, upto),
+        ).fetchall()
+
+    def prune_changes(self, kind: str, upto: int) -> None:
+        """Forget ``kind``'s changes up to generation ``upto`` (its FAISS file is saved at ``upto``)."""
+        with self.transaction():
+            since = self.changes_since(kind) or 0
+            if upto > since:
+                self.conn.execute("DELETE FROM changes WHERE kind = ? AND generation <= ?", (kind, upto))
+                self.set_meta(f"changes_since_{kind}", str(upto))
+
+    def live_vectors(self, kind: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of those of ``ids`` that exist now with ``kind``, ascending id."""
+        out_ids: list[int] = []
+        blobs: list[bytes] = []
+        for chunk in _chunks(np.unique(np.asarray(ids, np.int64)).tolist(), 500):
+            marks = ",".join("?" * len(chunk))
+            for i, blob in self.conn.execute(
+                f"SELECT id, vector FROM items WHERE kind = ? AND id IN ({marks}) ORDER BY id",
+                [kind, *chunk],
+            ):
+                out_ids.append(i)
+                blobs.append(blob)
+        dim = self.dim or 0
+        vecs = np.frombuffer(b"".join(blobs), np.float32).reshape(len(out_ids), dim)
+        return np.asarray(out_ids, np.int64), vecs
 
     # ---- writes -------------------------------------------------------------------------
     def insert(
@@ -276,6 +469,7 @@ class Store:
                      vectors[i].tobytes(), now, taken, meta.width, meta.height),
                 )  # fmt: skip
                 ids.append(int(cur.lastrowid))
+            self._log("add", zip(repeat(kind), ids))
         return ids
 
     def insert_many(
@@ -317,6 +511,7 @@ class Store:
                     blobs, repeat(time.time()),
                 ),
             )  # fmt: skip
+            self._log("add", zip(repeat(kind), ids.tolist()))
         return ids
 
     @contextmanager
@@ -339,12 +534,19 @@ class Store:
         if not ids:
             return []
         with self.transaction():
-            captions = self._select_ids("SELECT id FROM items WHERE image_id IN ({})", ids)
+            kinds: dict[int, str] = {}
+            for chunk in _chunks(ids, 500):
+                marks = ",".join("?" * len(chunk))
+                kinds.update(self.conn.execute(
+                    f"SELECT id, kind FROM items WHERE id IN ({marks}) OR image_id IN ({marks})", chunk * 2
+                ))  # fmt: skip
+            captions = [i for i in kinds if i not in set(ids)]
             gone = ids + captions
             for chunk in _chunks(gone, 500):
                 marks = ",".join("?" * len(chunk))
                 self.conn.execute(f"DELETE FROM items WHERE id IN ({marks})", chunk)
                 self.conn.execute(f"DELETE FROM pending_vectors WHERE id IN ({marks})", chunk)
+            self._log("remove", ((k, i) for i, k in kinds.items()))
         return gone
 
     def update_vectors(
@@ -381,6 +583,12 @@ class Store:
             cols["height"] = [p.height for p in metas]
         with self.transaction():
             self._update_columns(ids, cols, source)
+            kinds = []
+            for chunk in _chunks([int(i) for i in ids], 500):
+                marks = ",".join("?" * len(chunk))
+                kinds += self.conn.execute(f"SELECT kind, id FROM items WHERE id IN ({marks})", chunk)
+            self._log("remove", kinds)  # an update is a removal and an add of the same id
+            self._log("add", kinds)
 
     def update_files(
         self,
@@ -611,10 +819,6 @@ class Store:
             return self.conn.execute("SELECT count(*) FROM items").fetchone()[0]
         return self.conn.execute("SELECT count(*) FROM items WHERE kind = ?", (kind,)).fetchone()[0]
 
-    def has_any(self, kind: str) -> bool:
-        """Whether any item of ``kind`` is stored (without counting them all)."""
-        return self.conn.execute("SELECT 1 FROM items WHERE kind = ? LIMIT 1", (kind,)).fetchone() is not None
-
     def counts(self) -> dict[str, int]:
         rows = self.conn.execute("SELECT kind, source, count(*) FROM items GROUP BY kind, source")
         out = {"images": 0, "texts": 0}
@@ -674,6 +878,11 @@ class Store:
                 "UPDATE items SET vector = (SELECT vector FROM pending_vectors p WHERE p.id = items.id)"
                 " WHERE id IN (SELECT id FROM pending_vectors)"
             )
+            changed = self.conn.execute(
+                "SELECT kind, id FROM items WHERE id IN (SELECT id FROM pending_vectors)"
+            ).fetchall()
+            self._log("remove", changed)  # an update: remove + add of the same id
+            self._log("add", changed)
             if missing:
                 self.delete(missing)
             self.conn.execute("DELETE FROM pending_vectors")
@@ -689,6 +898,20 @@ class Store:
         for chunk in _chunks(ids, 500):
             out += [r[0] for r in self.conn.execute(sql.format(",".join("?" * len(chunk))), chunk)]
         return out
+
+
+def _runs(ids: list[int]) -> Iterator[tuple[int, int]]:
+    """Sorted ids as (first, last) runs of consecutive values."""
+    if not ids:
+        return
+    first = last = ids[0]
+    for i in ids[1:]:
+        if i == last + 1:
+            last = i
+        elif i != last:
+            yield first, last
+            first = last = i
+    yield first, last
 
 
 def _chunks(seq: list, size: int) -> Iterator[list]:

@@ -1,8 +1,10 @@
 """FAISS index files derived from the store: build, search, incremental update, atomic save.
 
-A file records the database generation it reflects; a missing, unreadable or stale file is
-rebuilt from SQLite. Scores handed out are exact cosine similarities of the stored float32
-vectors, best first, ties broken by ascending id.
+A file records the database generation it reflects. A reader brings a loaded index up to date
+with `apply_changes` in memory only: the loaded base is never modified; removed or replaced ids
+become tombstones filtered at search and current vectors go to a small flat delta index. A writer
+folds the same changes into the base (`fold=True`) before saving. Scores handed out are exact
+cosine similarities of the stored float32 vectors, best first, ties broken by ascending id.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ class VectorIndex:
             self.ann.info.update(info)
         self.generation = generation
         self._gpu: AnnIndex | None = None
+        self.delta: AnnIndex | None = None  # reader catch-up: current vectors of changed ids
+        self.tombs: set[int] = set()  # reader catch-up: base ids removed or replaced since
+        self.exact_fallback = False  # built in memory from SQLite because the file was unusable
 
     @classmethod
     def build(
@@ -66,7 +71,75 @@ class VectorIndex:
 
     @property
     def ntotal(self) -> int:
-        return self.ann.ntotal
+        """Live vectors, catch-up included."""
+        return self.ann.ntotal - len(self.tombs) + (self.delta.ntotal if self.delta is not None else 0)
+
+    @property
+    def overlay_size(self) -> int:
+        """How much a reader has caught up in memory since its base (delta + tombstones)."""
+        return len(self.tombs) + (self.delta.ntotal if self.delta is not None else 0)
+
+    def ids(self) -> np.ndarray:
+        """Every live id, ascending (for `clipdex check`)."""
+        base = self.ann.ids()
+        dead = np.fromiter(self.ann.removed | self.tombs, np.int64)
+        live = [base[~np.isin(base, dead)]] if len(dead) else [base]
+        if self.delta is not None:
+            live.append(self.delta.ids())
+        return np.sort(np.concatenate(live))
+
+    def apply_changes(
+        self,
+        ops: list[tuple[str, int, int]],
+        fetch: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+        generation: int,
+        fold: bool = False,
+    ) -> None:
+        """Catch up with the change log: ``ops`` are (op, first id, last id) in the order written,
+        ``fetch(ids)`` gives the (ids, vectors) of those that exist now.
+
+        An id whose first op is "remove" was in the index before; every id touched takes its
+        current vector (or none). ``fold`` (a writer) changes the base; else (a reader) the base
+        stays as loaded, with tombstones and a delta index. May raise ann.NeedsRebuild when folding.
+        """
+        if ops:
+            ids = np.concatenate([np.arange(a, b + 1, dtype=np.int64) for _, a, b in ops])
+            removes = np.concatenate([np.full(b - a + 1, op == "remove") for op, a, b in ops])
+            touched, first = np.unique(ids, return_index=True)
+            was_there = touched[removes[first]]
+            live_ids, live_vecs = fetch(touched)
+            if fold:
+                self.fold()
+                self.remove(was_there)
+                self.add(live_ids, live_vecs)
+            else:
+                self._overlay(touched, was_there, live_ids, live_vecs)
+        self.generation = generation
+
+    def _overlay(self, touched: np.ndarray, was_there: np.ndarray, live_ids: np.ndarray,
+                 live_vecs: np.ndarray) -> None:  # fmt: skip
+        in_delta = set()
+        if self.delta is not None:
+            in_delta = set(self.delta.ids().tolist())
+            self.delta.remove(touched)
+        self.tombs.update(i for i in was_there.tolist() if i not in in_delta)
+        if len(live_ids):
+            if self.delta is None:
+                self.delta = ann.build(np.zeros((0, self.dim), np.float32), np.zeros(0, np.int64), "flat")
+            self.delta.add(live_vecs, live_ids)
+
+    def fold(self) -> None:
+        """Move a reader's catch-up into the base (before a writer changes or saves it)."""
+        if self.tombs:
+            self.ann.remove(np.fromiter(self.tombs, np.int64, len(self.tombs)))
+            self.tombs = set()
+        if self.delta is not None:
+            ids = self.delta.ids()
+            vecs = np.vstack([self.delta.index.reconstruct(int(i)) for i in ids]) if len(ids) else None
+            self.delta = None
+            if vecs is not None:
+                self.add(ids, vecs)
+        self._gpu = None
 
     def stale(self) -> bool:
         """Worth rebuilding from the store (grown well past what it was trained on, many removals)."""
@@ -100,7 +173,13 @@ class VectorIndex:
         if get_vectors is None:
             get_vectors = self._own_vectors
         searcher = self.ann if allowed is not None else self._searcher()  # GPU indexes lack selectors
-        scores, ids = searcher.search(queries, k, get_vectors, allowed)
+        scores, ids = searcher.search(queries, k, get_vectors, allowed, self.tombs)
+        if self.delta is not None and self.delta.ntotal:
+            d_scores, d_ids = self.delta.search(queries, k, get_vectors, allowed)
+            scores, ids = np.hstack([scores, d_scores]), np.hstack([ids, d_ids])
+            key = np.where(ids >= 0, ids, np.iinfo(np.int64).max)
+            order = np.lexsort((key, -scores), axis=-1)[:, :k]
+            scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
         return [[(int(i), float(s)) for i, s in zip(ir, sr) if i >= 0] for ir, sr in zip(ids, scores)]
 
     def _own_vectors(self, ids: np.ndarray) -> np.ndarray:
@@ -118,6 +197,7 @@ class VectorIndex:
     # ---- persistence --------------------------------------------------------------------
     def save(self, path: Path) -> None:
         """Atomic: write a temp file in the same folder, fsync, rename over the old one."""
+        self.fold()
         header = json.dumps({"generation": self.generation, "dim": self.dim}).encode()
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
@@ -130,6 +210,18 @@ class VectorIndex:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    @staticmethod
+    def read_header(path: Path) -> dict | None:
+        """``{"generation", "dim"}`` of a saved file without reading the index (None: missing/unreadable)."""
+        try:
+            with open(path, "rb") as f:
+                if f.read(len(MAGIC)) != MAGIC:
+                    return None
+                (hlen,) = struct.unpack("<Q", f.read(8))
+                return json.loads(f.read(hlen)) if hlen < 1 << 16 else None
+        except (OSError, ValueError, struct.error):
+            return None
 
     @classmethod
     def load(cls, path: Path) -> VectorIndex | None:

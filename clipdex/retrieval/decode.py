@@ -10,10 +10,11 @@ from __future__ import annotations
 import io
 import os
 import stat
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
 
@@ -38,8 +39,78 @@ def _env_max_pixels() -> int:
 
 
 # Decompression-bomb limit (Pillow's own error threshold by default). Read at call time, so tests and
-# callers may change it; Pillow's limit is raised to match so it never refuses an image before ours.
+# callers may change it. Pillow's own process-wide check is off: open_image checks every image
+# against this limit and against the memory budget below.
 MAX_PIXELS: int = _env_max_pixels()
+Image.MAX_IMAGE_PIXELS = None
+
+# Peak bytes per decoded pixel: the decoded image (up to 4 B, RGBA), a conversion copy (4 B) and
+# the RGB result (3 B), with room for the resize; measured by bench/decode_memory.py.
+BYTES_PER_PIXEL = 16
+MEMORY_FRACTION = 0.5  # of the memory available when the first image is decoded
+
+
+def available_memory() -> int:
+    """Bytes the system can still give (MemAvailable), else half of physical memory."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+class PixelBudget:
+    """Pixels being decoded at once, across the decode workers of this process.
+
+    A worker reserves an image's pixels before decoding it and gives them back when its tensor is
+    made; a big image waits until enough are free, so N workers on N huge images stay within
+    the budget instead of each taking its own share. An image larger than the whole budget fails.
+    """
+
+    def __init__(self, pixels: int):
+        self.total = max(1, int(pixels))
+        self.used = 0
+        self.peak = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def reserve(self, pixels: int) -> Iterator[None]:
+        if pixels > self.total:
+            raise DecodeError(
+                f"image too large for the memory available ({pixels} pixels; "
+                f"{self.total} can be decoded at once)"
+            )
+        with self._cond:
+            while self.used and self.used + pixels > self.total:
+                self._cond.wait()
+            self.used += pixels
+            self.peak = max(self.peak, self.used)
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.used -= pixels
+                self._cond.notify_all()
+
+
+_budget: PixelBudget | None = None
+_budget_lock = threading.Lock()
+
+
+def pixel_budget() -> PixelBudget:
+    """The process's decode budget, sized from the memory available on first use."""
+    global _budget
+    with _budget_lock:
+        if _budget is None:
+            _budget = PixelBudget(available_memory() * MEMORY_FRACTION // BYTES_PER_PIXEL)
+        return _budget
+
 
 # Load every plugin now: Pillow's lazy plugin registration is not safe to race from worker threads.
 Image.init()
@@ -87,18 +158,46 @@ def _maybe_draft(img: Image.Image, draft_to: tuple[int, int] | None) -> None:
         img.draft("RGB", (want_w, want_h))
 
 
+ROWS_PIXELS = 1 << 20  # _to_8bit converts this many pixels at a time (bounded float64 temporaries)
+
+
 def _to_8bit(img: Image.Image) -> Image.Image:
-    """Map 16/32-bit integer and float grey images to 8-bit 'L' without saturating them."""
-    arr = np.asarray(img).astype(np.float64)
-    arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)
-    lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
+    """Map 16/32-bit integer and float grey images to 8-bit 'L' without saturating them.
+
+    Works in blocks of rows, so the float64 temporaries stay ~8 MB whatever the image size.
+    """
+    arr = np.asarray(img)
+    if arr.ndim != 2:
+        arr = arr.reshape(img.height, img.width)
+    step = max(1, ROWS_PIXELS // max(1, arr.shape[1]))
+
+    def blocks() -> Iterator[tuple[slice, np.ndarray]]:
+        for start in range(0, arr.shape[0], step):
+            rows = slice(start, start + step)
+            yield rows, np.nan_to_num(arr[rows].astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+
+    lo, hi = np.inf, -np.inf
+    for _, block in blocks():
+        if block.size:
+            lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+    if not np.isfinite(lo):
+        lo = hi = 0.0
     if img.mode in _SIXTEEN_BIT or (img.mode == "I" and lo >= 0 and 255 < hi <= 65535):
-        arr = arr / 257.0  # the full 16-bit range maps exactly onto 0..255
+        scale, offset = 1 / 257.0, 0.0  # the full 16-bit range maps exactly onto 0..255
     elif img.mode == "F" and lo >= 0 and hi <= 1.0:
-        arr = arr * 255.0  # float images in [0, 1]
+        scale, offset = 255.0, 0.0  # float images in [0, 1]
     elif lo < 0 or hi > 255:
-        arr = (arr - lo) * (255.0 / (hi - lo))  # unknown range: stretch what is there
-    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8))
+        scale, offset = 255.0 / (hi - lo), lo  # unknown range: stretch what is there
+    else:
+        scale, offset = 1.0, 0.0
+    out = np.empty(arr.shape, np.uint8)
+    for rows, block in blocks():
+        if offset:
+            block -= offset
+        if scale != 1.0:
+            block = block / 257.0 if scale == 1 / 257.0 else block * scale  # same rounding as before
+        out[rows] = np.clip(np.rint(block), 0, 255)
+    return Image.fromarray(out)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -107,9 +206,12 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if mode in _SIXTEEN_BIT or mode in ("I", "F"):
         return _to_8bit(img).convert("RGB")
     if mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
+        rgba = img if mode == "RGBA" else img.convert("RGBA")
+        # Pasting through the alpha channel onto white equals alpha_composite over opaque white,
+        # with 4 bytes a pixel of copies instead of 15 (two RGBA copies and the RGB result).
+        out = Image.new("RGB", rgba.size, (255, 255, 255))
+        out.paste(rgba, mask=rgba.getchannel("A"))
+        return out
     return img if mode == "RGB" else img.convert("RGB")
 
 
@@ -202,23 +304,24 @@ def open_image(
     path: str | bytes | os.PathLike | BinaryIO,
     draft_to: tuple[int, int] | None = None,
     on_info: Callable[[PhotoInfo], None] | None = None,
+    hold: ExitStack | None = None,
 ) -> Image.Image:
     """Fully decode ``path`` to an RGB image with its EXIF orientation applied.
 
     Alpha and palette transparency are composited over white; high-bit-depth grey is scaled to 8
     bits; animated files give their first frame. ``draft_to`` lets a JPEG at least twice that size
     in both sides decode at reduced scale (never below ``draft_to``). Raises DecodeError for anything
-    unreadable, including images over ``MAX_PIXELS``. ``on_info`` receives the `photo_info`
-    (date, full size) of an image that decoded.
+    unreadable, including images over ``MAX_PIXELS`` or over the process's `pixel_budget`. The
+    image's share of the budget is given back on return, or when ``hold`` closes (the caller
+    keeps the full-size image a while longer, e.g. to preprocess it). ``on_info`` receives the
+    `photo_info` (date, full size) of an image that decoded.
     """
     limit = MAX_PIXELS
-    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < limit:
-        Image.MAX_IMAGE_PIXELS = limit  # only ever raised, so a benign race between threads
     try:
         # Our own handle: bytes paths work and the file always closes. O_NONBLOCK: opening a FIFO
         # must not wait for a writer; anything but a regular file is refused before a read. A binary
         # file object (bytes fetched from a URL by `clipdex embed`) is decoded the same way.
-        with nullcontext(path) if hasattr(path, "read") else _open_regular(path) as fh:
+        with nullcontext(path) if hasattr(path, "read") else _open_regular(path) as fh, ExitStack() as own:
             if _byte_size(fh) == 0:
                 raise DecodeError("zero-byte file")
             img = Image.open(fh)
@@ -226,6 +329,7 @@ def open_image(
                 raise DecodeError(f"image too large ({img.width * img.height} pixels > {limit})")
             info = photo_info(img) if on_info is not None else None
             _maybe_draft(img, draft_to)
+            (hold or own).enter_context(pixel_budget().reserve(img.width * img.height))
             img.load()  # decode now, inside the try: truncation surfaces here, not in a later resize
             orientation = _orientation(img)
             out = _to_rgb(img)
@@ -246,8 +350,10 @@ def load_and_preprocess(
     draft_to: tuple[int, int] | None = None,
     on_info: Callable[[PhotoInfo], None] | None = None,
 ) -> torch.Tensor:
-    """``open_image`` then the model's ``preprocess``: one unit of work for a prefetch worker."""
-    return preprocess(open_image(path, draft_to, on_info))
+    """``open_image`` then the model's ``preprocess``: one unit of work for a prefetch worker
+    (the full-size image's pixels stay reserved until its tensor is made)."""
+    with ExitStack() as hold:
+        return preprocess(open_image(path, draft_to, on_info, hold))
 
 
 def default_workers() -> int:

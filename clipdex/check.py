@@ -1,0 +1,195 @@
+"""`clipdex check [--repair]`: is the library consistent, and fix what is derived or left over.
+
+Checks: SQLite's integrity_check, the schema version, FAISS ids == SQLite ids per kind (the file
+caught up from the change log, as a reader sees it), every vector finite, unit-norm and of the
+library's dimension, no orphan captions (image gone), no leftover temporary files (a killed
+fine-tune's ``models/.finetune-…``, a killed save's ``.images.faiss.…``) and no pending-table rows
+that no re-embedding will use. A repair rebuilds the FAISS files, removes leftovers and upgrades
+an old schema; it never removes user data (a damaged vector is reported, not dropped).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from clipdex.index.indexset import IndexSet
+from clipdex.index.store import DB_NAME, IMAGE, SCHEMA_VERSION, TEXT, Store
+
+if TYPE_CHECKING:
+    from clipdex.library import Library
+
+NORM_TOLERANCE = 1e-3
+CHUNK = 65536
+
+
+@dataclass
+class Report:
+    problems: list[dict] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def healthy(self) -> bool:
+        return not self.problems
+
+    def add(self, kind: str, detail: str) -> None:
+        self.problems.append({"kind": kind, "detail": detail})
+
+    def to_dict(self) -> dict:
+        return {"healthy": self.healthy, "problems": self.problems, "repaired": self.repaired}
+
+
+def check_library(lib: Library, repair: bool = False) -> Report:
+    """Check ``lib``; with ``repair``, fix what can be fixed (under the writer lock), then check again."""
+    report = _check(lib.path, lib.store)
+    if not repair or report.healthy:
+        return report
+    with lib.writing():
+        repaired = _repair(lib, report)
+    lib.indexes.forget()
+    after = _check(lib.path, lib.store)
+    after.repaired = repaired
+    return after
+
+
+def _check(folder: Path, store: Store) -> Report:
+    report = Report()
+    rows = store.conn.execute("PRAGMA integrity_check").fetchall()
+    if [tuple(r) for r in rows] != [("ok",)]:
+        report.add("integrity", "; ".join(str(r[0]) for r in rows[:5]))
+        return report  # nothing else can be trusted
+    if store.schema_version < SCHEMA_VERSION:
+        report.add("schema", f"schema version {store.schema_version} is older than {SCHEMA_VERSION} "
+                             "(`clipdex check --repair` upgrades it)")  # fmt: skip
+    _check_vectors(store, report)
+    _check_indexes(folder, store, report)
+    orphans = _orphan_texts(store)
+    if orphans:
+        report.add("orphan_text", f"{len(orphans)} captions whose image is gone (ids {_few(orphans)})")
+    leftovers = _leftovers(folder)
+    if leftovers:
+        report.add(
+            "leftover", f"{len(leftovers)} temporary files or folders: {_few([p.name for p in leftovers])}"
+        )
+    pending = _stray_pending(store)
+    if pending:
+        report.add("pending", f"{len(pending)} re-embedded vectors no re-embedding will use")
+    return report
+
+
+def _check_vectors(store: Store, report: Report) -> None:
+    """Finite, unit-norm, right length: one vectorised pass in chunks (bounded memory)."""
+    dim = store.dim
+    if dim is None:
+        return
+    bad_len: list[int] = []
+    bad: list[int] = []
+    cur = store.conn.execute("SELECT id, vector FROM items")
+    while rows := cur.fetchmany(CHUNK):
+        good_rows = [(i, b) for i, b in rows if b is not None and len(b) == 4 * dim]
+        bad_len += [i for i, b in rows if b is None or len(b) != 4 * dim]
+        if not good_rows:
+            continue
+        ids = np.fromiter((i for i, _ in good_rows), np.int64, len(good_rows))
+        vecs = np.frombuffer(b"".join(b for _, b in good_rows), np.float32).reshape(-1, dim)
+        with np.errstate(all="ignore"):
+            norms = np.sqrt(np.einsum("ij,ij->i", vecs, vecs, dtype=np.float64))
+        wrong = ~np.isfinite(norms) | (np.abs(norms - 1) > NORM_TOLERANCE)
+        bad += ids[wrong].tolist()
+    if bad_len:
+        report.add(
+            "vector",
+            f"{len(bad_len)} vectors are not {dim}-d (ids {_few(bad_len)}); re-index or re-import them",
+        )
+    if bad:
+        report.add("vector", f"{len(bad)} vectors are not finite unit vectors (ids {_few(bad)}); "
+                             "re-index or re-import them")  # fmt: skip
+
+
+def _check_indexes(folder: Path, store: Store, report: Report) -> None:
+    warnings: list[str] = []
+    indexes = IndexSet(folder, store, warnings.append)
+    for kind in (IMAGE, TEXT):
+        before = len(warnings)
+        idx = indexes.view(kind)
+        if len(warnings) > before:
+            report.add("index", warnings[-1].split(";")[0])
+            continue
+        want = np.fromiter((r[0] for r in store.conn.execute(
+            "SELECT id FROM items WHERE kind = ? ORDER BY id", (kind,))), np.int64)  # fmt: skip
+        have = idx.ids()
+        if not np.array_equal(have, want):
+            missing = np.setdiff1d(want, have)
+            extra = np.setdiff1d(have, want)
+            dupes = len(have) - len(np.unique(have))
+            report.add("index", f"the {kind} index differs from the database: {len(missing)} missing, "
+                                f"{len(extra)} extra, {dupes} duplicated ids")  # fmt: skip
+
+
+def _orphan_texts(store: Store) -> list[int]:
+    return [r[0] for r in store.conn.execute(
+        "SELECT id FROM items WHERE kind = 'text' AND image_id IS NOT NULL"
+        " AND image_id NOT IN (SELECT id FROM items WHERE kind = 'image')")]  # fmt: skip
+
+
+def _leftovers(folder: Path) -> list[Path]:
+    found = [p for p in folder.glob(".*.faiss.*")] + [p for p in folder.glob(f".{DB_NAME}.new-*")]
+    models = folder / "models"
+    if models.is_dir():
+        found += [p for p in models.iterdir() if p.name.startswith(".")]
+    return sorted(found)
+
+
+def _stray_pending(store: Store) -> list[int]:
+    if "pending_vectors" not in store.db.table_names():
+        return []
+    if store.get_meta("pending_model") is None:
+        return [r[0] for r in store.conn.execute("SELECT id FROM pending_vectors")]
+    return [r[0] for r in store.conn.execute(
+        "SELECT id FROM pending_vectors WHERE id NOT IN (SELECT id FROM items)")]  # fmt: skip
+
+
+def _repair(lib: Library, report: Report) -> list[str]:
+    """Fix what the report found; returns what was done (one line each)."""
+    store, done = lib.store, []
+    kinds = {p["kind"] for p in report.problems}
+    if "schema" in kinds:
+        done.append(f"upgraded the schema to version {SCHEMA_VERSION}")  # make_writable migrated it
+    if "orphan_text" in kinds:
+        orphans = _orphan_texts(store)
+        marks = ",".join(map(str, orphans))
+        sidecars = [r[0] for r in store.conn.execute(
+            f"SELECT id FROM items WHERE source = 'sidecar' AND id IN ({marks})")]  # fmt: skip
+        store.delete(sidecars)  # a sidecar caption belongs to its image: it is re-read from the .txt
+        with store.transaction():
+            store.conn.execute(
+                f"UPDATE items SET image_id = NULL WHERE id IN ({','.join(map(str, orphans))})"
+            )
+        done.append(
+            f"removed {len(sidecars)} orphan sidecar captions, unlinked {len(orphans) - len(sidecars)} texts"
+        )
+    if "leftover" in kinds:
+        for p in _leftovers(lib.path):
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+            done.append(f"removed {p}")
+    if "pending" in kinds:
+        stray = _stray_pending(store)
+        with store.transaction():
+            store.conn.executemany("DELETE FROM pending_vectors WHERE id = ?", [(i,) for i in stray])
+        done.append(f"removed {len(stray)} stray pending vectors")
+    if "index" in kinds:
+        lib.indexes.forget()
+        for kind in (IMAGE, TEXT):
+            lib.indexes.path(kind).unlink(missing_ok=True)
+            lib.indexes.get(kind)  # rebuilt from the database and saved
+        done.append("rebuilt the FAISS indexes")
+    return done
+
+
+def _few(items: list) -> str:
+    shown = ", ".join(str(i) for i in items[:5])
+    return shown + (", …" if len(items) > 5 else "")

@@ -1,0 +1,271 @@
+"""Readers never write: catch-up from the change log, exact fallback, read-only and damaged libraries."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from corehelp import assert_one_error_line, brute_force, json_lines, make_images, ok, run, stored
+
+import clipdex.index.store as store_module
+from clipdex import Library
+from clipdex.index.store import IMAGE, Store
+
+
+@pytest.fixture(scope="module")
+def base_lib(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("readers")
+    make_images(root / "imgs", [f"img{i}.png" for i in range(8)], seed=3)
+    (root / "imgs" / "img1.txt").write_text("a caption")
+    ok("--library", root / "lib", "index", root / "imgs", "--model", tiny_model_dir, "--quiet")
+    return root / "lib"
+
+
+@pytest.fixture
+def lib(base_lib: Path, tmp_path: Path) -> Path:
+    shutil.copytree(base_lib, tmp_path / "lib")
+    return tmp_path / "lib"
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file's (size, mtime_ns): a reader must leave all of them as they were. (SQLite's own
+    WAL side files are its readers' coordination, created empty when missing, not library data.)"""
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.name.endswith(("-wal", "-shm"))}  # fmt: skip
+
+
+def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def other_writer(lib: Path, rng: np.random.Generator, n_add: int = 5, delete: int = 2) -> None:
+    """What another process's `index` does between two FAISS saves: commits, files not saved."""
+    store = Store(lib, write=True)
+    try:
+        ids, _ = store.vectors(IMAGE)
+        store.insert_many(
+            IMAGE, "import", unit(rng, n_add, store.dim), paths=[b"/new/%d" % i for i in range(n_add)]
+        )
+        store.delete(ids[:delete].tolist())
+    finally:
+        store.close()
+
+
+def search_matches_sqlite(lib_dir: Path, query: np.ndarray, k: int = 20) -> list[tuple[int, float]]:
+    ids, vecs = stored(lib_dir, IMAGE)
+    return brute_force(ids, vecs, query, k)
+
+
+def assert_same(hits, reference: list[tuple[int, float]]) -> None:
+    assert [h.id for h in hits] == [i for i, _ in reference]
+    assert [h.score for h in hits] == pytest.approx([s for _, s in reference], abs=1e-6)
+
+
+def test_search_catches_up_from_the_log_and_writes_nothing(lib):
+    rng = np.random.default_rng(1)
+    faiss_before = (lib / "images.faiss").read_bytes()
+    other_writer(lib, rng)
+    before = snapshot(lib)
+    query = unit(rng, 1, 64)[0]
+    with Library.open(lib) as library:
+        hits = library.search(vector=query, k=20)
+        info = library.info()
+    assert_same(hits, search_matches_sqlite(lib, query))
+    assert info["indexes"]["images"]["ntotal"] == info["images"] == 11
+    assert snapshot(lib) == before and (lib / "images.faiss").read_bytes() == faiss_before
+    # The CLI reader too: no warning (the log covers the file), nothing written.
+    res = ok("--library", lib, "search", "anything", "--json")
+    assert res.stderr == "" and len(json_lines(res.stdout)) == 10
+    ok("--library", lib, "info")
+    assert snapshot(lib) == before
+
+
+@pytest.mark.parametrize("damage", ["missing", "damaged", "pruned"])
+def test_unusable_file_searches_exactly_with_one_warning(lib, damage):
+    rng = np.random.default_rng(2)
+    other_writer(lib, rng)
+    if damage == "missing":
+        (lib / "images.faiss").unlink()
+    elif damage == "damaged":
+        (lib / "images.faiss").write_bytes(b"CLIPDEX-FAISS-3\n" + b"\0" * 100)
+    else:  # a writer pruned the log past the file's generation
+        store = Store(lib, write=True)
+        store.prune_changes(IMAGE, store.generation)
+        store.close()
+    before = snapshot(lib)
+    query = unit(rng, 1, 64)[0]
+    warnings: list[str] = []
+    with Library.open(lib, warn=warnings.append) as library:
+        hits = library.search(vector=query, k=20)
+        library.search(vector=query, k=3)
+    assert_same(hits, search_matches_sqlite(lib, query))
+    assert len(warnings) == 1 and "searching exactly" in warnings[0], warnings
+    res = ok("--library", lib, "search", "x", "--json")
+    assert len(json_lines(res.stdout)) == 10
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith("clipdex: warning: the image index")
+    assert snapshot(lib) == before
+    # The next writer (even one that only adds texts) rebuilds it; then no more warnings.
+    ok("--library", lib, "add-texts", _texts(lib.parent), "--quiet")
+    res = ok("--library", lib, "search", "x", "--json")
+    assert res.stderr == "" and len(json_lines(res.stdout)) == 10
+
+
+def _texts(folder: Path) -> Path:
+    path = folder / "t.txt"
+    path.write_text("one\ntwo\n")
+    return path
+
+
+def test_long_lived_library_sees_other_processes_cheaply(lib, tiny_model_dir, tiny_model_dir2):
+    rng = np.random.default_rng(3)
+    query = unit(rng, 1, 64)[0]
+    with Library.open(lib) as library:
+        library.search(vector=query, k=5)
+        statements: list[str] = []
+        library.store.conn.set_trace_callback(statements.append)
+        library.search(vector=query, k=5)
+        assert not any("count(" in s.lower() for s in statements), statements
+        assert len([s for s in statements if "generation" in s]) == 1, statements
+        for _ in range(3):  # several rounds of another process's commits
+            other_writer(lib, rng, n_add=3, delete=1)
+            hits = library.search(vector=query, k=20)
+            assert_same(hits, search_matches_sqlite(lib, query))
+        # Another process switches the model: the next text search uses the new one.
+        first = library.search(text="a red square", k=3)
+        assert str(tiny_model_dir) in library.model.spec.name
+        # (the imported items have no file to re-embed from: dropped, as asked)
+        ok("--library", lib, "use-model", tiny_model_dir2, "--drop-unembeddable", "--quiet")
+        hits = library.search(text="a red square", k=20)
+        assert str(tiny_model_dir2) in library.model.spec.name
+        from clipdex.retrieval.embed import encode_texts
+
+        q2 = encode_texts(library.model, ["a red square"])[0]
+        assert_same(hits, search_matches_sqlite(lib, q2))
+        assert first  # searched before the switch
+
+
+def test_read_only_folder_forced(lib, monkeypatch, tiny_model_dir):
+    """A folder that cannot be written (root ignores chmod, so os.access is forced to say so)."""
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if mode & os.W_OK else real(p, mode, **kw))
+    opened: list[str] = []
+    real_connect = sqlite3.connect
+    monkeypatch.setattr(
+        sqlite3, "connect", lambda db, *a, **kw: opened.append(db) or real_connect(db, *a, **kw)
+    )
+    before = snapshot(lib)
+    assert len(json_lines(ok("--library", lib, "search", "x", "--json").stdout)) == 8
+    ok("--library", lib, "info")
+    assert opened and all("immutable=1" in u for u in opened), opened
+    assert snapshot(lib) == before
+    for args in (["index", lib.parent], ["add-texts", _texts(lib.parent)], ["use-model", tiny_model_dir]):
+        assert_one_error_line(run("--library", lib, *args), f"library {lib} is read-only")
+    assert snapshot(lib) == before
+
+
+def test_read_only_folder_real(lib):
+    """As an unprivileged user on a chmod 555 copy (skipped where no such user can be switched to)."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root to switch to an unprivileged user")
+    top = Path(tempfile.mkdtemp(prefix="clipdex-ro-"))
+    try:
+        ro = top / "lib"
+        shutil.copytree(lib, ro)
+        for p in [top, *ro.rglob("*"), ro]:
+            p.chmod(0o555 if p.is_dir() else 0o444)
+        top.chmod(0o755)
+        code = (
+            "import numpy as np, sys; from clipdex import Library\n"
+            "lib = Library.open(sys.argv[1])\n"
+            "q = np.ones(64, np.float32)\n"
+            "print(len(lib.search(vector=q, k=5)), lib.info()['images'])\n"
+            "try:\n    lib.add_texts(['x'])\nexcept Exception as e:\n    print(e)\n"
+        )
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).parents[1]))
+        out = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code,
+             str(ro)],
+            capture_output=True, text=True, env=env, timeout=120, cwd=top,
+        )  # fmt: skip
+        if "Permission denied" in out.stderr and "python" in out.stderr.lower():
+            pytest.skip("the unprivileged user cannot run this Python")
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[0] == "5 8" and f"library {ro} is read-only" in lines[1], out.stdout
+        assert sorted(p.name for p in ro.iterdir()) == sorted(p.name for p in lib.iterdir())
+    finally:
+        for p in [top, *top.rglob("*")]:
+            if p.is_dir():
+                p.chmod(0o755)
+        shutil.rmtree(top)
+
+
+def test_old_schema_is_read_without_migrating_and_upgraded_by_a_writer(lib):
+    conn = sqlite3.connect(lib / "clipdex.db")
+    conn.execute("DROP TABLE changes")
+    conn.execute("DELETE FROM meta WHERE key LIKE 'changes_since_%'")
+    latest = len(store_module.MIGRATIONS)  # the change log is the latest migration: undo it
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(latest - 1),))
+    conn.commit()
+    conn.close()
+    before = snapshot(lib)
+    assert len(json_lines(ok("--library", lib, "search", "x", "--json").stdout)) == 8
+    assert snapshot(lib) == before
+    check = run("--library", lib, "check", "--json")
+    assert check.exit_code == 1 and '"kind": "schema"' in check.stdout
+    ok("--library", lib, "check", "--repair")
+    assert Store(lib).schema_version == latest
+
+
+def test_migration_waits_for_the_writer_lock(lib, monkeypatch):
+    from test_cli_core import hold_lock
+
+    conn = sqlite3.connect(lib / "clipdex.db")
+    conn.execute("DROP TABLE changes")
+    latest = len(store_module.MIGRATIONS)  # the change log is the latest migration: undo it
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(latest - 1),))
+    conn.commit()
+    conn.close()
+    monkeypatch.setenv("CLIPDEX_LOCK_TIMEOUT", "0.3")
+    holder = hold_lock(lib)
+    try:
+        with pytest.raises(Exception, match="is writing to library"):
+            Store(lib, write=True)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert Store(lib, write=True).schema_version == latest
+
+
+@pytest.mark.parametrize("content", [b"", b"this is not a database at all" * 100])
+@pytest.mark.parametrize("command", ["search", "info", "index", "check"])
+def test_damaged_database_is_never_recreated(lib, content, command):
+    db = lib / "clipdex.db"
+    db.write_bytes(content)
+    for extra in ("clipdex.db-wal", "clipdex.db-shm"):
+        (lib / extra).unlink(missing_ok=True)
+    before = snapshot(lib)
+    args = {"search": ["search", "x"], "info": ["info"], "index": ["index", lib.parent], "check": ["check"]}
+    res = run("--library", lib, *args[command])
+    assert_one_error_line(res, str(db), "is not a clipdex database or is damaged", "backup")
+    assert db.read_bytes() == content and snapshot(lib) == before
+
+
+def test_feature_needing_newer_schema_says_how_to_upgrade(lib):
+    sql = sqlite3.connect(lib / "clipdex.db")
+    sql.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    sql.commit()
+    sql.close()
+    store = Store(lib)
+    with pytest.raises(Exception, match=r"needs a newer library format .* `clipdex check --repair`"):
+        store.require_schema(3, "the change log")
+    store.close()
