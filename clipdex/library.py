@@ -46,8 +46,16 @@ class Library:
     ...     print(hit.score, hit.path)
     """
 
-    def __init__(self, path: Path, store: Store, requested: ModelSpec | None, device: str = "auto"):
+    def __init__(
+        self,
+        path: Path,
+        store: Store,
+        requested: ModelSpec | None,
+        device: str = "auto",
+        gpu_index: bool = False,
+    ):
         self.path = path
+        self.gpu_index = gpu_index
         self.store = store
         self.requested = requested
         self.device = device
@@ -64,9 +72,14 @@ class Library:
         model: str | None = None,
         pretrained: str | None = None,
         device: str = "auto",
+        gpu_index: bool = False,
     ) -> Library:
         """Open the library at ``path`` (default: ``default_library_dir()``).
 
+        ``device`` is the model's (auto, cpu, cuda, mps; auto reads ``$CLIPDEX_DEVICE``).
+        ``gpu_index=True`` searches a GPU copy of the FAISS index when FAISS sees a GPU: worth it
+        for a long-lived process (serve) that answers many queries, not for one search (the copy
+        costs more than a CPU search).
         ``model``/``pretrained`` name the model for a new library; writing with a different one than
         the stored model is refused unless it re-embeds (``index(..., reembed=True)``).
         """
@@ -75,7 +88,7 @@ class Library:
             raise ClipdexError(f"library path {lib_dir} exists and is not a directory")
         store = Store(lib_dir, create=create)
         requested = resolve_spec(model, pretrained) if (model or pretrained) else None
-        return cls(lib_dir, store, requested, device)
+        return cls(lib_dir, store, requested, device, gpu_index)
 
     def close(self) -> None:
         self.store.close()
@@ -200,13 +213,15 @@ class Library:
                 self.indexes.save_all()
             return run.stats
 
-    def add_texts(self, texts: Sequence[str], source: str = "add-texts") -> list[int]:
+    def add_texts(self, texts: Sequence[str], source: str = "add-texts", batch_size: int = 256) -> list[int]:
         """Store and index free texts (searchable with ``target="texts"``); returns the new ids.
 
         A text is keyed by its exact (stripped) content: texts already stored and repeats within
-        ``texts`` are not added again, so an interrupted run can simply be run again.
+        ``texts`` are not added again, so an interrupted run can simply be run again. Texts are
+        encoded ``batch_size`` at a time (the next batch tokenised meanwhile), each batch stored
+        in one transaction with one bulk insert.
         """
-        from clipdex.retrieval.embed import encode_texts
+        from clipdex.retrieval.embed import iter_encode_texts
 
         texts = list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
         with WriterLock(self.path):
@@ -218,14 +233,12 @@ class Library:
             lm = self.writer_model()
             index = self.indexes.get(TEXT)
             ids: list[int] = []
-            for start in range(0, len(texts), 1024):
-                chunk = texts[start : start + 1024]
-                vecs = encode_texts(lm, chunk)
+            for start, vecs in iter_encode_texts(lm, texts, batch_size):
                 with self.store.transaction():
-                    new = self.store.insert(TEXT, source, vecs, texts=chunk)
+                    new = self.store.insert_many(TEXT, source, vecs, texts=texts[start : start + len(vecs)])
                     index.generation = self.store.bump_generation()
                 index.add(new, vecs)
-                ids += new
+                ids += new.tolist()
             self.indexes.save_all()
         return ids
 
@@ -318,7 +331,9 @@ class Library:
             what = "images" if kind == IMAGE else "texts"
             raise ClipdexError(f"the library at {self.path} has no {what} to search")
         query = self._vector_query(vector) if vector is not None else self._composed_query(terms, weights)
-        hits = filters.search(self.indexes.get(kind), self.store, kind, query, k, filter)
+        index = self.indexes.get(kind)
+        index.use_gpu = self.gpu_index
+        hits = filters.search(index, self.store, kind, query, k, filter)
         items = self.store.items([i for i, _ in hits])
         linked = self.store.items([it.image_id for it in items.values() if it.image_id is not None])
         results = []

@@ -113,9 +113,11 @@ class DateParam(click.ParamType):
 @json_option
 @click.option("--paths", is_flag=True, help="Print bare absolute image paths, one per line.")
 @click.option("-0", "null", is_flag=True, help="Like --paths, separated by NUL.")
+@click.option("--device", default="auto", show_default=True,
+              help="Model device: auto, cpu, cuda or mps (auto: $CLIPDEX_DEVICE if set).")  # fmt: skip
 @pass_state
 def search(state, text, images, not_texts, not_images, k, target, under, after, before, min_score,
-           captioned, as_json, paths, null):  # fmt: skip
+           captioned, as_json, paths, null, device):  # fmt: skip
     """Search by TEXT and/or --image: the best matching images (or --target texts).
 
     Terms combine: the query is the normalised sum of TEXT's and each --image's vector minus
@@ -148,7 +150,7 @@ def search(state, text, images, not_texts, not_images, k, target, under, after, 
     if captioned is not None and target == "texts":
         raise click.UsageError("--captioned/--uncaptioned apply to image searches")
     filt = Filter(under=list(under), after=after, before=before, captioned=captioned, min_score=min_score)
-    with state.open() as lib:
+    with state.open(device=device) as lib:  # one query: the FAISS index stays on the CPU
         results = lib.search(
             text=query or None, image=list(images), not_text=list(not_texts), not_image=list(not_images),
             k=k, target=target, filter=filt,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any, TypeVar
 
@@ -37,12 +38,38 @@ def encode_image_batch(lm: LoadedModel, pixels: torch.Tensor) -> np.ndarray:
 def encode_texts(lm: LoadedModel, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
     """Texts -> (N, D) unit float32 vectors, tokenised by the model's own tokenizer."""
     out = [np.zeros((0, lm.embed_dim), np.float32)]
-    for start in range(0, len(texts), batch_size):
-        tokens = lm.tokenizer(list(texts[start : start + batch_size])).to(lm.device)
-        with torch.inference_mode(), _autocast(lm.device):
-            feats = F.normalize(lm.model.encode_text(tokens).float(), dim=-1)
-        out.append(feats.cpu().numpy().astype(np.float32, copy=False))
+    out += [vecs for _, vecs in iter_encode_texts(lm, texts, batch_size)]
     return np.concatenate(out)
+
+
+def iter_encode_texts(
+    lm: LoadedModel, texts: Sequence[str], batch_size: int = 256
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, vectors)`` per batch of ``texts``, in order.
+
+    The next batch is tokenised in a helper thread while this one is encoded: the tokenizer is
+    pure Python (ftfy, BPE) and costs about as much as a small text tower's forward pass, which
+    releases the GIL.
+    """
+    starts = range(0, len(texts), batch_size)
+    if not starts:
+        return
+    non_blocking = lm.device.startswith("cuda")
+
+    def tokenize(start: int) -> torch.Tensor:
+        tokens = lm.tokenizer(list(texts[start : start + batch_size]))
+        return tokens.pin_memory() if non_blocking else tokens
+
+    with ThreadPoolExecutor(1, thread_name_prefix="clipdex-tokenize") as pool:
+        pending = pool.submit(tokenize, starts[0])
+        for i, start in enumerate(starts):
+            tokens = pending.result()
+            if i + 1 < len(starts):
+                pending = pool.submit(tokenize, starts[i + 1])
+            with torch.inference_mode(), _autocast(lm.device):
+                feats = lm.model.encode_text(tokens.to(lm.device, non_blocking=non_blocking))
+                feats = F.normalize(feats.float(), dim=-1)
+            yield start, feats.cpu().numpy().astype(np.float32, copy=False)
 
 
 def encode_images(lm: LoadedModel, images: Iterable[Any], batch_size: int = 64) -> np.ndarray:
