@@ -17,33 +17,36 @@ from clipdex.retrieval.models import LoadedModel
 T = TypeVar("T")
 
 
-def _autocast(device: str) -> Any:
-    # Mixed precision only on CUDA; on CPU fp32 keeps embeddings equal to open_clip's.
+def _autocast(device: str, dtype: torch.dtype | None = None) -> Any:
+    # Mixed precision only on CUDA (fp16 unless a caller, e.g. bf16 training, asks for another);
+    # on CPU fp32 keeps embeddings equal to open_clip's.
     if device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast("cuda", dtype=dtype or torch.float16)
     return nullcontext()
 
 
-def encode_image_batch(lm: LoadedModel, pixels: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) preprocessed pixels -> (B, D) unit float32 vectors."""
+def encode_image_batch(lm: LoadedModel, pixels: torch.Tensor, dtype: torch.dtype | None = None) -> np.ndarray:
+    """(B, 3, H, W) preprocessed pixels -> (B, D) unit float32 vectors (``dtype``: CUDA autocast)."""
     non_blocking = lm.device.startswith("cuda")
     if non_blocking and not pixels.is_pinned():
         pixels = pixels.pin_memory()
-    with torch.inference_mode(), _autocast(lm.device):
+    with torch.inference_mode(), _autocast(lm.device, dtype):
         feats = lm.model.encode_image(pixels.to(lm.device, non_blocking=non_blocking))
         feats = F.normalize(feats.float(), dim=-1)
     return feats.cpu().numpy().astype(np.float32, copy=False)
 
 
-def encode_texts(lm: LoadedModel, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+def encode_texts(
+    lm: LoadedModel, texts: Sequence[str], batch_size: int = 256, dtype: torch.dtype | None = None
+) -> np.ndarray:
     """Texts -> (N, D) unit float32 vectors, tokenised by the model's own tokenizer."""
     out = [np.zeros((0, lm.embed_dim), np.float32)]
-    out += [vecs for _, vecs in iter_encode_texts(lm, texts, batch_size)]
+    out += [vecs for _, vecs in iter_encode_texts(lm, texts, batch_size, dtype)]
     return np.concatenate(out)
 
 
 def iter_encode_texts(
-    lm: LoadedModel, texts: Sequence[str], batch_size: int = 256
+    lm: LoadedModel, texts: Sequence[str], batch_size: int = 256, dtype: torch.dtype | None = None
 ) -> Iterator[tuple[int, np.ndarray]]:
     """``(start, vectors)`` per batch of ``texts``, in order.
 
@@ -66,7 +69,7 @@ def iter_encode_texts(
             tokens = pending.result()
             if i + 1 < len(starts):
                 pending = pool.submit(tokenize, starts[i + 1])
-            with torch.inference_mode(), _autocast(lm.device):
+            with torch.inference_mode(), _autocast(lm.device, dtype):
                 feats = lm.model.encode_text(tokens.to(lm.device, non_blocking=non_blocking))
                 feats = F.normalize(feats.float(), dim=-1)
             yield start, feats.cpu().numpy().astype(np.float32, copy=False)
