@@ -153,7 +153,7 @@ class Library:
         *,
         include_hidden: bool = False,
         reembed: bool = False,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         workers: int | None = None,
         exact_decode: bool = False,
         index_type: str | None = None,
@@ -269,8 +269,10 @@ class Library:
         problem: Problem | None = None,
         progress: Progress | None = None,
         drop_unembeddable: bool = False,
+        batch_size: int | None = None,
     ) -> Reembedded:
-        """Re-embed every item with ``lm`` and make it the library's model.
+        """Re-embed every item with ``lm`` and make it the library's model (``batch_size`` images
+        per encoder batch; default by device, or ``$CLIPDEX_BATCH_SIZE``).
 
         New vectors go to a pending table and are swapped in at the end in one transaction, so
         searches keep working on the old vectors meanwhile and an interrupted run resumes. Images
@@ -280,8 +282,9 @@ class Library:
         from clipdex.reembed import reembed_all
 
         n = reembed_all(
-            self.store, lm, drop_unembeddable=drop_unembeddable, problem=problem, progress=progress
-        )
+            self.store, lm, drop_unembeddable=drop_unembeddable, problem=problem, progress=progress,
+            batch_size=batch_size,
+        )  # fmt: skip
         self.indexes.forget()
         for kind in (IMAGE, TEXT):
             self.indexes.get(kind)

@@ -158,3 +158,33 @@ def test_embed_dim_of_a_timm_tower_model(tmp_path: Path):
         img = lm.model.encode_image(torch.zeros(1, 3, *lm.image_size))
         txt = lm.model.encode_text(lm.tokenizer(["a photo"]))
     assert img.shape[-1] == txt.shape[-1] == lm.embed_dim
+
+
+def test_batch_defaults_by_device_and_env(monkeypatch):
+    from clipdex.retrieval.embed import default_batch_size
+
+    monkeypatch.delenv("CLIPDEX_BATCH_SIZE", raising=False)
+    assert default_batch_size("cpu") == 32 and default_batch_size("cuda:0") == 256
+    monkeypatch.setenv("CLIPDEX_BATCH_SIZE", "7")
+    assert default_batch_size("cuda") == 7
+
+
+def test_pipelined_batches_keep_order_failures_and_vectors(tiny_model_dir: Path, tmp_path: Path):
+    """One batch in flight while the next decodes: every vector still lands on its own item."""
+    from corehelp import make_images
+    from PIL import Image
+
+    from clipdex.retrieval.embed import embed_image_files, encode_images
+
+    files = make_images(tmp_path / "imgs", [f"im{i}.png" for i in range(10)], seed=4)
+    paths = [files[f"im{i}.png"] for i in range(10)]
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    items = paths[:4] + [tmp_path / "bad.png"] + paths[4:]
+    lm = load_model(resolve_spec(str(tiny_model_dir)), "cpu")
+    out = list(embed_image_files(lm, items, str, batch_size=3, workers=2, draft_to=None))
+    got = [(p, v) for encoded, _, _ in out for p, v in encoded]
+    assert [p for p, _ in got] == paths
+    assert [p for _, failed, _ in out for p, _ in failed] == [tmp_path / "bad.png"]
+    assert [done for _, _, done in out] == sorted(done for _, _, done in out) and out[-1][2] == len(items)
+    want = encode_images(lm, [Image.open(p).convert("RGB") for p in paths])
+    np.testing.assert_allclose(np.stack([v for _, v in got]), want, atol=tol(lm.device))

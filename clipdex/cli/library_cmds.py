@@ -21,10 +21,13 @@ from clipdex.cli.common import (
 @click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=bytes))
 @model_options
 @click.option(
-    "--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per batch."
+    "--batch-size",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Images per batch (default: $CLIPDEX_BATCH_SIZE, else 32 on CPU, 256 on CUDA).",
 )
 @click.option(
-    "--workers", default=None, type=click.IntRange(min=1), help="Decode threads (default: CPUs, max 8)."
+    "--workers", default=None, type=click.IntRange(min=1), help="Decode threads (default: all CPUs)."
 )
 @click.option("--include-hidden", is_flag=True, help="Also index hidden files and folders.")
 @click.option("--reembed", is_flag=True, help="Re-embed every item (required to switch the library's model).")

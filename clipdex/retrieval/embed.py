@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -25,15 +26,47 @@ def _autocast(device: str, dtype: torch.dtype | None = None) -> Any:
     return nullcontext()
 
 
-def encode_image_batch(lm: LoadedModel, pixels: torch.Tensor, dtype: torch.dtype | None = None) -> np.ndarray:
-    """(B, 3, H, W) preprocessed pixels -> (B, D) unit float32 vectors (``dtype``: CUDA autocast)."""
+CPU_BATCH, CUDA_BATCH = 32, 256
+
+
+def default_batch_size(device: str) -> int:
+    """Images per encoder batch: ``$CLIPDEX_BATCH_SIZE`` if set, else 32 on CPU and MPS (bigger
+    batches gain nothing there) and 256 on CUDA (a GPU needs large batches to be kept busy)."""
+    raw = os.environ.get("CLIPDEX_BATCH_SIZE", "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    return CUDA_BATCH if device.startswith("cuda") else CPU_BATCH
+
+
+def stack_pixels(pixels: Sequence[torch.Tensor], device: str) -> torch.Tensor:
+    """One (B, 3, H, W) batch; in pinned memory for CUDA, so its copy to the GPU can be asynchronous."""
+    if not device.startswith("cuda"):
+        return torch.stack(list(pixels))
+    out = torch.empty((len(pixels), *pixels[0].shape), dtype=pixels[0].dtype, pin_memory=True)
+    return torch.stack(list(pixels), out=out)
+
+
+def encode_image_async(
+    lm: LoadedModel, pixels: torch.Tensor, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Start encoding a batch; the (B, D) unit float32 features stay on the device. On CUDA the
+    host->device copy (from pinned memory) and the forward pass are queued, not waited for, so
+    the caller can decode and stack the next batch meanwhile; `to_numpy` waits."""
     non_blocking = lm.device.startswith("cuda")
     if non_blocking and not pixels.is_pinned():
         pixels = pixels.pin_memory()
     with torch.inference_mode(), _autocast(lm.device, dtype):
         feats = lm.model.encode_image(pixels.to(lm.device, non_blocking=non_blocking))
-        feats = F.normalize(feats.float(), dim=-1)
+        return F.normalize(feats.float(), dim=-1)
+
+
+def to_numpy(feats: torch.Tensor) -> np.ndarray:
     return feats.cpu().numpy().astype(np.float32, copy=False)
+
+
+def encode_image_batch(lm: LoadedModel, pixels: torch.Tensor, dtype: torch.dtype | None = None) -> np.ndarray:
+    """(B, 3, H, W) preprocessed pixels -> (B, D) unit float32 vectors (``dtype``: CUDA autocast)."""
+    return to_numpy(encode_image_async(lm, pixels, dtype))
 
 
 def encode_texts(
@@ -112,6 +145,14 @@ def embed_image_files(
     pixels: list[torch.Tensor] = []
     failed: list[tuple[T, BaseException]] = []
     done = 0
+    # One batch in flight: batch n+1 is queued on the device before batch n's vectors are read
+    # back, so on CUDA the copy and the forward pass overlap the decoding of the next files.
+    in_flight: tuple[list[T], torch.Tensor, list[tuple[T, BaseException]], int] | None = None
+
+    def finish() -> tuple[list[tuple[T, np.ndarray]], list[tuple[T, BaseException]], int]:
+        batch_items, feats, batch_failed, batch_done = in_flight
+        return list(zip(batch_items, to_numpy(feats))), batch_failed, batch_done
+
     for item, result in ordered_prefetch(decode, items, workers, ahead=batch_size * 2):
         done += 1
         if isinstance(result, BaseException):
@@ -120,10 +161,15 @@ def embed_image_files(
         ok.append(item)
         pixels.append(result)
         if len(ok) >= batch_size:
-            yield list(zip(ok, encode_image_batch(lm, torch.stack(pixels)))), failed, done
+            started = (ok, encode_image_async(lm, stack_pixels(pixels, lm.device)), failed, done)
+            if in_flight is not None:
+                yield finish()
+            in_flight = started
             ok, pixels, failed = [], [], []
+    if in_flight is not None:
+        yield finish()
     if ok or failed:
-        vecs = encode_image_batch(lm, torch.stack(pixels)) if ok else []
+        vecs = to_numpy(encode_image_async(lm, stack_pixels(pixels, lm.device))) if ok else []
         yield list(zip(ok, vecs)), failed, done
 
 
