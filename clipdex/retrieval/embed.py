@@ -53,7 +53,7 @@ def encode_image_async(
     host->device copy (from pinned memory) and the forward pass are queued, not waited for, so
     the caller can decode and stack the next batch meanwhile; `to_numpy` waits."""
     non_blocking = lm.device.startswith("cuda")
-    if non_blocking and not pixels.is_pinned():
+    if non_blocking and pixels.device.type == "cpu" and not pixels.is_pinned():
         pixels = pixels.pin_memory()
     with torch.inference_mode(), _autocast(lm.device, dtype):
         feats = lm.model.encode_image(pixels.to(lm.device, non_blocking=non_blocking))
@@ -125,6 +125,7 @@ def embed_image_files(
     workers: int,
     draft_to: tuple[int, int] | None,
     on_info: Callable[[T, PhotoInfo], None] | None = None,
+    device_decode: bool | None = None,
 ) -> Iterator[tuple[list[tuple[T, np.ndarray]], list[tuple[T, BaseException]], int]]:
     """Decode files in parallel (ordered, bounded prefetch) and encode them in batches.
 
@@ -132,14 +133,48 @@ def embed_image_files(
     whose file could not be decoded with the reason, and how many items were consumed so far.
     Decoding of the next files goes on in the threads while a batch is encoded. ``on_info(item,
     (taken_at, width, height))`` is called (from a decode thread) for each item that decoded.
+    ``device_decode`` (default: `device_decode.enabled`, i.e. on CUDA) decodes JPEGs on the
+    model's device, batch by batch; other files, and JPEGs it refuses, take the CPU path.
     """
+    from clipdex.retrieval import device_decode as dd
 
-    def decode(item: T) -> torch.Tensor:
+    on_device = dd.enabled(lm.device) if device_decode is None else device_decode
+    transform = dd.device_transform(lm.preprocess) if on_device else None
+
+    def decode(item: T) -> torch.Tensor | dd.JpegBytes:
         path = path_of(item)
         if path is None:
             raise DecodeError("no file to decode (imported vector)")
         report = (lambda info: on_info(item, info)) if on_info is not None else None
+        if transform is not None:
+            jpeg = dd.read_jpeg(path, report)
+            if jpeg is not None:
+                return jpeg
         return load_and_preprocess(path, lm.preprocess, draft_to, report)
+
+    def assemble(
+        batch: list[T], pixels: list[Any], failed: list[tuple[T, BaseException]]
+    ) -> tuple[list[T], torch.Tensor | None]:
+        """The batch as one tensor (JPEG bytes decoded on the device); drops what fails to ``failed``."""
+        jpegs = [p for p in pixels if isinstance(p, dd.JpegBytes)]
+        if not jpegs:
+            return batch, stack_pixels(pixels, lm.device)
+        on_dev = iter(dd.decode_on_device(jpegs, lm.device, transform))
+        kept, out = [], []
+        for item, p in zip(batch, pixels):
+            if isinstance(p, dd.JpegBytes):
+                t = next(on_dev)
+                if t is None:  # the device decoder refused it: the CPU path decides
+                    try:
+                        t = load_and_preprocess(p.path, lm.preprocess, draft_to).to(lm.device)
+                    except Exception as e:
+                        failed.append((item, e))
+                        continue
+            else:
+                t = p.to(lm.device, non_blocking=True)
+            kept.append(item)
+            out.append(t)
+        return kept, torch.stack(out) if out else None
 
     ok: list[T] = []
     pixels: list[torch.Tensor] = []
@@ -161,7 +196,9 @@ def embed_image_files(
         ok.append(item)
         pixels.append(result)
         if len(ok) >= batch_size:
-            started = (ok, encode_image_async(lm, stack_pixels(pixels, lm.device)), failed, done)
+            ok, batch = assemble(ok, pixels, failed)
+            feats = encode_image_async(lm, batch) if batch is not None else torch.zeros(0, lm.embed_dim)
+            started = (ok, feats, failed, done)
             if in_flight is not None:
                 yield finish()
             in_flight = started
@@ -169,7 +206,8 @@ def embed_image_files(
     if in_flight is not None:
         yield finish()
     if ok or failed:
-        vecs = to_numpy(encode_image_async(lm, stack_pixels(pixels, lm.device))) if ok else []
+        ok, batch = assemble(ok, pixels, failed) if ok else ([], None)
+        vecs = to_numpy(encode_image_async(lm, batch)) if batch is not None else []
         yield list(zip(ok, vecs)), failed, done
 
 
