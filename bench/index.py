@@ -139,6 +139,13 @@ def main() -> int:
         f"clipdex/limit: {clipdex_ips / limit:.2f} (goal >= 0.9); "
         f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
     )
+    if not on_gpu:  # on a shared machine: the cores the encoder actually got (CPU-s per wall-s)
+        got = encode_cs * model_ips
+        eff = got / (decode_cs + encode_cs)
+        print(
+            f"  with the {got:.2f} cores the encoder got meanwhile: limit {eff:.1f} img/s, "
+            f"clipdex/limit {clipdex_ips / eff:.2f}"
+        )
     print(f"re-index, nothing changed: {reindex_s:.2f} s")
     shutil.rmtree(work, ignore_errors=True)
     return 0
