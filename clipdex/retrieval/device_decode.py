@@ -24,6 +24,7 @@ from PIL import Image
 from clipdex.retrieval.decode import MAX_PIXELS, DecodeError, PhotoInfo, _open_regular, photo_info
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+CHUNK = 32  # JPEGs decoded per device call
 
 
 @dataclass
@@ -107,12 +108,18 @@ def _decode_on_device(
             return None
         return transform(img)
 
-    try:  # the whole batch in one call (nvJPEG batched decode); one bad file fails it all
-        imgs = decode_jpeg([j.data for j in jpegs], mode=ImageReadMode.RGB, device=device,
-                           apply_exif_orientation=True)  # fmt: skip
-    except RuntimeError:
-        return [one(j) for j in jpegs]
-    return [transform(img) for img in imgs]
+    out: list[torch.Tensor | None] = []
+    # Chunks: full-size photos decoded at once would take GBs of device memory (12 MP = 36 MB each).
+    for start in range(0, len(jpegs), CHUNK):
+        chunk = jpegs[start : start + CHUNK]
+        try:  # one batched nvJPEG call per chunk; one bad file fails the call, then one by one
+            imgs = decode_jpeg([j.data for j in chunk], mode=ImageReadMode.RGB, device=device,
+                               apply_exif_orientation=True)  # fmt: skip
+        except RuntimeError:
+            out += [one(j) for j in chunk]
+            continue
+        out += [transform(img) for img in imgs]
+    return out
 
 
 def enabled(device: str) -> bool:
