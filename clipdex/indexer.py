@@ -76,7 +76,7 @@ class IndexRun:
         store: Store,
         model: Callable[[], LoadedModel],
         *,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         workers: int | None = None,
         exact_decode: bool = False,
         retry_failed: bool = False,
@@ -86,7 +86,7 @@ class IndexRun:
     ):
         self.store, self._model = store, model
         self._before_write = before_write  # called once, before the first commit
-        self.batch_size = max(1, batch_size)
+        self.batch_size = max(1, batch_size) if batch_size else None  # None: by device, see embed
         self.workers = workers or default_workers()
         self.exact_decode = exact_decode
         self.retry_failed = retry_failed
@@ -167,11 +167,12 @@ class IndexRun:
     def _embed_images(self, todo: list[_Todo], captions: dict) -> Iterator[Change]:
         if not todo:
             return
-        from clipdex.retrieval.embed import embed_image_files  # torch: only when there is work
+        from clipdex.retrieval.embed import default_batch_size, embed_image_files  # torch: only now
 
         lm = self.lm
+        batch_size = self.batch_size or default_batch_size(lm.device)
         batches = embed_image_files(
-            lm, todo, lambda t: t.scanned.image.path, batch_size=self.batch_size, workers=self.workers,
+            lm, todo, lambda t: t.scanned.image.path, batch_size=batch_size, workers=self.workers,
             draft_to=None if self.exact_decode else lm.image_size, on_info=self._remember_photo,
         )  # fmt: skip
         for encoded, failed, done in batches:

@@ -53,9 +53,10 @@ class Library:
 
     def __init__(
         self, path: Path, store: Store, requested: ModelSpec | None, device: str = "auto",
-        warn: Warn | None = None,
+        warn: Warn | None = None, gpu_index: bool = False,
     ):  # fmt: skip
         self.path = path
+        self.gpu_index = gpu_index
         self.store = store
         self.requested = requested
         self.device = device
@@ -74,9 +75,14 @@ class Library:
         pretrained: str | None = None,
         device: str = "auto",
         warn: Warn | None = None,
+        gpu_index: bool = False,
     ) -> Library:
         """Open the library at ``path`` (default: ``default_library_dir()``).
 
+        ``device`` is the model's (auto, cpu, cuda, mps; auto reads ``$CLIPDEX_DEVICE``).
+        ``gpu_index=True`` searches a GPU copy of the FAISS index when FAISS sees a GPU: worth it
+        for a long-lived process (serve) that answers many queries, not for one search (the copy
+        costs more than a CPU search).
         ``model``/``pretrained`` name the model for a new library; writing with a different one than
         the stored model is refused unless it re-embeds (``index(..., reembed=True)``). The library
         is opened for reading (it works on a read-only folder); writing methods take the writer
@@ -87,7 +93,7 @@ class Library:
             raise ClipdexError(f"library path {lib_dir} exists and is not a directory")
         store = Store(lib_dir, create=create, write=False)
         requested = resolve_spec(model, pretrained) if (model or pretrained) else None
-        return cls(lib_dir, store, requested, device, warn)
+        return cls(lib_dir, store, requested, device, warn, gpu_index)
 
     @contextmanager
     def writing(self) -> Iterator[None]:
@@ -159,7 +165,7 @@ class Library:
         *,
         include_hidden: bool = False,
         reembed: bool = False,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         workers: int | None = None,
         exact_decode: bool = False,
         index_type: str | None = None,
@@ -218,13 +224,15 @@ class Library:
             self.indexes.finish()
             return run.stats
 
-    def add_texts(self, texts: Sequence[str], source: str = "add-texts") -> list[int]:
+    def add_texts(self, texts: Sequence[str], source: str = "add-texts", batch_size: int = 256) -> list[int]:
         """Store and index free texts (searchable with ``target="texts"``); returns the new ids.
 
         A text is keyed by its exact (stripped) content: texts already stored and repeats within
-        ``texts`` are not added again, so an interrupted run can simply be run again.
+        ``texts`` are not added again, so an interrupted run can simply be run again. Texts are
+        encoded ``batch_size`` at a time (the next batch tokenised meanwhile), each batch stored
+        in one transaction with one bulk insert.
         """
-        from clipdex.retrieval.embed import encode_texts
+        from clipdex.retrieval.embed import iter_encode_texts
 
         texts = list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
         with self.writing():
@@ -236,13 +244,11 @@ class Library:
             lm = self.writer_model()
             self.indexes.get(TEXT)
             ids: list[int] = []
-            for start in range(0, len(texts), 1024):
-                chunk = texts[start : start + 1024]
-                vecs = encode_texts(lm, chunk)
-                new = self.store.insert(TEXT, source, vecs, texts=chunk)
-                self.indexes.apply(TEXT, (new, vecs), [])
+            for start, vecs in iter_encode_texts(lm, texts, batch_size):
+                new = self.store.insert_many(TEXT, source, vecs, texts=texts[start : start + len(vecs)])
+                self.indexes.apply(TEXT, (new.tolist(), vecs), [])
                 self.indexes.maybe_save()
-                ids += new
+                ids += new.tolist()
             self.indexes.finish()
         return ids
 
@@ -273,8 +279,10 @@ class Library:
         problem: Problem | None = None,
         progress: Progress | None = None,
         drop_unembeddable: bool = False,
+        batch_size: int | None = None,
     ) -> Reembedded:
-        """Re-embed every item with ``lm`` and make it the library's model.
+        """Re-embed every item with ``lm`` and make it the library's model (``batch_size`` images
+        per encoder batch; default by device, or ``$CLIPDEX_BATCH_SIZE``).
 
         New vectors go to a pending table and are swapped in at the end in one transaction, so
         searches keep working on the old vectors meanwhile and an interrupted run resumes. Images
@@ -284,8 +292,9 @@ class Library:
         from clipdex.reembed import reembed_all
 
         n = reembed_all(
-            self.store, lm, drop_unembeddable=drop_unembeddable, problem=problem, progress=progress
-        )
+            self.store, lm, drop_unembeddable=drop_unembeddable, problem=problem, progress=progress,
+            batch_size=batch_size,
+        )  # fmt: skip
         self.indexes.forget()
         for kind in (IMAGE, TEXT):
             self.indexes.get(kind)
@@ -336,6 +345,7 @@ class Library:
             what = "images" if kind == IMAGE else "texts"
             raise ClipdexError(f"the library at {self.path} has no {what} to search")
         query = self._vector_query(vector) if vector is not None else self._composed_query(terms, weights)
+        index.use_gpu = self.gpu_index
         hits = filters.search(index, self.store, kind, query, k, filter)
         items = self.store.items([i for i, _ in hits])
         linked = self.store.items([it.image_id for it in items.values() if it.image_id is not None])

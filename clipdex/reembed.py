@@ -12,10 +12,9 @@ from clipdex.index.scan import display_path
 from clipdex.index.store import IMAGE, TEXT, Store
 from clipdex.results import Reembedded
 from clipdex.retrieval.decode import default_workers
-from clipdex.retrieval.embed import embed_image_files, encode_texts
+from clipdex.retrieval.embed import default_batch_size, embed_image_files, encode_texts
 from clipdex.retrieval.models import LoadedModel
 
-BATCH = 32
 SHOWN = 3  # paths named in a refusal
 
 
@@ -45,6 +44,7 @@ def reembed_all(
     problem: Callable[[str, str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
+    batch_size: int | None = None,
 ) -> Reembedded:
     """Write new vectors to the pending table, then swap them in (and record the model) at once.
 
@@ -69,7 +69,8 @@ def reembed_all(
 
     unreadable: list[tuple[int, bytes | None]] = []
     batches = embed_image_files(
-        lm, images, lambda item: item[1], batch_size=BATCH, workers=workers or default_workers(),
+        lm, images, lambda item: item[1], batch_size=batch_size or default_batch_size(lm.device),
+        workers=workers or default_workers(),
         draft_to=lm.image_size,
     )  # fmt: skip
     for encoded, failed, consumed in batches:

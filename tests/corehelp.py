@@ -94,3 +94,9 @@ def path_ids(lib_dir: Path) -> dict[bytes, int]:
         return {p: rec.id for p, rec in store.scanned_files().items()}
     finally:
         store.close()
+
+
+def tol(device: str = "cpu") -> float:
+    """Absolute tolerance for comparing embeddings/scores made on ``device``: CUDA and MPS encode
+    under fp16 autocast (~1e-3 relative error per value); CPU encodes in fp32."""
+    return 2e-2 if str(device).startswith(("cuda", "mps")) else 1e-5

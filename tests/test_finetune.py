@@ -290,3 +290,38 @@ def test_val_file_chooses_the_epoch_and_the_test_split_comes_from_pairs(tiny_mod
                               out=tmp_path / "tuned")  # fmt: skip
     counts = (result.train_pairs, result.val_pairs, result.test_pairs)
     assert counts == (54, 12, 6) and result.report_split == "test"
+
+
+def test_view_cache_never_holds_more_than_its_bound(scenes) -> None:
+    from open_clip import image_transform
+
+    from clipdex.retrieval.finetune import _split_transform
+    from clipdex.retrieval.pairs import decode_pairs, view_nbytes
+
+    train, val = scenes
+    pairs = [*val, *train][:80]
+    lm_pp = _split_transform(image_transform(64, is_train=False))[0]  # PIL part: 64x64 RGB views
+    full = decode_pairs(pairs, prepare=lm_pp)
+    one = view_nbytes(full.images[pairs[0].image])
+    assert one == 64 * 64 * 3 and full.images.cached == len({p.image for p in pairs})
+    bound = 10 * one + one // 2  # room for 10 views, not 11
+    small = decode_pairs(pairs, prepare=lm_pp, cache_bytes=bound)
+    assert small.images.cached == 10 and small.images.nbytes <= bound
+    assert small.pairs == full.pairs and len(small.images) == len(full.images)
+    for p in pairs:  # a view past the bound is decoded again, pixel for pixel the same
+        assert np.array_equal(np.asarray(small.images[p.image]), np.asarray(full.images[p.image]))
+    assert small.images.cached == 10 and small.images.nbytes <= bound  # reading added nothing
+
+
+def test_bounded_cache_trains_exactly_like_the_unbounded_one(tiny_model_dir, scenes, tmp_path) -> None:
+    _run(tiny_model_dir, scenes, tmp_path / "all", seed=3, cache_mb=None)
+    _run(tiny_model_dir, scenes, tmp_path / "none", seed=3, cache_mb=0)  # every view decoded per use
+    a, b = _weights(tmp_path / "all"), _weights(tmp_path / "none")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ra = json.loads((tmp_path / "all" / "clipdex_finetune.json").read_text())
+    rb = json.loads((tmp_path / "none" / "clipdex_finetune.json").read_text())
+    assert (
+        ra["before"] == rb["before"]
+        and ra["after"] == rb["after"]
+        and ra["history"][0]["loss"] == rb["history"][0]["loss"]
+    )

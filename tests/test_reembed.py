@@ -8,7 +8,7 @@ from corehelp import make_images
 
 import clipdex.reembed as reembed_mod
 from clipdex import Library
-from clipdex.retrieval.embed import encode_texts
+from clipdex.retrieval.embed import default_batch_size, encode_texts
 from clipdex.retrieval.models import load_model, resolve_spec
 
 
@@ -41,7 +41,7 @@ def test_interrupted_reembed_keeps_old_vectors_and_resumes(
     with Library.open(lib_dir) as lib, pytest.raises(Interrupt):
         lib.use_model(str(tiny_model_dir2))
     first_batch = set(encoded)
-    assert len(first_batch) == reembed_mod.BATCH
+    assert len(first_batch) == default_batch_size("cpu")
 
     # Meanwhile the library still answers with its old model and old vectors.
     with Library.open(lib_dir) as lib:

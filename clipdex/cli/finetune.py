@@ -38,13 +38,17 @@ from clipdex.cli.common import drop_option, emit_json, info, json_option, pass_s
               help="Output model directory (default: LIBRARY/models/finetune-TIMESTAMP).")  # fmt: skip
 @click.option("--apply", is_flag=True, help="Then make the fine-tuned model the library's and re-embed.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
+@click.option("--cache-mb", type=click.IntRange(min=0), default=1024, show_default=True,
+              help="Decoded images kept in memory (MiB); others are decoded again when used.")  # fmt: skip
+@click.option("--grad-checkpointing/--no-grad-checkpointing", default=None,
+              help="Trade compute for memory (default: only after a CUDA out-of-memory).")  # fmt: skip
 @drop_option
 @json_option
 @quiet_option
 @pass_state
 def finetune_cmd(state, pairs, val_pairs, val_fraction, test_fraction, epochs, batch_size, lr, weight_decay,
                  warmup, accum_steps, lock_image, lock_text, unlock_last, patience, wise, seed, out, apply,
-                 device, drop_unembeddable, as_json, quiet):  # fmt: skip
+                 device, cache_mb, grad_checkpointing, drop_unembeddable, as_json, quiet):  # fmt: skip
     """Fine-tune the library's model on image–caption PAIRS and report held-out recall.
 
     PAIRS is a .csv/.tsv (with a header) or .jsonl with columns `image` and `caption` (image paths
@@ -66,7 +70,8 @@ def finetune_cmd(state, pairs, val_pairs, val_fraction, test_fraction, epochs, b
     cfg = FinetuneConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
         accum_steps=accum_steps, lock_image=lock_image, lock_text=lock_text, unlock_last=unlock_last,
-        patience=patience, wise=wise, seed=seed, quiet=quiet,
+        patience=patience, wise=wise, seed=seed, quiet=quiet, cache_mb=cache_mb,
+        grad_checkpointing=grad_checkpointing,
     )  # fmt: skip
     quiet_text = quiet or as_json
 

@@ -21,10 +21,13 @@ from clipdex.cli.common import (
 @click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=bytes))
 @model_options
 @click.option(
-    "--batch-size", default=32, show_default=True, type=click.IntRange(min=1), help="Images per batch."
+    "--batch-size",
+    default=None,
+    type=click.IntRange(min=1),
+    help="Images per batch (default: $CLIPDEX_BATCH_SIZE, else 32 on CPU, 256 on CUDA).",
 )
 @click.option(
-    "--workers", default=None, type=click.IntRange(min=1), help="Decode threads (default: CPUs, max 8)."
+    "--workers", default=None, type=click.IntRange(min=1), help="Decode threads (default: all CPUs)."
 )
 @click.option("--include-hidden", is_flag=True, help="Also index hidden files and folders.")
 @click.option("--reembed", is_flag=True, help="Re-embed every item (required to switch the library's model).")
@@ -113,9 +116,11 @@ class DateParam(click.ParamType):
 @json_option
 @click.option("--paths", is_flag=True, help="Print bare absolute image paths, one per line.")
 @click.option("-0", "null", is_flag=True, help="Like --paths, separated by NUL.")
+@click.option("--device", default="auto", show_default=True,
+              help="Model device: auto, cpu, cuda or mps (auto: $CLIPDEX_DEVICE if set).")  # fmt: skip
 @pass_state
 def search(state, text, images, not_texts, not_images, k, target, under, after, before, min_score,
-           captioned, as_json, paths, null):  # fmt: skip
+           captioned, as_json, paths, null, device):  # fmt: skip
     """Search by TEXT and/or --image: the best matching images (or --target texts).
 
     Terms combine: the query is the normalised sum of TEXT's and each --image's vector minus
@@ -148,7 +153,7 @@ def search(state, text, images, not_texts, not_images, k, target, under, after, 
     if captioned is not None and target == "texts":
         raise click.UsageError("--captioned/--uncaptioned apply to image searches")
     filt = Filter(under=list(under), after=after, before=before, captioned=captioned, min_score=min_score)
-    with state.open() as lib:
+    with state.open(device=device) as lib:  # one query: the FAISS index stays on the CPU
         results = lib.search(
             text=query or None, image=list(images), not_text=list(not_texts), not_image=list(not_images),
             k=k, target=target, filter=filt,

@@ -43,7 +43,7 @@ def serve(state, host, port, open_browser, token, allow_host, device, max_upload
         raise click.UsageError(f"binding {host} (not loopback) needs --token TOKEN or CLIPDEX_TOKEN")
     from clipdex.errors import ClipdexError
 
-    lib = state.open(device=device)
+    lib = state.open(device=device, gpu_index=True)  # long-running: a GPU copy pays off
     with lib:
         if lib.spec is not None:
             info(f"clipdex: loading model {lib.spec} …")

@@ -42,6 +42,9 @@ MIN_TRAIN = 1_000  # below this an approximate index has nothing to learn from: 
 QUERY_CHUNK = 32
 SMALL_BATCH = 8  # fewer queries than this are searched on one thread
 MARGIN = 10  # extra candidates beyond k * rerank, so that near-ties at the cut are re-ranked too
+# FAISS GPU indexes answer at most this many neighbours per query (k and nprobe); a search that
+# needs more candidates runs on the CPU index the GPU copy was made from.
+GPU_MAX_K = 2048
 
 
 def default_memory_budget() -> int:
@@ -106,6 +109,7 @@ class AnnIndex:
     info: dict
     codec: ItqCodec | None = None  # binary kind: float vectors -> codes
     removed: set[int] = field(default_factory=set)  # tombstones where the index cannot remove_ids
+    cpu: AnnIndex | None = None  # for a GPU copy: the CPU index it was cloned from (k > GPU_MAX_K)
 
     @property
     def ntotal(self) -> int:
@@ -194,8 +198,11 @@ class AnnIndex:
         fetch = min(total, k * self.info["params"].get("rerank", 1) + MARGIN + len(dropped))
         selector = _Selector(self, allowed, k) if allowed is not None else None
         rows = np.arange(len(q))
+        src = self  # where candidates come from: a GPU copy, or its CPU index past GPU_MAX_K
         while len(rows):
-            cand_scores, cand = self._candidates(q[rows], fetch, selector)
+            if _on_gpu(src) and (fetch > GPU_MAX_K or selector is not None) and src.cpu is not None:
+                src = src.cpu
+            cand_scores, cand = src._candidates(q[rows], fetch, selector)
             s, i = self._rerank(q[rows], cand, k, get_vectors, dropped)
             scores[rows], ids[rows] = s, i
             if selector is not None and selector.widen((i >= 0).sum(axis=1)):
@@ -500,6 +507,8 @@ def to_gpu(ann: AnnIndex) -> AnnIndex:
     faiss = _faiss()
     if ann.kind not in GPU_KINDS or _on_gpu(ann) or faiss.get_num_gpus() == 0:
         return ann
+    if ann.info["params"].get("nprobe", 0) > GPU_MAX_K:  # more lists than a GPU search can probe
+        return ann
     co = faiss.GpuMultipleClonerOptions()
     co.useFloat16 = ann.kind == "ivf-pq"  # float16 lookup tables: needed for 64 sub-quantisers
     try:
@@ -507,7 +516,7 @@ def to_gpu(ann: AnnIndex) -> AnnIndex:
     except RuntimeError as e:  # e.g. an unsupported PQ size: stay on the CPU, say why
         ann.info["gpu_error"] = str(e).splitlines()[0]
         return ann
-    gpu = AnnIndex(ann.kind, index, dict(ann.info, device="gpu"), ann.codec, set(ann.removed))
+    gpu = AnnIndex(ann.kind, index, dict(ann.info, device="gpu"), ann.codec, set(ann.removed), cpu=ann)
     gpu.info["params"] = dict(ann.info["params"])
     gpu.set_params(**{p: v for p, v in gpu.info["params"].items() if p == "nprobe"})
     return gpu

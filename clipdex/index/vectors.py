@@ -47,6 +47,9 @@ class VectorIndex:
         self.delta: AnnIndex | None = None  # reader catch-up: current vectors of changed ids
         self.tombs: set[int] = set()  # reader catch-up: base ids removed or replaced since
         self.exact_fallback = False  # built in memory from SQLite because the file was unusable
+        # Search on a GPU copy (when FAISS sees a GPU). Off by default: cloning a large index costs
+        # more than one CPU search, so only long-running processes (serve) turn it on.
+        self.use_gpu = False
 
     @classmethod
     def build(
@@ -188,7 +191,7 @@ class VectorIndex:
         return np.vstack([self.ann.index.reconstruct(int(i)) for i in ids])
 
     def _searcher(self) -> AnnIndex:
-        if _faiss().get_num_gpus() > 0:
+        if self.use_gpu and _faiss().get_num_gpus() > 0:
             if self._gpu is None:
                 self._gpu = ann.to_gpu(self.ann)
             return self._gpu

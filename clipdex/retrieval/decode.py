@@ -357,12 +357,13 @@ def load_and_preprocess(
 
 
 def default_workers() -> int:
-    """Decode threads to use: the CPUs this process may run on, capped at 8 (more rarely helps)."""
+    """Decode threads to use: every CPU this process may run on (not capped: feeding a GPU takes
+    all of them, and on CPU alone the encoder's threads share the same cores anyway)."""
     try:
         cpus = len(os.sched_getaffinity(0))  # respects container / taskset limits
     except (AttributeError, OSError):
         cpus = os.cpu_count() or 1
-    return max(1, min(8, cpus))
+    return max(1, cpus)
 
 
 def _outcome(future: Future) -> object:

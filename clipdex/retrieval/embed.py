@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any, TypeVar
 
@@ -16,33 +18,94 @@ from clipdex.retrieval.models import LoadedModel
 T = TypeVar("T")
 
 
-def _autocast(device: str) -> Any:
-    # Mixed precision only on CUDA; on CPU fp32 keeps embeddings equal to open_clip's.
+def _autocast(device: str, dtype: torch.dtype | None = None) -> Any:
+    # Mixed precision only on CUDA (fp16 unless a caller, e.g. bf16 training, asks for another);
+    # on CPU fp32 keeps embeddings equal to open_clip's.
     if device.startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.float16)
+        return torch.autocast("cuda", dtype=dtype or torch.float16)
     return nullcontext()
 
 
-def encode_image_batch(lm: LoadedModel, pixels: torch.Tensor) -> np.ndarray:
-    """(B, 3, H, W) preprocessed pixels -> (B, D) unit float32 vectors."""
+CPU_BATCH, CUDA_BATCH = 32, 256
+
+
+def default_batch_size(device: str) -> int:
+    """Images per encoder batch: ``$CLIPDEX_BATCH_SIZE`` if set, else 32 on CPU and MPS (bigger
+    batches gain nothing there) and 256 on CUDA (a GPU needs large batches to be kept busy)."""
+    raw = os.environ.get("CLIPDEX_BATCH_SIZE", "").strip()
+    if raw.isdigit() and int(raw) > 0:
+        return int(raw)
+    return CUDA_BATCH if device.startswith("cuda") else CPU_BATCH
+
+
+def stack_pixels(pixels: Sequence[torch.Tensor], device: str) -> torch.Tensor:
+    """One (B, 3, H, W) batch; in pinned memory for CUDA, so its copy to the GPU can be asynchronous."""
+    if not device.startswith("cuda"):
+        return torch.stack(list(pixels))
+    out = torch.empty((len(pixels), *pixels[0].shape), dtype=pixels[0].dtype, pin_memory=True)
+    return torch.stack(list(pixels), out=out)
+
+
+def encode_image_async(
+    lm: LoadedModel, pixels: torch.Tensor, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Start encoding a batch; the (B, D) unit float32 features stay on the device. On CUDA the
+    host->device copy (from pinned memory) and the forward pass are queued, not waited for, so
+    the caller can decode and stack the next batch meanwhile; `to_numpy` waits."""
     non_blocking = lm.device.startswith("cuda")
-    if non_blocking and not pixels.is_pinned():
+    if non_blocking and pixels.device.type == "cpu" and not pixels.is_pinned():
         pixels = pixels.pin_memory()
-    with torch.inference_mode(), _autocast(lm.device):
+    with torch.inference_mode(), _autocast(lm.device, dtype):
         feats = lm.model.encode_image(pixels.to(lm.device, non_blocking=non_blocking))
-        feats = F.normalize(feats.float(), dim=-1)
+        return F.normalize(feats.float(), dim=-1)
+
+
+def to_numpy(feats: torch.Tensor) -> np.ndarray:
     return feats.cpu().numpy().astype(np.float32, copy=False)
 
 
-def encode_texts(lm: LoadedModel, texts: Sequence[str], batch_size: int = 256) -> np.ndarray:
+def encode_image_batch(lm: LoadedModel, pixels: torch.Tensor, dtype: torch.dtype | None = None) -> np.ndarray:
+    """(B, 3, H, W) preprocessed pixels -> (B, D) unit float32 vectors (``dtype``: CUDA autocast)."""
+    return to_numpy(encode_image_async(lm, pixels, dtype))
+
+
+def encode_texts(
+    lm: LoadedModel, texts: Sequence[str], batch_size: int = 256, dtype: torch.dtype | None = None
+) -> np.ndarray:
     """Texts -> (N, D) unit float32 vectors, tokenised by the model's own tokenizer."""
     out = [np.zeros((0, lm.embed_dim), np.float32)]
-    for start in range(0, len(texts), batch_size):
-        tokens = lm.tokenizer(list(texts[start : start + batch_size])).to(lm.device)
-        with torch.inference_mode(), _autocast(lm.device):
-            feats = F.normalize(lm.model.encode_text(tokens).float(), dim=-1)
-        out.append(feats.cpu().numpy().astype(np.float32, copy=False))
+    out += [vecs for _, vecs in iter_encode_texts(lm, texts, batch_size, dtype)]
     return np.concatenate(out)
+
+
+def iter_encode_texts(
+    lm: LoadedModel, texts: Sequence[str], batch_size: int = 256, dtype: torch.dtype | None = None
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``(start, vectors)`` per batch of ``texts``, in order.
+
+    The next batch is tokenised in a helper thread while this one is encoded: the tokenizer is
+    pure Python (ftfy, BPE) and costs about as much as a small text tower's forward pass, which
+    releases the GIL.
+    """
+    starts = range(0, len(texts), batch_size)
+    if not starts:
+        return
+    non_blocking = lm.device.startswith("cuda")
+
+    def tokenize(start: int) -> torch.Tensor:
+        tokens = lm.tokenizer(list(texts[start : start + batch_size]))
+        return tokens.pin_memory() if non_blocking else tokens
+
+    with ThreadPoolExecutor(1, thread_name_prefix="clipdex-tokenize") as pool:
+        pending = pool.submit(tokenize, starts[0])
+        for i, start in enumerate(starts):
+            tokens = pending.result()
+            if i + 1 < len(starts):
+                pending = pool.submit(tokenize, starts[i + 1])
+            with torch.inference_mode(), _autocast(lm.device, dtype):
+                feats = lm.model.encode_text(tokens.to(lm.device, non_blocking=non_blocking))
+                feats = F.normalize(feats.float(), dim=-1)
+            yield start, feats.cpu().numpy().astype(np.float32, copy=False)
 
 
 def encode_images(lm: LoadedModel, images: Iterable[Any], batch_size: int = 64) -> np.ndarray:
@@ -62,6 +125,7 @@ def embed_image_files(
     workers: int,
     draft_to: tuple[int, int] | None,
     on_info: Callable[[T, PhotoInfo], None] | None = None,
+    device_decode: bool | None = None,
 ) -> Iterator[tuple[list[tuple[T, np.ndarray]], list[tuple[T, BaseException]], int]]:
     """Decode files in parallel (ordered, bounded prefetch) and encode them in batches.
 
@@ -69,19 +133,61 @@ def embed_image_files(
     whose file could not be decoded with the reason, and how many items were consumed so far.
     Decoding of the next files goes on in the threads while a batch is encoded. ``on_info(item,
     (taken_at, width, height))`` is called (from a decode thread) for each item that decoded.
+    ``device_decode`` (default: `device_decode.enabled`, i.e. on CUDA) decodes JPEGs on the
+    model's device, batch by batch; other files, and JPEGs it refuses, take the CPU path.
     """
+    from clipdex.retrieval import device_decode as dd
 
-    def decode(item: T) -> torch.Tensor:
+    on_device = dd.enabled(lm.device) if device_decode is None else device_decode
+    transform = dd.device_transform(lm.preprocess) if on_device else None
+
+    def decode(item: T) -> torch.Tensor | dd.JpegBytes:
         path = path_of(item)
         if path is None:
             raise DecodeError("no file to decode (imported vector)")
         report = (lambda info: on_info(item, info)) if on_info is not None else None
+        if transform is not None:
+            jpeg = dd.read_jpeg(path, report)
+            if jpeg is not None:
+                return jpeg
         return load_and_preprocess(path, lm.preprocess, draft_to, report)
+
+    def assemble(
+        batch: list[T], pixels: list[Any], failed: list[tuple[T, BaseException]]
+    ) -> tuple[list[T], torch.Tensor | None]:
+        """The batch as one tensor (JPEG bytes decoded on the device); drops what fails to ``failed``."""
+        jpegs = [p for p in pixels if isinstance(p, dd.JpegBytes)]
+        if not jpegs:
+            return batch, stack_pixels(pixels, lm.device)
+        on_dev = iter(dd.decode_on_device(jpegs, lm.device, transform))
+        kept, out = [], []
+        for item, p in zip(batch, pixels):
+            if isinstance(p, dd.JpegBytes):
+                t = next(on_dev)
+                if t is None:  # the device decoder refused it: the CPU path decides
+                    try:
+                        t = load_and_preprocess(p.path, lm.preprocess, draft_to).to(lm.device)
+                    except Exception as e:
+                        failed.append((item, e))
+                        continue
+            else:
+                t = p.to(lm.device, non_blocking=True)
+            kept.append(item)
+            out.append(t)
+        return kept, torch.stack(out) if out else None
 
     ok: list[T] = []
     pixels: list[torch.Tensor] = []
     failed: list[tuple[T, BaseException]] = []
     done = 0
+    # One batch in flight: batch n+1 is queued on the device before batch n's vectors are read
+    # back, so on CUDA the copy and the forward pass overlap the decoding of the next files.
+    in_flight: tuple[list[T], torch.Tensor, list[tuple[T, BaseException]], int] | None = None
+
+    def finish() -> tuple[list[tuple[T, np.ndarray]], list[tuple[T, BaseException]], int]:
+        batch_items, feats, batch_failed, batch_done = in_flight
+        return list(zip(batch_items, to_numpy(feats))), batch_failed, batch_done
+
     for item, result in ordered_prefetch(decode, items, workers, ahead=batch_size * 2):
         done += 1
         if isinstance(result, BaseException):
@@ -90,10 +196,18 @@ def embed_image_files(
         ok.append(item)
         pixels.append(result)
         if len(ok) >= batch_size:
-            yield list(zip(ok, encode_image_batch(lm, torch.stack(pixels)))), failed, done
+            ok, batch = assemble(ok, pixels, failed)
+            feats = encode_image_async(lm, batch) if batch is not None else torch.zeros(0, lm.embed_dim)
+            started = (ok, feats, failed, done)
+            if in_flight is not None:
+                yield finish()
+            in_flight = started
             ok, pixels, failed = [], [], []
+    if in_flight is not None:
+        yield finish()
     if ok or failed:
-        vecs = encode_image_batch(lm, torch.stack(pixels)) if ok else []
+        ok, batch = assemble(ok, pixels, failed) if ok else ([], None)
+        vecs = to_numpy(encode_image_async(lm, batch)) if batch is not None else []
         yield list(zip(ok, vecs)), failed, done
 
 

@@ -58,6 +58,11 @@ class FinetuneConfig:
     augment: bool = True
     workers: int | None = None  # DataLoader workers; None = 0 on CPU (torch uses every core), 4 on GPU
     quiet: bool = False
+    # Decoded training views kept in memory (MiB; None = all). A 224 px view is 147 KiB, so 100k
+    # pairs would need ~15 GB; past the bound, views are decoded again from their files per use.
+    cache_mb: int | None = 1024
+    # Gradient checkpointing: True = always; False = never; None = only after a CUDA out-of-memory.
+    grad_checkpointing: bool | None = None
 
 
 @dataclass
@@ -120,7 +125,7 @@ def _train_transform(lm: LoadedModel, to_tensor: Callable, augment: bool) -> Cal
 
 
 class _PairDataset(torch.utils.data.Dataset):
-    def __init__(self, pairs: Sequence[Pair], images: dict, tokens: torch.Tensor, transform: Callable):
+    def __init__(self, pairs: Sequence[Pair], images: Any, tokens: torch.Tensor, transform: Callable):
         self.pairs, self.images, self.tokens, self.transform = pairs, images, tokens, transform
 
     def __len__(self) -> int:
@@ -136,14 +141,17 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _recall(lm: LoadedModel, to_tensor: Callable, views: dict, pairs: Sequence[Pair]) -> dict[str, float]:
-    """Recall on cached eval views: identical to encoding the decoded files with lm.preprocess."""
+def _recall(
+    lm: LoadedModel, to_tensor: Callable, views: Any, pairs: Sequence[Pair], dtype: torch.dtype | None = None
+) -> dict[str, float]:
+    """Recall on the eval views: identical to encoding the decoded files with lm.preprocess
+    (under autocast to ``dtype`` on CUDA: the precision training runs in)."""
     paths, texts, relevant = group_pairs(pairs)
     vecs = [
-        encode_image_batch(lm, torch.stack([to_tensor(views[p]) for p in paths[i : i + 128]]))
+        encode_image_batch(lm, torch.stack([to_tensor(views[p]) for p in paths[i : i + 128]]), dtype)
         for i in range(0, len(paths), 128)
     ]
-    return recall_at_k(np.concatenate(vecs), encode_texts(lm, texts), relevant)
+    return recall_at_k(np.concatenate(vecs), encode_texts(lm, texts, dtype=dtype), relevant)
 
 
 def _start_config(lm: LoadedModel) -> tuple[dict, dict]:
@@ -202,7 +210,9 @@ def finetune(
     _seed_everything(cfg.seed)
 
     to_view, to_tensor = _split_transform(lm.preprocess)
-    decoded = decode_pairs([*train, *val, *(test or [])], prepare=to_view)
+    # held-out images first: they are evaluated every epoch, so they are the ones worth caching
+    cache = None if cfg.cache_mb is None else cfg.cache_mb << 20
+    decoded = decode_pairs([*val, *(test or []), *train], prepare=to_view, cache_bytes=cache)
     views = decoded.images
     val = [p for p in val if p.image in views]
     val_images = {p.image for p in val}
@@ -222,11 +232,12 @@ def finetune(
     model, device = lm.model, lm.device
     start = tu.cpu_state(model)
     requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
-    before = _recall(lm, to_tensor, views, report)
     amp_dtype, scaler = None, None
-    if device.startswith("cuda"):  # mixed precision and checkpointing pay off only on a GPU
+    if device.startswith("cuda"):  # mixed precision pays off only on a GPU
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    # evaluation in the training precision: "before", per-epoch and "after" figures compare alike
+    before = _recall(lm, to_tensor, views, report, amp_dtype)
     try:
         history, best_state, best_epoch, train_seconds = _train(
             lm, train, val, views, to_tensor, cfg, amp_dtype, scaler, progress
@@ -237,12 +248,12 @@ def finetune(
         model.load_state_dict(start)
         for n, p in model.named_parameters():
             p.requires_grad_(requires_grad[n])
-        if amp_dtype is not None and hasattr(model, "set_grad_checkpointing"):
+        if hasattr(model, "set_grad_checkpointing"):
             model.set_grad_checkpointing(False)
         model.eval()
 
     saved = load_model(ModelSpec(LOCAL_DIR + str(out)), device)
-    after = _recall(saved, _split_transform(saved.preprocess)[1], views, report)
+    after = _recall(saved, _split_transform(saved.preprocess)[1], views, report, amp_dtype)
     result = FinetuneResult(
         model=LOCAL_DIR + str(out),
         before=before,
@@ -268,7 +279,7 @@ def _train(
     lm: LoadedModel,
     train: Sequence[Pair],
     val: Sequence[Pair],
-    views: dict,
+    views: Any,
     to_tensor: Callable,
     cfg: FinetuneConfig,
     amp_dtype: torch.dtype | None,
@@ -284,7 +295,8 @@ def _train(
         tu.param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
     )
     loss_fn = tu.make_loss(model)
-    if amp_dtype is not None and hasattr(model, "set_grad_checkpointing"):
+    checkpointing = bool(cfg.grad_checkpointing) and hasattr(model, "set_grad_checkpointing")
+    if checkpointing:
         model.set_grad_checkpointing(True)
 
     workers = cfg.workers if cfg.workers is not None else (4 if device.startswith("cuda") else 0)
@@ -325,7 +337,19 @@ def _train(
                 for group in optimizer.param_groups:
                     group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
-                losses.append(tu.contrastive_step(model, loss_fn, micro, amp_dtype, scaler))
+                try:
+                    losses.append(tu.contrastive_step(model, loss_fn, micro, amp_dtype, scaler))
+                except torch.cuda.OutOfMemoryError:
+                    # memory requires checkpointing (unless it was refused or is already on): retry
+                    if checkpointing or cfg.grad_checkpointing is False:
+                        raise
+                    if not hasattr(model, "set_grad_checkpointing"):
+                        raise
+                    optimizer.zero_grad(set_to_none=True)
+                    torch.cuda.empty_cache()
+                    model.set_grad_checkpointing(True)
+                    checkpointing = True
+                    losses.append(tu.contrastive_step(model, loss_fn, micro, amp_dtype, scaler))
                 if scaler is not None:
                     scaler.step(optimizer)
                     scaler.update()
@@ -338,7 +362,7 @@ def _train(
             seconds, cpu_seconds = time.perf_counter() - t_epoch, time.process_time() - cpu_epoch
             train_seconds += seconds
             model.eval()
-            metrics = _recall(lm, to_tensor, views, val)
+            metrics = _recall(lm, to_tensor, views, val, amp_dtype)
             score = mean_recall(metrics)
             loss = float(np.mean(losses))
             entry = dict(

@@ -119,10 +119,13 @@ def _looks_like_path(model: str) -> bool:
 
 
 def pick_device(device: str = "auto") -> str:
-    """``auto`` → cuda, then mps, then cpu; an explicit device that is absent is an error."""
+    """``auto`` → ``$CLIPDEX_DEVICE`` if set, else cuda, then mps, then cpu; an explicit device
+    that is absent is an error."""
     import torch
 
-    device = (device or "auto").lower()
+    device = (device or "auto").strip().lower()
+    if device == "auto":
+        device = (os.environ.get("CLIPDEX_DEVICE") or "auto").strip().lower()
     if device == "auto":
         if torch.cuda.is_available():
             return "cuda"
@@ -229,16 +232,26 @@ def load_model(spec: ModelSpec, device: str = "auto") -> LoadedModel:
 
 
 def _embed_dim(model: Any) -> int:
-    proj = getattr(model, "text_projection", None)
-    if proj is not None and hasattr(proj, "shape"):
-        return int(proj.shape[1])
+    """The shared embedding width, read from the projections where the model has them.
+
+    CLIP keeps ``text_projection`` (a matrix) on the model; CustomTextCLIP (SigLIP, timm and HF
+    towers) keeps it inside ``model.text``, as a matrix or an ``nn.Linear``. Otherwise one tiny
+    text is encoded, on the model's own device.
+    """
+    for owner in (model, getattr(model, "text", None)):
+        proj = getattr(owner, "text_projection", None)
+        if getattr(proj, "out_features", None):
+            return int(proj.out_features)
+        if proj is not None and getattr(proj, "ndim", 0) == 2:
+            return int(proj.shape[1])
     output_dim = getattr(model.visual, "output_dim", None)
     if output_dim:
         return int(output_dim)
     import torch
 
+    device = next(model.parameters()).device
     with torch.inference_mode():
-        return int(model.encode_text(torch.zeros(1, 8, dtype=torch.long)).shape[-1])
+        return int(model.encode_text(torch.zeros(1, 8, dtype=torch.long, device=device)).shape[-1])
 
 
 def _offline(host: str = "huggingface.co") -> bool:

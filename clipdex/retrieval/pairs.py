@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,12 +35,73 @@ class Pair:
 PairsArg = str | os.PathLike | Sequence[Pair | tuple[str, str]] | None  # a PAIRS path or the pairs
 
 
+class ViewCache:
+    """Prepared (decoded, resized, cropped) images by path, holding at most ``max_bytes`` of them.
+
+    Every path it knows decoded once; the first ones offered are kept until the bound is reached,
+    any other is decoded again on each use (``load``). Decoding is deterministic, so a view is the
+    same whether it came from the cache or from the file: the bound changes speed, never results.
+    Nothing is evicted: under shuffled access any fixed set is as good as LRU, without the churn,
+    and DataLoader worker processes share the parent's cache copy-on-write.
+    """
+
+    def __init__(self, load: Callable[[str], Any], max_bytes: int | None = None):
+        self._load = load
+        self.max_bytes = max_bytes  # None: keep every view
+        self.nbytes = 0
+        self._views: dict[str, Any] = {}
+        self._known: set[str] = set()
+
+    def offer(self, path: str, view: Any) -> None:
+        """Record that ``path`` decoded; keep its ``view`` while it fits under the bound."""
+        self._known.add(path)
+        size = view_nbytes(view)
+        if self.max_bytes is None or self.nbytes + size <= self.max_bytes:
+            self._views[path] = view
+            self.nbytes += size
+
+    @property
+    def cached(self) -> int:
+        return len(self._views)
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._known
+
+    def __len__(self) -> int:
+        return len(self._known)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._known)
+
+    def __getitem__(self, path: str) -> Any:
+        view = self._views.get(path)
+        if view is not None:
+            return view
+        if path not in self._known:
+            raise KeyError(path)
+        try:
+            return self._load(path)
+        except (OSError, ClipdexError, ValueError) as e:  # changed or removed since the first pass
+            raise ClipdexError(f"{path}: cannot read the image again during training ({e})") from e
+
+
+def view_nbytes(view: Any) -> int:
+    """Memory held by a prepared view: a PIL image's pixels, or an array's/tensor's bytes."""
+    if hasattr(view, "nbytes"):
+        return int(view.nbytes)
+    if hasattr(view, "element_size"):
+        return int(view.element_size() * view.nelement())
+    if hasattr(view, "getbands"):
+        return view.width * view.height * len(view.getbands())
+    return sys.getsizeof(view)
+
+
 @dataclass
 class DecodedPairs:
     """Pairs whose image decoded, the decoded (prepared) images by path, and what was skipped."""
 
     pairs: list[Pair]
-    images: dict[str, Any]
+    images: ViewCache
     skipped: int  # pairs dropped because their image is missing or unreadable
     bad_images: list[tuple[str, str]]  # (path, reason)
 
@@ -117,32 +178,38 @@ def decode_pairs(
     opener: Callable[[str], Any] | None = None,
     workers: int = 4,
     max_bad: float = MAX_BAD_FRACTION,
+    cache_bytes: int | None = None,
 ) -> DecodedPairs:
-    """Decode every distinct image once (threads: Pillow releases the GIL), keep ``prepare(image)``.
+    """Decode every distinct image once (threads: Pillow releases the GIL) to find the bad ones,
+    keeping ``prepare(image)`` in a `ViewCache` of at most ``cache_bytes`` (None: all of them).
 
-    Pairs whose image is missing or unreadable are skipped and counted; more than ``max_bad`` of
-    them is an error, since that usually means a wrong base folder rather than a few bad files.
+    Images are decoded in ``pairs`` order, so the first ones are those cached: put the ones used
+    most (validation, evaluated every epoch) first. Pairs whose image is missing or unreadable
+    are skipped and counted; more than ``max_bad`` of them is an error, since that usually means a
+    wrong base folder rather than a few bad files.
     """
+    from clipdex.retrieval.decode import ordered_prefetch
+
     if opener is None:
         from clipdex.retrieval.decode import open_image as opener
 
-    def load(path: str) -> tuple[str, Any, str | None]:
-        try:
-            return path, prepare(opener(path)), None
-        except FileNotFoundError:
-            return path, None, "file not found"
-        except (OSError, ClipdexError, ValueError) as e:  # DecodeError is a ClipdexError
-            return path, None, str(e).splitlines()[0] if str(e) else type(e).__name__
+    def load(path: str) -> Any:
+        return prepare(opener(path))
 
+    views = ViewCache(load, cache_bytes)
+    bad = []
     unique = list(dict.fromkeys(p.image for p in pairs))
-    images, bad = {}, []
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        for path, image, reason in pool.map(load, unique):
-            if reason is None:
-                images[path] = image
-            else:
-                bad.append((path, reason))
-    kept = [p for p in pairs if p.image in images]
+    # ordered and bounded: a view is held only until offered (kept or dropped), never all at once
+    for path, result in ordered_prefetch(load, unique, max(1, workers), ahead=4 * max(1, workers)):
+        if not isinstance(result, BaseException):
+            views.offer(path, result)
+        elif isinstance(result, FileNotFoundError):
+            bad.append((path, "file not found"))
+        elif isinstance(result, (OSError, ClipdexError, ValueError)):  # DecodeError is a ClipdexError
+            bad.append((path, str(result).splitlines()[0] if str(result) else type(result).__name__))
+        else:
+            raise result
+    kept = [p for p in pairs if p.image in views]
     skipped = len(pairs) - len(kept)
     if pairs and skipped > max_bad * len(pairs):
         first = f"{bad[0][0]}: {bad[0][1]}" if bad else ""
@@ -150,7 +217,7 @@ def decode_pairs(
             f"{skipped} of {len(pairs)} pairs have a missing or unreadable image (more than "
             f"{max_bad:.0%}; are relative paths right?), e.g. {first}"
         )
-    return DecodedPairs(kept, images, skipped, bad)
+    return DecodedPairs(kept, views, skipped, bad)
 
 
 MIN_TEST_IMAGES = 5  # a smaller test split says too little; the figures then come from validation
