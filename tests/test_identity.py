@@ -38,7 +38,7 @@ def rows(lib: Path) -> dict[int, tuple]:
 
 @pytest.fixture
 def opened(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """The files the indexer decodes."""
+    """The files an index run decodes."""
     calls: list[bytes] = []
     lock = threading.Lock()
     real = clipdex.retrieval.embed.load_and_preprocess

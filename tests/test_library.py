@@ -13,7 +13,7 @@ import pytest
 from corehelp import assert_one_error_line, blocks_image, json_lines, make_images, ok, path_ids, run
 from oddfiles import BAD, make_odd_files
 
-import clipdex.indexer
+import clipdex.index_run
 import clipdex.retrieval.embed
 from clipdex.index.store import IMAGE, Store
 from clipdex.library import Library
@@ -38,7 +38,7 @@ def all_paths(lib: Path) -> set[str]:
 
 @pytest.fixture
 def opened(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Counts the files the indexer decodes (paths, in any order)."""
+    """Counts the files an index run decodes (paths, in any order)."""
     calls: list[bytes] = []
     lock = threading.Lock()
     real = clipdex.retrieval.embed.load_and_preprocess
