@@ -1,4 +1,4 @@
-"""Folder walker: DESIGN.md "Scanning rules for `index`" (formats, hidden, symlinks, sidecars, ...)."""
+"""Folder walker: docs/reference.md "Scanning rules for `index`" (formats, hidden, symlinks, sidecars)."""
 
 from __future__ import annotations
 
