@@ -129,6 +129,11 @@ def read_sidecar(path: bytes | str) -> str | None:
         return None  # deleted since the scan
     except OSError as e:
         raise SidecarError(f"cannot read sidecar caption ({e.strerror or e}); ignored") from e
+    return sidecar_text(data)
+
+
+def sidecar_text(data: bytes) -> str | None:
+    """A sidecar's caption from its first ``SIDECAR_MAX + 1`` bytes (the rules of `read_sidecar`)."""
     if len(data) > SIDECAR_MAX:
         raise SidecarError(f"sidecar caption larger than {SIDECAR_MAX // 1024} KB; ignored")
     try:
