@@ -181,7 +181,7 @@ class Library:
         no file to re-embed from, unless ``drop_unembeddable``.
         """
         from clipdex.index.scan import check_folders
-        from clipdex.indexer import IndexRun
+        from clipdex.index_run import IndexRun
 
         folders = [folders] if isinstance(folders, (str, bytes, os.PathLike)) else list(folders)
         folders = [os.path.expanduser(f) if isinstance(f, str) else f for f in folders]
@@ -260,12 +260,12 @@ class Library:
         progress: Progress | None = None,
     ) -> ImportCounts:
         """Store vectors computed elsewhere (``.npy`` + metadata, or a SHARD_DIR when ``metadata_path``
-        is None: `clipdex embed`'s or clip-retrieval's output folder); see `clipdex.importer`.
+        is None: `clipdex embed`'s or clip-retrieval's output folder); see `clipdex.import_run`.
 
         Idempotent: an image row is keyed by its path, a text row by its exact content; a re-run
         adds nothing, a changed vector for a known key updates that item (same id).
         """
-        from clipdex.importer import import_embeddings, import_shard_dir
+        from clipdex.import_run import import_embeddings, import_shard_dir
 
         if metadata_path is None:
             if modality is not None:

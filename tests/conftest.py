@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -44,3 +46,21 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CLIPDEX_MODEL", raising=False)
     monkeypatch.delenv("CLIPDEX_DEBUG", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The files an index run decodes (paths, in any order), recorded as they are opened."""
+    import clipdex.retrieval.embed
+
+    calls: list[bytes] = []
+    lock = threading.Lock()
+    real = clipdex.retrieval.embed.load_and_preprocess
+
+    def counting(path, *args, **kwargs):
+        with lock:
+            calls.append(os.fsencode(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(clipdex.retrieval.embed, "load_and_preprocess", counting)
+    return calls

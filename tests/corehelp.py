@@ -66,6 +66,14 @@ def make_images(folder: Path, names: list[str], seed: int = 0, size: int = 64) -
     return out
 
 
+def indexed_sample(root: Path, model_dir: Path, n: int, seed: int) -> Path:
+    """A library at root/lib of ``n`` indexed images (root/imgs/img{i}.png), img1 with a sidecar."""
+    make_images(root / "imgs", [f"img{i}.png" for i in range(n)], seed=seed)
+    (root / "imgs" / "img1.txt").write_text("a caption")
+    ok("--library", root / "lib", "index", root / "imgs", "--model", model_dir, "--quiet")
+    return root / "lib"
+
+
 def brute_force(ids: np.ndarray, vecs: np.ndarray, query: np.ndarray, k: int) -> list[tuple[int, float]]:
     """Reference ranking: inner products of the stored vectors (float64 sums of each row's products,
     so identical vectors score identically), ties by ascending id."""

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corehelp import make_images, ok, run, stored
+from corehelp import indexed_sample, ok, run, stored
 
 from clipdex.index.store import IMAGE, TEXT
 from clipdex.index.vectors import VectorIndex
@@ -17,11 +17,7 @@ from clipdex.index.vectors import VectorIndex
 
 @pytest.fixture(scope="module")
 def base_lib(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("check")
-    make_images(root / "imgs", [f"img{i}.png" for i in range(6)], seed=4)
-    (root / "imgs" / "img1.txt").write_text("a caption")
-    ok("--library", root / "lib", "index", root / "imgs", "--model", tiny_model_dir, "--quiet")
-    return root / "lib"
+    return indexed_sample(tmp_path_factory.mktemp("check"), tiny_model_dir, 6, seed=4)
 
 
 @pytest.fixture

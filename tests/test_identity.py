@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from corehelp import assert_one_error_line, blocks_image, json_lines, make_images, ok, run
 
-import clipdex.retrieval.embed
 from clipdex.index.store import Store
 
 
@@ -34,22 +32,6 @@ def rows(lib: Path) -> dict[int, tuple]:
         }
     finally:
         store.close()
-
-
-@pytest.fixture
-def opened(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """The files the indexer decodes."""
-    calls: list[bytes] = []
-    lock = threading.Lock()
-    real = clipdex.retrieval.embed.load_and_preprocess
-
-    def counting(path, *args, **kwargs):
-        with lock:
-            calls.append(os.fsencode(path))
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(clipdex.retrieval.embed, "load_and_preprocess", counting)
-    return calls
 
 
 def test_moved_files_keep_id_vector_and_caption(tiny_model_dir, tmp_path, opened):

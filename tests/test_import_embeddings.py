@@ -280,10 +280,10 @@ def test_another_model_is_refused(imported, tmp_path, tiny_model_dir2):
 
 
 def test_a_failure_halfway_undoes_the_whole_import(imported, tmp_path, monkeypatch):
-    from clipdex.index import imports
+    from clipdex.index import vector_files
     from clipdex.index.store import Store
 
-    monkeypatch.setattr(imports, "CHUNK", 4)
+    monkeypatch.setattr(vector_files, "CHUNK", 4)
     real = Store.insert_many
     calls = []
 
@@ -373,10 +373,10 @@ def test_a_scanned_file_adopts_the_imported_item_at_its_path(tmp_path, tiny_mode
 
 
 def test_a_failure_halfway_undoes_updates_too(imported, tmp_path, monkeypatch):
-    from clipdex.index import imports
+    from clipdex.index import vector_files
     from clipdex.index.store import Store
 
-    monkeypatch.setattr(imports, "CHUNK", 4)
+    monkeypatch.setattr(vector_files, "CHUNK", 4)
     vecs = imported["vecs"].copy()
     vecs[1] = vectors(1, seed=50)[0]  # an update in the first chunk
     npy = save_npy(tmp_path / "u.npy", np.concatenate([vecs, vectors(2, seed=51)]))

@@ -18,14 +18,14 @@ def _search(lib, *query) -> list[dict]:
 
 
 def test_embed_then_import_searches_like_index(tmp_path, tiny_model_dir, monkeypatch):
-    import clipdex.importer as importer
+    import clipdex.import_run as import_run
 
     photos = photo_folder(tmp_path)
     ok("--library", tmp_path / "indexed", "index", photos, "--model", tiny_model_dir)
     ok("embed", photos, "--out", tmp_path / "emb", "--model", tiny_model_dir, "--shard-size", "3")
     calls = []
-    real = importer.import_embeddings
-    monkeypatch.setattr(importer, "import_embeddings", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    real = import_run.import_embeddings
+    monkeypatch.setattr(import_run, "import_embeddings", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
     lib = tmp_path / "imported"
     # No --model: the new library takes the model recorded in the shard folder's manifest.
     r = ok("--library", lib, "import-embeddings", tmp_path / "emb", "--json")

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clipdex.errors import ClipdexError
-from clipdex.index.imports import read_metadata
+from clipdex.index.vector_files import read_metadata
 from clipdex.retrieval.decode import DecodeError, open_image
 from clipdex.retrieval.pairs import read_pairs
 from clipdex.textfiles import read_jsonl, read_lines, read_texts

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +12,6 @@ import pytest
 from corehelp import assert_one_error_line, blocks_image, json_lines, make_images, ok, path_ids, run
 from oddfiles import BAD, make_odd_files
 
-import clipdex.indexer
-import clipdex.retrieval.embed
 from clipdex.index.store import IMAGE, Store
 from clipdex.library import Library
 
@@ -34,22 +31,6 @@ def index_json(lib: Path, *args: object) -> dict:
 
 def all_paths(lib: Path) -> set[str]:
     return {h["path"] for h in json_lines(ok("--library", lib, "search", "x", "-k", 1000, "--json").stdout)}
-
-
-@pytest.fixture
-def opened(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    """Counts the files the indexer decodes (paths, in any order)."""
-    calls: list[bytes] = []
-    lock = threading.Lock()
-    real = clipdex.retrieval.embed.load_and_preprocess
-
-    def counting(path, *args, **kwargs):
-        with lock:
-            calls.append(os.fsencode(path))
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(clipdex.retrieval.embed, "load_and_preprocess", counting)
-    return calls
 
 
 def touch_later(path: Path) -> None:

@@ -12,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corehelp import assert_one_error_line, brute_force, json_lines, make_images, ok, run, stored
+from corehelp import (
+    assert_one_error_line,
+    brute_force,
+    indexed_sample,
+    json_lines,
+    ok,
+    run,
+    stored,
+)
 
 import clipdex.index.store as store_module
 from clipdex import Library
@@ -21,11 +29,7 @@ from clipdex.index.store import IMAGE, Store
 
 @pytest.fixture(scope="module")
 def base_lib(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("readers")
-    make_images(root / "imgs", [f"img{i}.png" for i in range(8)], seed=3)
-    (root / "imgs" / "img1.txt").write_text("a caption")
-    ok("--library", root / "lib", "index", root / "imgs", "--model", tiny_model_dir, "--quiet")
-    return root / "lib"
+    return indexed_sample(tmp_path_factory.mktemp("readers"), tiny_model_dir, 8, seed=3)
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Folder walker: DESIGN.md "Scanning rules for `index`" (formats, hidden, symlinks, sidecars, ...)."""
+"""Folder walker: docs/reference.md "Scanning rules for `index`" (formats, hidden, symlinks, sidecars)."""
 
 from __future__ import annotations
 
@@ -84,7 +84,7 @@ def test_symlinks(tmp_path: Path) -> None:
     (scanned,) = list(
         scan([root], on_error=lambda p, m: pytest.fail(m), on_bad_file=lambda p, m: bad.append((p, m)))
     )
-    # Dangling links and loops are reported as bad files (the indexer counts them as failed).
+    # Dangling links and loops are reported as bad files (an index run counts them as failed).
     assert bad == [
         (os.fsencode(root / "broken.jpg"), "dangling symbolic link"),
         (os.fsencode(root / "loop1.jpg"), "symbolic link loop"),

@@ -2,7 +2,7 @@
 
 Stat-only: nothing is opened here, no model, no database. Paths are bytes end to end so that
 file names that are not valid UTF-8 survive a round trip to the library and back. The rules
-are DESIGN.md's "Scanning rules for `index`".
+are docs/reference.md's "Scanning rules for `index`".
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ _TXT = (b".txt", b".TXT")
 SIDECAR_MAX = 64 * 1024  # a larger .txt beside a photo is not a caption
 HASH_BLOCK = 64 * 1024
 
-# Always scanned: the formats DESIGN.md promises, whatever Pillow's registry says.
+# Always scanned: the formats docs/reference.md promises, whatever Pillow's registry says.
 _ALWAYS = {".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm"}
 _ALWAYS |= {".pnm", ".jp2", ".mpo"}  # .mpo is opened by the JPEG plugin, not registered for open
 # Registered with an open plugin, but junk for a photo library: they need external tools (eps/ps:
@@ -129,6 +129,11 @@ def read_sidecar(path: bytes | str) -> str | None:
         return None  # deleted since the scan
     except OSError as e:
         raise SidecarError(f"cannot read sidecar caption ({e.strerror or e}); ignored") from e
+    return sidecar_text(data)
+
+
+def sidecar_text(data: bytes) -> str | None:
+    """A sidecar's caption from its first ``SIDECAR_MAX + 1`` bytes (the rules of `read_sidecar`)."""
     if len(data) > SIDECAR_MAX:
         raise SidecarError(f"sidecar caption larger than {SIDECAR_MAX // 1024} KB; ignored")
     try:

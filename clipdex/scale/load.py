@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clipdex.errors import ClipdexError
-from clipdex.index.scan import read_sidecar
+from clipdex.index.scan import SIDECAR_MAX, read_sidecar, sidecar_text
 from clipdex.retrieval.decode import DecodeError, open_image
 from clipdex.scale.sources import Entry, filesystem, is_url
 
@@ -97,7 +97,8 @@ def _caption(entry: Entry) -> str | None:
         return read_sidecar(os.fsencode(side))
     try:
         fs, path = filesystem(side)
-        text = fs.cat_file(path).decode("utf-8-sig", errors="replace").strip()
+        with fs.open(path, "rb") as f:
+            data = f.read(SIDECAR_MAX + 1)
     except (FileNotFoundError, OSError):
         return None
-    return text or None
+    return sidecar_text(data)

@@ -18,6 +18,7 @@ from typing import Any
 
 from clipdex.errors import ClipdexError
 from clipdex.index.scan import display_path, image_extensions, scan
+from clipdex.textfiles import pick_column
 
 LIST_SUFFIXES = (".txt", ".csv", ".tsv", ".parquet")
 LIST_COLUMNS = ("path", "image_path", "url")
@@ -132,10 +133,7 @@ def _read_list(name: str, fh: Any) -> list[str]:
         return [line.strip() for line in data.splitlines() if line.strip()]
     rows = list(csv.reader(data.splitlines(), delimiter="\t" if suffix == ".tsv" else ","))
     header = rows[0] if rows else []
-    column = next((c for c in LIST_COLUMNS if c in header), None)
-    if column is None:
-        raise ClipdexError(f"{name}: no 'path', 'image_path' or 'url' column (found: {', '.join(header)})")
-    i = header.index(column)
+    i = header.index(pick_column(name, header, LIST_COLUMNS))
     return [row[i].strip() for row in rows[1:] if len(row) > i and row[i].strip()]
 
 
@@ -149,8 +147,5 @@ def _parquet_list(name: str, fh: Any) -> list[str]:
         table = pq.read_table(fh)
     except Exception as e:  # ArrowInvalid and friends for a broken file
         raise ClipdexError(f"{name}: cannot read parquet ({e})") from e
-    column = next((c for c in LIST_COLUMNS if c in table.column_names), None)
-    if column is None:
-        found = ", ".join(table.column_names)
-        raise ClipdexError(f"{name}: no 'path', 'image_path' or 'url' column (found: {found})")
+    column = pick_column(name, table.column_names, LIST_COLUMNS)
     return [v.strip() for v in table.column(column).to_pylist() if isinstance(v, str) and v.strip()]

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clipdex.errors import ClipdexError
-from clipdex.index.imports import read_embeddings
 from clipdex.index.store import IMAGE, TEXT
+from clipdex.index.vector_files import read_embeddings
 from clipdex.results import ImportCounts
 
 if TYPE_CHECKING:

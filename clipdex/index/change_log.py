@@ -1,0 +1,73 @@
+"""The change log: which ids each write added or removed, by generation, so readers catch up.
+
+Every write that adds, removes or changes a vector logs it in its transaction's generation; a
+reader whose FAISS file is at generation G replays the log after G instead of rebuilding.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+
+import numpy as np
+
+from clipdex.index.sqlrows import chunks, runs
+
+
+class ChangeLog:
+    """`Store`'s change-log methods (mixed into `Store`)."""
+
+    conn: sqlite3.Connection
+
+    def _log(self, op: str, kinds_ids: Iterable[tuple[str, int]]) -> None:
+        """Record ``op`` of these (kind, id)s in this transaction's generation. Every write method
+        that adds, removes or changes a vector calls this (an update: "remove" then "add")."""
+        by_kind: dict[str, list[int]] = {}
+        for kind, i in kinds_ids:
+            by_kind.setdefault(kind, []).append(int(i))
+        if not by_kind:
+            return
+        gen = self.bump_generation()
+        rows = [
+            (gen, kind, op, first, last) for kind, ids in by_kind.items() for first, last in runs(sorted(ids))
+        ]
+        self.conn.executemany(
+            "INSERT INTO changes (generation, kind, op, first_id, last_id) VALUES (?, ?, ?, ?, ?)", rows
+        )
+
+    def changes_since(self, kind: str) -> int | None:
+        """The log holds every change of ``kind`` after this generation (None: no log, old schema)."""
+        value = self.get_meta(f"changes_since_{kind}")
+        return int(value) if value is not None else None
+
+    def changes(self, kind: str, after: int, upto: int) -> list[tuple[str, int, int]]:
+        """(op, first id, last id) of ``kind`` in generations (after, upto], in the order written."""
+        return self.conn.execute(
+            "SELECT op, first_id, last_id FROM changes WHERE kind = ? AND generation > ?"
+            " AND generation <= ? ORDER BY seq",
+            (kind, after, upto),
+        ).fetchall()
+
+    def prune_changes(self, kind: str, upto: int) -> None:
+        """Forget ``kind``'s changes up to generation ``upto`` (its FAISS file is saved at ``upto``)."""
+        with self.transaction():
+            since = self.changes_since(kind) or 0
+            if upto > since:
+                self.conn.execute("DELETE FROM changes WHERE kind = ? AND generation <= ?", (kind, upto))
+                self.set_meta(f"changes_since_{kind}", str(upto))
+
+    def live_vectors(self, kind: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of those of ``ids`` that exist now with ``kind``, ascending id."""
+        out_ids: list[int] = []
+        blobs: list[bytes] = []
+        for chunk in chunks(np.unique(np.asarray(ids, np.int64)).tolist(), 500):
+            marks = ",".join("?" * len(chunk))
+            for i, blob in self.conn.execute(
+                f"SELECT id, vector FROM items WHERE kind = ? AND id IN ({marks}) ORDER BY id",
+                [kind, *chunk],
+            ):
+                out_ids.append(i)
+                blobs.append(blob)
+        dim = self.dim or 0
+        vecs = np.frombuffer(b"".join(blobs), np.float32).reshape(len(out_ids), dim)
+        return np.asarray(out_ids, np.int64), vecs

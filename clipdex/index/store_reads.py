@@ -1,0 +1,177 @@
+"""`Store`'s reads: items, vectors, files, captions, counts, and remembered decode failures."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from clipdex.index.records import Caption, FileRecord, Item
+from clipdex.index.sqlrows import chunks
+
+
+class Reads:
+    """`Store`'s read methods (mixed into `Store`)."""
+
+    conn: sqlite3.Connection
+
+    def scanned_files(self) -> dict[bytes, FileRecord]:
+        """Every scanned image, by path, in one query (no per-file round trips)."""
+        rows = self.conn.execute(
+            "SELECT path, id, mtime_ns, size FROM items WHERE kind = 'image' AND source = 'scan'"
+        )
+        return {bytes(p): FileRecord(i, m, s) for p, i, m, s in rows}
+
+    def image_files(self) -> dict[bytes, FileRecord]:
+        """Every image with a path (scanned or imported), by path; the lowest id wins a duplicate."""
+        rows = self.conn.execute(
+            "SELECT path, id, mtime_ns, size, source, content_hash FROM items"
+            " WHERE kind = 'image' AND path IS NOT NULL ORDER BY id DESC"
+        )
+        return {bytes(p): FileRecord(i, m, s, src, h) for p, i, m, s, src, h in rows}
+
+    def sidecars(self) -> dict[int, Caption]:
+        """image id -> its sidecar caption."""
+        rows = self.conn.execute(
+            "SELECT image_id, id, path, mtime_ns, size, text FROM items WHERE source = 'sidecar'"
+        )
+        return {img: Caption(tid, bytes(p), m, s, t) for img, tid, p, m, s, t in rows}
+
+    def items(self, ids: Sequence[int]) -> dict[int, Item]:
+        out: dict[int, Item] = {}
+        for chunk in chunks(list(ids), 500):
+            marks = ",".join("?" * len(chunk))
+            for row in self.conn.execute(
+                f"SELECT id, kind, path, text, image_id, source FROM items WHERE id IN ({marks})", chunk
+            ):
+                path = bytes(row[2]) if row[2] is not None else None
+                out[row[0]] = Item(row[0], row[1], path, row[3], row[4], row[5])
+        return out
+
+    def vectors(self, kind: str, batch: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+        """All (ids, vectors) of one kind, ascending id; read in chunks to bound peak memory."""
+        dim = self.dim or 0
+        total = self.conn.execute("SELECT count(*) FROM items WHERE kind = ?", (kind,)).fetchone()[0]
+        ids = np.empty(total, np.int64)
+        vecs = np.empty((total, dim), np.float32)
+        n = 0
+        cur = self.conn.execute("SELECT id, vector FROM items WHERE kind = ? ORDER BY id", (kind,))
+        while rows := cur.fetchmany(batch):
+            for i, blob in rows:
+                ids[n] = i
+                vecs[n] = np.frombuffer(blob, np.float32)
+                n += 1
+        return ids[:n], vecs[:n]
+
+    def get_vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Stored vectors for ``ids`` in the given order (exact re-ranking reads these)."""
+        ids = [int(i) for i in ids]
+        found: dict[int, bytes] = {}
+        for chunk in chunks(ids, 500):
+            marks = ",".join("?" * len(chunk))
+            found.update(self.conn.execute(f"SELECT id, vector FROM items WHERE id IN ({marks})", chunk))
+        out = np.zeros((len(ids), self.dim or 0), np.float32)
+        for row, i in enumerate(ids):
+            if i in found:
+                out[row] = np.frombuffer(found[i], np.float32)
+        return out
+
+    def sample_vectors(self, kind: str, n: int) -> np.ndarray:
+        """Up to ``n`` stored vectors of ``kind``, drawn at random."""
+        rows = self.conn.execute(
+            "SELECT vector FROM items WHERE kind = ? ORDER BY random() LIMIT ?", (kind, n)
+        ).fetchall()
+        dim = self.dim or 0
+        return np.array([np.frombuffer(r[0], np.float32) for r in rows], np.float32).reshape(-1, dim)
+
+    def item_record(self, item_id: int) -> dict | None:
+        """One item's stored fields (no vector) as a dict, or None; for detail views."""
+        row = self.conn.execute(
+            "SELECT id, kind, source, path, mtime_ns, size, text, image_id FROM items WHERE id = ?",
+            (int(item_id),),
+        ).fetchone()
+        if row is None:
+            return None
+        keys = ("id", "kind", "source", "path", "mtime_ns", "size", "text", "image_id")
+        rec = dict(zip(keys, row))
+        rec["path"] = bytes(rec["path"]) if rec["path"] is not None else None
+        return rec
+
+    def image_id_by_path(self, path: bytes) -> int | None:
+        row = self.conn.execute(
+            "SELECT id FROM items WHERE kind = 'image' AND path = ? ORDER BY id LIMIT 1", (path,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def captions_of(self, image_id: int) -> list[tuple[int, str]]:
+        """(id, text) of the texts linked to an image, ascending id."""
+        rows = self.conn.execute(
+            "SELECT id, text FROM items WHERE kind = 'text' AND image_id = ? ORDER BY id", (int(image_id),)
+        )
+        return [(i, t) for i, t in rows]
+
+    def count(self, kind: str | None = None) -> int:
+        if kind is None:
+            return self.conn.execute("SELECT count(*) FROM items").fetchone()[0]
+        return self.conn.execute("SELECT count(*) FROM items WHERE kind = ?", (kind,)).fetchone()[0]
+
+    def counts(self) -> dict[str, int]:
+        rows = self.conn.execute("SELECT kind, source, count(*) FROM items GROUP BY kind, source")
+        out = {"images": 0, "texts": 0}
+        for kind, source, n in rows:
+            out[kind + "s"] += n
+            out[f"{kind}s_{source}".replace("-", "_")] = n
+        return out
+
+    def iter_items(self, kind: str) -> Iterator[tuple[int, bytes | None, str | None]]:
+        """(id, path, text) of every item of a kind, ascending id."""
+        for i, p, t in self.conn.execute(
+            "SELECT id, path, text FROM items WHERE kind = ? ORDER BY id", (kind,)
+        ):
+            yield i, (bytes(p) if p is not None else None), t
+
+    def caption_pairs(self) -> list[tuple[bytes, str]]:
+        """(image path, caption) for every caption linked to an image with a path."""
+        rows = self.conn.execute(
+            "SELECT i.path, t.text FROM items t JOIN items i ON t.image_id = i.id"
+            " WHERE t.kind = 'text' AND i.path IS NOT NULL AND t.text != '' ORDER BY t.id"
+        )
+        return [(bytes(p), t) for p, t in rows]
+
+    def has_columns(self, table: str, *names: str) -> bool:
+        """Whether ``table`` has every column in ``names`` (an older schema may lack new ones)."""
+        have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+        return set(names) <= have
+
+    @property
+    def dim(self) -> int | None:
+        value = self.get_meta("dim")
+        return int(value) if value else None
+
+    # ---- failures (files that failed to decode) -------------------------------------------
+    def failures(self) -> dict[bytes, tuple[int, int]]:
+        """path -> (size, mtime_ns) of every remembered decode failure."""
+        rows = self.conn.execute("SELECT path, size, mtime_ns FROM failures")
+        return {bytes(p): (z, m) for p, z, m in rows}
+
+    def record_failures(self, rows: Sequence[tuple[bytes, int, int, str]]) -> None:
+        """Remember (path, size, mtime_ns, error) of files that failed to decode."""
+        now = time.time()
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO failures (path, size, mtime_ns, error, failed_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                ((p, z, m, e, now) for p, z, m, e in rows),
+            )
+
+    def forget_failures(self, paths: Iterable[bytes]) -> None:
+        with self.transaction():
+            self.conn.executemany("DELETE FROM failures WHERE path = ?", ((p,) for p in paths))
+
+    def count_failures(self) -> int:
+        try:
+            return self.conn.execute("SELECT count(*) FROM failures").fetchone()[0]
+        except sqlite3.OperationalError:  # an older schema, read without migrating
+            return 0

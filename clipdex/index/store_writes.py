@@ -1,0 +1,333 @@
+"""`Store`'s writes: inserts, deletes, in-place updates, keyed merges and the re-embedding swap.
+
+Identity lives here: an update keeps the item's id (logged as a removal and an add), and
+`merge_keyed` matches rows by image path or exact text.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from itertools import repeat
+
+import numpy as np
+
+from clipdex.index.records import Merged, PhotoMeta
+from clipdex.index.schema import IMAGE
+from clipdex.index.sqlrows import chunks
+
+
+class Writes:
+    """`Store`'s write methods (mixed into `Store`); each takes the transaction it needs."""
+
+    conn: sqlite3.Connection
+
+    def insert(
+        self,
+        kind: str,
+        source: str,
+        vectors: np.ndarray,
+        *,
+        paths: Sequence[bytes | None] | None = None,
+        stats: Sequence[tuple[int, int] | tuple[None, None]] | None = None,
+        texts: Sequence[str | None] | None = None,
+        image_ids: Sequence[int | None] | None = None,
+        photos: Sequence[PhotoMeta | None] | None = None,
+    ) -> list[int]:
+        """Insert ``len(vectors)`` items; returns their new ids in order.
+
+        ``photos`` gives each image's date and size (see `PhotoMeta`); without one an image with a
+        stat is dated by its mtime."""
+        n = len(vectors)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        now = time.time()
+        paths = paths or [None] * n
+        stats = stats or [(None, None)] * n
+        texts = texts or [None] * n
+        image_ids = image_ids or [None] * n
+        photos = photos or [None] * n
+        ids = []
+        with self.transaction():
+            for i in range(n):
+                meta = photos[i] or PhotoMeta()
+                taken = meta.taken_at
+                if taken is None and kind == IMAGE and stats[i][0] is not None:
+                    taken = stats[i][0] / 1e9
+                cur = self.conn.execute(
+                    "INSERT INTO items (kind, source, path, mtime_ns, size, text, image_id, vector,"
+                    " added_at, taken_at, width, height) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (kind, source, paths[i], stats[i][0], stats[i][1], texts[i], image_ids[i],
+                     vectors[i].tobytes(), now, taken, meta.width, meta.height),
+                )  # fmt: skip
+                ids.append(int(cur.lastrowid))
+            self._log("add", zip(repeat(kind), ids))
+        return ids
+
+    def insert_many(
+        self,
+        kind: str,
+        source: str,
+        vectors: np.ndarray,
+        paths: Sequence[bytes] | None = None,
+        texts: Sequence[str] | None = None,
+    ) -> np.ndarray:
+        """Bulk insert (no stat, no links): one executemany; returns the new ids (consecutive).
+
+        Ids are given explicitly, continuing the AUTOINCREMENT sequence, so they are known without
+        one round trip per row; the transaction (taken here unless the caller holds one) keeps other
+        writers out meanwhile.
+        """
+        n = len(vectors)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        for name, seq in (("paths", paths), ("texts", texts)):
+            if seq is not None and len(seq) != n:
+                raise ValueError(f"{n} vectors but {len(seq)} {name}")
+        if n == 0:
+            return np.empty(0, np.int64)
+        row_bytes = vectors.shape[1] * 4
+        flat = memoryview(vectors).cast("B")
+        blobs = (flat[i * row_bytes : (i + 1) * row_bytes] for i in range(n))
+        with self.transaction():
+            seq = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
+            top = self.conn.execute("SELECT max(id) FROM items").fetchone()[0]
+            first = max(seq[0] if seq else 0, top or 0) + 1
+            ids = np.arange(first, first + n, dtype=np.int64)
+            self.conn.executemany(
+                "INSERT INTO items (id, kind, source, path, text, vector, added_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                zip(
+                    ids.tolist(), repeat(kind), repeat(source),
+                    paths if paths is not None else repeat(None),
+                    texts if texts is not None else repeat(None),
+                    blobs, repeat(time.time()),
+                ),
+            )  # fmt: skip
+            self._log("add", zip(repeat(kind), ids.tolist()))
+        return ids
+
+    @contextmanager
+    def bulk_load(self, cache_mib: int = 256) -> Iterator[None]:
+        """Settings for a big write: a larger page cache (fewer spills mid-transaction); WAL stays."""
+        old = self.conn.execute("PRAGMA cache_size").fetchone()[0]
+        self.conn.execute(f"PRAGMA cache_size={-cache_mib * 1024}")
+        try:
+            yield
+        finally:
+            self.conn.execute(f"PRAGMA cache_size={old}")
+            try:  # hand the WAL's pages to the database file now and truncate it
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.OperationalError:
+                pass
+
+    def delete(self, ids: Iterable[int]) -> list[int]:
+        """Delete items and the captions linked to deleted images; returns every deleted id."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return []
+        with self.transaction():
+            kinds: dict[int, str] = {}
+            for chunk in chunks(ids, 500):
+                marks = ",".join("?" * len(chunk))
+                kinds.update(self.conn.execute(
+                    f"SELECT id, kind FROM items WHERE id IN ({marks}) OR image_id IN ({marks})", chunk * 2
+                ))  # fmt: skip
+            captions = [i for i in kinds if i not in set(ids)]
+            gone = ids + captions
+            for chunk in chunks(gone, 500):
+                marks = ",".join("?" * len(chunk))
+                self.conn.execute(f"DELETE FROM items WHERE id IN ({marks})", chunk)
+                self.conn.execute(f"DELETE FROM pending_vectors WHERE id IN ({marks})", chunk)
+            self._log("remove", ((k, i) for i, k in kinds.items()))
+        return gone
+
+    def update_vectors(
+        self,
+        ids: Sequence[int],
+        vectors: np.ndarray,
+        *,
+        texts: Sequence[str] | None = None,
+        paths: Sequence[bytes] | None = None,
+        stats: Sequence[tuple[int, int]] | None = None,
+        hashes: Sequence[bytes | None] | None = None,
+        photos: Sequence[PhotoMeta | None] | None = None,
+        source: str | None = None,
+    ) -> None:
+        """Replace the vectors of existing items in place (their ids stay), with their new file facts.
+
+        Every change of a stored vector goes through here, `insert`/`insert_many` or `delete`.
+        """
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids but {len(vectors)} vectors")
+        cols: dict[str, Sequence] = {"vector": [v.tobytes() for v in vectors]}
+        if texts is not None:
+            cols["text"] = texts
+        cols.update(self._file_columns(paths, stats, hashes))
+        if photos is not None:  # re-read with the new content: date (else mtime), size
+            metas = [p or PhotoMeta() for p in photos]
+            mtimes = [m for m, _ in stats] if stats is not None else [None] * len(metas)
+            cols["taken_at"] = [
+                p.taken_at if p.taken_at is not None else (m / 1e9 if m is not None else None)
+                for p, m in zip(metas, mtimes)
+            ]
+            cols["width"] = [p.width for p in metas]
+            cols["height"] = [p.height for p in metas]
+        with self.transaction():
+            self._update_columns(ids, cols, source)
+            kinds = []
+            for chunk in chunks([int(i) for i in ids], 500):
+                marks = ",".join("?" * len(chunk))
+                kinds += self.conn.execute(f"SELECT kind, id FROM items WHERE id IN ({marks})", chunk)
+            self._log("remove", kinds)  # an update is a removal and an add of the same id
+            self._log("add", kinds)
+
+    def update_files(
+        self,
+        ids: Sequence[int],
+        *,
+        paths: Sequence[bytes] | None = None,
+        stats: Sequence[tuple[int, int]] | None = None,
+        hashes: Sequence[bytes | None] | None = None,
+        source: str | None = None,
+    ) -> None:
+        """New file facts (path, stat, content hash) for items whose vector stays: a move, a touch."""
+        with self.transaction():
+            self._update_columns(ids, self._file_columns(paths, stats, hashes), source)
+
+    @staticmethod
+    def _file_columns(paths: Sequence | None, stats: Sequence | None, hashes: Sequence | None) -> dict:
+        cols: dict[str, Sequence] = {}
+        if paths is not None:
+            cols["path"] = paths
+        if stats is not None:
+            cols["mtime_ns"] = [m for m, _ in stats]
+            cols["size"] = [z for _, z in stats]
+        if hashes is not None:
+            cols["content_hash"] = hashes
+        return cols
+
+    def _update_columns(self, ids: Sequence[int], cols: dict[str, Sequence], source: str | None) -> None:
+        names = list(cols)
+        sets = [f"{c} = ?" for c in names] + (["source = ?"] if source is not None else [])
+        if not ids or not sets:
+            return
+        extra = (source,) if source is not None else ()
+        rows = ((*(cols[c][n] for c in names), *extra, int(i)) for n, i in enumerate(ids))
+        self.conn.executemany(f"UPDATE items SET {', '.join(sets)} WHERE id = ?", rows)
+
+    def merge_keyed(self, kind: str, source: str, keys: Sequence, vectors: np.ndarray) -> Merged:
+        """Upsert rows keyed by image path (bytes) or exact text (non-sidecar texts).
+
+        A known key with an equal vector is unchanged, with another vector it is updated in place
+        (same id); an unknown key is inserted. A key repeated within one run (see `begin_merge`)
+        counts once: the first row wins, later ones are unchanged. Set-based SQL through a
+        temporary table: no per-row round trips, so a million-row import stays fast.
+        """
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        n = len(vectors)
+        column = "path" if kind == "image" else "text"
+        sidecar = "" if kind == "image" else " AND i.source != 'sidecar'"
+        with self.transaction():
+            c = self.conn
+            c.execute("DELETE FROM temp.merge_rows")
+            c.executemany(
+                "INSERT OR IGNORE INTO temp.merge_rows (key, row) VALUES (?, ?)", zip(keys, range(n))
+            )
+            c.execute("DELETE FROM temp.merge_rows WHERE key IN (SELECT key FROM temp.merge_seen)")
+            c.execute("INSERT INTO temp.merge_seen (key) SELECT key FROM temp.merge_rows")
+            rows = {r for (r,) in c.execute("SELECT row FROM temp.merge_rows")}
+            # min(): SQLite takes the bare column (vector) from the row holding the minimum id.
+            matched = c.execute(
+                f"SELECT m.row, min(i.id), i.vector FROM temp.merge_rows m JOIN items i"
+                f" ON i.kind = ? AND i.{column} = m.key{sidecar} GROUP BY m.row",
+                (kind,),
+            ).fetchall()
+            changed = sorted((r, i) for r, i, blob in matched if blob != vectors[r].tobytes())
+            updated_rows = np.array([r for r, _ in changed], np.int64)
+            updated_ids = np.array([i for _, i in changed], np.int64)
+            if changed:
+                self.update_vectors(updated_ids.tolist(), vectors[updated_rows])
+            fresh = sorted(rows - {r for r, _, _ in matched})
+            new_rows = np.array(fresh, np.int64)
+            fresh_keys = [keys[r] for r in fresh]
+            new_ids = self.insert_many(
+                kind, source, vectors[new_rows],
+                paths=fresh_keys if kind == "image" else None, texts=fresh_keys if kind != "image" else None,
+            ) if fresh else np.empty(0, np.int64)  # fmt: skip
+        return Merged(new_ids, new_rows, updated_ids, updated_rows, n - len(fresh) - len(changed))
+
+    @contextmanager
+    def merging(self) -> Iterator[None]:
+        """The temporary tables `merge_keyed` uses for one run (keys seen so far collapse)."""
+        c = self.conn
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS merge_rows (key PRIMARY KEY, row INTEGER)")
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS merge_seen (key PRIMARY KEY)")
+        try:
+            yield
+        finally:
+            c.execute("DROP TABLE IF EXISTS temp.merge_rows")
+            c.execute("DROP TABLE IF EXISTS temp.merge_seen")
+
+    def known_texts(self, texts: Sequence[str]) -> set[str]:
+        """Which of ``texts`` are already stored as non-sidecar texts (exact content)."""
+        c = self.conn
+        c.execute("CREATE TEMP TABLE IF NOT EXISTS probe_texts (text TEXT PRIMARY KEY)")
+        try:
+            c.execute("DELETE FROM temp.probe_texts")
+            c.executemany("INSERT OR IGNORE INTO temp.probe_texts VALUES (?)", ((t,) for t in texts))
+            rows = c.execute(
+                "SELECT p.text FROM temp.probe_texts p WHERE EXISTS (SELECT 1 FROM items i"
+                " WHERE i.kind = 'text' AND i.text = p.text AND i.source != 'sidecar')"
+            )
+            return {t for (t,) in rows}
+        finally:
+            c.execute("DROP TABLE IF EXISTS temp.probe_texts")
+
+    # ---- pending (re-embedding) ---------------------------------------------------------
+    def pending_ids(self) -> set[int]:
+        return {r[0] for r in self.conn.execute("SELECT id FROM pending_vectors")}
+
+    def put_pending(self, ids: Sequence[int], vectors: np.ndarray) -> None:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        with self.transaction():
+            self.conn.executemany(
+                "INSERT OR REPLACE INTO pending_vectors (id, vector) VALUES (?, ?)",
+                [(int(i), vectors[n].tobytes()) for n, i in enumerate(ids)],
+            )
+
+    def swap_in_pending(self) -> list[int]:
+        """Replace every vector by its pending one (one transaction); delete items without one.
+
+        Returns the ids of the items deleted for lack of a pending vector (the caller decides
+        beforehand whether that is allowed); their linked captions go with them.
+        """
+        with self.transaction():
+            missing = self._select_ids(
+                "SELECT id FROM items WHERE id NOT IN (SELECT id FROM pending_vectors)", []
+            )
+            self.conn.execute(
+                "UPDATE items SET vector = (SELECT vector FROM pending_vectors p WHERE p.id = items.id)"
+                " WHERE id IN (SELECT id FROM pending_vectors)"
+            )
+            changed = self.conn.execute(
+                "SELECT kind, id FROM items WHERE id IN (SELECT id FROM pending_vectors)"
+            ).fetchall()
+            self._log("remove", changed)  # an update: remove + add of the same id
+            self._log("add", changed)
+            if missing:
+                self.delete(missing)
+            self.conn.execute("DELETE FROM pending_vectors")
+        return missing
+
+    def clear_pending(self) -> None:
+        self.conn.execute("DELETE FROM pending_vectors")
+
+    def _select_ids(self, sql: str, ids: list[int]) -> list[int]:
+        if "{}" not in sql:
+            return [r[0] for r in self.conn.execute(sql)]
+        out: list[int] = []
+        for chunk in chunks(ids, 500):
+            out += [r[0] for r in self.conn.execute(sql.format(",".join("?" * len(chunk))), chunk)]
+        return out
