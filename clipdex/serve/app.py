@@ -9,10 +9,13 @@ in the threadpool. Each request first calls ``Library.refresh`` so other process
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import tempfile
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -38,6 +41,7 @@ from clipdex.serve.thumbs import DecodeError, ThumbCache, cache_folder
 
 MAX_RESULTS = 1000  # k + offset
 MAX_ID = 2**63 - 1
+EXPLAIN_CACHE = 16  # heat maps kept (each costs ~100 forward passes to make)
 STATIC = Path(str(resources.files("clipdex.serve") / "static"))
 
 
@@ -58,6 +62,8 @@ class Served:
         self.store_lock = threading.RLock()
         self.model_lock = threading.Lock()
         self.texts = TextBatcher(self._encode_texts, self.model_lock)
+        self._explained: OrderedDict[tuple, tuple[bytes, float]] = OrderedDict()
+        self._explain_mutex = threading.Lock()
 
     def _encode_texts(self, texts):
         from clipdex.retrieval.embed import encode_texts
@@ -205,6 +211,40 @@ class Served:
         if recorded != (None, None) and recorded != (st.st_mtime_ns, st.st_size):
             raise fail(404, f"the file of item {item_id} changed since it was indexed")
         return path
+
+    def explain(self, item_id: int, q: str) -> tuple[bytes, float, str]:
+        """(PNG, score, cache key): the picture of ``item_id`` with the heat map for text ``q``,
+        rendered as `clipdex explain --out` renders it (over the original, at most 1024 px)."""
+        from clipdex.retrieval.explain import explain, open_for_explain, render
+
+        q = q.strip()
+        if not q:
+            raise fail(400, "empty query: give q=TEXT")
+        with self.store_lock:
+            self.lib.refresh()
+            spec = str(self.lib.spec)
+        path, st, _ = self.image_file(item_id)
+        key = (item_id, st.st_mtime_ns, st.st_size, spec, q)
+        tag = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+        with self._explain_mutex:
+            if key in self._explained:
+                self._explained.move_to_end(key)
+                return (*self._explained[key], tag)
+        try:
+            picture = open_for_explain(path)
+        except ClipdexError as e:
+            raise fail(404, f"cannot explain item {item_id}: {e}") from None
+        target = self.texts.encode(q)  # takes the model lock itself
+        with self.model_lock:
+            result = explain(self.lib.model, picture, target)
+        buf = io.BytesIO()
+        render(result, picture).save(buf, format="PNG")
+        answer = (buf.getvalue(), result.score)
+        with self._explain_mutex:
+            self._explained[key] = answer
+            while len(self._explained) > EXPLAIN_CACHE:
+                self._explained.popitem(last=False)
+        return (*answer, tag)
 
     def info(self) -> dict:
         with self.store_lock:
@@ -394,6 +434,17 @@ def create_app(
         """The original image file (only by id; 404 when it changed or is gone)."""
         path = served.original(item_id)
         return FileResponse(os.fsdecode(path), headers={"Cache-Control": "private, no-cache"})
+
+    @app.get("/api/items/{item_id:int}/explain", tags=["items"])
+    def explain(item_id: int, request: Request, q: str = Query("", description="Text to explain.")) -> Response:
+        """PNG: the image with a heat map of the regions that raise its similarity to `q`
+        (occlusion sensitivity, as `clipdex explain`); the score in the `X-Clipdex-Score` header."""
+        data, score, tag = served.explain(item_id, q)
+        etag = f'"{tag}"'
+        headers = {"ETag": etag, "Cache-Control": "private, no-cache", "X-Clipdex-Score": repr(score)}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type="image/png", headers=headers)
 
     @app.get("/api/info", tags=["library"])
     def info() -> dict:
