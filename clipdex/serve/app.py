@@ -436,7 +436,9 @@ def create_app(
         return FileResponse(os.fsdecode(path), headers={"Cache-Control": "private, no-cache"})
 
     @app.get("/api/items/{item_id:int}/explain", tags=["items"])
-    def explain(item_id: int, request: Request, q: str = Query("", description="Text to explain.")) -> Response:
+    def explain(
+        item_id: int, request: Request, q: str = Query("", description="Text to explain."),
+    ) -> Response:
         """PNG: the image with a heat map of the regions that raise its similarity to `q`
         (occlusion sensitivity, as `clipdex explain`); the score in the `X-Clipdex-Score` header."""
         data, score, tag = served.explain(item_id, q)
