@@ -437,7 +437,9 @@ def create_app(
 
     @app.get("/api/items/{item_id:int}/explain", tags=["items"])
     def explain(
-        item_id: int, request: Request, q: str = Query("", description="Text to explain."),
+        item_id: int,
+        request: Request,
+        q: str = Query("", description="Text to explain."),
     ) -> Response:
         """PNG: the image with a heat map of the regions that raise its similarity to `q`
         (occlusion sensitivity, as `clipdex explain`); the score in the `X-Clipdex-Score` header."""
