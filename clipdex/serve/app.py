@@ -9,13 +9,10 @@ in the threadpool. Each request first calls ``Library.refresh`` so other process
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import tempfile
 import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -36,12 +33,12 @@ from clipdex.index.scan import display_path
 from clipdex.library import Library
 from clipdex.retrieval.query import Terms, compose
 from clipdex.serve.batching import TextBatcher
+from clipdex.serve.heatmaps import HeatMaps, png
 from clipdex.serve.security import COOKIE, Guard, HostPolicy, TokenAuth, UploadTooLarge
 from clipdex.serve.thumbs import DecodeError, ThumbCache, cache_folder
 
 MAX_RESULTS = 1000  # k + offset
 MAX_ID = 2**63 - 1
-EXPLAIN_CACHE = 16  # heat maps kept (each costs ~100 forward passes to make)
 STATIC = Path(str(resources.files("clipdex.serve") / "static"))
 
 
@@ -62,8 +59,7 @@ class Served:
         self.store_lock = threading.RLock()
         self.model_lock = threading.Lock()
         self.texts = TextBatcher(self._encode_texts, self.model_lock)
-        self._explained: OrderedDict[tuple, tuple[bytes, float]] = OrderedDict()
-        self._explain_mutex = threading.Lock()
+        self.heat_maps = HeatMaps(keep=16)
 
     def _encode_texts(self, texts):
         from clipdex.retrieval.embed import encode_texts
@@ -213,7 +209,7 @@ class Served:
         return path
 
     def explain(self, item_id: int, q: str) -> tuple[bytes, float, str]:
-        """(PNG, score, cache key): the picture of ``item_id`` with the heat map for text ``q``,
+        """(PNG, score, ETag): the picture of ``item_id`` with the heat map for text ``q``,
         rendered as `clipdex explain --out` renders it (over the original, at most 1024 px)."""
         from clipdex.retrieval.explain import explain, open_for_explain, render
 
@@ -224,27 +220,18 @@ class Served:
             self.lib.refresh()
             spec = str(self.lib.spec)
         path, st, _ = self.image_file(item_id)
-        key = (item_id, st.st_mtime_ns, st.st_size, spec, q)
-        tag = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
-        with self._explain_mutex:
-            if key in self._explained:
-                self._explained.move_to_end(key)
-                return (*self._explained[key], tag)
-        try:
-            picture = open_for_explain(path)
-        except ClipdexError as e:
-            raise fail(404, f"cannot explain item {item_id}: {e}") from None
-        target = self.texts.encode(q)  # takes the model lock itself
-        with self.model_lock:
-            result = explain(self.lib.model, picture, target)
-        buf = io.BytesIO()
-        render(result, picture).save(buf, format="PNG")
-        answer = (buf.getvalue(), result.score)
-        with self._explain_mutex:
-            self._explained[key] = answer
-            while len(self._explained) > EXPLAIN_CACHE:
-                self._explained.popitem(last=False)
-        return (*answer, tag)
+
+        def make() -> tuple[bytes, float]:
+            try:
+                picture = open_for_explain(path)
+            except ClipdexError as e:
+                raise fail(404, f"cannot explain item {item_id}: {e}") from None
+            target = self.texts.encode(q)  # takes the model lock itself
+            with self.model_lock:  # held for all the passes: queries arriving meanwhile wait
+                result = explain(self.lib.model, picture, target)
+            return png(render(result, picture)), result.score
+
+        return self.heat_maps.get((item_id, st.st_mtime_ns, st.st_size, spec, q), make)
 
     def info(self) -> dict:
         with self.store_lock:
