@@ -190,6 +190,8 @@ def test_the_page_in_a_real_browser(served, tmp_path):
         # a folder filter: only pictures under it, kept in the URL (reload keeps it)
         sub = str(pics / "sub")
         page.click("#filters summary")
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url) if "/api/search" in r.url else None)
         page.fill("#f-under", sub)
         page.press("#f-under", "Enter")
         page.wait_for_url("**/?q=the+first+picture&under=*")
@@ -201,6 +203,7 @@ def test_the_page_in_a_real_browser(served, tmp_path):
         shown = page.evaluate("results.map(r => r.path)")
         assert sorted(Path(p).name for p in shown) == ["pic6.png", "pic7.png"]
         assert all(p.startswith(sub + os.sep) for p in shown)
+        assert len(asked) == 2 and all(parse_qs(urlsplit(a).query)["under"] == [sub] for a in asked)
         assert page.locator("#filter-count").inner_text() == " (1)"
         # the large view explains a hit: the heat map for the text query, as large as the picture
         page.locator("#grid .hit").first.click()

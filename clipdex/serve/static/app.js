@@ -247,7 +247,7 @@ async function openHit(index) {
   $("viewer-captions").replaceChildren();
   $("viewer-img").removeAttribute("src");
   showExplain(false);
-  $("explain-btn").hidden = true;
+  $("explain-btn").dataset.id = ""; // set again once the item is known (the button keeps any focus)
   if (!viewer.open) viewer.showModal();
   try {
     const item = await api(`/api/items/${r.id}`);
@@ -305,6 +305,7 @@ async function showExplain(on) {
     return;
   }
   const id = button.dataset.id;
+  if (!id || !query || query.kind !== "text") return showExplain(false);
   const text = query.q;
   const asked = current;
   caption.textContent = "Explaining… (about a hundred passes through the model)";
