@@ -11,6 +11,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
 from corehelp import make_images, ok
@@ -82,7 +83,7 @@ def live_server(app):
 @pytest.fixture
 def served(tmp_path, tiny_model_dir):
     pics = tmp_path / "pics"
-    make_images(pics, [f"pic{i}.png" for i in range(8)])
+    make_images(pics, [f"pic{i}.png" for i in range(6)] + ["sub/pic6.png", "sub/pic7.png"])
     (pics / "pic0.txt").write_text("the first picture\n", encoding="utf-8")
     lib_dir = tmp_path / "lib"
     ok("--library", lib_dir, "index", pics, "--model", tiny_model_dir, "--quiet")
@@ -160,7 +161,7 @@ def test_the_page_in_a_real_browser(served, tmp_path):
         page.keyboard.press("Enter")
         page.wait_for_selector("#viewer[open]")
         page.wait_for_function("document.getElementById('viewer-img').naturalWidth > 0")
-        assert str(pics / name) in page.locator("#viewer-meta").inner_text()
+        assert str(next(pics.rglob(name))) in page.locator("#viewer-meta").inner_text()
         page.screenshot(path=str(tmp_path / "viewer.png"))
         # "similar": the item itself first, with score 1
         page.click("#similar-btn")
@@ -186,6 +187,38 @@ def test_the_page_in_a_real_browser(served, tmp_path):
         page.go_back()
         page.wait_for_url("**/?q=the+first+picture")
         page.wait_for_selector("#grid .hit.image")
+        # a folder filter: only pictures under it, kept in the URL (reload keeps it)
+        sub = str(pics / "sub")
+        page.click("#filters summary")
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url) if "/api/search" in r.url else None)
+        page.fill("#f-under", sub)
+        page.press("#f-under", "Enter")
+        page.wait_for_url("**/?q=the+first+picture&under=*")
+        page.wait_for_function("document.getElementById('status').textContent.includes('2 of 2')")
+        assert parse_qs(urlsplit(page.url).query) == {"q": ["the first picture"], "under": [sub]}
+        page.reload()
+        assert page.input_value("#f-under") == sub
+        page.wait_for_function(f"({all_rendered})([...document.querySelectorAll('#grid img')])")
+        shown = page.evaluate("results.map(r => r.path)")
+        assert sorted(Path(p).name for p in shown) == ["pic6.png", "pic7.png"]
+        assert all(p.startswith(sub + os.sep) for p in shown)
+        assert len(asked) == 2 and all(parse_qs(urlsplit(a).query)["under"] == [sub] for a in asked)
+        assert page.locator("#filter-count").inner_text() == " (1)"
+        # the large view explains a hit: the heat map for the text query, as large as the picture
+        page.locator("#grid .hit").first.click()
+        page.wait_for_selector("#viewer[open]")
+        page.click("#explain-btn")
+        page.wait_for_function(
+            "(() => { const i = document.getElementById('explain-img');"
+            " return !i.hidden && i.complete && i.naturalWidth > 0; })()"
+        )
+        assert page.evaluate("document.getElementById('explain-img').naturalWidth") == 64
+        assert "the first picture" in page.get_attribute("#explain-img", "alt")
+        assert page.get_attribute("#explain-btn", "aria-pressed") == "true"
+        page.wait_for_function("document.getElementById('explain-caption').textContent.includes('score')")
+        page.screenshot(path=str(tmp_path / "explain.png"))
+        page.keyboard.press("Escape")
         page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
         page.emulate_media(color_scheme="dark")
         dark = page.evaluate("getComputedStyle(document.body).backgroundColor")
@@ -194,7 +227,7 @@ def test_the_page_in_a_real_browser(served, tmp_path):
         page.screenshot(path=str(tmp_path / "page-dark-narrow.png"), full_page=True)
         assert not errors, errors
         browser.close()
-    print(f"screenshots: {tmp_path / 'page.png'} {tmp_path / 'viewer.png'}")
+    print(f"screenshots: {tmp_path / 'page.png'} {tmp_path / 'viewer.png'} {tmp_path / 'explain.png'}")
 
 
 def test_the_token_prompt_in_a_real_browser(tmp_path, tiny_model_dir):

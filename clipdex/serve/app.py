@@ -33,6 +33,7 @@ from clipdex.index.scan import display_path
 from clipdex.library import Library
 from clipdex.retrieval.query import Terms, compose
 from clipdex.serve.batching import TextBatcher
+from clipdex.serve.heatmaps import HeatMaps, png
 from clipdex.serve.security import COOKIE, Guard, HostPolicy, TokenAuth, UploadTooLarge
 from clipdex.serve.thumbs import DecodeError, ThumbCache, cache_folder
 
@@ -58,6 +59,7 @@ class Served:
         self.store_lock = threading.RLock()
         self.model_lock = threading.Lock()
         self.texts = TextBatcher(self._encode_texts, self.model_lock)
+        self.heat_maps = HeatMaps(keep=16)
 
     def _encode_texts(self, texts):
         from clipdex.retrieval.embed import encode_texts
@@ -205,6 +207,31 @@ class Served:
         if recorded != (None, None) and recorded != (st.st_mtime_ns, st.st_size):
             raise fail(404, f"the file of item {item_id} changed since it was indexed")
         return path
+
+    def explain(self, item_id: int, q: str) -> tuple[bytes, float, str]:
+        """(PNG, score, ETag): the picture of ``item_id`` with the heat map for text ``q``,
+        rendered as `clipdex explain --out` renders it (over the original, at most 1024 px)."""
+        from clipdex.retrieval.explain import explain, open_for_explain, render
+
+        q = q.strip()
+        if not q:
+            raise fail(400, "empty query: give q=TEXT")
+        with self.store_lock:
+            self.lib.refresh()
+            spec = str(self.lib.spec)
+        path, st, _ = self.image_file(item_id)
+
+        def make() -> tuple[bytes, float]:
+            try:
+                picture = open_for_explain(path)
+            except ClipdexError as e:
+                raise fail(404, f"cannot explain item {item_id}: {e}") from None
+            target = self.texts.encode(q)  # takes the model lock itself
+            with self.model_lock:  # held for all the passes: queries arriving meanwhile wait
+                result = explain(self.lib.model, picture, target)
+            return png(render(result, picture)), result.score
+
+        return self.heat_maps.get((item_id, st.st_mtime_ns, st.st_size, spec, q), make)
 
     def info(self) -> dict:
         with self.store_lock:
@@ -394,6 +421,21 @@ def create_app(
         """The original image file (only by id; 404 when it changed or is gone)."""
         path = served.original(item_id)
         return FileResponse(os.fsdecode(path), headers={"Cache-Control": "private, no-cache"})
+
+    @app.get("/api/items/{item_id:int}/explain", tags=["items"])
+    def explain(
+        item_id: int,
+        request: Request,
+        q: str = Query("", description="Text to explain."),
+    ) -> Response:
+        """PNG: the image with a heat map of the regions that raise its similarity to `q`
+        (occlusion sensitivity, as `clipdex explain`); the score in the `X-Clipdex-Score` header."""
+        data, score, tag = served.explain(item_id, q)
+        etag = f'"{tag}"'
+        headers = {"ETag": etag, "Cache-Control": "private, no-cache", "X-Clipdex-Score": repr(score)}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type="image/png", headers=headers)
 
     @app.get("/api/info", tags=["library"])
     def info() -> dict:

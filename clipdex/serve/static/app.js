@@ -11,6 +11,9 @@ const els = {
 // The current query: {kind: "text", q} | {kind: "image", file} | {kind: "similar", id, label}
 let query = null;
 let target = "images";
+// Filters of text and image queries (the API's `not`, `under`, `after`, `before`, `min_score`, `captioned`)
+const NO_FILTERS = { not: [], under: [], after: "", before: "", min_score: "", captioned: "" };
+let filters = { ...NO_FILTERS };
 let results = [];
 let total = 0;
 let current = -1; // index of the hit open in the viewer
@@ -58,11 +61,53 @@ function login() {
   return loginPending;
 }
 
+// ---- filters ------------------------------------------------------------------------------------
+const fields = {
+  not: $("f-not"), under: $("f-under"), after: $("f-after"), before: $("f-before"),
+  min_score: $("f-min-score"), captioned: $("f-captioned"),
+};
+const split = (text, sep) => text.split(sep).map((t) => t.trim()).filter(Boolean);
+
+function readFilters() {
+  return {
+    not: split(fields.not.value, ","), under: split(fields.under.value, ";"),
+    after: fields.after.value, before: fields.before.value,
+    min_score: fields.min_score.value.trim(), captioned: fields.captioned.value,
+  };
+}
+
+function showFilters() {
+  fields.not.value = filters.not.join(", ");
+  fields.under.value = filters.under.join("; ");
+  for (const name of ["after", "before", "min_score", "captioned"]) fields[name].value = filters[name];
+  const active = Object.values(filters).filter((v) => v.length).length;
+  $("filter-count").textContent = active ? ` (${active})` : "";
+  if (active) $("filters").open = true;
+}
+
+// Append the filters to URLSearchParams or FormData (both have `append`).
+function addFilters(params) {
+  for (const name of ["not", "under"]) for (const v of filters[name]) params.append(name, v);
+  for (const name of ["after", "before", "min_score", "captioned"]) if (filters[name]) params.append(name, filters[name]);
+  return params;
+}
+
+function filtersFrom(params) {
+  const date = (v) => (/^\d{4}-\d{2}-\d{2}$/.test(v || "") ? v : "");
+  return {
+    not: params.getAll("not").filter(Boolean), under: params.getAll("under").filter(Boolean),
+    after: date(params.get("after")), before: date(params.get("before")),
+    min_score: Number.isFinite(parseFloat(params.get("min_score"))) ? params.get("min_score") : "",
+    captioned: ["true", "false"].includes(params.get("captioned")) ? params.get("captioned") : "",
+  };
+}
+
 // ---- URL <-> query --------------------------------------------------------------------------
 function urlFor(q) {
   const params = new URLSearchParams();
   if (q && q.kind === "text") params.set("q", q.q);
   if (q && q.kind === "similar") params.set("similar", q.id);
+  else addFilters(params);
   if (target !== "images") params.set("target", target);
   const s = params.toString();
   return s ? `/?${s}` : "/";
@@ -72,6 +117,8 @@ function fromUrl() {
   const params = new URLSearchParams(location.search);
   target = params.get("target") === "texts" ? "texts" : "images";
   document.querySelector(`input[name=target][value=${target}]`).checked = true;
+  filters = filtersFrom(params);
+  showFilters();
   if (params.get("q")) return { kind: "text", q: params.get("q") };
   if (/^\d+$/.test(params.get("similar") || "")) return { kind: "similar", id: params.get("similar") };
   return null;
@@ -114,7 +161,7 @@ async function run(append) {
   try {
     let body;
     if (query.kind === "text") {
-      const params = new URLSearchParams({ q: query.q, k: PAGE, offset, target });
+      const params = addFilters(new URLSearchParams({ q: query.q, k: PAGE, offset, target }));
       body = await api(`/api/search?${params}`);
     } else if (query.kind === "image") {
       const form = new FormData();
@@ -122,6 +169,7 @@ async function run(append) {
       form.append("k", PAGE);
       form.append("offset", offset);
       form.append("target", target);
+      addFilters(form);
       body = await api("/api/search", { method: "POST", body: form });
     } else {
       body = await api(`/api/items/${query.id}/similar?k=${Math.min(1000, offset + PAGE)}`);
@@ -198,6 +246,8 @@ async function openHit(index) {
   $("viewer-meta").replaceChildren();
   $("viewer-captions").replaceChildren();
   $("viewer-img").removeAttribute("src");
+  showExplain(false);
+  $("explain-btn").dataset.id = ""; // set again once the item is known (the button keeps any focus)
   if (!viewer.open) viewer.showModal();
   try {
     const item = await api(`/api/items/${r.id}`);
@@ -228,8 +278,55 @@ async function openHit(index) {
       $("viewer-captions").append(li);
     }
     $("similar-btn").dataset.id = item.id;
+    // The heat map needs an image and a text to explain: the current text query.
+    const explain = $("explain-btn");
+    explain.hidden = imageId == null || !(query && query.kind === "text");
+    explain.dataset.id = imageId;
+    explain.dataset.name = basename(item.path);
   } catch (error) {
     $("viewer-title").textContent = `Error: ${error.message}`;
+  }
+}
+
+// Explain: the heat map of the regions that raise the match with the text query, in place of the image.
+let explained = null; // the object URL shown, revoked when replaced
+async function showExplain(on) {
+  const button = $("explain-btn");
+  const img = $("explain-img");
+  const caption = $("explain-caption");
+  button.setAttribute("aria-pressed", String(on));
+  button.textContent = on ? "Show original" : "Explain";
+  $("viewer-img").hidden = on;
+  img.hidden = !on;
+  caption.hidden = !on;
+  if (!on) {
+    img.removeAttribute("src");
+    if (explained) { URL.revokeObjectURL(explained); explained = null; }
+    return;
+  }
+  const id = button.dataset.id;
+  if (!id || !query || query.kind !== "text") return showExplain(false);
+  const text = query.q;
+  const asked = current;
+  caption.textContent = "Explaining… (about a hundred passes through the model)";
+  try {
+    let response = await fetch(`/api/items/${id}/explain?${new URLSearchParams({ q: text })}`, { credentials: "same-origin" });
+    if (response.status === 401) { await login(); return showExplain(true); }
+    if (!response.ok) {
+      let body = null;
+      try { body = await response.json(); } catch { body = null; }
+      throw new Error((body && body.error) || `${response.status} ${response.statusText}`);
+    }
+    const blob = await response.blob();
+    if (current !== asked || button.getAttribute("aria-pressed") !== "true") return;
+    if (explained) URL.revokeObjectURL(explained);
+    explained = URL.createObjectURL(blob);
+    img.src = explained;
+    img.alt = `Heat map over ${button.dataset.name || "the image"}: brighter regions raise its match with “${text}”`;
+    const score = parseFloat(response.headers.get("X-Clipdex-Score"));
+    caption.textContent = `Regions that raise the match with “${text}” (score ${score.toFixed(4)}); uncoloured ones don't.`;
+  } catch (error) {
+    if (current === asked) caption.textContent = `Error: ${error.message}`;
   }
 }
 
@@ -244,7 +341,9 @@ function formatBytes(n) {
 els.form.addEventListener("submit", (event) => {
   event.preventDefault();
   const q = els.q.value.trim();
-  go(q ? { kind: "text", q } : null);
+  filters = readFilters();
+  showFilters();
+  go(q ? { kind: "text", q } : query && query.kind === "image" ? query : null);
 });
 document.querySelectorAll("input[name=target]").forEach((radio) => radio.addEventListener("change", () => {
   target = radio.value;
@@ -256,9 +355,16 @@ els.file.addEventListener("change", () => {
 });
 els.more.addEventListener("click", () => run(true));
 $("clear-query").addEventListener("click", () => go(null));
+$("clear-filters").addEventListener("click", () => {
+  filters = { ...NO_FILTERS };
+  showFilters();
+  go(query && query.kind !== "similar" ? query : null, !(query && query.kind === "image"));
+});
+$("explain-btn").addEventListener("click", () => showExplain($("explain-btn").getAttribute("aria-pressed") !== "true"));
 $("close-viewer").addEventListener("click", () => els.viewer.close());
 els.viewer.addEventListener("click", (event) => { if (event.target === els.viewer) els.viewer.close(); });
 els.viewer.addEventListener("close", () => {
+  showExplain(false);
   const hit = els.grid.querySelector(`[data-index="${current}"]`);
   if (hit) hit.focus();
 });
