@@ -25,6 +25,7 @@ from clipdex.index.lock import WriterLock, read_only_error
 DB_NAME = "clipdex.db"
 IMAGE, TEXT = "image", "text"
 PAGE_SIZE = 32768  # for new databases
+MMAP_BYTES = 1 << 40  # address space only: SQLite maps what the file holds
 
 
 def _m1_initial(db: sqlite_utils.Database) -> None:
@@ -226,6 +227,9 @@ class Store:
 
     def _connect(self, uri: str) -> None:
         conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False)
+        # Read pages through a memory map: a search's re-rank reads ~20 random rows of a multi-GB
+        # file, 3x faster mapped than through read() calls (bench/search.py, 1M items).
+        conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
         self.conn, self.db = conn, sqlite_utils.Database(conn)
 
     def _uri(self, mode: str) -> str:
