@@ -16,7 +16,9 @@ Then, in one run, side by side:
   ratio                numpy p50 / Library.search p50
   recall@10            of Library.search against the exact top 10
   ann component        `AnnIndex.search` alone (FAISS candidates + exact re-rank), for reference
-  outside FAISS        Library.search p50 minus the FAISS-only p50
+  outside FAISS        Library.search p50 minus the FAISS-only p50 (an upper bound: the four
+                       vector-query timings are interleaved per query, Library.search first, so
+                       the later ones find the pages it touched already cached)
   text query           `Library.search(text=…)` p50, and the text encoding alone (reported apart)
   cold CLI             `clipdex search "…" -k 10` in a fresh process vs a bare
                        `python -c "import torch, open_clip"` (medians, alternated)
@@ -58,16 +60,19 @@ def brute_force(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
     return top[np.argsort(-scores[top])]
 
 
-def p50(fn, items) -> float:
-    """Median ms of fn(item) one at a time, after a short warm-up."""
+def p50s(fns: dict, items) -> dict[str, float]:
+    """Median ms of each fn(item), one item at a time, the fns interleaved per item (so that a
+    shared machine's load changes affect them alike), after a short warm-up."""
     for it in items[:5]:
-        fn(it)
-    times = []
+        for fn in fns.values():
+            fn(it)
+    times: dict[str, list[float]] = {name: [] for name in fns}
     for it in items:
-        t = time.perf_counter()
-        fn(it)
-        times.append(time.perf_counter() - t)
-    return float(np.percentile(times, 50) * 1e3)
+        for name, fn in fns.items():
+            t = time.perf_counter()
+            fn(it)
+            times[name].append(time.perf_counter() - t)
+    return {name: float(np.percentile(v, 50) * 1e3) for name, v in times.items()}
 
 
 def timed(cmd: list[str]) -> float:
@@ -125,26 +130,32 @@ def main() -> int:
                 f"import-embeddings (store + index build + tune) {time.perf_counter() - t:.1f} s", flush=True
             )
 
-        queries = hard_mixture(args.n + args.queries, args.dim, args.latent, args.seed)[
-            args.n :
-        ]  # same mixture, unseen rows
+        # The same mixture, rows not in the library.
+        queries = hard_mixture(args.n + args.queries, args.dim, args.latent, args.seed)[args.n :]
         with Library.open(lib_dir, device="cpu") as lib:
             ids, stored = lib.store.vectors(IMAGE)
             stored = np.ascontiguousarray(stored, np.float32)
             truth = [set(ids[brute_force(stored, q, k)].tolist()) for q in queries]
-            np_p50 = p50(lambda q: brute_force(stored, q, k), queries)
             found = [[r.id for r in lib.search(vector=q, k=k)] for q in queries]
             recall = float(np.mean([len(t & set(f)) / k for t, f in zip(truth, found)]))
-            lib_p50 = p50(lambda q: lib.search(vector=q, k=k), queries)
             index = lib.indexes.view(IMAGE)
             ann = index.ann
-            ann_p50 = p50(lambda q: ann.search(q[None], k, lib.store.get_vectors), queries)
             fetch = k * ann.info["params"].get("rerank", 1) + 10
-            faiss_p50 = p50(lambda q: ann._candidates(q[None], fetch), queries)
+            vec = p50s(
+                {
+                    "numpy": lambda q: brute_force(stored, q, k),
+                    "library": lambda q: lib.search(vector=q, k=k),
+                    "ann": lambda q: ann.search(q[None], k, lib.store.get_vectors),
+                    "faiss": lambda q: ann._candidates(q[None], fetch),
+                },
+                queries,
+            )
+            np_p50, lib_p50, ann_p50, faiss_p50 = vec["numpy"], vec["library"], vec["ann"], vec["faiss"]
             texts = [f"a photo of thing number {i}" for i in range(50)]
             lib.search(text=texts[0], k=k)  # loads the model
-            enc_p50 = p50(lambda t: encode_texts(lib.model, [t]), texts)
-            text_p50 = p50(lambda t: lib.search(text=t, k=k), texts)
+            encode = lambda t: encode_texts(lib.model, [t])  # noqa: E731
+            txt = p50s({"encode": encode, "search": lambda t: lib.search(text=t, k=k)}, texts)
+            enc_p50, text_p50 = txt["encode"], txt["search"]
             info = index.info
         stored = None  # free 2 GB at 1M before the CLI runs
 
