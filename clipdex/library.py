@@ -344,7 +344,10 @@ class Library:
         if index.ntotal == 0:
             what = "images" if kind == IMAGE else "texts"
             raise ClipdexError(f"the library at {self.path} has no {what} to search")
-        query = self._vector_query(vector) if vector is not None else self._composed_query(terms, weights)
+        if vector is not None:
+            query = self._vector_query(vector, index.dim)
+        else:
+            query = self._composed_query(terms, weights)
         index.use_gpu = self.gpu_index
         hits = filters.search(index, self.store, kind, query, k, filter)
         items = self.store.items([i for i, _ in hits])
@@ -368,9 +371,10 @@ class Library:
                 self._model = None
         return gen
 
-    def _vector_query(self, vector: Any) -> np.ndarray:
+    def _vector_query(self, vector: Any, dim: int | None = None) -> np.ndarray:
+        """``vector`` checked and normalised; ``dim`` when the caller knows it (saves a read)."""
         q = np.asarray(vector, np.float32).reshape(-1)
-        dim = self.store.dim
+        dim = dim or self.store.dim
         if dim and q.shape[0] != dim:
             raise ClipdexError(f"query vector has dimension {q.shape[0]}, the library's is {dim}")
         norm = float(np.linalg.norm(q))

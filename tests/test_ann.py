@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from clipdex.index import ann as A
-from clipdex.index import tuning
+from clipdex.index import choose, tuning
 
 D = 64
 N = 20_000
@@ -259,7 +259,7 @@ def test_damaged_bytes_raise_value_error(built):
 
 def test_auto_falls_back_to_an_exact_scan_when_ivf_misses_the_recall_target(monkeypatch):
     """Unclustered data defeats IVF at small nprobe: auto must not hand out a low-recall index."""
-    monkeypatch.setattr(A, "FLAT_MAX_FLOATS", 1_000)  # make 5k x 64 'large'
+    monkeypatch.setattr(choose, "FLAT_MAX_FLOATS", 1_000)  # make 5k x 64 'large'
     monkeypatch.setattr(tuning, "NPROBES", (1,))  # and the probe grid too small for uniform data
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5_000, 64)).astype(np.float32)

@@ -23,10 +23,10 @@ import numpy as np
 
 from clipdex.index.ann import NeedsRebuild
 from clipdex.index.store import IMAGE, TEXT, Store
+from clipdex.index.tuning import TUNE_QUERIES
 from clipdex.index.vectors import VectorIndex
 
 INDEX_TYPE_KEY = "index_type"
-TUNE_QUERIES = 200
 SAVE_SECONDS = 60.0  # a long writer run saves its FAISS files at least this often…
 SAVE_COMMITS = 200  # …or after this many commits, whichever comes first
 RELOAD_OVERLAY = 20_000  # a reader whose catch-up grew past this reloads a newer file

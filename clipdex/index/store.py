@@ -27,6 +27,7 @@ __all__ = [
     "DB_NAME", "IMAGE", "MIGRATIONS", "SCHEMA_VERSION", "TEXT",
     "Caption", "FileRecord", "Item", "Merged", "PhotoMeta", "Store",
 ]  # fmt: skip
+MMAP_BYTES = 1 << 40  # address space only: SQLite maps what the file holds
 
 
 class Store(ChangeLog, Writes, Reads):
@@ -83,6 +84,9 @@ class Store(ChangeLog, Writes, Reads):
 
     def _connect(self, uri: str) -> None:
         conn = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=False)
+        # Read pages through a memory map: a search's re-rank reads ~20 random rows of a multi-GB
+        # file, 3x faster mapped than through read() calls (bench/search.py, 1M items).
+        conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
         self.conn, self.db = conn, sqlite_utils.Database(conn)
 
     def _uri(self, mode: str) -> str:

@@ -67,15 +67,26 @@ class Reads:
 
     def get_vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Stored vectors for ``ids`` in the given order (exact re-ranking reads these)."""
-        ids = [int(i) for i in ids]
-        found: dict[int, bytes] = {}
-        for chunk in chunks(ids, 500):
+        # One indexed query per 500 ids and one buffer join: no per-row Python work beyond the fetch
+        # (this runs on every search). Ids without a stored vector get zeros.
+        want = np.asarray(ids, np.int64).reshape(-1)
+        got_ids: list[int] = []
+        blobs: list[bytes] = []
+        for chunk in chunks(want.tolist(), 500):
             marks = ",".join("?" * len(chunk))
-            found.update(self.conn.execute(f"SELECT id, vector FROM items WHERE id IN ({marks})", chunk))
-        out = np.zeros((len(ids), self.dim or 0), np.float32)
-        for row, i in enumerate(ids):
-            if i in found:
-                out[row] = np.frombuffer(found[i], np.float32)
+            for i, blob in self.conn.execute(f"SELECT id, vector FROM items WHERE id IN ({marks})", chunk):
+                if blob is not None:
+                    got_ids.append(i)
+                    blobs.append(blob)
+        dim = len(blobs[0]) // 4 if blobs else (self.dim or 0)
+        out = np.zeros((len(want), dim), np.float32)
+        if blobs:
+            got = np.frombuffer(b"".join(blobs), np.float32).reshape(len(blobs), dim)
+            order = np.argsort(got_ids)
+            sorted_ids = np.asarray(got_ids, np.int64)[order]
+            pos = np.minimum(np.searchsorted(sorted_ids, want), len(sorted_ids) - 1)
+            hit = sorted_ids[pos] == want
+            out[hit] = got[order[pos[hit]]]
         return out
 
     def sample_vectors(self, kind: str, n: int) -> np.ndarray:

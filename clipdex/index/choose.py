@@ -1,0 +1,61 @@
+"""Index type policy: which FAISS index suits a collection of a size, and what each costs in memory.
+
+`choose_kind` picks from the collection size and a memory budget (a quarter of RAM by default);
+`bytes_per_vector` is the arithmetic behind it (and `clipdex info`'s figures).
+"""
+
+from __future__ import annotations
+
+import os
+
+KINDS = ("flat", "ivf-flat", "ivf-pq", "hnsw", "sq8", "fp16", "binary")
+
+# A flat scan costs ~0.1 ms per 1,000 512-d vectors for one query on one core (memory bound:
+# ~10 ms at 100k, ~20 ms at 200k, ~200 ms at 1M; bench/search.py). Up to 150k x 512 floats
+# (~15 ms) exact search is fast enough and needs no training; beyond it IVF answers in ~1 ms.
+FLAT_MAX_FLOATS = 150_000 * 512
+MIN_TRAIN = 1_000  # below this an approximate index has nothing to learn from: build flat
+
+
+def default_memory_budget() -> int:
+    """A quarter of physical memory (4 GiB when unknown): room for the index next to everything else."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def pq_m(dim: int) -> int:
+    """PQ sub-quantisers: 8 dims each (64 bytes for 512-d), the largest divisor of dim up to dim // 8."""
+    return next(m for m in range(max(1, dim // 8), 0, -1) if dim % m == 0)
+
+
+def bytes_per_vector(kind: str, dim: int) -> int:
+    """Index memory per vector, including the 8-byte id (HNSW adds its level-0 links)."""
+    code = {
+        "flat": 4 * dim,
+        "ivf-flat": 4 * dim,
+        "hnsw": 4 * dim + 2 * 32 * 4,
+        "fp16": 2 * dim,
+        "sq8": dim,
+        "ivf-pq": pq_m(dim),
+        "binary": -(-dim // 8),
+    }[kind]
+    return code + 8
+
+
+def choose_kind(n: int, dim: int, memory_budget: int | None = None) -> str:
+    """The index for n vectors of dim: exact while a scan is fast, else IVF; smaller codes if memory is short.
+
+    Small collections (n * dim <= FLAT_MAX_FLOATS) are scanned: flat, else fp16, sq8 or binary codes,
+    whichever first fits the budget. Larger ones get an inverted file: ivf-flat if its float32
+    vectors fit, else ivf-pq (64 bytes per 512-d vector).
+    """
+    budget = default_memory_budget() if memory_budget is None else memory_budget
+
+    def fits(kind: str) -> bool:
+        return n * bytes_per_vector(kind, dim) <= budget
+
+    if n * dim <= FLAT_MAX_FLOATS:
+        return next((k for k in ("flat", "fp16", "sq8") if fits(k)), "binary")
+    return "ivf-flat" if fits("ivf-flat") else "ivf-pq"
