@@ -64,3 +64,18 @@ def opened(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
 
     monkeypatch.setattr(clipdex.retrieval.embed, "load_and_preprocess", counting)
     return calls
+
+
+@pytest.fixture
+def client(library: Path, tmp_path: Path):
+    """`clipdex serve`'s app over the requesting module's `library` fixture, as a TestClient."""
+    from fastapi.testclient import TestClient
+
+    from clipdex.library import Library
+    from clipdex.serve.app import create_app
+
+    lib = Library.open(library)
+    app = create_app(lib, thumbnails=tmp_path / "thumbs")
+    with TestClient(app, base_url="http://127.0.0.1:8765") as c:
+        yield c
+    lib.close()

@@ -32,14 +32,6 @@ def library(tmp_path: Path, tiny_model_dir: Path) -> Path:
     return lib
 
 
-@pytest.fixture
-def client(library: Path, tmp_path: Path):
-    lib = Library.open(library)
-    with TestClient(create_app(lib, thumbnails=tmp_path / "thumbs"), base_url=BASE) as c:
-        yield c
-    lib.close()
-
-
 def image_ids(library: Path) -> dict[str, int]:
     ids, _ = stored(library, "image")
     with Library.open(library) as lib:

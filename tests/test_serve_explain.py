@@ -8,12 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from corehelp import make_images, ok, stored
-from fastapi.testclient import TestClient
 from PIL import Image
 
 from clipdex.library import Library
 from clipdex.retrieval.explain import open_for_explain, render
-from clipdex.serve.app import create_app
 
 BASE = "http://127.0.0.1:8765"
 
@@ -28,14 +26,6 @@ def library(tmp_path: Path, tiny_model_dir: Path) -> Path:
     texts.write_text("red bicycle\n", encoding="utf-8")
     ok("--library", lib, "add-texts", texts, "--quiet")
     return lib
-
-
-@pytest.fixture
-def client(library: Path, tmp_path: Path):
-    lib = Library.open(library)
-    with TestClient(create_app(lib, thumbnails=tmp_path / "thumbs"), base_url=BASE) as c:
-        yield c
-    lib.close()
 
 
 def ids_by_name(library: Path, kind: str) -> dict[str, int]:

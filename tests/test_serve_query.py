@@ -6,11 +6,9 @@ from pathlib import Path
 
 import pytest
 from corehelp import make_images, ok
-from fastapi.testclient import TestClient
 
 from clipdex import Filter
 from clipdex.library import Library
-from clipdex.serve.app import create_app
 
 BASE = "http://127.0.0.1:8765"
 
@@ -24,14 +22,6 @@ def library(tmp_path: Path, tiny_model_dir: Path) -> Path:
     lib = tmp_path / "lib"
     ok("--library", lib, "index", pics, "--model", tiny_model_dir, "--quiet")
     return lib
-
-
-@pytest.fixture
-def client(library: Path, tmp_path: Path):
-    lib = Library.open(library)
-    with TestClient(create_app(lib, thumbnails=tmp_path / "thumbs"), base_url=BASE) as c:
-        yield c
-    lib.close()
 
 
 def _ids(results: list[dict]) -> list[int]:
