@@ -42,6 +42,14 @@ def default_library_dir() -> Path:
     return Path(user_data_dir("clipdex")) / "default"
 
 
+def _kind(target: str) -> str:
+    """The stored kind ("image"/"text") a search ``target`` ("images"/"texts") names."""
+    kind = {"images": IMAGE, "texts": TEXT, "image": IMAGE, "text": TEXT}.get(target)
+    if kind is None:
+        raise ValueError(f"target must be 'images' or 'texts', not {target!r}")
+    return kind
+
+
 class Library:
     """A clipdex library. Keeps its model and indexes loaded, so repeated searches are cheap.
 
@@ -335,9 +343,7 @@ class Library:
             raise ValueError("give text=, image= or vector= (negative terms alone are not a query)")
         if k < 1:
             raise ValueError("k must be at least 1")
-        kind = {"images": IMAGE, "texts": TEXT, "image": IMAGE, "text": TEXT}.get(target)
-        if kind is None:
-            raise ValueError(f"target must be 'images' or 'texts', not {target!r}")
+        kind = _kind(target)
         if filter is not None and not isinstance(filter, Filter):
             raise TypeError("filter must be a clipdex.Filter")
         index = self.indexes.view(kind, self._follow_writers())  # one generation read when nothing changed
@@ -360,6 +366,12 @@ class Library:
             name = os.fsdecode(path) if path is not None else None
             results.append(SearchResult(rank, score, kind, item_id, name, text, raw_path=path))
         return results
+
+    def count(self, target: str = "images") -> int:
+        """How many items of ``target`` a search can return now: from the caught-up index (the same
+        view `search` uses), so a long-running reader counts without a table scan."""
+        kind = _kind(target)
+        return self.indexes.view(kind, self._follow_writers()).ntotal
 
     def _follow_writers(self) -> int:
         """The store's generation; when it moved, another process may have changed the model

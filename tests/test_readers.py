@@ -143,6 +143,10 @@ def test_long_lived_library_sees_other_processes_cheaply(lib, tiny_model_dir, ti
             other_writer(lib, rng, n_add=3, delete=1)
             hits = library.search(vector=query, k=20)
             assert_same(hits, search_matches_sqlite(lib, query))
+            # the count serve reports comes from the same caught-up view, and agrees with SQLite
+            with sqlite3.connect(lib / "clipdex.db") as con:
+                (images,) = con.execute("SELECT count(*) FROM items WHERE kind = 'image'").fetchone()
+            assert library.count("images") == images
         # Another process switches the model: the next text search uses the new one.
         first = library.search(text="a red square", k=3)
         assert str(tiny_model_dir) in library.model.spec.name

@@ -79,7 +79,7 @@ class Served:
             if filt is not None and filt.restricts_items:
                 available = len(matching_ids(self.lib.store, kind, filt))
             else:
-                available = self.lib.store.count(kind)
+                available = self.lib.count(kind)
         results: list = []
         total = min(available, MAX_RESULTS)
         if available > offset:
@@ -145,7 +145,7 @@ class Served:
             self.lib.refresh()
             rec = self._record(item_id)
             results = self.lib.similar(item_id, k=k)
-            total = min(self.lib.store.count(rec["kind"]), MAX_RESULTS)
+            total = min(self.lib.count(rec["kind"]), MAX_RESULTS)
         return self._answer(results, started, total)
 
     # ---- items ----------------------------------------------------------------------------
