@@ -3,9 +3,10 @@
 Checks: SQLite's integrity_check, the schema version, FAISS ids == SQLite ids per kind (the file
 caught up from the change log, as a reader sees it), every vector finite, unit-norm and of the
 library's dimension, no orphan captions (image gone), no leftover temporary files (a killed
-fine-tune's ``models/.finetune-…``, a killed save's ``.images.faiss.…`` or unnamed ``images-….faiss``) and no pending-table rows
-that no re-embedding will use. A repair rebuilds the FAISS files, removes leftovers and upgrades
-an old schema; it never removes user data (a damaged vector is reported, not dropped).
+fine-tune's ``models/.finetune-…``, a killed save's ``.images.faiss.…`` or an ``images-….faiss``
+that no index file names) and no pending-table rows that no re-embedding will use. A repair
+rebuilds the FAISS files, removes leftovers and upgrades an old schema; it never removes user
+data (a damaged vector is reported, not dropped).
 """
 
 from __future__ import annotations

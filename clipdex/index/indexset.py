@@ -4,9 +4,10 @@ Each file records the store generation it reflects; the store's change log says 
 since. Two ways in:
 
 - `view` (readers: search, info, a long-lived Library) never writes. It memory-maps the file
-  (opening costs no I/O; a search reads the pages it touches) and catches up from the log in memory; when the file is missing, damaged, of another dimension, or
-  the log no longer reaches back to it, it searches exactly from SQLite (in memory, not saved)
-  and warns once. Each call costs one generation read when nothing changed.
+  (opening costs no I/O; a search reads the pages it touches) and catches up from the log in
+  memory; when the file is missing, damaged, of another dimension, or the log no longer reaches
+  back to it, it searches exactly from SQLite (in memory, not saved) and warns once. Each call
+  costs one generation read when nothing changed.
 - `get` (writers, under the writer lock) folds the log into the index, or rebuilds it when it
   is missing, damaged or has outgrown its training; `apply` follows a run's commits, `save_all`
   and `maybe_save` write the files and prune the log behind them, `finish` (the end of a

@@ -223,9 +223,8 @@ class VectorIndex:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
             annfile.write_index_file(self.ann, data)
-            header = json.dumps(
-                {"generation": self.generation, "dim": self.dim, "data": data.name, "size": data.stat().st_size}
-            ).encode()
+            head = {"generation": self.generation, "dim": self.dim, "data": data.name}
+            header = json.dumps({**head, "size": data.stat().st_size}).encode()
             with os.fdopen(fd, "wb") as f:
                 f.write(MAGIC + struct.pack("<Q", len(header)) + header)
                 annfile.write_head(self.ann, f)
