@@ -224,7 +224,9 @@ class VectorIndex:
         try:
             annfile.write_index_file(self.ann, data)
             head = {"generation": self.generation, "dim": self.dim, "data": data.name}
-            header = json.dumps({**head, "size": data.stat().st_size}).encode()
+            st = data.stat()
+            header = json.dumps({**head, "size": st.st_size}).encode()
+            os.fchmod(fd, st.st_mode & 0o777)  # as the data file (the umask's), not mkstemp's 0600
             with os.fdopen(fd, "wb") as f:
                 f.write(MAGIC + struct.pack("<Q", len(header)) + header)
                 annfile.write_head(self.ann, f)
