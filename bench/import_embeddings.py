@@ -111,7 +111,7 @@ def main() -> int:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from clipdex import library as library_mod
-    from clipdex.index import imports, store, vectors
+    from clipdex.index import store, vector_files, vectors
     from clipdex.retrieval.models import init_model
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="clipdex-bench-import-"))
@@ -138,11 +138,11 @@ def main() -> int:
         )
         model_dir = init_model(str(cfg), work / "model", seed=0)
 
-        timed(imports, "open_vectors", "read")
-        timed(imports, "read_metadata", "read")
-        timed(imports, "row_norms", "validate")
+        timed(vector_files, "open_vectors", "read")
+        timed(vector_files, "read_metadata", "read")
+        timed(vector_files, "row_norms", "validate")
         timed(library_mod, "load_model", "model")
-        timed_gen(imports.Embeddings, "chunks", "normalise")
+        timed_gen(vector_files.Embeddings, "chunks", "normalise")
         timed(store.Store, "insert_many", "insert")
         timed(store.Store, "merge_keyed", "merge")
         timed(vectors.VectorIndex, "build", "build")
