@@ -16,9 +16,8 @@ Then, in one run, side by side:
   ratio                numpy p50 / Library.search p50
   recall@10            of Library.search against the exact top 10
   ann component        `AnnIndex.search` alone (FAISS candidates + exact re-rank), for reference
-  outside FAISS        Library.search p50 minus the FAISS-only p50 (an upper bound: the four
-                       vector-query timings are interleaved per query, Library.search first, so
-                       the later ones find the pages it touched already cached)
+  outside FAISS        Library.search p50 minus the FAISS-only p50 (the four timings are
+                       interleaved, in a rotating order, each on another query at each step)
   text query           `Library.search(text=…)` p50, and the text encoding alone (reported apart)
   cold CLI             `clipdex search "…" -k 10` in a fresh process vs a bare
                        `python -c "import torch, open_clip"` (medians, alternated)
@@ -39,10 +38,14 @@ from pathlib import Path
 import numpy as np
 
 
-def hard_mixture(n: int, dim: int, latent: int, seed: int) -> np.ndarray:
-    """(n, dim) float32 unit rows: projected latent mixture + isotropic noise, made in chunks."""
+def hard_mixture(n: int, dim: int, latent: int, seed: int, library_size: int | None = None) -> np.ndarray:
+    """(n, dim) float32 unit rows: projected latent mixture + isotropic noise, made in chunks.
+
+    The mixture (its centres and projection) depends on `seed` and `library_size` (default n)
+    only: rows drawn with the same two come from the same distribution, whatever n.
+    """
     rng = np.random.default_rng(seed)
-    nc = max(50, n // 200)
+    nc = max(50, (n if library_size is None else library_size) // 200)
     centres = rng.standard_normal((nc, latent)).astype(np.float32)
     proj = rng.standard_normal((latent, dim)).astype(np.float32) / np.sqrt(latent)
     out = np.empty((n, dim), np.float32)
@@ -61,15 +64,20 @@ def brute_force(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
 
 
 def p50s(fns: dict, items) -> dict[str, float]:
-    """Median ms of each fn(item), one item at a time, the fns interleaved per item (so that a
-    shared machine's load changes affect them alike), after a short warm-up."""
+    """Median ms of each fn(item) over all items, the fns interleaved (so that a shared machine's
+    load changes affect them alike) in an order rotated at each step (so that each runs as often
+    right after the cache-flushing brute force as the others), each on a different item at each
+    step (a query repeated at once would find its index lists cached), after a warm-up."""
     for it in items[:5]:
         for fn in fns.values():
             fn(it)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for it in items:
-        for name, fn in fns.items():
-            t = time.perf_counter()
+    order = list(enumerate(fns.items()))
+    shift = max(1, len(items) // len(fns))
+    for i in range(len(items)):
+        for j, (name, fn) in order[i % len(order) :] + order[: i % len(order)]:
+            it = items[(i + j * shift) % len(items)]  # each fn its own query now: none finds
+            t = time.perf_counter()  # the lists another just probed in the cache
             fn(it)
             times[name].append(time.perf_counter() - t)
     return {name: float(np.percentile(v, 50) * 1e3) for name, v in times.items()}
@@ -90,7 +98,8 @@ def main() -> int:
     ap.add_argument(
         "--arch", default="ViT-B-32", help="random-init open_clip architecture (its width = --dim)"
     )
-    ap.add_argument("--cli-repeat", type=int, default=3)
+    ap.add_argument("--cli-repeat", type=int, default=3, help="cold CLI runs (0: skip the cold CLI)")
+    ap.add_argument("--no-text", action="store_true", help="skip the text-query lines")
     ap.add_argument(
         "--keep", default=None, help="work in this folder and keep it (reused when it holds a library)"
     )
@@ -130,8 +139,8 @@ def main() -> int:
                 f"import-embeddings (store + index build + tune) {time.perf_counter() - t:.1f} s", flush=True
             )
 
-        # The same mixture, rows not in the library.
-        queries = hard_mixture(args.n + args.queries, args.dim, args.latent, args.seed)[args.n :]
+        # The same mixture (same centres and projection), rows not in the library.
+        queries = hard_mixture(args.n + args.queries, args.dim, args.latent, args.seed, args.n)[args.n :]
         with Library.open(lib_dir, device="cpu") as lib:
             ids, stored = lib.store.vectors(IMAGE)
             stored = np.ascontiguousarray(stored, np.float32)
@@ -151,11 +160,13 @@ def main() -> int:
                 queries,
             )
             np_p50, lib_p50, ann_p50, faiss_p50 = vec["numpy"], vec["library"], vec["ann"], vec["faiss"]
-            texts = [f"a photo of thing number {i}" for i in range(50)]
-            lib.search(text=texts[0], k=k)  # loads the model
-            encode = lambda t: encode_texts(lib.model, [t])  # noqa: E731
-            txt = p50s({"encode": encode, "search": lambda t: lib.search(text=t, k=k)}, texts)
-            enc_p50, text_p50 = txt["encode"], txt["search"]
+            enc_p50 = text_p50 = float("nan")
+            if not args.no_text:
+                texts = [f"a photo of thing number {i}" for i in range(50)]
+                lib.search(text=texts[0], k=k)  # loads the model
+                encode = lambda t: encode_texts(lib.model, [t])  # noqa: E731
+                txt = p50s({"encode": encode, "search": lambda t: lib.search(text=t, k=k)}, texts)
+                enc_p50, text_p50 = txt["encode"], txt["search"]
             info = index.info
         stored = None  # free 2 GB at 1M before the CLI runs
 
@@ -169,7 +180,7 @@ def main() -> int:
             subprocess.run(cli + ["search", "a photo of a dog", "-k", "10"], check=True, env=env,
                            stdout=subprocess.DEVNULL)  # fmt: skip
             runs["clipdex search"].append(time.perf_counter() - t)
-        med = {name: statistics.median(v) for name, v in runs.items()}
+        med = {name: statistics.median(v) if v else float("nan") for name, v in runs.items()}
 
         load = os.getloadavg()
         params = ", ".join(f"{a}={v}" for a, v in info["params"].items()) or "-"

@@ -70,7 +70,8 @@ def build(
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    train = x[np.sort(rng.choice(n, min(n, _train_size(kind, n)), replace=False))]
+    trained_rows = np.sort(rng.choice(n, min(n, _train_size(kind, n)), replace=False))
+    train = x[trained_rows]
     index, codec, params = _make(kind, d, n, train, seed)
     ann = AnnIndex(kind, index, {"params": params}, codec)
     ann.index.add_with_ids(ann._encode(x), ids)
@@ -88,7 +89,9 @@ def build(
         recall_at_10=1.0 if kind == "flat" else None,
     )
     if kind != "flat":
-        tune(ann, x, ids, target_recall, rng, tune_queries)
+        untrained = np.ones(n, bool)
+        untrained[trained_rows] = False
+        tune(ann, x, ids, target_recall, rng, tune_queries, np.nonzero(untrained)[0])
     ann.info["build_seconds"] = round(build_seconds, 3)
     ann.info["tune_seconds"] = round(time.perf_counter() - t0 - build_seconds, 3)
     scan = next((k for k in ("flat", "fp16", "sq8") if n * bytes_per_vector(k, d) <= budget), None)

@@ -27,6 +27,7 @@ def tune(
     target: float,
     rng: np.random.Generator,
     queries: np.ndarray | None,
+    candidates: np.ndarray | None = None,
 ) -> None:
     """Pick the cheapest search parameters reaching `target` recall@10 on held-out-like queries
     (the lower 95% confidence bound of the estimate reaches it).
@@ -34,12 +35,15 @@ def tune(
     Without `queries`: leave-one-out, stored vectors as queries, each one's own id dropped from
     both the exact and the approximate lists (a trivial top-1 that every index finds). What is left
     is a query drawn from the data's own distribution against the other n - 1 vectors, i.e. a
-    held-out query. (Stored vectors moved off their point by noise, used before, were easier than
+    held-out query, provided it did not shape the index either: drawn from `candidates` (the rows
+    the index was not trained on) when they are enough. (At 40k vectors, half of them training
+    points, queries drawn from everything measured 0.96 where held-out queries found 0.945.) (Stored vectors moved off their point by noise, used before, were easier than
     held-out queries: tuned recall 0.951 measured 0.936 on held-out queries at 1M.)
     """
     n, d = x.shape
     if queries is None:
-        src = np.sort(rng.choice(n, min(n, TUNE_QUERIES), replace=False))
+        pool = candidates if candidates is not None and len(candidates) >= TUNE_QUERIES else np.arange(n)
+        src = np.sort(rng.choice(pool, min(len(pool), TUNE_QUERIES), replace=False))
         q = x[src]
         skip = ids[src]
     else:
