@@ -17,7 +17,7 @@ Then, in one run, side by side:
   recall@10            of Library.search against the exact top 10
   ann component        `AnnIndex.search` alone (FAISS candidates + exact re-rank), for reference
   outside FAISS        Library.search p50 minus the FAISS-only p50 (the four timings are
-                       interleaved, in a rotating order, each on another query at each step)
+                       interleaved, in a random order, each on another query at each step)
   text query           `Library.search(text=…)` p50, and the text encoding alone (reported apart)
   cold CLI             `clipdex search "…" -k 10` in a fresh process vs a bare
                        `python -c "import torch, open_clip"` (medians, alternated)
@@ -36,25 +36,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-
-def hard_mixture(n: int, dim: int, latent: int, seed: int, library_size: int | None = None) -> np.ndarray:
-    """(n, dim) float32 unit rows: projected latent mixture + isotropic noise, made in chunks.
-
-    The mixture (its centres and projection) depends on `seed` and `library_size` (default n)
-    only: rows drawn with the same two come from the same distribution, whatever n.
-    """
-    rng = np.random.default_rng(seed)
-    nc = max(50, (n if library_size is None else library_size) // 200)
-    centres = rng.standard_normal((nc, latent)).astype(np.float32)
-    proj = rng.standard_normal((latent, dim)).astype(np.float32) / np.sqrt(latent)
-    out = np.empty((n, dim), np.float32)
-    for s in range(0, n, 100_000):
-        e = min(n, s + 100_000)
-        z = centres[rng.integers(0, nc, e - s)] + 0.7 * rng.standard_normal((e - s, latent), np.float32)
-        x = z @ proj + 0.6 * rng.standard_normal((e - s, dim), np.float32)
-        out[s:e] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
+from _planted import hard_mixture
 
 
 def brute_force(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
@@ -65,17 +47,19 @@ def brute_force(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
 
 def p50s(fns: dict, items) -> dict[str, float]:
     """Median ms of each fn(item) over all items, the fns interleaved (so that a shared machine's
-    load changes affect them alike) in an order rotated at each step (so that each runs as often
+    load changes affect them alike) in a random order at each step (so that each runs as often
     right after the cache-flushing brute force as the others), each on a different item at each
     step (a query repeated at once would find its index lists cached), after a warm-up."""
     for it in items[:5]:
         for fn in fns.values():
             fn(it)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    order = list(enumerate(fns.items()))
+    named = list(fns.items())
     shift = max(1, len(items) // len(fns))
+    rng = np.random.default_rng(0)
     for i in range(len(items)):
-        for j, (name, fn) in order[i % len(order) :] + order[: i % len(order)]:
+        for j in rng.permutation(len(named)):
+            name, fn = named[j]
             it = items[(i + j * shift) % len(items)]  # each fn its own query now: none finds
             t = time.perf_counter()  # the lists another just probed in the cache
             fn(it)

@@ -292,7 +292,7 @@ def test_ivf_flat_reranks_from_its_own_lists_exactly(data, built):
 
 
 def hard_mixture(n: int, rng: np.random.Generator, dim: int = 256, latent: int = 24) -> np.ndarray:
-    """bench/search.py's hard data, small: a wide latent Gaussian mixture (200 centres) projected
+    """bench/_planted.py's hard_mixture, small: a wide latent Gaussian mixture (200 centres) projected
     up, plus noise (neighbours not well separated: IVF needs several probes)."""
     centres = np.random.default_rng(1).standard_normal((200, latent))
     proj = np.random.default_rng(2).standard_normal((latent, dim)) / np.sqrt(latent)

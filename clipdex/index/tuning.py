@@ -15,7 +15,10 @@ if TYPE_CHECKING:
 
 TUNE_QUERIES = 200
 # Search-parameter grids, cheapest first; the first setting reaching the target recall wins.
-NPROBES = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
+# nprobe in steps of ~1.25x: at 1M a step from 64 to 96 lists costs 0.2 ms a query for recall it
+# may not need.
+NPROBES = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 320,
+           384, 512, 640, 768, 1024)  # fmt: skip
 EF_SEARCH = (16, 32, 64, 128, 256, 512, 1024)
 RERANK = {"sq8": (2, 4, 8), "fp16": (1, 2, 4), "binary": (10, 20, 50, 100, 200), "ivf-pq": (10, 20, 50)}
 
