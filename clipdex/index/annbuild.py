@@ -126,7 +126,8 @@ def _train_size(kind: str, n: int) -> int:
     if kind == "flat":
         return 0
     if kind == "ivf-flat":
-        return max(20 * ivf_layout(n, 0)[0], 10_000)  # two-level k-means in 32-d: cheap per point
+        nlist, _ = ivf_layout(n, 0)  # (nlist does not depend on d)
+        return max(20 * nlist, 10_000)  # two-level k-means in 32-d: cheap per point
     if kind == "ivf-pq":
         # 40 points per list: k-means cost ~ 40 * nlist^2 * d = 640 n d, so training stays linear in n.
         return 40 * _nlist(n)
