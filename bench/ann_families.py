@@ -56,8 +56,9 @@ def main() -> int:
     ids = np.arange(n, dtype=np.int64)
     rng = np.random.default_rng(0)
     ip = faiss.METRIC_INNER_PRODUCT
-    print(f"n={n:,} dim={d} queries={len(q)} load average {os.getloadavg()[0]:.2f}")
-    print("| family | build s | nprobe | recall@10 | FAISS p50 ms | bytes/vector |\n|---|---|---|---|---|---|")
+    print(f"n={n:,} dim={d} queries={len(q)} load average {os.getloadavg()[0]:.2f}", flush=True)
+    print("| family | build s | nprobe | recall@10 | FAISS p50 ms | bytes/vector |")
+    print("|---|---|---|---|---|---|")
 
     def evaluate(name: str, index, build_s: float, bpv: int, rerank: int = 1, grid=NPROBES) -> None:
         faiss.omp_set_num_threads(1)
