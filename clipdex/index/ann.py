@@ -180,15 +180,17 @@ class AnnIndex:
 
         ivf-flat's inverted lists hold the very float32 vectors the store holds (they are added
         from the same arrays), so its candidates come with their vectors and the re-rank reads
-        nothing from SQLite (~0.1 ms of a 1M search). Other kinds: vectors None (get_vectors).
+        nothing from SQLite (~0.1 ms of a 1M search). Other kinds, and filtered searches: vectors
+        None (the re-rank calls get_vectors).
         """
         params = selector.params() if selector is not None else None
         with _single_thread(len(q) < SMALL_BATCH):
             if self.codec is not None:
                 dist, cand = self.index.search(self.codec.encode(q), fetch, params=params)
                 return -dist.astype(np.float32), cand, None  # Hamming: smaller is better
-            if self.kind in OWN_VECTOR_KINDS and self.info.get("device") != "gpu":
-                return self.index.search_and_reconstruct(q, fetch, params=params)
+            # (FAISS cannot combine an ID selector with the list positions reconstruction uses.)
+            if self.kind in OWN_VECTOR_KINDS and selector is None and self.info.get("device") != "gpu":
+                return self.index.search_and_reconstruct(q, fetch)
             return (*self.index.search(q, fetch, params=params), None)
 
     def _rerank(
