@@ -42,6 +42,14 @@ def default_library_dir() -> Path:
     return Path(user_data_dir("clipdex")) / "default"
 
 
+def check_index_type(index_type: str) -> None:
+    """Refuse an unknown ``--index-type`` with the list of known ones."""
+    from clipdex.index.choose import INDEX_TYPES
+
+    if index_type not in ("auto", *INDEX_TYPES):
+        raise ClipdexError(f"unknown index type '{index_type}' (choose auto, {', '.join(INDEX_TYPES)})")
+
+
 def _kind(target: str) -> str:
     """The stored kind ("image"/"text") a search ``target`` ("images"/"texts") names."""
     kind = {"images": IMAGE, "texts": TEXT, "image": IMAGE, "text": TEXT}.get(target)
@@ -195,10 +203,7 @@ class Library:
         folders = [os.path.expanduser(f) if isinstance(f, str) else f for f in folders]
         check_folders(folders)  # before anything is touched: a missing FOLDER removes nothing
         if index_type is not None:
-            from clipdex.index.ann import KINDS
-
-            if index_type not in ("auto", *KINDS):
-                raise ClipdexError(f"unknown index type '{index_type}' (choose auto, {', '.join(KINDS)})")
+            check_index_type(index_type)
         with self.writing():
             if index_type is not None:
                 self.indexes.set_index_type(index_type)
