@@ -271,20 +271,25 @@ class Library:
         metadata_path: str | os.PathLike | None = None,
         modality: str | None = None,
         progress: Progress | None = None,
+        index_type: str | None = None,
     ) -> ImportCounts:
         """Store vectors computed elsewhere (``.npy`` + metadata, or a SHARD_DIR when ``metadata_path``
         is None: `clipdex embed`'s or clip-retrieval's output folder); see `clipdex.import_run`.
 
         Idempotent: an image row is keyed by its path, a text row by its exact content; a re-run
-        adds nothing, a changed vector for a known key updates that item (same id).
+        adds nothing, a changed vector for a known key updates that item (same id). ``index_type``
+        as in `index` (``"ivf-pq-ondisk"``: large-library mode, where the arrays are hard-linked
+        or copied into the library and stay the vectors' storage).
         """
         from clipdex.import_run import import_embeddings, import_shard_dir
 
+        if index_type is not None:
+            check_index_type(index_type)
         if metadata_path is None:
             if modality is not None:
                 raise ValueError("a shard folder says its modalities itself: no modality= with it")
-            return import_shard_dir(self, vectors_path, progress)
-        return import_embeddings(self, vectors_path, metadata_path, modality, progress)
+            return import_shard_dir(self, vectors_path, progress, index_type)
+        return import_embeddings(self, vectors_path, metadata_path, modality, progress, index_type)
 
     def reembed(
         self,
@@ -492,7 +497,11 @@ class Library:
 
     # ---- reporting ------------------------------------------------------------------------
     def info(self) -> dict:
-        """Model, dimension, counts by kind, index types, paths and sizes on disk."""
+        """Model, dimension, counts by kind, index types, paths and sizes on disk, the storage mode.
+
+        Each index's ``bytes_per_vector`` is what it holds in RAM per vector; an on-disk index
+        (large-library mode) adds ``index_bytes_per_vector_on_disk`` (its mapped lists and ids) and
+        ``vector_bytes_per_vector_on_disk`` (the float16 vectors)."""
         spec = self.spec
         files = {p.name: p.stat().st_size for p in sorted(self.path.iterdir()) if p.is_file()}
         models = self.path / "models"
@@ -500,6 +509,8 @@ class Library:
             sum(f.stat().st_size for f in models.rglob("*") if f.is_file()) if models.is_dir() else 0
         )
         counts = self.store.counts()
+        listed = self.store.vector_files()
+        vector_bytes = sum(size for *_, size in listed)
         indexes = {}
         for kind in (IMAGE, TEXT):
             idx = self.indexes.view(kind)
@@ -517,8 +528,11 @@ class Library:
             "indexes": indexes,
             "generation": self.store.generation,
             "schema_version": int(self.store.get_meta("schema_version") or 0),
-            "bytes_on_disk": sum(files.values()) + model_bytes,
+            "bytes_on_disk": sum(files.values()) + model_bytes + vector_bytes,
             "files": files,
+            # Large-library mode: vectors as float16 rows of files in vectors/ (see clipdex.index.ondisk).
+            "mode": "large-library" if self.store.large_mode else "normal",
+            "vector_files": {"count": len(listed), "bytes": vector_bytes},
         }
 
     def check(self, repair: bool = False) -> dict:

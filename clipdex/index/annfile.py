@@ -46,9 +46,13 @@ def read(f: BinaryIO) -> AnnIndex:
             head = json.loads(z["info"].tobytes())
             codec = ItqCodec.from_arrays(z) if "itq_mean" in z.files else None
             removed = set(z["removed"].tolist())
+        if head["kind"] == "ivf-pq-ondisk":  # its lists live in files of their own
+            from clipdex.index.ondisk import read_body
+
+            return read_body(f, head, removed)
         reader = faiss.PyCallbackIOReader(f.read)
         index = faiss.read_index_binary(reader) if codec else faiss.read_index(reader)
-    except (zipfile.BadZipFile, KeyError, EOFError, RuntimeError, struct.error) as e:
+    except (zipfile.BadZipFile, KeyError, EOFError, RuntimeError, struct.error, OSError) as e:
         raise ValueError(f"not a clipdex ANN index: {e}") from e
     ann = AnnIndex(head["kind"], index, head["info"], codec, removed)
     ann.set_params(**{p: v for p, v in ann.info["params"].items() if p in ("nprobe", "efSearch")})

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clipdex.index import ondisk
 from clipdex.index.ann import NeedsRebuild
 from clipdex.index.store import IMAGE, TEXT, Store
 from clipdex.index.tuning import TUNE_QUERIES
@@ -140,6 +141,16 @@ class IndexSet:
                 return idx
         except NeedsRebuild:
             pass
+        return self.rebuild(kind)
+
+    def rebuild(self, kind: str) -> VectorIndex:
+        """Build ``kind``'s index from the store (not from its file), cache and save it."""
+        self._cache.pop(kind, None)
+        if ondisk.wanted(self.store, kind, self.index_type):  # large-library mode: bounded memory
+            idx = ondisk.build(self.store, kind, self.path(kind), self.index_type)
+            self._cache[kind] = idx
+            self._try_save(kind, idx)
+            return idx
         with self.store.snapshot():
             gen = self.store.generation
             ids, vecs = self.store.vectors(kind)
@@ -224,6 +235,7 @@ class IndexSet:
             return
         self._file_stamp[kind] = _stamp(self.path(kind))
         self.store.prune_changes(kind, idx.generation)
+        ondisk.remove_unused(self.folder, kind, idx)
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

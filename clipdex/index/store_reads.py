@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -124,11 +125,13 @@ class Reads:
             )
         return np.fromiter((r[0] for r in rows), np.int64, len(rows)), self._decode(rows)
 
-    def sample_vectors(self, kind: str, n: int) -> np.ndarray:
-        """Up to ``n`` stored vectors of ``kind``, drawn at random."""
+    def sample_vectors(self, kind: str, n: int, with_ids: bool = False) -> Any:
+        """Up to ``n`` stored vectors of ``kind``, drawn at random (with their ids: ``with_ids``)."""
         rows = self.conn.execute(
             f"SELECT id, {self._vector_cols()} FROM items WHERE kind = ? ORDER BY random() LIMIT ?", (kind, n)
         ).fetchall()
+        if with_ids:
+            return np.fromiter((r[0] for r in rows), np.int64, len(rows)), self._decode(rows)
         return self._decode(rows)
 
     def item_record(self, item_id: int) -> dict | None:

@@ -116,6 +116,7 @@ class ShardVectors:
             else:
                 _fsync_dir(self.shards_dir)
         else:
+
             def convert(f) -> None:
                 np.lib.format.write_array_header_1_0(
                     f, {"descr": "<f2", "fortran_order": False, "shape": src.shape}
@@ -150,6 +151,17 @@ class ShardVectors:
             maps.pop(i, None)
             (self.shards_dir / name).unlink(missing_ok=True)
         return [n for _, n in rows]
+
+    def remove_orphan_vector_files(self) -> list[str]:
+        """Delete files in ``vectors/`` that no listed vector file names (a write that crashed or
+        rolled back before its commit; the writer holds the lock, so none is being written)."""
+        if not self.shards_dir.is_dir():
+            return []
+        listed = {name for _, name, *_ in self.vector_files()}
+        gone = sorted(p.name for p in self.shards_dir.iterdir() if p.name not in listed)
+        for name in gone:
+            (self.shards_dir / name).unlink(missing_ok=True)
+        return gone
 
     def enter_large_mode(self) -> int:
         """Switch to shard storage, moving every vector blob into float16 files (a file and a
