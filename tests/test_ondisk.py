@@ -118,13 +118,10 @@ def test_answers_like_a_flat_index_with_float16_cosines(large, data):
     assert about["mode"] == "large-library" and image_index["type"] == "ivf-pq-ondisk"
     assert image_index["ntotal"] == N and image_index["bytes_per_vector"] < 20  # RAM: no vectors
     assert image_index["vector_bytes_per_vector_on_disk"] == 2 * DIM
-    assert about["vector_files"] == {"count": 3, "bytes": sum(
-        (large.parent / "emb" / "img_emb" / f"img_emb_{i}.npy").stat().st_size for i in range(3))}  # fmt: skip
+    user_shards = [large.parent / "emb" / "img_emb" / f"img_emb_{i}.npy" for i in range(3)]
+    assert about["vector_files"] == {"count": 3, "bytes": sum(p.stat().st_size for p in user_shards)}
     assert blob_rows(large) == 0  # SQLite keeps metadata and ids, no vectors
-    # The shards are hard-linked, not moved: the user's folder is intact.
-    for i in range(3):
-        user = large.parent / "emb" / "img_emb" / f"img_emb_{i}.npy"
-        assert user.stat().st_nlink == 2
+    assert all(p.stat().st_nlink == 2 for p in user_shards)  # hard-linked, not moved: the user's stay
     assert check(large) == (0, {"healthy": True, "problems": [], "repaired": []})
 
 
@@ -181,7 +178,7 @@ def test_survives_add_and_remove_also_for_a_reader(copy, tmp_path, tiny_model_di
         # not come back (its code is still in the mapped lists: only the tombstone hides it).
         q = vec["a.png"]
 
-        def oracle(ids, lib=lib):
+        def oracle(ids, lib=lib, q=q):
             return np.where(np.isin(ids, [ident["a.png"]])[:, None], q, lib.store.get_vectors(ids))
 
         hits = lib.indexes.view(IMAGE).search(q[None], 5, oracle)[0]
@@ -232,11 +229,12 @@ def test_a_missing_vector_file_is_reported_as_lost_items(copy):
     code, report = check(copy)
     assert code == 1
     problem = next(p for p in report["problems"] if p["kind"] == "vector_file")
-    assert name in problem["detail"] and f"{SHARD} items" in problem["detail"] and "--reembed" in problem["detail"]
+    assert all(word in problem["detail"] for word in (name, f"{SHARD} items", "--reembed"))
     code, report = check(copy, "--repair")
     assert code == 1 and any("vector_file" == p["kind"] for p in report["problems"])
     r = run("--library", copy, "similar", "1")  # item 1's vector was in that file: one clear line
-    assert r.exit_code == 1 and r.stderr.startswith(f"Error: vector file {copy / 'vectors' / name} is missing")
+    assert r.exit_code == 1
+    assert r.stderr.startswith(f"Error: vector file {copy / 'vectors' / name} is missing")
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -249,7 +247,8 @@ def test_auto_selection_past_the_memory_budget(tmp_path, tiny_model_dir, monkeyp
 
     # A normal library is unchanged: blobs in SQLite, an in-memory index, no vectors/ folder.
     normal = tmp_path / "normal"
-    ok("--library", normal, "import-embeddings", tmp_path / "v.npy", tmp_path / "m.csv", "--model", tiny_model_dir)
+    first = (tmp_path / "v.npy", tmp_path / "m.csv")
+    ok("--library", normal, "import-embeddings", *first, "--model", tiny_model_dir)
     about = info(normal)
     assert about["mode"] == "normal" and about["indexes"]["images"]["type"] == "flat"
     assert blob_rows(normal) == 2000 and not (normal / "vectors").exists()
@@ -271,7 +270,7 @@ def test_auto_selection_past_the_memory_budget(tmp_path, tiny_model_dir, monkeyp
 
     # A new library past the budget goes straight to large-library mode.
     fresh = tmp_path / "fresh"
-    ok("--library", fresh, "import-embeddings", tmp_path / "v.npy", tmp_path / "m.csv", "--model", tiny_model_dir,
+    ok("--library", fresh, "import-embeddings", *first, "--model", tiny_model_dir,
        env={"CLIPDEX_MEMORY_BUDGET": "100000"})  # fmt: skip
     assert info(fresh)["mode"] == "large-library" and blob_rows(fresh) == 0
     assert os.path.samefile(tmp_path / "v.npy", next((fresh / "vectors").iterdir()))
