@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from clipdex.index.ann import AnnIndex, _faiss, _single_thread
-from clipdex.index.choose import MIN_TRAIN, ONDISK, choose_kind, default_memory_budget
+from clipdex.index.choose import MIN_TRAIN, ONDISK, choose_kind, default_memory_budget, pq_m
 from clipdex.index.tuning import NPROBES, TUNE_QUERIES, _drop_self
 
 if TYPE_CHECKING:
@@ -173,7 +173,6 @@ def build(
 ) -> VectorIndex:  # fmt: skip
     """Build ``kind``'s on-disk index from the store (a writer: switches the store to vector files
     first); its big files go next to ``index_path``, which the caller then saves."""
-    from clipdex.index.annbuild import _make, _nlist
     from clipdex.index.vectors import VectorIndex
 
     faiss = _faiss()
@@ -186,8 +185,9 @@ def build(
         if n < MIN_TRAIN:  # too few to train on: a flat index (info["requested"] keeps the wish)
             ids, vecs = store.vectors(kind)
             return VectorIndex.build(ids, vecs, dim, gen, ONDISK)
-        sample_ids, train = store.sample_vectors(kind, max(40 * _nlist(n), 10_000), with_ids=True)
-        trained, _, params = _make("ivf-pq", dim, n, train, seed)
+        nlist = max(1, min(int(np.sqrt(n)), n // 39))
+        sample_ids, train = store.sample_vectors(kind, max(40 * nlist, 10_000), with_ids=True)
+        trained, params = _trained(dim, nlist, train, seed)
         t_train = time.perf_counter() - t0
         rng = np.random.default_rng(seed)
         pick = rng.choice(len(train), min(len(train), TUNE_QUERIES), replace=False)
@@ -246,6 +246,23 @@ def build(
         _tune(ann, q, sample_ids[pick], truth.result(sample_ids[pick]), store, target)
     ann.info["build_seconds"] = round(time.perf_counter() - t0, 3)
     return VectorIndex(dim, ann, gen)
+
+
+def _trained(dim: int, nlist: int, train: np.ndarray, seed: int) -> tuple[Any, dict]:
+    """An empty IVF-PQ trained on ``train``: ``nlist`` lists, one-byte codes of 8 dimensions each.
+
+    sqrt(n) lists (half the in-memory IVF's 2 sqrt(n)) and 10 k-means iterations: at 5M x 512 on
+    2 cores assigning every vector to its list is most of the build, and the exact re-rank
+    recovers what coarser lists cost (bench/large_library.py)."""
+    faiss = _faiss()
+    m = pq_m(dim)
+    nbits = int(min(8, max(1, np.log2(len(train) / 39))))  # 256 centroids need ~10k points
+    index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+    index.do_polysemous_training = False  # on by default and 5x the training time, for no use here
+    index.cp.niter = index.pq.cp.niter = 10
+    index.cp.seed = seed
+    index.train(np.ascontiguousarray(train, np.float32))
+    return index, {"nlist": nlist, "m": m, "nbits": nbits}
 
 
 def remove_unused(folder: Path, kind: str, idx: VectorIndex) -> None:
