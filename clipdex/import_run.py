@@ -125,11 +125,11 @@ def import_shard_dir(
             rows, dim = _shape(vectors)
             incoming[IMAGE if modality == "image" else TEXT] += rows
         store, index_type = lib.store, lib.indexes.index_type
-        big = any(  # large-library mode, and more than a quarter of the library: rebuild at the end
-            n > CHURN * store.count(k) and (store.large_mode or wanted(store, k, index_type, n, dim))
-            for k, n in incoming.items()
-            if n
-        )
+        goes_large = any(wanted(store, k, index_type, n, dim) for k, n in incoming.items() if n)
+        if goes_large and not store.large_mode:
+            store.enter_large_mode()  # decided on the whole folder: no shard goes in as blobs first
+        # More than a quarter of the library: the index is rebuilt once, at the end.
+        big = store.large_mode and any(n > CHURN * store.count(k) for k, n in incoming.items() if n)
         try:
             for vectors, metadata, modality in pairs:
                 counts = import_embeddings(

@@ -40,6 +40,9 @@ if TYPE_CHECKING:
 BLOCK = 262_144  # stored vectors per block index while filling (float32 in RAM: 512 MiB at 512-d)
 RERANKS = (10, 20, 50)  # candidates re-ranked exactly, as multiples of k
 CHURN = 0.25  # rebuild once adds + removals since the build exceed this share of it
+# Tuned for recall@10 0.97 on the tuning queries (stored vectors moved off their point): held-out
+# queries of the same data came out ~0.01 lower at 200k (bench/large_library.py), aim above 0.95.
+TARGET = 0.97
 
 
 @dataclass
@@ -168,7 +171,7 @@ def wanted(store: Store, kind: str, index_type: str, incoming: int = 0, dim: int
 
 
 def build(
-    store: Store, kind: str, index_path: Path, requested: str, *, seed: int = 0, target: float = 0.95,
+    store: Store, kind: str, index_path: Path, requested: str, *, seed: int = 0, target: float = TARGET,
     memory_budget: int | None = None,
 ) -> VectorIndex:  # fmt: skip
     """Build ``kind``'s on-disk index from the store (a writer: switches the store to vector files
