@@ -274,3 +274,21 @@ def test_auto_selection_past_the_memory_budget(tmp_path, tiny_model_dir, monkeyp
        env={"CLIPDEX_MEMORY_BUDGET": "100000"})  # fmt: skip
     assert info(fresh)["mode"] == "large-library" and blob_rows(fresh) == 0
     assert os.path.samefile(tmp_path / "v.npy", next((fresh / "vectors").iterdir()))
+
+
+def test_a_moved_library_maps_its_own_index_files(copy, tmp_path, data):
+    def lists_file(lib: Path) -> Path:
+        import faiss
+
+        with Library.open(lib) as opened:
+            assert top(opened, data[7], 1)[0][0] == 8  # ids follow the import order
+            ann = opened.indexes.view(IMAGE).ann
+            return Path(faiss.downcast_InvertedLists(faiss.extract_index_ivf(ann.index).invlists).filename)
+
+    moved = copy.rename(tmp_path / "moved")
+    assert lists_file(moved).parent == moved
+    np.save(tmp_path / "one.npy", clustered(1, seed=11))  # a write: the small file is saved again
+    (tmp_path / "one.csv").write_text("path\n/photos/new.jpg\n")
+    ok("--library", moved, "import-embeddings", tmp_path / "one.npy", tmp_path / "one.csv", "--quiet")
+    again = moved.rename(tmp_path / "again")
+    assert lists_file(again).parent == again

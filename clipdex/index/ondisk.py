@@ -99,6 +99,9 @@ class OnDiskAnn(AnnIndex):
 
     def _candidates(self, q: np.ndarray, fetch: int, selector: Any = None) -> tuple[np.ndarray, np.ndarray]:
         params = selector.params() if selector is not None else None
+        # At least the pool the tuning measured (k = 10): a PQ ranking is too coarse to trust its
+        # first k * rerank for a small k (the exact re-rank then sorts whatever comes back).
+        fetch = max(fetch, 10 * self.info["params"].get("rerank", 1) + 10)
         dead = np.fromiter(self.base_removed, np.int64, len(self.base_removed))
         with _single_thread(len(q) < 8):
             scores, ids = self.index.search(q, fetch + len(dead), params=params)
@@ -117,6 +120,8 @@ class OnDiskAnn(AnnIndex):
         """The small file's body: the head annfile reads (info; tombstones as "removed"), the base
         index (quantizer, codebooks, list offsets; its lists stay in the .ivfdata) and the delta."""
         faiss = _faiss()
+        lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(self.index).invlists)
+        self.info["files"]["written_as"] = lists.filename  # the name serialised with the index
         head = io.BytesIO()
         np.savez(
             head,

@@ -50,11 +50,10 @@ class ShardVectors:
 
     def has_vector_files(self) -> bool:
         """Whether this database can reference vector files (an older schema, read as is, cannot)."""
-        cached = getattr(self, "_vfile_cols", None)
-        if cached is None:
-            cached = self.has_columns("items", "vfile", "vrow")  # type: ignore[attr-defined]
-            self._vfile_cols = cached
-        return cached
+        # Only a yes is kept: a reader of an older schema looks again (a writer may migrate meanwhile).
+        if not getattr(self, "_vfile_cols", None):
+            self._vfile_cols = self.has_columns("items", "vfile", "vrow")  # type: ignore[attr-defined]
+        return bool(self._vfile_cols)
 
     # ---- reading ------------------------------------------------------------------------
     def _vector_map(self, file_id: int) -> np.ndarray:
