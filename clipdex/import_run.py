@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -33,12 +33,14 @@ def import_embeddings(
     progress: Progress | None = None,
     index_type: str | None = None,
     deferred: set[str] | None = None,
+    ray: str | None = None,
 ) -> ImportCounts:
     """Store ``VECTORS.npy`` rows with their paths or texts from ``METADATA``; returns the counts.
 
     ``index_type`` sets the library's index type first (as `index --index-type` does). In
     large-library mode the array itself becomes the items' storage (see `_import_large`); with
     ``deferred`` the index is left for the caller to rebuild (the kind is added to the set).
+    ``ray`` (a Ray address, or "local"): a rebuild of an on-disk index fills its blocks in Ray tasks.
     """
     data = read_embeddings(vectors_path, metadata_path, modality)
     kind = IMAGE if data.modality == "image" else TEXT
@@ -59,7 +61,7 @@ def import_embeddings(
             return counts
         store = lib.store
         if large_mode(lib, kind, data.count):
-            _import_large(lib, data, kind, vectors_path, counts, progress, deferred)
+            _import_large(lib, data, kind, vectors_path, counts, progress, deferred, ray)
             return counts
         indexes = {k: lib.indexes.get(k) for k in (IMAGE, TEXT)}
         fresh = indexes[kind].ntotal == 0  # build once from all vectors (lets FAISS pick/train)
@@ -102,13 +104,15 @@ def import_embeddings(
 
 
 def import_shard_dir(
-    lib: Library, folder: str | os.PathLike, progress: Progress | None = None, index_type: str | None = None
-) -> ImportCounts:
+    lib: Library, folder: str | os.PathLike, progress: Progress | None = None,
+    index_type: str | None = None, ray: str | None = None,
+) -> ImportCounts:  # fmt: skip
     """Import a SHARD_DIR (`clipdex embed`'s output or clip-retrieval's) shard by shard.
 
     Each shard's arrays go through ``import_embeddings`` on their own, so memory stays bounded by
     one shard; a failing shard is undone, the shards before it stay imported. In large-library
-    mode a big import (past a quarter of the library) rebuilds the index once at the end.
+    mode a big import (past a quarter of the library) rebuilds the index once at the end (its
+    blocks filled in Ray tasks with ``ray``).
     """
     from clipdex.scale import require_pyarrow
     from clipdex.scale.shards import iter_shard_pairs
@@ -141,7 +145,7 @@ def import_shard_dir(
                 total.missing_files += counts.missing_files
         finally:
             for kind in deferred:  # once, from the store, for everything imported before a failure too
-                lib.indexes.rebuild(kind)
+                lib.indexes.rebuild(kind, _fill(ray))
             if deferred:
                 lib.indexes.finish()
     return total
@@ -160,7 +164,7 @@ def large_mode(lib: Library, kind: str, incoming: int) -> bool:
 
 def _import_large(
     lib: Library, data: Embeddings, kind: str, vectors_path: str | os.PathLike, counts: ImportCounts,
-    progress: Progress | None, deferred: set[str] | None,
+    progress: Progress | None, deferred: set[str] | None, ray: str | None = None,
 ) -> None:  # fmt: skip
     """Large-library mode: the array is hard-linked (or copied as float16) into LIBRARY/vectors/ and
     its rows are the new items' vectors; no float32 copy of it is kept anywhere. The index
@@ -197,8 +201,17 @@ def _import_large(
         deferred.add(kind)
         return
     if rebuild and (counts.imported or counts.updated):
-        lib.indexes.rebuild(kind)
+        lib.indexes.rebuild(kind, _fill(ray))
     lib.indexes.finish()
+
+
+def _fill(ray: str | None) -> Any:
+    """How an on-disk index's blocks are filled: in Ray tasks on ``ray``'s cluster, or here."""
+    if ray is None:
+        return None
+    from clipdex.scale.ray_fill import RayFill
+
+    return RayFill(ray)
 
 
 def _shape(vectors: str | os.PathLike) -> tuple[int, int]:

@@ -272,6 +272,7 @@ class Library:
         modality: str | None = None,
         progress: Progress | None = None,
         index_type: str | None = None,
+        ray: str | None = None,
     ) -> ImportCounts:
         """Store vectors computed elsewhere (``.npy`` + metadata, or a SHARD_DIR when ``metadata_path``
         is None: `clipdex embed`'s or clip-retrieval's output folder); see `clipdex.import_run`.
@@ -279,7 +280,8 @@ class Library:
         Idempotent: an image row is keyed by its path, a text row by its exact content; a re-run
         adds nothing, a changed vector for a known key updates that item (same id). ``index_type``
         as in `index` (``"ivf-pq-ondisk"``: large-library mode, where the arrays are hard-linked
-        or copied into the library and stay the vectors' storage).
+        or copied into the library and stay the vectors' storage). ``ray`` (a Ray address, or
+        ``"local"``): when that mode rebuilds its index, the blocks are filled in Ray tasks.
         """
         from clipdex.import_run import import_embeddings, import_shard_dir
 
@@ -288,8 +290,8 @@ class Library:
         if metadata_path is None:
             if modality is not None:
                 raise ValueError("a shard folder says its modalities itself: no modality= with it")
-            return import_shard_dir(self, vectors_path, progress, index_type)
-        return import_embeddings(self, vectors_path, metadata_path, modality, progress, index_type)
+            return import_shard_dir(self, vectors_path, progress, index_type, ray)
+        return import_embeddings(self, vectors_path, metadata_path, modality, progress, index_type, ray=ray)
 
     def reembed(
         self,

@@ -292,3 +292,30 @@ def test_a_moved_library_maps_its_own_index_files(copy, tmp_path, data):
     ok("--library", moved, "import-embeddings", tmp_path / "one.npy", tmp_path / "one.csv", "--quiet")
     again = moved.rename(tmp_path / "again")
     assert lists_file(again).parent == again
+
+
+@pytest.mark.ray
+def test_import_with_ray_fills_the_blocks_in_ray_tasks(tmp_path, tiny_model_dir, monkeypatch):
+    import ray
+
+    from clipdex.index import ondisk
+
+    monkeypatch.setattr(ondisk, "BLOCK", 6000)  # 20k vectors: four blocks, four tasks
+    x = clustered(20_000, seed=21)
+    shards = shard_dir(tmp_path / "emb", x, shard=10_000)
+    lib = tmp_path / "lib"
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        ok("--library", lib, "import-embeddings", shards, "--model", tiny_model_dir,
+           "--index-type", "ivf-pq-ondisk", "--ray", "--quiet")  # fmt: skip
+    finally:
+        ray.shutdown()
+    index = info(lib)["indexes"]["images"]
+    assert index["filled_by"] == {"how": "ray", "blocks": 4} and index["ntotal"] == 20_000
+    ids, vecs = stored(lib, IMAGE)
+    with Library.open(lib) as opened:
+        recalls = [
+            len({i for i, _ in top(opened, q)} & {i for i, _ in brute_force(ids, vecs, q, 10)}) / 10
+            for q in near(x[:50], seed=22)
+        ]
+    assert np.mean(recalls) >= 0.95 and check(lib)[0] == 0

@@ -216,11 +216,16 @@ def add_texts(state, file, column, model, pretrained, device, as_json, quiet):
 )  # fmt: skip
 @model_options
 @index_type_option
+@click.option(
+    "--ray", "ray_address", default=None, is_flag=False, flag_value="local", metavar="[ADDRESS]",
+    help="Large-library mode: fill the index's blocks in Ray tasks (alone: $RAY_ADDRESS or a local "
+    "cluster; or auto / an ADDRESS).",
+)  # fmt: skip
 @json_option
 @quiet_option
 @pass_state
 def import_embeddings(
-    state, vectors, metadata, modality, model, pretrained, device, index_type, as_json, quiet
+    state, vectors, metadata, modality, model, pretrained, device, index_type, ray_address, as_json, quiet
 ):
     """Import embeddings computed elsewhere: VECTORS.npy (N, D) with METADATA (N rows), or a SHARD_DIR.
 
@@ -258,7 +263,9 @@ def import_embeddings(
         model, pretrained = manifest_model(vectors) or (None, None)
     lib = state.open(create=True, model=model, pretrained=pretrained, device=device)
     with lib, progress_bar("importing", quiet) as bar:
-        c = lib.import_embeddings(vectors, metadata, modality=modality, progress=bar, index_type=index_type)
+        c = lib.import_embeddings(
+            vectors, metadata, modality=modality, progress=bar, index_type=index_type, ray=ray_address
+        )
     if as_json:
         emit_json(c.to_dict())
     missing = f"; {c.missing_files} paths do not exist on this machine" if c.missing_files else ""

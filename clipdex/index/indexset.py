@@ -143,11 +143,12 @@ class IndexSet:
             pass
         return self.rebuild(kind)
 
-    def rebuild(self, kind: str) -> VectorIndex:
-        """Build ``kind``'s index from the store (not from its file), cache and save it."""
+    def rebuild(self, kind: str, fill: ondisk.Fill | None = None) -> VectorIndex:
+        """Build ``kind``'s index from the store (not from its file), cache and save it (``fill``:
+        how an on-disk index's blocks are filled, e.g. in Ray tasks)."""
         self._cache.pop(kind, None)
         if ondisk.wanted(self.store, kind, self.index_type):  # large-library mode: bounded memory
-            idx = ondisk.build(self.store, kind, self.path(kind), self.index_type)
+            idx = ondisk.build(self.store, kind, self.path(kind), self.index_type, fill=fill)
             self._cache[kind] = idx
             self._try_save(kind, idx)
             return idx

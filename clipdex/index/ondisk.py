@@ -22,6 +22,7 @@ import struct
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from clipdex.index.store import Store
     from clipdex.index.vectors import VectorIndex
 
+Fill = Callable[[Any, Iterable[tuple[np.ndarray, np.ndarray]]], Iterator[np.ndarray]]
 BLOCK = 262_144  # stored vectors per block index while filling (float32 in RAM: 512 MiB at 512-d)
 RERANKS = (10, 20, 50)  # candidates re-ranked exactly, as multiples of k
 CHURN = 0.25  # rebuild once adds + removals since the build exceed this share of it
@@ -177,10 +179,11 @@ def wanted(store: Store, kind: str, index_type: str, incoming: int = 0, dim: int
 
 def build(
     store: Store, kind: str, index_path: Path, requested: str, *, seed: int = 0, target: float = TARGET,
-    memory_budget: int | None = None,
+    memory_budget: int | None = None, fill: Fill | None = None,
 ) -> VectorIndex:  # fmt: skip
     """Build ``kind``'s on-disk index from the store (a writer: switches the store to vector files
-    first); its big files go next to ``index_path``, which the caller then saves."""
+    first); its big files go next to ``index_path``, which the caller then saves. ``fill`` fills
+    the blocks (default `fill_here`; `clipdex.scale.ray_fill` in parallel Ray tasks)."""
     from clipdex.index.vectors import VectorIndex
 
     faiss = _faiss()
@@ -209,18 +212,22 @@ def build(
         try:
             ids_path = work / "ids.npy"
             all_ids = np.lib.format.open_memmap(ids_path, "w+", np.int64, (n,))
-            blocks, filled = [], 0
-            for chunk_ids, vecs in store.iter_vectors(kind, BLOCK):
-                part = faiss.clone_index(trained)
-                part.add_with_ids(vecs, chunk_ids)
+            filled = 0
+
+            def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+                nonlocal filled
+                for chunk_ids, vecs in store.iter_vectors(kind, BLOCK):
+                    truth.update(q @ vecs.T, chunk_ids)
+                    all_ids[filled : filled + len(chunk_ids)] = chunk_ids  # ascending: iter_vectors' order
+                    filled += len(chunk_ids)
+                    yield chunk_ids, vecs
+
+            blocks = []
+            for part in (fill or fill_here)(trained, chunks()):  # each block: a serialised index
                 blocks.append(str(work / f"block_{len(blocks):05d}.index"))
-                faiss.write_index(part, blocks[-1])
+                np.asarray(part).tofile(blocks[-1])
                 del part
-                truth.update(q @ vecs.T, chunk_ids)
-                all_ids[filled : filled + len(chunk_ids)] = chunk_ids  # ascending: iter_vectors' order
-                filled += len(chunk_ids)
             all_ids.flush()
-            del all_ids
             t_fill = time.perf_counter() - t0 - t_train
             ivfdata = index_path.parent / f"{kind}s.{uid}.ivfdata"
             base = faiss.clone_index(trained)
@@ -250,10 +257,21 @@ def build(
             index_bytes_per_vector_on_disk=round((ivf_bytes + 8 * filled) / max(filled, 1), 2),
             vector_bytes_per_vector_on_disk=2 * dim,
             stage_seconds={"train": round(t_train, 2), "fill": round(t_fill, 2), "merge": round(t_merge, 2)},
+            filled_by={"how": getattr(fill, "how", "in-process"), "blocks": len(blocks)},
         )  # fmt: skip
         _tune(ann, q, sample_ids[pick], truth.result(sample_ids[pick]), store, target)
     ann.info["build_seconds"] = round(time.perf_counter() - t0, 3)
     return VectorIndex(dim, ann, gen)
+
+
+def fill_here(trained: Any, chunks: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
+    """Fill one copy of the trained index per chunk of (ids, vectors), in this process; yields
+    each serialised (what `faiss.write_index` writes)."""
+    faiss = _faiss()
+    for ids, vecs in chunks:
+        part = faiss.clone_index(trained)
+        part.add_with_ids(vecs, ids)
+        yield faiss.serialize_index(part)
 
 
 def _trained(dim: int, nlist: int, train: np.ndarray, seed: int) -> tuple[Any, dict]:
