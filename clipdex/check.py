@@ -3,12 +3,13 @@
 Checks: SQLite's integrity_check, the schema version, FAISS ids == SQLite ids per kind (the file
 caught up from the change log, as a reader sees it), every vector finite, unit-norm and of the
 library's dimension, no orphan captions (image gone), no leftover temporary files (a killed
-fine-tune's ``models/.finetune-…``, a killed save's ``.images.faiss.…``, a killed on-disk build's
-``.images.build-…``) and no pending-table rows that no re-embedding will use. In large-library
-mode also: every vector file in ``vectors/`` present and of its listed size and shape (a missing
-one is lost data: the report names its items), and no unlisted file there (a write that died
-before its commit). A repair rebuilds the FAISS files (the on-disk ones from the vector files),
-removes leftovers and unlisted vector files and upgrades an old schema; it never removes user
+fine-tune's ``models/.finetune-…``, a killed save's ``.images.faiss.…`` or an ``images-….faiss``
+that no index file names, a killed on-disk build's ``.images.build-…``) and no pending-table rows
+that no re-embedding will use. In large-library mode also: every vector file in ``vectors/``
+present and of its listed size and shape (a missing one is lost data: the report names its
+items), and no unlisted file there (a write that died before its commit). A repair rebuilds the
+FAISS files (the on-disk ones from the vector files), removes leftovers and unlisted vector files
+and upgrades an old schema; it never removes user
 data (a damaged vector is reported, not dropped).
 """
 
@@ -24,6 +25,7 @@ import numpy as np
 from clipdex.index.indexset import IndexSet
 from clipdex.index.store import DB_NAME, IMAGE, SCHEMA_VERSION, TEXT, Store
 from clipdex.index.vector_shards import VectorFileError, open_vector_file
+from clipdex.index.vectors import VectorIndex, data_files
 
 if TYPE_CHECKING:
     from clipdex.library import Library
@@ -186,6 +188,11 @@ def _orphan_texts(store: Store) -> list[int]:
 
 def _leftovers(folder: Path) -> list[Path]:
     found = [p for p in folder.glob(".*.faiss.*")] + [p for p in folder.glob(f".{DB_NAME}.new-*")]
+    for kind in (IMAGE, TEXT):  # FAISS data files no index file names (a save killed midway)
+        path = folder / f"{kind}s.faiss"
+        current = (VectorIndex.read_header(path) or {}).get("data")
+        if current:  # without a usable index file, rebuilding the index clears them anyway
+            found += [p for p in data_files(path) if p.name != current]
     found += [p for p in folder.glob(".*.build-*")]  # an on-disk index build that was killed
     models = folder / "models"
     if models.is_dir():

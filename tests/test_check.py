@@ -68,6 +68,7 @@ def test_damage_found_and_repaired(lib, damage):
     elif damage == "leftovers":
         (lib / "models" / ".finetune-20260101-000000.x1y2").mkdir()
         (lib / ".images.faiss.abc123").write_bytes(b"half a file")
+        (lib / "images-0123456789abcdef.faiss").write_bytes(b"a data file no index names")
     else:
         sql(lib, "INSERT INTO pending_vectors (id, vector) VALUES (99999, x'00')")
     code, report = check(lib)
@@ -82,6 +83,7 @@ def test_damage_found_and_repaired(lib, damage):
     assert len(ids) == len(before_ids) - (damage == "orphan")
     assert (kept / "open_clip_config.json").exists()
     assert not list(lib.glob(".*.faiss.*")) and not list((lib / "models").glob(".*"))
+    assert len(list(lib.glob("images-*.faiss"))) == 1  # the one images.faiss names
     if damage == "orphan":
         assert len(stored(lib, TEXT)[0]) == 0
 

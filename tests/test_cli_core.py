@@ -13,7 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corehelp import assert_one_error_line, brute_force, json_lines, make_images, ok, run, stored
+from corehelp import (
+    assert_one_error_line,
+    brute_force,
+    indexed_sample,
+    json_lines,
+    make_images,
+    ok,
+    run,
+    stored,
+)
 
 import clipdex
 
@@ -197,6 +206,21 @@ def test_help_does_not_import_heavy_modules(argv):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "Usage:" in out.stdout and "HEAVY []" in out.stdout
+
+
+def test_a_cold_search_opens_no_more_than_it_needs(tmp_path, tiny_model_dir):
+    """A cold `clipdex search` pays for torch and open_clip already; nothing else heavy on top
+    (sqlite-utils imports pandas when installed: ~0.2 s)."""
+    lib = indexed_sample(tmp_path, tiny_model_dir, 4, seed=1)
+    code = (
+        "import sys\nfrom clipdex.cli.main import cli\n"
+        f"cli(['--library', {str(lib)!r}, 'search', 'x', '--json'], standalone_mode=False)\n"
+        "from clipdex.library import Library\n"
+        "print('EXTRA', sorted(m for m in ('sqlite_utils', 'pandas', 'fastapi') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert len(json_lines(out.stdout.split("EXTRA")[0])) == 4 and "EXTRA []" in out.stdout
 
 
 HOLD = """

@@ -25,6 +25,7 @@ from corehelp import (
 import clipdex.index.store as store_module
 from clipdex import Library
 from clipdex.index.store import IMAGE, Store
+from clipdex.index.vectors import VectorIndex
 
 
 @pytest.fixture(scope="module")
@@ -93,14 +94,19 @@ def test_search_catches_up_from_the_log_and_writes_nothing(lib):
     assert snapshot(lib) == before
 
 
-@pytest.mark.parametrize("damage", ["missing", "damaged", "pruned"])
+@pytest.mark.parametrize("damage", ["missing", "damaged", "data_missing", "data_damaged", "pruned"])
 def test_unusable_file_searches_exactly_with_one_warning(lib, damage):
     rng = np.random.default_rng(2)
     other_writer(lib, rng)
+    data = lib / VectorIndex.read_header(lib / "images.faiss")["data"]
     if damage == "missing":
         (lib / "images.faiss").unlink()
     elif damage == "damaged":
         (lib / "images.faiss").write_bytes(b"CLIPDEX-FAISS-3\n" + b"\0" * 100)
+    elif damage == "data_missing":
+        data.unlink()
+    elif damage == "data_damaged":
+        data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     else:  # a writer pruned the log past the file's generation
         store = Store(lib, write=True)
         store.prune_changes(IMAGE, store.generation)
@@ -277,3 +283,38 @@ def test_feature_needing_newer_schema_says_how_to_upgrade(lib):
     with pytest.raises(Exception, match=r"needs a newer library format .* `clipdex check --repair`"):
         store.require_schema(3, "the change log")
     store.close()
+
+
+def test_readers_map_the_file_read_only_and_writers_load_it_whole(lib):
+    query = unit(np.random.default_rng(6), 1, 64)[0]
+    with Library.open(lib) as library:
+        before = library.search(vector=query, k=3)
+        view = library.indexes.view(IMAGE)
+        assert view.mapped
+        with pytest.raises(RuntimeError, match="read-only"):
+            view.remove(view.ids()[:1])  # FAISS itself would abort the process
+        with library.writing():  # the same Library turning writer reloads the file unmapped
+            idx = library.indexes.get(IMAGE)
+            assert not idx.mapped
+            idx.remove(idx.ids()[:1])
+            assert idx.ntotal == 7
+    assert [h.id for h in before] == [i for i, _ in search_matches_sqlite(lib, query, 3)]
+
+
+def test_a_version_3_file_is_still_read(lib):
+    from clipdex.index import annfile
+    from clipdex.index.vectors import LEGACY_MAGIC
+
+    path = lib / "images.faiss"
+    idx = VectorIndex.load(path)
+    header = b'{"generation": %d, "dim": 64}' % idx.generation
+    with open(path, "wb") as f:
+        f.write(LEGACY_MAGIC + len(header).to_bytes(8, "little") + header)
+        annfile.write(idx.ann, f)
+    before = snapshot(lib)
+    query = unit(np.random.default_rng(7), 1, 64)[0]
+    warnings: list[str] = []
+    with Library.open(lib, warn=warnings.append) as library:
+        hits = library.search(vector=query, k=5)
+    assert_same(hits, search_matches_sqlite(lib, query, 5))
+    assert warnings == [] and snapshot(lib) == before

@@ -3,10 +3,11 @@
 Each file records the store generation it reflects; the store's change log says what changed
 since. Two ways in:
 
-- `view` (readers: search, info, a long-lived Library) never writes. It loads the file and
-  catches up from the log in memory; when the file is missing, damaged, of another dimension, or
-  the log no longer reaches back to it, it searches exactly from SQLite (in memory, not saved)
-  and warns once. Each call costs one generation read when nothing changed.
+- `view` (readers: search, info, a long-lived Library) never writes. It memory-maps the file
+  (opening costs no I/O; a search reads the pages it touches) and catches up from the log in
+  memory; when the file is missing, damaged, of another dimension, or the log no longer reaches
+  back to it, it searches exactly from SQLite (in memory, not saved) and warns once. Each call
+  costs one generation read when nothing changed.
 - `get` (writers, under the writer lock) folds the log into the index, or rebuilds it when it
   is missing, damaged or has outgrown its training; `apply` follows a run's commits, `save_all`
   and `maybe_save` write the files and prune the log behind them, `finish` (the end of a
@@ -76,7 +77,7 @@ class IndexSet:
             idx = None  # a writer saved since: a fresh base beats a big in-memory catch-up
         if idx is not None and self._catch_up(idx, kind, fold=False):
             return idx
-        idx, why = self._load(kind)
+        idx, why = self._load(kind, mmap=True)
         if idx is not None and self._catch_up(idx, kind, fold=False):
             self._cache[kind] = idx
             return idx
@@ -98,12 +99,12 @@ class IndexSet:
         self._cache[kind] = idx
         return idx
 
-    def _load(self, kind: str) -> tuple[VectorIndex | None, str | None]:
+    def _load(self, kind: str, mmap: bool = False) -> tuple[VectorIndex | None, str | None]:
         path = self.path(kind)
         self._file_stamp[kind] = _stamp(path)
         if not path.exists():
             return None, "missing"
-        idx = VectorIndex.load(path)
+        idx = VectorIndex.load(path, mmap=mmap)
         if idx is None:
             return None, "damaged"
         if idx.dim != (self.store.dim or 0):
@@ -132,7 +133,7 @@ class IndexSet:
     def get(self, kind: str) -> VectorIndex:
         """The index of ``kind`` for a writer: up to date, folded, saved when it had to be rebuilt."""
         idx = self._cache.get(kind)
-        if idx is None or idx.exact_fallback:
+        if idx is None or idx.exact_fallback or idx.mapped:  # a reader's mapped view is read-only
             idx, _ = self._load(kind)
         try:
             if idx is not None and self._catch_up(idx, kind, fold=True) and not idx.stale():

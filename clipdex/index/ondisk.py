@@ -15,7 +15,6 @@ atomically and deletes the old one (`remove_unused`): a file once written is nev
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import struct
@@ -26,7 +25,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -117,32 +116,29 @@ class OnDiskAnn(AnnIndex):
         order = np.argsort(-scores, axis=1, kind="stable")[:, :fetch]
         return np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
 
-    # ---- persistence ------------------------------------------------------------------------
-    def write(self, f: BinaryIO) -> None:
-        """The small file's body: the head annfile reads (info; tombstones as "removed"), the base
-        index (quantizer, codebooks, list offsets; its lists stay in the .ivfdata) and the delta."""
-        faiss = _faiss()
-        lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(self.index).invlists)
-        self.info["files"]["written_as"] = lists.filename  # the name serialised with the index
-        head = io.BytesIO()
-        np.savez(
-            head,
-            info=np.frombuffer(json.dumps({"kind": self.kind, "info": dict(self.info)}).encode(), np.uint8),
-            removed=np.array(sorted(self.base_removed), np.int64),
-        )
-        f.write(struct.pack("<Q", head.tell()) + head.getvalue())
-        base = faiss.serialize_index(self.index).tobytes()
+
+def write_data(ann: OnDiskAnn, path: Path) -> None:
+    """The data file of an on-disk index (its head, tombstones included, goes to the index file):
+    the base index (quantizer, codebooks, list offsets; its lists stay in the .ivfdata) and the
+    delta, fsynced."""
+    faiss = _faiss()
+    lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(ann.index).invlists)
+    ann.info["files"]["written_as"] = lists.filename  # the name serialised with the base
+    base = faiss.serialize_index(ann.index).tobytes()
+    with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(base)) + base)
         writer = faiss.PyCallbackIOWriter(f.write)
-        faiss.write_index(self.delta, writer)
-        del writer
+        faiss.write_index(ann.delta, writer)
+        del writer  # flushes its buffer
+        f.flush()
+        os.fsync(f.fileno())
 
 
-def read_body(f: BinaryIO, head: dict, removed: set[int]) -> OnDiskAnn:
-    """What follows the head in a small file written by `OnDiskAnn.write`; the big files are found
-    next to it. ValueError when one is missing or not the size it was written with."""
+def read_data(head: dict, path: Path) -> OnDiskAnn:
+    """What `write_data` wrote, with its head; the big files are found next to it. ValueError when
+    one is missing or not the size it was written with."""
     faiss = _faiss()
-    folder = Path(f.name).parent  # type: ignore[attr-defined]
+    folder = path.parent
     info = head["info"]
     files = info["files"]
     ivfdata = folder / files["ivfdata"]
@@ -155,14 +151,18 @@ def read_body(f: BinaryIO, head: dict, removed: set[int]) -> OnDiskAnn:
     base_ids = np.load(folder / files["ids"], mmap_mode="r", allow_pickle=False)
     if base_ids.shape != (files["base_count"],):
         raise ValueError(f"{files['ids']} holds {base_ids.shape}, expected ({files['base_count']},)")
-    (blen,) = struct.unpack("<Q", f.read(8))
-    blob = f.read(blen)
-    # The lists' file name is written into the index as it was at build time: point it here.
-    old, new = files["written_as"].encode(), os.fsencode(ivfdata)
-    blob = blob.replace(struct.pack("<Q", len(old)) + old, struct.pack("<Q", len(new)) + new, 1)
-    base = faiss.read_index(faiss.PyCallbackIOReader(io.BytesIO(blob).read), faiss.IO_FLAG_READ_ONLY)
-    delta = faiss.read_index(faiss.PyCallbackIOReader(f.read))
-    ann = OnDiskAnn(ONDISK, base, info, delta=delta, base_ids=base_ids, base_removed=set(removed))
+    try:
+        with open(path, "rb") as f:
+            (blen,) = struct.unpack("<Q", f.read(8))
+            blob = f.read(blen)
+            # The lists' file name is serialised as it was when saved: point it here.
+            old, new = files["written_as"].encode(), os.fsencode(ivfdata)
+            blob = blob.replace(struct.pack("<Q", len(old)) + old, struct.pack("<Q", len(new)) + new, 1)
+            base = faiss.read_index(faiss.PyCallbackIOReader(io.BytesIO(blob).read), faiss.IO_FLAG_READ_ONLY)
+            delta = faiss.read_index(faiss.PyCallbackIOReader(f.read))
+    except (RuntimeError, struct.error) as e:
+        raise ValueError(f"not an on-disk index: {path}: {e}") from e
+    ann = OnDiskAnn(ONDISK, base, info, delta=delta, base_ids=base_ids, base_removed=set(head["removed"]))
     ann.set_params(**{p: v for p, v in info["params"].items() if p == "nprobe"})
     return ann
 

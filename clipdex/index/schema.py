@@ -7,8 +7,10 @@ A new migration is appended to `MIGRATIONS` (never edit an old one: libraries ou
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-import sqlite_utils
+if TYPE_CHECKING:
+    import sqlite_utils
 
 DB_NAME = "clipdex.db"
 IMAGE, TEXT = "image", "text"

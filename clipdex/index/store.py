@@ -12,8 +12,7 @@ import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-
-import sqlite_utils
+from typing import TYPE_CHECKING
 
 from clipdex.errors import ClipdexError
 from clipdex.index.change_log import ChangeLog
@@ -23,6 +22,9 @@ from clipdex.index.schema import DB_NAME, IMAGE, MIGRATIONS, PAGE_SIZE, SCHEMA_V
 from clipdex.index.store_reads import Reads
 from clipdex.index.store_writes import Writes
 from clipdex.index.vector_shards import ShardVectors
+
+if TYPE_CHECKING:
+    import sqlite_utils
 
 __all__ = [
     "DB_NAME", "IMAGE", "MIGRATIONS", "SCHEMA_VERSION", "TEXT",
@@ -45,6 +47,7 @@ class Store(ChangeLog, Writes, Reads, ShardVectors):
         self.path = self.folder / DB_NAME
         self.writable = False
         self._txn_gen: int | None = None
+        self._db: sqlite_utils.Database | None = None
         if not self.path.exists():
             if not create:
                 raise ClipdexError(f"no library at {library_dir} (run `clipdex index FOLDER` to create one)")
@@ -78,7 +81,7 @@ class Store(ChangeLog, Writes, Reads, ShardVectors):
             # slack); 32 KB pages hold 15. Only settable before the file has content.
             conn.execute(f"PRAGMA page_size={PAGE_SIZE}")
             conn.execute("PRAGMA journal_mode=WAL")
-            self.conn, self.db = conn, sqlite_utils.Database(conn)
+            self.conn = conn
             self._migrate()
             conn.close()
             os.replace(tmp, self.path)
@@ -88,7 +91,7 @@ class Store(ChangeLog, Writes, Reads, ShardVectors):
         # Read pages through a memory map: a search's re-rank reads ~20 random rows of a multi-GB
         # file, 3x faster mapped than through read() calls (bench/search.py, 1M items).
         conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
-        self.conn, self.db = conn, sqlite_utils.Database(conn)
+        self.conn = conn
         self.forget_vector_maps()
 
     def _uri(self, mode: str) -> str:
@@ -149,9 +152,20 @@ class Store(ChangeLog, Writes, Reads, ShardVectors):
             "(restore it from a backup, or move it aside to start a new library)"
         )
 
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils over the same connection, for migrations and checks. Imported on first use:
+        it imports pandas when that is installed, ~0.2 s of every cold search otherwise."""
+        if self._db is None or self._db.conn is not self.conn:
+            import sqlite_utils
+
+            self._db = sqlite_utils.Database(self.conn)
+        return self._db
+
     def _read_schema_version(self) -> int:
         try:
-            if "meta" not in self.db.table_names():  # a new database is made whole (see _create)
+            has_meta = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'")
+            if has_meta.fetchone() is None:  # a new database is made whole (see _create)
                 raise self.damaged("it has no clipdex tables")
             version = int(self.get_meta("schema_version") or 0)
         except sqlite3.DatabaseError as e:

@@ -185,7 +185,10 @@ class ShardVectors:
 
     def vector_files(self) -> list[tuple[int, str, int, int, int]]:
         """(id, name, rows, dim, size) of every listed vector file."""
-        if "vector_files" not in self.db.table_names():  # type: ignore[attr-defined]
+        found = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'vector_files'"
+        )
+        if found.fetchone() is None:  # an older schema, read as it is
             return []
         return self.conn.execute("SELECT id, name, rows, dim, size FROM vector_files ORDER BY id").fetchall()
 

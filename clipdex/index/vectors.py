@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import struct
 import tempfile
 from collections.abc import Callable
@@ -19,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from clipdex.index import ann
+from clipdex.index import ann, annfile
 from clipdex.index.ann import AnnIndex
 
-MAGIC = b"CLIPDEX-FAISS-3\n"  # 3: streamed ann.AnnIndex body (older files are rebuilt)
+MAGIC = b"CLIPDEX-FAISS-4\n"  # 4: a head file naming a FAISS data file (memory-mappable)
+LEGACY_MAGIC = b"CLIPDEX-FAISS-3\n"  # 3: head and FAISS index in one stream (still read)
 
 
 def _faiss() -> Any:
@@ -47,6 +49,7 @@ class VectorIndex:
         self.delta: AnnIndex | None = None  # reader catch-up: current vectors of changed ids
         self.tombs: set[int] = set()  # reader catch-up: base ids removed or replaced since
         self.exact_fallback = False  # built in memory from SQLite because the file was unusable
+        self.mapped = False  # loaded memory-mapped (a reader's): the base must never change
         # Search on a GPU copy (when FAISS sees a GPU). Off by default: cloning a large index costs
         # more than one CPU search, so only long-running processes (serve) turn it on.
         self.use_gpu = False
@@ -133,6 +136,8 @@ class VectorIndex:
 
     def fold(self) -> None:
         """Move a reader's catch-up into the base (before a writer changes or saves it)."""
+        if self.mapped and (self.tombs or self.delta is not None):
+            raise RuntimeError("a memory-mapped index is read-only: load it unmapped to change it")
         if self.tombs:
             self.ann.remove(np.fromiter(self.tombs, np.int64, len(self.tombs)))
             self.tombs = set()
@@ -150,13 +155,20 @@ class VectorIndex:
 
     def add(self, ids: np.ndarray | list[int], vectors: np.ndarray) -> None:
         if len(ids):
+            self._writable()
             self.ann.add(vectors, np.asarray(ids, np.int64))
             self._gpu = None
 
     def remove(self, ids: np.ndarray | list[int]) -> None:
         if len(ids):
+            self._writable()
             self.ann.remove(np.asarray(ids, np.int64))
             self._gpu = None
+
+    def _writable(self) -> None:
+        # FAISS aborts the process (not an exception) on a write into a mapped array.
+        if self.mapped:
+            raise RuntimeError("a memory-mapped index is read-only: load it unmapped to change it")
 
     def search(
         self,
@@ -198,44 +210,115 @@ class VectorIndex:
         return self.ann
 
     # ---- persistence --------------------------------------------------------------------
+    # Two files per index: PATH (e.g. images.faiss: the generation, the dimension, the name of the
+    # data file, the small annfile head) and the data file it names (images-<random>.faiss: the
+    # FAISS index in FAISS's own format, so that readers can memory-map it). A save writes a new
+    # data file, then replaces PATH atomically, then deletes the older data files: a reader that
+    # has one mapped keeps it (the inode lives on); one caught between the two opens retries.
     def save(self, path: Path) -> None:
-        """Atomic: write a temp file in the same folder, fsync, rename over the old one."""
+        """Atomic: a new data file, then PATH replaced (temp file in the same folder, fsync,
+        rename), then the older data files removed."""
         self.fold()
-        header = json.dumps({"generation": self.generation, "dim": self.dim}).encode()
+        data = path.with_name(f"{path.stem}-{secrets.token_hex(8)}.faiss")
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
-            with os.fdopen(fd, "wb", buffering=1 << 20) as f:
+            annfile.write_index_file(self.ann, data)
+            head = {"generation": self.generation, "dim": self.dim, "data": data.name}
+            st = data.stat()
+            header = json.dumps({**head, "size": st.st_size}).encode()
+            os.fchmod(fd, st.st_mode & 0o777)  # as the data file (the umask's), not mkstemp's 0600
+            with os.fdopen(fd, "wb") as f:
                 f.write(MAGIC + struct.pack("<Q", len(header)) + header)
-                self.ann.write(f)
+                annfile.write_head(self.ann, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
+            data.unlink(missing_ok=True)
             raise
+        _fsync_dir(path.parent)
+        for old in data_files(path):
+            if old != data:
+                old.unlink(missing_ok=True)
 
     @staticmethod
     def read_header(path: Path) -> dict | None:
-        """``{"generation", "dim"}`` of a saved file without reading the index (None: missing/unreadable)."""
+        """``{"generation", "dim", "data", "size"}`` of a saved index without reading it (None:
+        missing or unreadable, or its data file is missing or of another size)."""
         try:
             with open(path, "rb") as f:
-                if f.read(len(MAGIC)) != MAGIC:
-                    return None
-                (hlen,) = struct.unpack("<Q", f.read(8))
-                return json.loads(f.read(hlen)) if hlen < 1 << 16 else None
+                header = _read_header(f)
+            if header is not None and "data" in header and not _data_intact(path, header):
+                return None
+            return header
         except (OSError, ValueError, struct.error):
             return None
 
     @classmethod
-    def load(cls, path: Path) -> VectorIndex | None:
-        """The saved index, or None when missing or unreadable (the caller rebuilds)."""
-        try:
-            with open(path, "rb", buffering=1 << 20) as f:
-                if f.read(len(MAGIC)) != MAGIC:
+    def load(cls, path: Path, mmap: bool = False) -> VectorIndex | None:
+        """The saved index, or None when missing or unreadable (the caller rebuilds). ``mmap``
+        (readers): the FAISS data is memory-mapped, not read, and the index is read-only."""
+        for _ in range(3):  # a writer may replace the files between our two opens
+            try:
+                with open(path, "rb", buffering=1 << 20) as f:
+                    header = _read_header(f)
+                    if header is None:
+                        return None
+                    if "data" not in header:  # a version 3 file: one stream, read whole
+                        return cls(header["dim"], AnnIndex.read(f), header["generation"])
+                    head = annfile.read_head(f)
+                if not _data_intact(path, header):
+                    if path.with_name(header["data"]).exists():
+                        return None  # damaged (FAISS must never map a truncated file)
+                    raise FileNotFoundError(header["data"])
+                index = annfile.read_index_file(head, path.with_name(header["data"]), mmap)
+            except FileNotFoundError:
+                if not path.exists():
                     return None
-                (hlen,) = struct.unpack("<Q", f.read(8))
-                header = json.loads(f.read(hlen))
-                index = AnnIndex.read(f)
-        except (OSError, ValueError, KeyError, struct.error):
-            return None
-        return cls(header["dim"], index, header["generation"])
+                continue
+            except (OSError, ValueError, KeyError, struct.error):
+                return None
+            loaded = cls(header["dim"], index, header["generation"])
+            loaded.mapped = mmap
+            return loaded
+        return None
+
+
+def data_files(path: Path) -> list[Path]:
+    """Every data file of the index at PATH, current or left behind (``images-*.faiss``)."""
+    return sorted(path.parent.glob(f"{path.stem}-*.faiss"))
+
+
+def _data_intact(path: Path, header: dict) -> bool:
+    data = path.with_name(header["data"])
+    try:
+        return data.name == header["data"] and data.stat().st_size == header.get("size")
+    except OSError:
+        return False
+
+
+def _read_header(f) -> dict | None:
+    magic = f.read(len(MAGIC))
+    if magic not in (MAGIC, LEGACY_MAGIC):
+        return None
+    (hlen,) = struct.unpack("<Q", f.read(8))
+    if hlen >= 1 << 16:
+        return None
+    header = json.loads(f.read(hlen))
+    if not isinstance(header, dict) or (magic == MAGIC) != ("data" in header):
+        return None
+    return header
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some file systems cannot sync a directory; the rename is still atomic
+    finally:
+        os.close(fd)
