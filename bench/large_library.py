@@ -206,7 +206,7 @@ def main() -> None:
         s = json.loads(out.strip().splitlines()[-1])
 
         folder = root / "lib"
-        index_files = sum(p.stat().st_size for p in folder.glob("images.*"))
+        index_files = sum(p.stat().st_size for p in folder.glob("images*"))
         vectors = (
             sum(p.stat().st_size for p in (folder / "vectors").glob("*.npy"))
             if (folder / "vectors").is_dir()
