@@ -24,7 +24,7 @@ import numpy as np
 
 from clipdex.index.indexset import IndexSet
 from clipdex.index.store import DB_NAME, IMAGE, SCHEMA_VERSION, TEXT, Store
-from clipdex.index.vector_shards import VectorFileError, open_vector_file
+from clipdex.index.vector_shards import VectorFileError, fingerprint, open_vector_file
 from clipdex.index.vectors import VectorIndex, data_files
 
 if TYPE_CHECKING:
@@ -96,9 +96,15 @@ def _check_vector_files(store: Store, report: Report) -> set[int]:
     """Large-library mode's files: each listed one readable as listed, none unlisted. Returns the
     ids of the missing or damaged ones."""
     lost: set[int] = set()
-    for fid, name, rows, dim, size in store.vector_files():
+    for fid, name, rows, dim, size, print_ in store.vector_file_rows():
+        path = store.shards_dir / name
         try:
-            open_vector_file(store.shards_dir / name, rows, dim, size)
+            open_vector_file(path, rows, dim, size)
+            if print_ is not None and fingerprint(path) != print_:
+                raise VectorFileError(
+                    f"vector file {path} changed since it was stored (an imported shard rewritten in "
+                    "place? it is hard-linked: rewrite shards under a new name, as `clipdex embed` does)"
+                )
         except VectorFileError as e:
             lost.add(fid)
             items = [r[0] for r in store.conn.execute("SELECT id FROM items WHERE vfile = ?", (fid,))]

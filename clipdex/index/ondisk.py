@@ -197,7 +197,8 @@ def build(
             ids, vecs = store.vectors(kind)
             return VectorIndex.build(ids, vecs, dim, gen, ONDISK)
         nlist = max(1, min(int(np.sqrt(n)), n // 39))
-        sample_ids, train = store.sample_vectors(kind, max(40 * nlist, 10_000), with_ids=True)
+        # A seeded draw: the same library builds the same index (in-process or in Ray tasks).
+        sample_ids, train = store.sample_vectors(kind, max(40 * nlist, 10_000), with_ids=True, seed=seed)
         trained, params = _trained(dim, nlist, train, seed)
         t_train = time.perf_counter() - t0
         rng = np.random.default_rng(seed)

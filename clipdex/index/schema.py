@@ -108,6 +108,7 @@ def _m6_vector_files(db: sqlite_utils.Database) -> None:
             rows INTEGER NOT NULL,
             dim INTEGER NOT NULL,
             size INTEGER NOT NULL,          -- bytes: a file of another size is damaged
+            fingerprint BLOB,               -- hash of its size, first and last MiB (`check`)
             added_at REAL NOT NULL
         )"""
     )

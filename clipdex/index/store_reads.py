@@ -125,10 +125,13 @@ class Reads:
             )
         return np.fromiter((r[0] for r in rows), np.int64, len(rows)), self._decode(rows)
 
-    def sample_vectors(self, kind: str, n: int, with_ids: bool = False) -> Any:
-        """Up to ``n`` stored vectors of ``kind``, drawn at random (with their ids: ``with_ids``)."""
+    def sample_vectors(self, kind: str, n: int, with_ids: bool = False, seed: int | None = None) -> Any:
+        """Up to ``n`` stored vectors of ``kind``, drawn at random (with their ids: ``with_ids``);
+        with ``seed`` the same draw every time for the same ids (a multiplicative hash order)."""
+        order = "random()" if seed is None else "((id + ?) * 2654435761) % 4294967291"
+        args = (kind, n) if seed is None else (kind, int(seed), n)
         rows = self.conn.execute(
-            f"SELECT id, {self._vector_cols()} FROM items WHERE kind = ? ORDER BY random() LIMIT ?", (kind, n)
+            f"SELECT id, {self._vector_cols()} FROM items WHERE kind = ? ORDER BY {order} LIMIT ?", args
         ).fetchall()
         if with_ids:
             return np.fromiter((r[0] for r in rows), np.int64, len(rows)), self._decode(rows)

@@ -127,10 +127,11 @@ class ShardVectors:
         return self._list_file(name, src.shape[0], src.shape[1])
 
     def _list_file(self, name: str, rows: int, dim: int) -> int:
-        size = (self.shards_dir / name).stat().st_size
+        path = self.shards_dir / name
         cur = self.conn.execute(
-            "INSERT INTO vector_files (name, rows, dim, size, added_at) VALUES (?, ?, ?, ?, ?)",
-            (name, int(rows), int(dim), size, time.time()),
+            "INSERT INTO vector_files (name, rows, dim, size, fingerprint, added_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (name, int(rows), int(dim), path.stat().st_size, fingerprint(path), time.time()),
         )
         return int(cur.lastrowid)
 
@@ -185,12 +186,18 @@ class ShardVectors:
 
     def vector_files(self) -> list[tuple[int, str, int, int, int]]:
         """(id, name, rows, dim, size) of every listed vector file."""
+        return [row[:5] for row in self.vector_file_rows()]
+
+    def vector_file_rows(self) -> list[tuple[int, str, int, int, int, bytes | None]]:
+        """(id, name, rows, dim, size, fingerprint) of every listed vector file."""
         found = self.conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'vector_files'"
         )
         if found.fetchone() is None:  # an older schema, read as it is
             return []
-        return self.conn.execute("SELECT id, name, rows, dim, size FROM vector_files ORDER BY id").fetchall()
+        return self.conn.execute(
+            "SELECT id, name, rows, dim, size, fingerprint FROM vector_files ORDER BY id"
+        ).fetchall()
 
 
 def open_vector_file(path: Path, rows: int, dim: int, size: int) -> np.ndarray:
@@ -212,6 +219,21 @@ def open_vector_file(path: Path, rows: int, dim: int, size: int) -> np.ndarray:
     if arr.shape != (rows, dim) or arr.dtype != np.float16:
         raise VectorFileError(f"vector file {path} is damaged (holds {arr.dtype} {arr.shape})")
     return arr
+
+
+def fingerprint(path: Path, span: int = 1 << 20) -> bytes:
+    """A hash of a file's size and its first and last MiB: `check` tells a file changed since it
+    was listed (e.g. a hard-linked shard that its owner rewrote in place) without reading it all."""
+    import hashlib
+
+    size = path.stat().st_size
+    h = hashlib.blake2b(size.to_bytes(8, "little"), digest_size=16)
+    with open(path, "rb") as f:
+        h.update(f.read(span))
+        if size > span:
+            f.seek(max(span, size - span))
+            h.update(f.read(span))
+    return h.digest()
 
 
 def _new_name() -> str:
