@@ -9,7 +9,15 @@ from typing import Any
 import numpy as np
 
 from clipdex.index.ann import AnnIndex, _faiss
-from clipdex.index.choose import KINDS, MIN_TRAIN, bytes_per_vector, choose_kind, default_memory_budget, pq_m
+from clipdex.index.choose import (
+    KINDS,
+    MIN_TRAIN,
+    ONDISK,
+    bytes_per_vector,
+    choose_kind,
+    default_memory_budget,
+    pq_m,
+)
 from clipdex.index.codes import ItqCodec, binary_index
 from clipdex.index.tuning import tune
 
@@ -46,6 +54,8 @@ def build(
     requested = kind
     if kind == "auto":
         kind = choose_kind(n, d, budget)
+    if kind == ONDISK:  # its lists live in a library folder (clipdex.index.ondisk); in memory: its twin
+        kind = "ivf-pq"
     if kind not in KINDS:
         raise ValueError(f"unknown index type {kind!r}; choose from auto, {', '.join(KINDS)}")
     if kind != "flat" and n < MIN_TRAIN:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 
-KINDS = ("flat", "ivf-flat", "ivf-pq", "hnsw", "sq8", "fp16", "binary")
+KINDS = ("flat", "ivf-flat", "ivf-pq", "hnsw", "sq8", "fp16", "binary")  # built in memory (annbuild)
+ONDISK = "ivf-pq-ondisk"  # large-library mode: float16 vector files + IVF-PQ lists mapped from disk
+INDEX_TYPES = (*KINDS, ONDISK)  # what --index-type accepts (besides auto)
 
 # A flat scan costs ~0.1 ms per 1,000 512-d vectors for one query on one core (memory bound:
 # ~10 ms at 100k, ~20 ms at 200k, ~200 ms at 1M; bench/search.py). Up to 150k x 512 floats
@@ -18,7 +20,11 @@ MIN_TRAIN = 1_000  # below this an approximate index has nothing to learn from: 
 
 
 def default_memory_budget() -> int:
-    """A quarter of physical memory (4 GiB when unknown): room for the index next to everything else."""
+    """``$CLIPDEX_MEMORY_BUDGET`` (bytes), else a quarter of physical memory (4 GiB when unknown):
+    room for the index next to everything else."""
+    env = os.environ.get("CLIPDEX_MEMORY_BUDGET")
+    if env and env.strip().isdigit():
+        return int(env)
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
     except (ValueError, OSError, AttributeError):
@@ -40,6 +46,7 @@ def bytes_per_vector(kind: str, dim: int) -> int:
         "sq8": dim,
         "ivf-pq": pq_m(dim),
         "binary": -(-dim // 8),
+        ONDISK: 0,  # codes and ids are mapped from disk: RAM holds only the pages searches touch
     }[kind]
     return code + 8
 
@@ -47,15 +54,25 @@ def bytes_per_vector(kind: str, dim: int) -> int:
 def choose_kind(n: int, dim: int, memory_budget: int | None = None) -> str:
     """The index for n vectors of dim: exact while a scan is fast, else IVF; smaller codes if memory is short.
 
-    Small collections (n * dim <= FLAT_MAX_FLOATS) are scanned: flat, else fp16, sq8 or binary codes,
-    whichever first fits the budget. Larger ones get an inverted file: ivf-flat if its float32
-    vectors fit, else ivf-pq (64 bytes per 512-d vector).
+    When the float32 vectors alone exceed the budget (and there are enough to train on), the
+    library goes to large-library mode: ivf-pq-ondisk. Otherwise small collections
+    (n * dim <= FLAT_MAX_FLOATS) are scanned: flat, else fp16, sq8 or binary codes, whichever first
+    fits the budget. Larger ones get an inverted file: ivf-flat if its float32 vectors fit, else
+    ivf-pq (64 bytes per 512-d vector).
     """
     budget = default_memory_budget() if memory_budget is None else memory_budget
 
     def fits(kind: str) -> bool:
         return n * bytes_per_vector(kind, dim) <= budget
 
+    if n >= MIN_TRAIN and exceeds_memory(n, dim, budget):
+        return ONDISK
     if n * dim <= FLAT_MAX_FLOATS:
         return next((k for k in ("flat", "fp16", "sq8") if fits(k)), "binary")
     return "ivf-flat" if fits("ivf-flat") else "ivf-pq"
+
+
+def exceeds_memory(n: int, dim: int, memory_budget: int | None = None) -> bool:
+    """Whether n float32 vectors of dim would not fit the memory budget (large-library mode)."""
+    budget = default_memory_budget() if memory_budget is None else memory_budget
+    return n * dim * 4 > budget
