@@ -4,8 +4,12 @@ Checks: SQLite's integrity_check, the schema version, FAISS ids == SQLite ids pe
 caught up from the change log, as a reader sees it), every vector finite, unit-norm and of the
 library's dimension, no orphan captions (image gone), no leftover temporary files (a killed
 fine-tune's ``models/.finetune-…``, a killed save's ``.images.faiss.…`` or an ``images-….faiss``
-that no index file names) and no pending-table rows that no re-embedding will use. A repair
-rebuilds the FAISS files, removes leftovers and upgrades an old schema; it never removes user
+that no index file names, a killed on-disk build's ``.images.build-…``) and no pending-table rows
+that no re-embedding will use. In large-library mode also: every vector file in ``vectors/``
+present and of its listed size and shape (a missing one is lost data: the report names its
+items), and no unlisted file there (a write that died before its commit). A repair rebuilds the
+FAISS files (the on-disk ones from the vector files), removes leftovers and unlisted vector files
+and upgrades an old schema; it never removes user
 data (a damaged vector is reported, not dropped).
 """
 
@@ -20,6 +24,7 @@ import numpy as np
 
 from clipdex.index.indexset import IndexSet
 from clipdex.index.store import DB_NAME, IMAGE, SCHEMA_VERSION, TEXT, Store
+from clipdex.index.vector_shards import VectorFileError, fingerprint, open_vector_file
 from clipdex.index.vectors import VectorIndex, data_files
 
 if TYPE_CHECKING:
@@ -67,8 +72,12 @@ def _check(folder: Path, store: Store) -> Report:
     if store.schema_version < SCHEMA_VERSION:
         report.add("schema", f"schema version {store.schema_version} is older than {SCHEMA_VERSION} "
                              "(`clipdex check --repair` upgrades it)")  # fmt: skip
-    _check_vectors(store, report)
-    _check_indexes(folder, store, report)
+    lost = _check_vector_files(store, report)
+    _check_vectors(store, report, lost)
+    if lost:
+        report.add("index", "not checked: vector files are missing or damaged")
+    else:
+        _check_indexes(folder, store, report)
     orphans = _orphan_texts(store)
     if orphans:
         report.add("orphan_text", f"{len(orphans)} captions whose image is gone (ids {_few(orphans)})")
@@ -83,15 +92,60 @@ def _check(folder: Path, store: Store) -> Report:
     return report
 
 
-def _check_vectors(store: Store, report: Report) -> None:
-    """Finite, unit-norm, right length: one vectorised pass in chunks (bounded memory)."""
+def _check_vector_files(store: Store, report: Report) -> set[int]:
+    """Large-library mode's files: each listed one readable as listed, none unlisted. Returns the
+    ids of the missing or damaged ones."""
+    lost: set[int] = set()
+    for fid, name, rows, dim, size, print_ in store.vector_file_rows():
+        path = store.shards_dir / name
+        try:
+            open_vector_file(path, rows, dim, size)
+            if print_ is not None and fingerprint(path) != print_:
+                raise VectorFileError(
+                    f"vector file {path} changed since it was stored (an imported shard rewritten in "
+                    "place? it is hard-linked: rewrite shards under a new name, as `clipdex embed` does)"
+                )
+        except VectorFileError as e:
+            lost.add(fid)
+            items = [r[0] for r in store.conn.execute("SELECT id FROM items WHERE vfile = ?", (fid,))]
+            report.add("vector_file", f"{e}; {len(items)} items had their vectors there (ids {_few(items)}): "
+                                      "`clipdex index --reembed` re-creates the images whose files exist, "
+                                      "re-import the others")  # fmt: skip
+    orphans = _orphan_vector_files(store)
+    if orphans:
+        report.add("orphan_vector_file", f"{len(orphans)} files in {store.shards_dir} that the database "
+                                         f"does not list: {_few(orphans)}")  # fmt: skip
+    return lost
+
+
+def _orphan_vector_files(store: Store) -> list[str]:
+    if not store.shards_dir.is_dir():
+        return []
+    listed = {name for _, name, *_ in store.vector_files()}
+    return sorted(p.name for p in store.shards_dir.iterdir() if p.name not in listed)
+
+
+def _check_vectors(store: Store, report: Report, lost: set[int] = frozenset()) -> None:
+    """Finite, unit-norm, right length: one vectorised pass in chunks (bounded memory). Vectors in
+    vector files (float16, renormalised when read) are checked for being finite and non-zero."""
     dim = store.dim
     if dim is None:
         return
     bad_len: list[int] = []
     bad: list[int] = []
-    cur = store.conn.execute("SELECT id, vector FROM items")
+    cols = "vector, vfile, vrow" if store.has_vector_files() else "vector, NULL, NULL"
+    cur = store.conn.execute(f"SELECT id, {cols} FROM items")
     while rows := cur.fetchmany(CHUNK):
+        in_files = [(i, f, r) for i, b, f, r in rows if b is None and f is not None and f not in lost]
+        if in_files:
+            ids = np.array([i for i, _, _ in in_files], np.int64)
+            vecs = store.shard_rows(
+                np.array([f for _, f, _ in in_files]), np.array([r for _, _, r in in_files])
+            )
+            with np.errstate(all="ignore"):
+                norms = np.sqrt(np.einsum("ij,ij->i", vecs, vecs, dtype=np.float64))
+            bad += ids[~np.isfinite(norms) | (np.abs(norms - 1) > NORM_TOLERANCE)].tolist()
+        rows = [(i, b) for i, b, f, _ in rows if f is None or b is not None]
         good_rows = [(i, b) for i, b in rows if b is not None and len(b) == 4 * dim]
         bad_len += [i for i, b in rows if b is None or len(b) != 4 * dim]
         if not good_rows:
@@ -145,6 +199,7 @@ def _leftovers(folder: Path) -> list[Path]:
         current = (VectorIndex.read_header(path) or {}).get("data")
         if current:  # without a usable index file, rebuilding the index clears them anyway
             found += [p for p in data_files(path) if p.name != current]
+    found += [p for p in folder.glob(".*.build-*")]  # an on-disk index build that was killed
     models = folder / "models"
     if models.is_dir():
         found += [p for p in models.iterdir() if p.name.startswith(".")]
@@ -188,7 +243,12 @@ def _repair(lib: Library, report: Report) -> list[str]:
         with store.transaction():
             store.conn.executemany("DELETE FROM pending_vectors WHERE id = ?", [(i,) for i in stray])
         done.append(f"removed {len(stray)} stray pending vectors")
-    if "index" in kinds:
+    if "orphan_vector_file" in kinds:
+        gone = store.remove_orphan_vector_files()
+        done.append(f"removed {len(gone)} unlisted files from {store.shards_dir}")
+    if "vector_file" in kinds:
+        done.append("did not rebuild the indexes: vector files are missing or damaged (see problems)")
+    elif "index" in kinds:
         lib.indexes.forget()
         for kind in (IMAGE, TEXT):
             lib.indexes.path(kind).unlink(missing_ok=True)

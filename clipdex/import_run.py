@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from clipdex.errors import ClipdexError
+from clipdex.index.ondisk import CHURN, wanted
 from clipdex.index.store import IMAGE, TEXT
-from clipdex.index.vector_files import read_embeddings
+from clipdex.index.vector_files import Embeddings, read_embeddings
 from clipdex.results import ImportCounts
 
 if TYPE_CHECKING:
@@ -30,12 +31,23 @@ def import_embeddings(
     metadata_path: str | os.PathLike,
     modality: str | None = None,
     progress: Progress | None = None,
+    index_type: str | None = None,
+    deferred: set[str] | None = None,
+    ray: str | None = None,
 ) -> ImportCounts:
-    """Store ``VECTORS.npy`` rows with their paths or texts from ``METADATA``; returns the counts."""
+    """Store ``VECTORS.npy`` rows with their paths or texts from ``METADATA``; returns the counts.
+
+    ``index_type`` sets the library's index type first (as `index --index-type` does). In
+    large-library mode the array itself becomes the items' storage (see `_import_large`); with
+    ``deferred`` the index is left for the caller to rebuild (the kind is added to the set).
+    ``ray`` (a Ray address, or "local"): a rebuild of an on-disk index fills its blocks in Ray tasks.
+    """
     data = read_embeddings(vectors_path, metadata_path, modality)
     kind = IMAGE if data.modality == "image" else TEXT
     counts = ImportCounts(missing_files=data.missing_files())
     with lib.writing():
+        if index_type is not None:
+            lib.indexes.set_index_type(index_type)
         lib.check_model(reembed=False)
         dim = lib.store.dim if lib.spec is not None else None
         if not dim:
@@ -48,6 +60,9 @@ def import_embeddings(
         if data.count == 0:
             return counts
         store = lib.store
+        if large_mode(lib, kind, data.count):
+            _import_large(lib, data, kind, vectors_path, counts, progress, deferred, ray)
+            return counts
         indexes = {k: lib.indexes.get(k) for k in (IMAGE, TEXT)}
         fresh = indexes[kind].ntotal == 0  # build once from all vectors (lets FAISS pick/train)
         all_ids = np.full(data.count, -1, np.int64)  # fresh: the new id of each row (-1: not new)
@@ -89,22 +104,117 @@ def import_embeddings(
 
 
 def import_shard_dir(
-    lib: Library, folder: str | os.PathLike, progress: Progress | None = None
-) -> ImportCounts:
+    lib: Library, folder: str | os.PathLike, progress: Progress | None = None,
+    index_type: str | None = None, ray: str | None = None,
+) -> ImportCounts:  # fmt: skip
     """Import a SHARD_DIR (`clipdex embed`'s output or clip-retrieval's) shard by shard.
 
     Each shard's arrays go through ``import_embeddings`` on their own, so memory stays bounded by
-    one shard; a failing shard is undone, the shards before it stay imported.
+    one shard; a failing shard is undone, the shards before it stay imported. In large-library
+    mode a big import (past a quarter of the library) rebuilds the index once at the end (its
+    blocks filled in Ray tasks with ``ray``).
     """
     from clipdex.scale import require_pyarrow
     from clipdex.scale.shards import iter_shard_pairs
 
     require_pyarrow()
+    pairs = list(iter_shard_pairs(folder))
     total = ImportCounts()
-    for vectors, metadata, modality in iter_shard_pairs(folder):
-        counts = import_embeddings(lib, vectors, metadata, modality, progress)
-        total.imported += counts.imported
-        total.updated += counts.updated
-        total.unchanged += counts.unchanged
-        total.missing_files += counts.missing_files
+    deferred: set[str] = set()
+    with lib.writing():
+        if index_type is not None:
+            lib.indexes.set_index_type(index_type)
+        incoming = {IMAGE: 0, TEXT: 0}
+        for vectors, _, modality in pairs:
+            rows, dim = _shape(vectors)
+            incoming[IMAGE if modality == "image" else TEXT] += rows
+        store, index_type = lib.store, lib.indexes.index_type
+        goes_large = any(wanted(store, k, index_type, n, dim) for k, n in incoming.items() if n)
+        if goes_large and not store.large_mode:
+            store.enter_large_mode()  # decided on the whole folder: no shard goes in as blobs first
+        # More than a quarter of the library: the index is rebuilt once, at the end.
+        big = store.large_mode and any(n > CHURN * store.count(k) for k, n in incoming.items() if n)
+        try:
+            for vectors, metadata, modality in pairs:
+                counts = import_embeddings(
+                    lib, vectors, metadata, modality, progress, deferred=deferred if big else None
+                )
+                total.imported += counts.imported
+                total.updated += counts.updated
+                total.unchanged += counts.unchanged
+                total.missing_files += counts.missing_files
+        finally:
+            for kind in deferred:  # once, from the store, for everything imported before a failure too
+                lib.indexes.rebuild(kind, _fill(ray))
+            if deferred:
+                lib.indexes.finish()
     return total
+
+
+def large_mode(lib: Library, kind: str, incoming: int) -> bool:
+    """Whether this import goes to large-library mode (entering it when it is not yet)."""
+    store = lib.store
+    if store.large_mode:
+        return True
+    if store.dim is None or not wanted(store, kind, lib.indexes.index_type, incoming):
+        return False
+    store.enter_large_mode()  # the vectors already stored move into vector files
+    return True
+
+
+def _import_large(
+    lib: Library, data: Embeddings, kind: str, vectors_path: str | os.PathLike, counts: ImportCounts,
+    progress: Progress | None, deferred: set[str] | None, ray: str | None = None,
+) -> None:  # fmt: skip
+    """Large-library mode: the array is hard-linked (or copied as float16) into LIBRARY/vectors/ and
+    its rows are the new items' vectors; no float32 copy of it is kept anywhere. The index
+    follows the commit incrementally, or is rebuilt once when the import is big (or ``deferred``)."""
+    store = lib.store
+    before = store.count(kind)
+    rebuild = data.count > CHURN * before
+    if deferred is None and not rebuild:
+        lib.indexes.get(kind)  # loaded and caught up before the commit, then follows it
+    try:
+        with store.bulk_load(), store.merging(), store.transaction():
+            fid = store.link_vector_file(vectors_path)  # durable before the rows reference it
+            for start, vecs in data.chunks():
+                stop = start + len(vecs)
+                keys = data.paths(start, stop) if kind == IMAGE else data.values[start:stop]
+                merged = store.merge_keyed(kind, "import", keys, vecs, located=(fid, np.arange(start, stop)))
+                counts.imported += len(merged.new_ids)
+                counts.updated += len(merged.updated_ids)
+                counts.unchanged += merged.unchanged
+                if deferred is None and not rebuild:
+                    ids = np.concatenate([merged.updated_ids, merged.new_ids])
+                    rows = np.concatenate([merged.updated_rows, merged.new_rows])
+                    lib.indexes.apply(kind, (ids, vecs[rows]), merged.updated_ids.tolist())
+                if progress:
+                    progress(stop, data.count)
+            if counts.imported or counts.updated:
+                store.bump_generation()
+    except BaseException:
+        lib.indexes.forget(kind)
+        store.remove_orphan_vector_files()  # the linked file, unreferenced after the rollback
+        raise
+    store.drop_unused_vector_files([fid])  # every row unchanged: the link is not needed
+    if deferred is not None:
+        deferred.add(kind)
+        return
+    if rebuild and (counts.imported or counts.updated):
+        lib.indexes.rebuild(kind, _fill(ray))
+    lib.indexes.finish()
+
+
+def _fill(ray: str | None) -> Any:
+    """How an on-disk index's blocks are filled: in Ray tasks on ``ray``'s cluster, or here."""
+    if ray is None:
+        return None
+    from clipdex.scale.ray_fill import RayFill
+
+    return RayFill(ray)
+
+
+def _shape(vectors: str | os.PathLike) -> tuple[int, int]:
+    """(rows, dim) of a .npy array, from its header."""
+    shape = np.load(vectors, mmap_mode="r", allow_pickle=False).shape
+    return int(shape[0]), int(shape[-1])

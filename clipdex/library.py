@@ -42,6 +42,14 @@ def default_library_dir() -> Path:
     return Path(user_data_dir("clipdex")) / "default"
 
 
+def check_index_type(index_type: str) -> None:
+    """Refuse an unknown ``--index-type`` with the list of known ones."""
+    from clipdex.index.choose import INDEX_TYPES
+
+    if index_type not in ("auto", *INDEX_TYPES):
+        raise ClipdexError(f"unknown index type '{index_type}' (choose auto, {', '.join(INDEX_TYPES)})")
+
+
 def _kind(target: str) -> str:
     """The stored kind ("image"/"text") a search ``target`` ("images"/"texts") names."""
     kind = {"images": IMAGE, "texts": TEXT, "image": IMAGE, "text": TEXT}.get(target)
@@ -195,10 +203,7 @@ class Library:
         folders = [os.path.expanduser(f) if isinstance(f, str) else f for f in folders]
         check_folders(folders)  # before anything is touched: a missing FOLDER removes nothing
         if index_type is not None:
-            from clipdex.index.ann import KINDS
-
-            if index_type not in ("auto", *KINDS):
-                raise ClipdexError(f"unknown index type '{index_type}' (choose auto, {', '.join(KINDS)})")
+            check_index_type(index_type)
         with self.writing():
             if index_type is not None:
                 self.indexes.set_index_type(index_type)
@@ -266,20 +271,27 @@ class Library:
         metadata_path: str | os.PathLike | None = None,
         modality: str | None = None,
         progress: Progress | None = None,
+        index_type: str | None = None,
+        ray: str | None = None,
     ) -> ImportCounts:
         """Store vectors computed elsewhere (``.npy`` + metadata, or a SHARD_DIR when ``metadata_path``
         is None: `clipdex embed`'s or clip-retrieval's output folder); see `clipdex.import_run`.
 
         Idempotent: an image row is keyed by its path, a text row by its exact content; a re-run
-        adds nothing, a changed vector for a known key updates that item (same id).
+        adds nothing, a changed vector for a known key updates that item (same id). ``index_type``
+        as in `index` (``"ivf-pq-ondisk"``: large-library mode, where the arrays are hard-linked
+        or copied into the library and stay the vectors' storage). ``ray`` (a Ray address, or
+        ``"local"``): when that mode rebuilds its index, the blocks are filled in Ray tasks.
         """
         from clipdex.import_run import import_embeddings, import_shard_dir
 
+        if index_type is not None:
+            check_index_type(index_type)
         if metadata_path is None:
             if modality is not None:
                 raise ValueError("a shard folder says its modalities itself: no modality= with it")
-            return import_shard_dir(self, vectors_path, progress)
-        return import_embeddings(self, vectors_path, metadata_path, modality, progress)
+            return import_shard_dir(self, vectors_path, progress, index_type, ray)
+        return import_embeddings(self, vectors_path, metadata_path, modality, progress, index_type, ray=ray)
 
     def reembed(
         self,
@@ -487,7 +499,11 @@ class Library:
 
     # ---- reporting ------------------------------------------------------------------------
     def info(self) -> dict:
-        """Model, dimension, counts by kind, index types, paths and sizes on disk."""
+        """Model, dimension, counts by kind, index types, paths and sizes on disk, the storage mode.
+
+        Each index's ``bytes_per_vector`` is what it holds in RAM per vector; an on-disk index
+        (large-library mode) adds ``index_bytes_per_vector_on_disk`` (its mapped lists and ids) and
+        ``vector_bytes_per_vector_on_disk`` (the float16 vectors)."""
         spec = self.spec
         files = {p.name: p.stat().st_size for p in sorted(self.path.iterdir()) if p.is_file()}
         models = self.path / "models"
@@ -495,6 +511,8 @@ class Library:
             sum(f.stat().st_size for f in models.rglob("*") if f.is_file()) if models.is_dir() else 0
         )
         counts = self.store.counts()
+        listed = self.store.vector_files()
+        vector_bytes = sum(size for *_, size in listed)
         indexes = {}
         for kind in (IMAGE, TEXT):
             idx = self.indexes.view(kind)
@@ -512,8 +530,11 @@ class Library:
             "indexes": indexes,
             "generation": self.store.generation,
             "schema_version": int(self.store.get_meta("schema_version") or 0),
-            "bytes_on_disk": sum(files.values()) + model_bytes,
+            "bytes_on_disk": sum(files.values()) + model_bytes + vector_bytes,
             "files": files,
+            # Large-library mode: vectors as float16 rows of files in vectors/ (see clipdex.index.ondisk).
+            "mode": "large-library" if self.store.large_mode else "normal",
+            "vector_files": {"count": len(listed), "bytes": vector_bytes},
         }
 
     def check(self, repair: bool = False) -> dict:

@@ -98,6 +98,8 @@ def reembed_all(
         store.set_meta("dim", str(lm.embed_dim))
         store.set_meta("pending_model", None)
         store.bump_generation()
+    if store.large_mode:  # the old vectors' files (committed away above) are no longer needed
+        store.drop_unused_vector_files()
     # Only images lack a pending vector (texts are always re-encoded); their captions go with them.
     n_dropped = len(dropped)
     return Reembedded(total - len(unreadable), n_dropped)

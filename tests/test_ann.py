@@ -62,14 +62,15 @@ def test_choose_kind_thresholds():
     assert A.choose_kind(1_000_000, 512, BIG) == "ivf-flat"
     # The scan cost is n * dim: 1.2M 64-d vectors cost what 150k 512-d ones do.
     assert A.choose_kind(1_200_000, 64, BIG) == "flat"
-    # 1M x 512 float32 is 2 GB: under a 1 GiB budget, PQ codes (64 + 8 bytes a vector).
-    assert A.choose_kind(1_000_000, 512, 1 << 30) == "ivf-pq"
-    # Small collections under a tight budget: smaller codes, still scanned.
+    # 1M x 512 float32 is 2 GB: past a 1 GiB budget the library goes to large-library mode.
+    assert A.choose_kind(1_000_000, 512, 1 << 30) == "ivf-pq-ondisk"
+    # Only the float32 vectors beyond the budget do that: a budget short of the 8-byte ids too
+    # gets smaller codes, still scanned (fp16, sq8, binary stay available by --index-type).
     n = 100_000
     assert A.choose_kind(n, 512, n * (4 * 512 + 8)) == "flat"
-    assert A.choose_kind(n, 512, n * (2 * 512 + 8)) == "fp16"
-    assert A.choose_kind(n, 512, n * (512 + 8)) == "sq8"
-    assert A.choose_kind(n, 512, n * 100) == "binary"
+    assert A.choose_kind(n, 512, n * (4 * 512 + 4)) == "fp16"
+    assert A.choose_kind(n, 512, n * 4 * 512 - 1) == "ivf-pq-ondisk"
+    assert A.choose_kind(999, 512, 1) == "binary"  # too few to train on: never large-library mode
 
 
 def test_auto_build_records_choice(data):

@@ -16,6 +16,13 @@ from clipdex.cli.common import (
     quiet_option,
 )
 
+index_type_option = click.option(
+    "--index-type",
+    default=None,
+    help="FAISS index: auto (by size and memory; default), flat, ivf-flat, ivf-pq, hnsw, sq8, fp16, binary, "
+    "ivf-pq-ondisk (large-library mode). Remembered by the library.",
+)
+
 
 @click.command()
 @click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=bytes))
@@ -38,12 +45,7 @@ from clipdex.cli.common import (
     help="Retry files that failed to decode before (default: only once changed).",
 )
 @click.option("--exact-decode", is_flag=True, help="Never decode large JPEGs at reduced scale.")
-@click.option(
-    "--index-type",
-    default=None,
-    help="FAISS index: auto (by size and memory; default), flat, ivf-flat, ivf-pq, hnsw, sq8, fp16, binary. "
-    "Remembered by the library.",
-)
+@index_type_option
 @json_option
 @quiet_option
 @pass_state
@@ -213,10 +215,18 @@ def add_texts(state, file, column, model, pretrained, device, as_json, quiet):
     help="What the rows are (default: image if METADATA has a path column, else text).",
 )  # fmt: skip
 @model_options
+@index_type_option
+@click.option(
+    "--ray", "ray_address", default=None, is_flag=False, flag_value="local", metavar="[ADDRESS]",
+    help="Large-library mode: fill the index's blocks in Ray tasks (alone: $RAY_ADDRESS or a local "
+    "cluster; or auto / an ADDRESS).",
+)  # fmt: skip
 @json_option
 @quiet_option
 @pass_state
-def import_embeddings(state, vectors, metadata, modality, model, pretrained, device, as_json, quiet):
+def import_embeddings(
+    state, vectors, metadata, modality, model, pretrained, device, index_type, ray_address, as_json, quiet
+):
     """Import embeddings computed elsewhere: VECTORS.npy (N, D) with METADATA (N rows), or a SHARD_DIR.
 
     METADATA is a .csv, .jsonl or .parquet file with a `path` (or `image_path`) column for images
@@ -228,6 +238,10 @@ def import_embeddings(state, vectors, metadata, modality, model, pretrained, dev
     A SHARD_DIR (the output of `clipdex embed`, or of clip-retrieval) is imported shard by shard:
     img_emb/*.npy with metadata/*.parquet, and text_emb/*.npy when present. A new library takes
     the model recorded in the folder's manifest.json unless --model is given.
+
+    Large-library mode (--index-type ivf-pq-ondisk, or automatically when the float32 vectors would
+    exceed the memory budget): the .npy files are hard-linked (or copied as float16) into
+    LIBRARY/vectors/ and stay the vectors' storage; scores are cosines of the float16 vectors.
 
     \b
     Examples:
@@ -249,7 +263,9 @@ def import_embeddings(state, vectors, metadata, modality, model, pretrained, dev
         model, pretrained = manifest_model(vectors) or (None, None)
     lib = state.open(create=True, model=model, pretrained=pretrained, device=device)
     with lib, progress_bar("importing", quiet) as bar:
-        c = lib.import_embeddings(vectors, metadata, modality=modality, progress=bar)
+        c = lib.import_embeddings(
+            vectors, metadata, modality=modality, progress=bar, index_type=index_type, ray=ray_address
+        )
     if as_json:
         emit_json(c.to_dict())
     missing = f"; {c.missing_files} paths do not exist on this machine" if c.missing_files else ""
@@ -278,10 +294,13 @@ def info_cmd(state, as_json):
     click.echo(f"failed:    {data['failed_files']} files that did not decode (retried once changed, "
                "or with `index --retry-failed`)")  # fmt: skip
     for kind, idx in data["indexes"].items():
-        extra = ", ".join(f"{k}={v}" for k, v in idx.items() if k not in ("type", "ntotal"))
+        extra = ", ".join(f"{k}={v}" for k, v in idx.items() if k not in ("type", "ntotal", "files"))
         click.echo(
             f"index:     {kind}: {idx.get('type')} ({idx['ntotal']} vectors{', ' + extra if extra else ''})"
         )
+    if data["mode"] != "normal":
+        vf = data["vector_files"]
+        click.echo(f"mode:      {data['mode']} ({vf['count']} vector files, {_size(vf['bytes'])})")
     click.echo(f"on disk:   {_size(data['bytes_on_disk'])}")
 
 

@@ -21,6 +21,7 @@ from clipdex.index.ann import AnnIndex, _faiss, _single_thread
 from clipdex.index.choose import (
     KINDS,
     MIN_TRAIN,
+    ONDISK,
     bytes_per_vector,
     choose_kind,
     default_memory_budget,
@@ -63,6 +64,8 @@ def build(
     requested = kind
     if kind == "auto":
         kind = choose_kind(n, d, budget)
+    if kind == ONDISK:  # its lists live in a library folder (clipdex.index.ondisk); in memory: its twin
+        kind = "ivf-pq"
     if kind not in KINDS:
         raise ValueError(f"unknown index type {kind!r}; choose from auto, {', '.join(KINDS)}")
     if kind != "flat" and n < MIN_TRAIN:

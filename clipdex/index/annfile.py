@@ -47,7 +47,8 @@ def write_head(ann: AnnIndex, f: BinaryIO) -> None:
     info = dict(ann.info, device="cpu")
     arrays = {
         "info": np.frombuffer(json.dumps({"kind": ann.kind, "info": info}).encode(), np.uint8),
-        "removed": np.array(sorted(ann.removed), np.int64),
+        # An on-disk index keeps its tombstones apart (clipdex.index.ondisk): those are saved.
+        "removed": np.array(sorted(getattr(ann, "base_removed", ann.removed)), np.int64),
         **(ann.codec.to_arrays() if ann.codec is not None else {}),
     }
     head = io.BytesIO()
@@ -69,8 +70,14 @@ def read_head(f: BinaryIO) -> dict:
 
 
 def write_index_file(ann: AnnIndex, path: Path) -> None:
-    """The FAISS index alone, in FAISS's own file format (so it can be memory-mapped), fsynced."""
-    _write_index(ann, str(path))
+    """The FAISS index alone, in FAISS's own file format (so it can be memory-mapped), fsynced.
+    An on-disk index (large-library mode) writes its own small data file (see clipdex.index.ondisk)."""
+    if head_kind_ondisk(ann.kind):
+        from clipdex.index.ondisk import write_data
+
+        write_data(ann, path)  # type: ignore[arg-type]
+    else:
+        _write_index(ann, str(path))
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -82,6 +89,10 @@ def read_index_file(head: dict, path: Path, mmap: bool) -> AnnIndex:
     """The index `write_index_file` wrote, with its head. ``mmap``: FAISS maps the file's arrays
     (codes, inverted lists, links) instead of reading them: opening costs no I/O and pages come in
     as searches touch them. A mapped index is read-only (FAISS aborts on a write to it)."""
+    if head_kind_ondisk(head["kind"]):  # its lists are mapped read-only from their own file anyway
+        from clipdex.index.ondisk import read_data
+
+        return read_data(head, path)
     faiss = _faiss()
     flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
     try:
@@ -94,6 +105,10 @@ def read_index_file(head: dict, path: Path, mmap: bool) -> AnnIndex:
             raise FileNotFoundError(str(path)) from e
         raise ValueError(f"not a FAISS index: {path}: {e}") from e
     return _assemble(head, index)
+
+
+def head_kind_ondisk(kind: str) -> bool:
+    return kind == "ivf-pq-ondisk"
 
 
 def _write_index(ann: AnnIndex, dest) -> None:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
-import numpy as np
-
-from clipdex.index.sqlrows import chunks, runs
+from clipdex.index.sqlrows import runs
 
 
 class ChangeLog:
@@ -55,19 +53,3 @@ class ChangeLog:
             if upto > since:
                 self.conn.execute("DELETE FROM changes WHERE kind = ? AND generation <= ?", (kind, upto))
                 self.set_meta(f"changes_since_{kind}", str(upto))
-
-    def live_vectors(self, kind: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors) of those of ``ids`` that exist now with ``kind``, ascending id."""
-        out_ids: list[int] = []
-        blobs: list[bytes] = []
-        for chunk in chunks(np.unique(np.asarray(ids, np.int64)).tolist(), 500):
-            marks = ",".join("?" * len(chunk))
-            for i, blob in self.conn.execute(
-                f"SELECT id, vector FROM items WHERE kind = ? AND id IN ({marks}) ORDER BY id",
-                [kind, *chunk],
-            ):
-                out_ids.append(i)
-                blobs.append(blob)
-        dim = self.dim or 0
-        vecs = np.frombuffer(b"".join(blobs), np.float32).reshape(len(out_ids), dim)
-        return np.asarray(out_ids, np.int64), vecs

@@ -4,30 +4,31 @@
 `bytes_per_vector` is the arithmetic behind it (and `clipdex info`'s figures); `ivf_layout` shapes
 an ivf-flat index (how many lists, in which space vectors are assigned to them).
 
-Chosen by measurement (bench/ann_families.py; 1M x 512 hard synthetic data, a 24-d latent mixture
-projected to 512-d plus noise; one query at a time, one thread, recall@10 >= 0.95 after exact
-re-rank; quiet 2-core machine unless noted):
+Chosen by measurement (bench/ann_families.py, 2026-11-28: 1M x 512 hard synthetic data, a 24-d
+latent mixture projected to 512-d plus noise; held-out queries one at a time on one thread, nprobe
+raised until recall@10 after exact re-rank reaches 0.95; 2-core machine, load ~2.5):
 
-- ivf-flat, 2,000 lists, full-d flat quantizer: nprobe 64, FAISS 2.8 ms; assigning 1M vectors to
-  the lists costs 2e12 flops (12 s) and grows with the list count.
-- ivf-flat, 16k lists, HNSW quantizer: nprobe 96, 0.8 ms (loaded machine), but HNSW assignment
-  of 1M vectors ~3x slower than a flat one; a cheap two-level (hierarchical) assignment misplaces
-  vectors and caps recall at 0.89-0.93.
-- ivf-flat, 8k lists, quantizer in a 64-d PCA space: nprobe 96, 1.1 ms (loaded machine);
-  assignment is an exact flat scan in that space (so the lists a query probes are the lists its
-  neighbours were put in), but a 64-d one takes ~25 s at 1M.
-- ivf-flat, 16k lists, quantizer in a 32-d PCA space: nprobe 96, 0.6 ms (loaded machine), the
-  same recall per probe as 64-d on this data; FAISS assigns to <= 32-d centroids with a fused
-  kernel, 8x faster than at 64-d: the whole 1M add takes ~12 s (loaded). Chosen.
-- IVF-SQ8 / PQ fast-scan codes scan faster still but need a longer exact re-rank from SQLite
-  (outside FAISS); HNSW over 1M vectors takes minutes to build on 2 cores.
+- ivf-flat, 2 sqrt(n) = 2,000 lists, full-d flat quantizer (before): build 41 s, nprobe 64,
+  FAISS 2.6 ms. Assigning 1M vectors costs n * nlist * d and grows with the list count.
+- 16k lists, HNSW quantizer, vectors assigned two-level (nearest of 128 groups, then nearest
+  centroid in it): build 22 s, but misassigned vectors need nprobe 256, 2.4 ms. Assigning by the
+  HNSW quantizer itself was ~3x slower than a flat assignment.
+- 8k lists, quantizer in a 64-d PCA space: build 39 s, nprobe 96, 1.07 ms. Assignment is exact in
+  that space, so the lists a query probes are the lists its neighbours were put in.
+- 16k lists, quantizer in a 32-d PCA space: build 15 s (FAISS assigns to <= 32-d centroids with a
+  fused kernel, ~8x faster than at 64-d), nprobe 80, 0.50 ms. Chosen (ivf_layout).
+- The same with SQ8 codes: 0.38 ms and 520 instead of 2,056 bytes a vector, but its exact re-rank
+  reads 30 vectors from SQLite per query, where ivf-flat re-ranks from its own lists.
+- HNSW32 over the vectors: ~220 s to build at 1M (22 s for 100k).
 """
 
 from __future__ import annotations
 
 import os
 
-KINDS = ("flat", "ivf-flat", "ivf-pq", "hnsw", "sq8", "fp16", "binary")
+KINDS = ("flat", "ivf-flat", "ivf-pq", "hnsw", "sq8", "fp16", "binary")  # built in memory (annbuild)
+ONDISK = "ivf-pq-ondisk"  # large-library mode: float16 vector files + IVF-PQ lists mapped from disk
+INDEX_TYPES = (*KINDS, ONDISK)  # what --index-type accepts (besides auto)
 
 # A flat scan costs ~0.1 ms per 1,000 512-d vectors for one query on one core (memory bound:
 # ~10 ms at 100k, ~20 ms at 200k, ~200 ms at 1M; bench/search.py). Up to 150k x 512 floats
@@ -40,7 +41,11 @@ COARSE_DIM = 32
 
 
 def default_memory_budget() -> int:
-    """A quarter of physical memory (4 GiB when unknown): room for the index next to everything else."""
+    """``$CLIPDEX_MEMORY_BUDGET`` (bytes), else a quarter of physical memory (4 GiB when unknown):
+    room for the index next to everything else."""
+    env = os.environ.get("CLIPDEX_MEMORY_BUDGET")
+    if env and env.strip().isdigit():
+        return int(env)
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
     except (ValueError, OSError, AttributeError):
@@ -62,6 +67,7 @@ def bytes_per_vector(kind: str, dim: int) -> int:
         "sq8": dim,
         "ivf-pq": pq_m(dim),
         "binary": -(-dim // 8),
+        ONDISK: 0,  # codes and ids are mapped from disk: RAM holds only the pages searches touch
     }[kind]
     return code + 8
 
@@ -80,15 +86,25 @@ def ivf_layout(n: int, d: int) -> tuple[int, int]:
 def choose_kind(n: int, dim: int, memory_budget: int | None = None) -> str:
     """The index for n vectors of dim: exact while a scan is fast, else IVF; smaller codes if memory is short.
 
-    Small collections (n * dim <= FLAT_MAX_FLOATS) are scanned: flat, else fp16, sq8 or binary codes,
-    whichever first fits the budget. Larger ones get an inverted file: ivf-flat if its float32
-    vectors fit, else ivf-pq (64 bytes per 512-d vector).
+    When the float32 vectors alone exceed the budget (and there are enough to train on), the
+    library goes to large-library mode: ivf-pq-ondisk. Otherwise small collections
+    (n * dim <= FLAT_MAX_FLOATS) are scanned: flat, else fp16, sq8 or binary codes, whichever first
+    fits the budget. Larger ones get an inverted file: ivf-flat if its float32 vectors fit, else
+    ivf-pq (64 bytes per 512-d vector).
     """
     budget = default_memory_budget() if memory_budget is None else memory_budget
 
     def fits(kind: str) -> bool:
         return n * bytes_per_vector(kind, dim) <= budget
 
+    if n >= MIN_TRAIN and exceeds_memory(n, dim, budget):
+        return ONDISK
     if n * dim <= FLAT_MAX_FLOATS:
         return next((k for k in ("flat", "fp16", "sq8") if fits(k)), "binary")
     return "ivf-flat" if fits("ivf-flat") else "ivf-pq"
+
+
+def exceeds_memory(n: int, dim: int, memory_budget: int | None = None) -> bool:
+    """Whether n float32 vectors of dim would not fit the memory budget (large-library mode)."""
+    budget = default_memory_budget() if memory_budget is None else memory_budget
+    return n * dim * 4 > budget

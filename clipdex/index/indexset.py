@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clipdex.index import ondisk
 from clipdex.index.ann import NeedsRebuild
 from clipdex.index.store import IMAGE, TEXT, Store
 from clipdex.index.tuning import TUNE_QUERIES
@@ -141,6 +142,17 @@ class IndexSet:
                 return idx
         except NeedsRebuild:
             pass
+        return self.rebuild(kind)
+
+    def rebuild(self, kind: str, fill: ondisk.Fill | None = None) -> VectorIndex:
+        """Build ``kind``'s index from the store (not from its file), cache and save it (``fill``:
+        how an on-disk index's blocks are filled, e.g. in Ray tasks)."""
+        self._cache.pop(kind, None)
+        if ondisk.wanted(self.store, kind, self.index_type):  # large-library mode: bounded memory
+            idx = ondisk.build(self.store, kind, self.path(kind), self.index_type, fill=fill)
+            self._cache[kind] = idx
+            self._try_save(kind, idx)
+            return idx
         with self.store.snapshot():
             gen = self.store.generation
             ids, vecs = self.store.vectors(kind)
@@ -225,6 +237,7 @@ class IndexSet:
             return
         self._file_stamp[kind] = _stamp(self.path(kind))
         self.store.prune_changes(kind, idx.generation)
+        ondisk.remove_unused(self.folder, kind, idx)
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

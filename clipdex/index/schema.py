@@ -97,11 +97,33 @@ def _m5_change_log(db: sqlite_utils.Database) -> None:
         )
 
 
+def _m6_vector_files(db: sqlite_utils.Database) -> None:
+    # Large-library mode: vectors live as float16 rows of immutable .npy files in LIBRARY/vectors/
+    # (an imported shard hard-linked or copied, or a file written per commit), not as blobs. An
+    # item whose `vector` is NULL is row `vrow` of file `vfile`; a row no item points at is garbage.
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS vector_files (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL UNIQUE,      -- file name in LIBRARY/vectors/
+            rows INTEGER NOT NULL,
+            dim INTEGER NOT NULL,
+            size INTEGER NOT NULL,          -- bytes: a file of another size is damaged
+            fingerprint BLOB,               -- hash of its size, first and last MiB (`check`)
+            added_at REAL NOT NULL
+        )"""
+    )
+    columns = {c.name for c in db["items"].columns}
+    for name in ("vfile", "vrow"):
+        if name not in columns:
+            db.execute(f"ALTER TABLE items ADD COLUMN {name} INTEGER")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial,
     _m2_pending,
     _m3_identity,
     _m4_photo_meta,
     _m5_change_log,
+    _m6_vector_files,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

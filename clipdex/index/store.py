@@ -21,6 +21,7 @@ from clipdex.index.records import Caption, FileRecord, Item, Merged, PhotoMeta
 from clipdex.index.schema import DB_NAME, IMAGE, MIGRATIONS, PAGE_SIZE, SCHEMA_VERSION, TEXT
 from clipdex.index.store_reads import Reads
 from clipdex.index.store_writes import Writes
+from clipdex.index.vector_shards import ShardVectors
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -32,7 +33,7 @@ __all__ = [
 MMAP_BYTES = 1 << 40  # address space only: SQLite maps what the file holds
 
 
-class Store(ChangeLog, Writes, Reads):
+class Store(ChangeLog, Writes, Reads, ShardVectors):
     """Thin typed layer over the library's SQLite database.
 
     Opened for reading unless ``write`` (default: ``create``): a reader opens the file read-only
@@ -91,6 +92,7 @@ class Store(ChangeLog, Writes, Reads):
         # file, 3x faster mapped than through read() calls (bench/search.py, 1M items).
         conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
         self.conn = conn
+        self.forget_vector_maps()
 
     def _uri(self, mode: str) -> str:
         from urllib.parse import quote
@@ -127,6 +129,7 @@ class Store(ChangeLog, Writes, Reads):
             with WriterLock(self.folder):  # two processes upgrading one library: one at a time
                 self._migrate()
         self.schema_version = SCHEMA_VERSION
+        self.forget_vector_maps()  # the migration may have added the vector-file columns
         self.writable = True
 
     def make_writable(self) -> None:

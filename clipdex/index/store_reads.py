@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +51,34 @@ class Reads:
                 out[row[0]] = Item(row[0], row[1], path, row[3], row[4], row[5])
         return out
 
+    def _vector_cols(self) -> str:
+        """The columns holding a vector: the blob, and in large-library mode a shard file row."""
+        return "vector, vfile, vrow" if self.has_vector_files() else "vector, NULL, NULL"
+
+    def _decode(self, rows: list[tuple]) -> np.ndarray:
+        """float32 vectors of (…, blob, vfile, vrow) rows: the blob, else the shard file's row."""
+        dim = self.dim or 0
+        out = np.zeros((len(rows), dim), np.float32)
+        blob_at = [n for n, r in enumerate(rows) if r[-3] is not None]
+        if blob_at:
+            joined = b"".join(rows[n][-3] for n in blob_at)
+            out[blob_at] = np.frombuffer(joined, np.float32).reshape(len(blob_at), -1)
+        if len(blob_at) < len(rows):
+            shard_at = [n for n, r in enumerate(rows) if r[-3] is None and r[-2] is not None]
+            if shard_at:
+                files = np.fromiter((rows[n][-2] for n in shard_at), np.int64, len(shard_at))
+                offsets = np.fromiter((rows[n][-1] for n in shard_at), np.int64, len(shard_at))
+                out[shard_at] = self.shard_rows(files, offsets)
+        return out
+
+    def iter_vectors(self, kind: str, batch: int = 262_144) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(ids, float32 vectors) of one kind by chunks of ``batch``, ascending id (bounded memory)."""
+        cur = self.conn.execute(
+            f"SELECT id, {self._vector_cols()} FROM items WHERE kind = ? ORDER BY id", (kind,)
+        )
+        while rows := cur.fetchmany(batch):
+            yield np.fromiter((r[0] for r in rows), np.int64, len(rows)), self._decode(rows)
+
     def vectors(self, kind: str, batch: int = 65536) -> tuple[np.ndarray, np.ndarray]:
         """All (ids, vectors) of one kind, ascending id; read in chunks to bound peak memory."""
         dim = self.dim or 0
@@ -57,12 +86,10 @@ class Reads:
         ids = np.empty(total, np.int64)
         vecs = np.empty((total, dim), np.float32)
         n = 0
-        cur = self.conn.execute("SELECT id, vector FROM items WHERE kind = ? ORDER BY id", (kind,))
-        while rows := cur.fetchmany(batch):
-            for i, blob in rows:
-                ids[n] = i
-                vecs[n] = np.frombuffer(blob, np.float32)
-                n += 1
+        for chunk_ids, chunk in self.iter_vectors(kind, batch):
+            ids[n : n + len(chunk_ids)] = chunk_ids
+            vecs[n : n + len(chunk_ids)] = chunk
+            n += len(chunk_ids)
         return ids[:n], vecs[:n]
 
     def get_vectors(self, ids: Sequence[int] | np.ndarray) -> np.ndarray:
@@ -70,32 +97,45 @@ class Reads:
         # One indexed query per 500 ids and one buffer join: no per-row Python work beyond the fetch
         # (this runs on every search). Ids without a stored vector get zeros.
         want = np.asarray(ids, np.int64).reshape(-1)
-        got_ids: list[int] = []
-        blobs: list[bytes] = []
+        rows: list[tuple] = []
+        cols = self._vector_cols()
         for chunk in chunks(want.tolist(), 500):
             marks = ",".join("?" * len(chunk))
-            for i, blob in self.conn.execute(f"SELECT id, vector FROM items WHERE id IN ({marks})", chunk):
-                if blob is not None:
-                    got_ids.append(i)
-                    blobs.append(blob)
-        dim = len(blobs[0]) // 4 if blobs else (self.dim or 0)
-        out = np.zeros((len(want), dim), np.float32)
-        if blobs:
-            got = np.frombuffer(b"".join(blobs), np.float32).reshape(len(blobs), dim)
+            rows += self.conn.execute(f"SELECT id, {cols} FROM items WHERE id IN ({marks})", chunk)
+        out = np.zeros((len(want), self.dim or 0), np.float32)
+        rows = [r for r in rows if r[1] is not None or r[2] is not None]
+        if rows:
+            got = self._decode(rows)
+            got_ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
             order = np.argsort(got_ids)
-            sorted_ids = np.asarray(got_ids, np.int64)[order]
+            sorted_ids = got_ids[order]
             pos = np.minimum(np.searchsorted(sorted_ids, want), len(sorted_ids) - 1)
             hit = sorted_ids[pos] == want
             out[hit] = got[order[pos[hit]]]
         return out
 
-    def sample_vectors(self, kind: str, n: int) -> np.ndarray:
-        """Up to ``n`` stored vectors of ``kind``, drawn at random."""
+    def live_vectors(self, kind: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of those of ``ids`` that exist now with ``kind``, ascending id."""
+        rows: list[tuple] = []
+        cols = self._vector_cols()
+        for chunk in chunks(np.unique(np.asarray(ids, np.int64)).tolist(), 500):
+            marks = ",".join("?" * len(chunk))
+            rows += self.conn.execute(
+                f"SELECT id, {cols} FROM items WHERE kind = ? AND id IN ({marks}) ORDER BY id", [kind, *chunk]
+            )
+        return np.fromiter((r[0] for r in rows), np.int64, len(rows)), self._decode(rows)
+
+    def sample_vectors(self, kind: str, n: int, with_ids: bool = False, seed: int | None = None) -> Any:
+        """Up to ``n`` stored vectors of ``kind``, drawn at random (with their ids: ``with_ids``);
+        with ``seed`` the same draw every time for the same ids (a multiplicative hash order)."""
+        order = "random()" if seed is None else "((id + ?) * 2654435761) % 4294967291"
+        args = (kind, n) if seed is None else (kind, int(seed), n)
         rows = self.conn.execute(
-            "SELECT vector FROM items WHERE kind = ? ORDER BY random() LIMIT ?", (kind, n)
+            f"SELECT id, {self._vector_cols()} FROM items WHERE kind = ? ORDER BY {order} LIMIT ?", args
         ).fetchall()
-        dim = self.dim or 0
-        return np.array([np.frombuffer(r[0], np.float32) for r in rows], np.float32).reshape(-1, dim)
+        if with_ids:
+            return np.fromiter((r[0] for r in rows), np.int64, len(rows)), self._decode(rows)
+        return self._decode(rows)
 
     def item_record(self, item_id: int) -> dict | None:
         """One item's stored fields (no vector) as a dict, or None; for detail views."""

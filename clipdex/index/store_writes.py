@@ -18,6 +18,10 @@ from clipdex.index.records import Merged, PhotoMeta
 from clipdex.index.schema import IMAGE
 from clipdex.index.sqlrows import chunks
 
+# A unit vector kept as float16 differs from its float32 source by at most ~2.5e-4 a component; a
+# re-imported vector within this of the stored one is the same vector (unchanged, not updated).
+FLOAT16_TOLERANCE = 2e-3
+
 
 class Writes:
     """`Store`'s write methods (mixed into `Store`); each takes the transaction it needs."""
@@ -50,16 +54,18 @@ class Writes:
         photos = photos or [None] * n
         ids = []
         with self.transaction():
+            stored = self._vector_values(vectors)
             for i in range(n):
                 meta = photos[i] or PhotoMeta()
                 taken = meta.taken_at
                 if taken is None and kind == IMAGE and stats[i][0] is not None:
                     taken = stats[i][0] / 1e9
                 cur = self.conn.execute(
-                    "INSERT INTO items (kind, source, path, mtime_ns, size, text, image_id, vector,"
-                    " added_at, taken_at, width, height) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO items (kind, source, path, mtime_ns, size, text, image_id, vector, vfile,"
+                    " vrow, added_at, taken_at, width, height)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (kind, source, paths[i], stats[i][0], stats[i][1], texts[i], image_ids[i],
-                     vectors[i].tobytes(), now, taken, meta.width, meta.height),
+                     *stored[i], now, taken, meta.width, meta.height),
                 )  # fmt: skip
                 ids.append(int(cur.lastrowid))
             self._log("add", zip(repeat(kind), ids))
@@ -72,12 +78,14 @@ class Writes:
         vectors: np.ndarray,
         paths: Sequence[bytes] | None = None,
         texts: Sequence[str] | None = None,
+        located: tuple[int, np.ndarray] | None = None,
     ) -> np.ndarray:
         """Bulk insert (no stat, no links): one executemany; returns the new ids (consecutive).
 
         Ids are given explicitly, continuing the AUTOINCREMENT sequence, so they are known without
         one round trip per row; the transaction (taken here unless the caller holds one) keeps other
-        writers out meanwhile.
+        writers out meanwhile. ``located`` (large-library mode): (vector file id, its rows) already
+        holding these vectors, e.g. an imported shard.
         """
         n = len(vectors)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -86,22 +94,28 @@ class Writes:
                 raise ValueError(f"{n} vectors but {len(seq)} {name}")
         if n == 0:
             return np.empty(0, np.int64)
-        row_bytes = vectors.shape[1] * 4
-        flat = memoryview(vectors).cast("B")
-        blobs = (flat[i * row_bytes : (i + 1) * row_bytes] for i in range(n))
         with self.transaction():
+            if located is None and not self.large_mode:
+                row_bytes = vectors.shape[1] * 4
+                flat = memoryview(vectors).cast("B")
+                stored = ((flat[i * row_bytes : (i + 1) * row_bytes], None, None) for i in range(n))
+            else:
+                stored = iter(self._vector_values(vectors, located))
             seq = self.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
             top = self.conn.execute("SELECT max(id) FROM items").fetchone()[0]
             first = max(seq[0] if seq else 0, top or 0) + 1
             ids = np.arange(first, first + n, dtype=np.int64)
             self.conn.executemany(
-                "INSERT INTO items (id, kind, source, path, text, vector, added_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                zip(
-                    ids.tolist(), repeat(kind), repeat(source),
-                    paths if paths is not None else repeat(None),
-                    texts if texts is not None else repeat(None),
-                    blobs, repeat(time.time()),
+                "INSERT INTO items (id, kind, source, path, text, vector, vfile, vrow, added_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (i, kind, source, p, t, *v, now)
+                    for i, p, t, v, now in zip(
+                        ids.tolist(),
+                        paths if paths is not None else repeat(None),
+                        texts if texts is not None else repeat(None),
+                        stored, repeat(time.time()),
+                    )
                 ),
             )  # fmt: skip
             self._log("add", zip(repeat(kind), ids.tolist()))
@@ -153,15 +167,17 @@ class Writes:
         hashes: Sequence[bytes | None] | None = None,
         photos: Sequence[PhotoMeta | None] | None = None,
         source: str | None = None,
+        located: tuple[int, np.ndarray] | None = None,
     ) -> None:
         """Replace the vectors of existing items in place (their ids stay), with their new file facts.
 
         Every change of a stored vector goes through here, `insert`/`insert_many` or `delete`.
+        ``located`` as in `insert_many`.
         """
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if len(ids) != len(vectors):
             raise ValueError(f"{len(ids)} ids but {len(vectors)} vectors")
-        cols: dict[str, Sequence] = {"vector": [v.tobytes() for v in vectors]}
+        cols: dict[str, Sequence] = {}
         if texts is not None:
             cols["text"] = texts
         cols.update(self._file_columns(paths, stats, hashes))
@@ -175,6 +191,9 @@ class Writes:
             cols["width"] = [p.width for p in metas]
             cols["height"] = [p.height for p in metas]
         with self.transaction():
+            stored = self._vector_values(vectors, located)
+            for n, name in enumerate(("vector", "vfile", "vrow")):
+                cols[name] = [v[n] for v in stored]
             self._update_columns(ids, cols, source)
             kinds = []
             for chunk in chunks([int(i) for i in ids], 500):
@@ -195,6 +214,20 @@ class Writes:
         """New file facts (path, stat, content hash) for items whose vector stays: a move, a touch."""
         with self.transaction():
             self._update_columns(ids, self._file_columns(paths, stats, hashes), source)
+
+    def _vector_values(
+        self, vectors: np.ndarray, located: tuple[int, np.ndarray] | None = None
+    ) -> list[tuple[bytes | None, int | None, int | None]]:
+        """(blob, vector file, row) to store for each vector: a float32 blob, or in large-library
+        mode a row of a vector file (``located``, else a new file written and fsynced now, before
+        the caller's transaction commits)."""
+        if located is not None:
+            fid, rows = located
+            return [(None, int(fid), int(r)) for r in rows]
+        if self.large_mode and len(vectors):
+            fid = self.write_vector_file(vectors)
+            return [(None, fid, r) for r in range(len(vectors))]
+        return [(v.tobytes(), None, None) for v in vectors]
 
     @staticmethod
     def _file_columns(paths: Sequence | None, stats: Sequence | None, hashes: Sequence | None) -> dict:
@@ -217,13 +250,18 @@ class Writes:
         rows = ((*(cols[c][n] for c in names), *extra, int(i)) for n, i in enumerate(ids))
         self.conn.executemany(f"UPDATE items SET {', '.join(sets)} WHERE id = ?", rows)
 
-    def merge_keyed(self, kind: str, source: str, keys: Sequence, vectors: np.ndarray) -> Merged:
+    def merge_keyed(
+        self, kind: str, source: str, keys: Sequence, vectors: np.ndarray,
+        located: tuple[int, np.ndarray] | None = None,
+    ) -> Merged:  # fmt: skip
         """Upsert rows keyed by image path (bytes) or exact text (non-sidecar texts).
 
         A known key with an equal vector is unchanged, with another vector it is updated in place
-        (same id); an unknown key is inserted. A key repeated within one run (see `begin_merge`)
-        counts once: the first row wins, later ones are unchanged. Set-based SQL through a
-        temporary table: no per-row round trips, so a million-row import stays fast.
+        (same id); an unknown key is inserted. ``located``: (vector file id, the file row of each
+        of ``vectors``) when they already sit in a vector file (large-library mode); a vector kept
+        there as float16 counts as equal within FLOAT16_TOLERANCE. A key repeated within one run
+        (see `merging`) counts once: the first row wins, later ones are unchanged. Set-based SQL
+        through a temporary table: no per-row round trips, so a million-row import stays fast.
         """
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         n = len(vectors)
@@ -244,17 +282,27 @@ class Writes:
                 f" ON i.kind = ? AND i.{column} = m.key{sidecar} GROUP BY m.row",
                 (kind,),
             ).fetchall()
-            changed = sorted((r, i) for r, i, blob in matched if blob != vectors[r].tobytes())
+            changed = [(r, i) for r, i, blob in matched if blob is not None and blob != vectors[r].tobytes()]
+            in_files = np.array([(r, i) for r, i, blob in matched if blob is None], np.int64).reshape(-1, 2)
+            if len(in_files):  # float16 rows of a vector file: equal up to the float16 rounding
+                diff = np.abs(self.get_vectors(in_files[:, 1]) - vectors[in_files[:, 0]]).max(axis=1)
+                changed += [(int(r), int(i)) for r, i in in_files[diff > FLOAT16_TOLERANCE]]
+            changed.sort()
             updated_rows = np.array([r for r, _ in changed], np.int64)
             updated_ids = np.array([i for _, i in changed], np.int64)
+
+            def at(rows: np.ndarray) -> tuple[int, np.ndarray] | None:
+                return None if located is None else (located[0], np.asarray(located[1])[rows])
+
             if changed:
-                self.update_vectors(updated_ids.tolist(), vectors[updated_rows])
+                self.update_vectors(updated_ids.tolist(), vectors[updated_rows], located=at(updated_rows))
             fresh = sorted(rows - {r for r, _, _ in matched})
             new_rows = np.array(fresh, np.int64)
             fresh_keys = [keys[r] for r in fresh]
             new_ids = self.insert_many(
                 kind, source, vectors[new_rows],
                 paths=fresh_keys if kind == "image" else None, texts=fresh_keys if kind != "image" else None,
+                located=at(new_rows),
             ) if fresh else np.empty(0, np.int64)  # fmt: skip
         return Merged(new_ids, new_rows, updated_ids, updated_rows, n - len(fresh) - len(changed))
 
@@ -319,6 +367,8 @@ class Writes:
             if missing:
                 self.delete(missing)
             self.conn.execute("DELETE FROM pending_vectors")
+            if self.large_mode:  # the new vectors came as blobs: into vector files, like all others
+                self.enter_large_mode()
         return missing
 
     def clear_pending(self) -> None:

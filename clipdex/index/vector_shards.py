@@ -1,0 +1,279 @@
+"""Large-library mode's vector storage: float16 rows of immutable .npy files in ``LIBRARY/vectors/``.
+
+In this mode an item has no vector blob; it names a row of a file (``items.vfile``, ``items.vrow``;
+the files are listed in ``vector_files``). A file is written (or an imported shard hard-linked,
+else copied) and fsynced *before* the transaction that references it, and never rewritten: a crash
+leaves at worst an unreferenced file (`clipdex check --repair` deletes it), never a half-written
+row. Removals only drop the items; their rows become garbage in the file.
+
+Reads go through cached read-only memory maps and come back as float32, renormalised: scores in
+this mode are cosines of the float16 vectors.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from clipdex.errors import ClipdexError
+
+SHARDS_DIR = "vectors"
+STORAGE_KEY = "vector_storage"  # meta: "shards" once the library is in large-library mode
+CONVERT_CHUNK = 1_000_000  # rows per file when blobs move into shard files
+
+
+class VectorFileError(ClipdexError):
+    """A vector file is missing or damaged: the vectors in it are lost."""
+
+
+class ShardVectors:
+    """`Store`'s vector files (mixed into `Store`)."""
+
+    conn: sqlite3.Connection
+    folder: Path
+
+    # ---- mode ---------------------------------------------------------------------------
+    @property
+    def large_mode(self) -> bool:
+        """Whether new vectors go to shard files (large-library mode) rather than blobs."""
+        return self.get_meta(STORAGE_KEY) == "shards"  # type: ignore[attr-defined]
+
+    @property
+    def shards_dir(self) -> Path:
+        return self.folder / SHARDS_DIR
+
+    def has_vector_files(self) -> bool:
+        """Whether this database can reference vector files (an older schema, read as is, cannot)."""
+        # Only a yes is kept: a reader of an older schema looks again (a writer may migrate meanwhile).
+        if not getattr(self, "_vfile_cols", None):
+            self._vfile_cols = self.has_columns("items", "vfile", "vrow")  # type: ignore[attr-defined]
+        return bool(self._vfile_cols)
+
+    # ---- reading ------------------------------------------------------------------------
+    def _vector_map(self, file_id: int) -> np.ndarray:
+        maps: dict[int, np.ndarray] = self.__dict__.setdefault("_vector_maps", {})
+        arr = maps.get(file_id)
+        if arr is None:
+            row = self.conn.execute(
+                "SELECT name, rows, dim, size FROM vector_files WHERE id = ?", (int(file_id),)
+            ).fetchone()
+            if row is None:
+                raise VectorFileError(f"vector file #{file_id} is not listed in the database")
+            arr = open_vector_file(self.shards_dir / row[0], row[1], row[2], row[3])
+            maps[file_id] = arr
+        return arr
+
+    def shard_rows(self, files: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """float32 unit vectors of (file id, row) pairs, in the given order."""
+        files = np.asarray(files, np.int64)
+        rows = np.asarray(rows, np.int64)
+        dim = self.dim or 0  # type: ignore[attr-defined]
+        out = np.empty((len(rows), dim), np.float32)
+        for fid in np.unique(files):
+            where = np.flatnonzero(files == fid)
+            arr = self._vector_map(int(fid))
+            want = rows[where]
+            order = np.argsort(want, kind="stable")  # ascending offsets: sequential page reads
+            out[where[order]] = arr[want[order]]
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        np.divide(out, norms, out=out, where=norms > 0)
+        return out
+
+    def forget_vector_maps(self) -> None:
+        self.__dict__.pop("_vector_maps", None)
+        self._vfile_cols = None
+
+    # ---- writing ------------------------------------------------------------------------
+    def write_vector_file(self, vectors: np.ndarray) -> int:
+        """Write ``vectors`` as a new float16 file, fsynced, and list it (in the caller's
+        transaction, which then references its rows); returns its file id."""
+        half = np.ascontiguousarray(vectors, dtype=np.float16)
+        name = _new_name()
+        path = self.shards_dir / name
+        _write_durably(path, lambda f: np.save(f, half, allow_pickle=False))
+        return self._list_file(name, half.shape[0], half.shape[1])
+
+    def link_vector_file(self, source: str | os.PathLike, chunk: int = 262_144) -> int:
+        """Bring an imported (N, D) array into ``vectors/``: hard-linked when it is native float16
+        on the same file system, else copied (converted to float16 by chunks); returns its id.
+        The user's file is never moved or changed."""
+        src = np.load(source, mmap_mode="r", allow_pickle=False)
+        name = _new_name()
+        path = self.shards_dir / name
+        self.shards_dir.mkdir(parents=True, exist_ok=True)
+        if src.dtype == np.float16 and src.dtype.isnative and _plain_npy(source):
+            try:
+                os.link(source, path)
+            except OSError:  # another file system, or links not allowed: a copy
+                _write_durably(path, lambda f: _copy_file(source, f))
+            else:
+                _fsync_dir(self.shards_dir)
+        else:
+
+            def convert(f) -> None:
+                np.lib.format.write_array_header_1_0(
+                    f, {"descr": "<f2", "fortran_order": False, "shape": src.shape}
+                )
+                for start in range(0, src.shape[0], chunk):
+                    f.write(np.ascontiguousarray(src[start : start + chunk], "<f2").tobytes())
+
+            _write_durably(path, convert)
+        return self._list_file(name, src.shape[0], src.shape[1])
+
+    def _list_file(self, name: str, rows: int, dim: int) -> int:
+        path = self.shards_dir / name
+        cur = self.conn.execute(
+            "INSERT INTO vector_files (name, rows, dim, size, fingerprint, added_at)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (name, int(rows), int(dim), path.stat().st_size, fingerprint(path), time.time()),
+        )
+        return int(cur.lastrowid)
+
+    def drop_unused_vector_files(self, file_ids: list[int] | None = None) -> list[str]:
+        """Unlist and delete vector files no item references (of ``file_ids``, or all); returns
+        their names. Called after a commit: an import whose rows were all unchanged leaves none."""
+        used = {f for (f,) in self.conn.execute("SELECT DISTINCT vfile FROM items WHERE vfile IS NOT NULL")}
+        rows = [(i, n) for i, n in self.conn.execute("SELECT id, name FROM vector_files") if i not in used]
+        if file_ids is not None:
+            rows = [(i, n) for i, n in rows if i in set(file_ids)]
+        if not rows:
+            return []
+        with self.transaction():  # type: ignore[attr-defined]
+            self.conn.executemany("DELETE FROM vector_files WHERE id = ?", [(i,) for i, _ in rows])
+        maps = self.__dict__.get("_vector_maps", {})
+        for i, name in rows:
+            maps.pop(i, None)
+            (self.shards_dir / name).unlink(missing_ok=True)
+        return [n for _, n in rows]
+
+    def remove_orphan_vector_files(self) -> list[str]:
+        """Delete files in ``vectors/`` that no listed vector file names (a write that crashed or
+        rolled back before its commit; the writer holds the lock, so none is being written)."""
+        if not self.shards_dir.is_dir():
+            return []
+        listed = {name for _, name, *_ in self.vector_files()}
+        gone = sorted(p.name for p in self.shards_dir.iterdir() if p.name not in listed)
+        for name in gone:
+            (self.shards_dir / name).unlink(missing_ok=True)
+        return gone
+
+    def enter_large_mode(self) -> int:
+        """Switch to shard storage, moving every vector blob into float16 files (a file and a
+        transaction per CONVERT_CHUNK rows: an interrupted switch resumes); returns rows moved."""
+        moved = 0
+        with self.transaction():  # type: ignore[attr-defined]
+            self.set_meta(STORAGE_KEY, "shards")  # type: ignore[attr-defined]
+        while True:
+            rows = self.conn.execute(
+                "SELECT id, vector FROM items WHERE vector IS NOT NULL ORDER BY id LIMIT ?", (CONVERT_CHUNK,)
+            ).fetchall()
+            if not rows:
+                return moved
+            vecs = np.frombuffer(b"".join(b for _, b in rows), np.float32).reshape(len(rows), -1)
+            with self.transaction():  # type: ignore[attr-defined]
+                fid = self.write_vector_file(vecs)
+                self.conn.executemany(
+                    "UPDATE items SET vector = NULL, vfile = ?, vrow = ? WHERE id = ?",
+                    ((fid, n, i) for n, (i, _) in enumerate(rows)),
+                )
+            moved += len(rows)
+
+    def vector_files(self) -> list[tuple[int, str, int, int, int]]:
+        """(id, name, rows, dim, size) of every listed vector file."""
+        return [row[:5] for row in self.vector_file_rows()]
+
+    def vector_file_rows(self) -> list[tuple[int, str, int, int, int, bytes | None]]:
+        """(id, name, rows, dim, size, fingerprint) of every listed vector file."""
+        found = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'vector_files'"
+        )
+        if found.fetchone() is None:  # an older schema, read as it is
+            return []
+        return self.conn.execute(
+            "SELECT id, name, rows, dim, size, fingerprint FROM vector_files ORDER BY id"
+        ).fetchall()
+
+
+def open_vector_file(path: Path, rows: int, dim: int, size: int) -> np.ndarray:
+    """The (rows, dim) float16 array of a listed file, memory-mapped; VectorFileError when the
+    file is missing or is not what was listed."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise VectorFileError(
+            f"vector file {path} is missing: the vectors stored in it are lost (`clipdex check` "
+            "names the items; `clipdex index --reembed` re-creates images that still have their files)"
+        ) from None
+    if st.st_size != size:
+        raise VectorFileError(f"vector file {path} is damaged ({st.st_size} bytes, expected {size})")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise VectorFileError(f"vector file {path} is damaged ({e})") from None
+    if arr.shape != (rows, dim) or arr.dtype != np.float16:
+        raise VectorFileError(f"vector file {path} is damaged (holds {arr.dtype} {arr.shape})")
+    return arr
+
+
+def fingerprint(path: Path, span: int = 1 << 20) -> bytes:
+    """A hash of a file's size and its first and last MiB: `check` tells a file changed since it
+    was listed (e.g. a hard-linked shard that its owner rewrote in place) without reading it all."""
+    import hashlib
+
+    size = path.stat().st_size
+    h = hashlib.blake2b(size.to_bytes(8, "little"), digest_size=16)
+    with open(path, "rb") as f:
+        h.update(f.read(span))
+        if size > span:
+            f.seek(max(span, size - span))
+            h.update(f.read(span))
+    return h.digest()
+
+
+def _new_name() -> str:
+    return f"{uuid.uuid4().hex[:16]}.npy"
+
+
+def _plain_npy(path: str | os.PathLike) -> bool:
+    """A regular file (linking a symlink would link the link)."""
+    return Path(path).is_file() and not Path(path).is_symlink()
+
+
+def _copy_file(source: str | os.PathLike, f) -> None:
+    with open(source, "rb") as src:
+        shutil.copyfileobj(src, f, 1 << 22)
+
+
+def _write_durably(path: Path, write) -> None:
+    """Write through a temporary name, fsync, rename into place, fsync the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
