@@ -96,6 +96,7 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import os
 
+    from clipdex.index.ann import OWN_VECTOR_KINDS
     from clipdex.index.store import IMAGE
     from clipdex.index.tuning import exact_top
     from clipdex.library import Library
@@ -141,12 +142,14 @@ def main() -> int:
             index = lib.indexes.view(IMAGE)
             ann = index.ann
             fetch = k * ann.info["params"].get("rerank", 1) + 10
+            own = ann.kind in OWN_VECTOR_KINDS  # FAISS hands out the candidates' vectors too
+            candidates = ann._candidates_with_vectors if own else ann._candidates
             vec = p50s(
                 {
                     "numpy": lambda q: brute_force(stored, q, k),
                     "library": lambda q: lib.search(vector=q, k=k),
                     "ann": lambda q: ann.search(q[None], k, lib.store.get_vectors),
-                    "faiss": lambda q: ann._candidates(q[None], fetch),
+                    "faiss": lambda q: candidates(q[None], fetch),
                 },
                 queries,
             )

@@ -261,7 +261,7 @@ def test_damaged_bytes_raise_value_error(built):
 def test_auto_falls_back_to_an_exact_scan_when_ivf_misses_the_recall_target(monkeypatch):
     """Unclustered data defeats IVF at small nprobe: auto must not hand out a low-recall index."""
     monkeypatch.setattr(choose, "FLAT_MAX_FLOATS", 1_000)  # make 5k x 64 'large'
-    monkeypatch.setattr(tuning, "NPROBES", (1,))  # and the probe grid too small for uniform data
+    monkeypatch.setattr(tuning, "NPROBE_STEPS", (1,))  # and the probe grid too small for uniform data
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5_000, 64)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)

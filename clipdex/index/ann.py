@@ -159,7 +159,11 @@ class AnnIndex:
             on_gpu = src.info.get("device") == "gpu"
             if on_gpu and (fetch > GPU_MAX_K or selector is not None) and src.cpu is not None:
                 src = src.cpu
-            cand_scores, cand, vecs = src._candidates(q[rows], fetch, selector)
+            vecs = None
+            if src.kind in OWN_VECTOR_KINDS and selector is None and src.info.get("device") != "gpu":
+                cand_scores, cand, vecs = src._candidates_with_vectors(q[rows], fetch)
+            else:
+                cand_scores, cand = src._candidates(q[rows], fetch, selector)
             s, i = self._rerank(q[rows], cand, k, get_vectors, dropped, vecs)
             scores[rows], ids[rows] = s, i
             if selector is not None and selector.widen((i >= 0).sum(axis=1)):
@@ -175,23 +179,27 @@ class AnnIndex:
 
     def _candidates(
         self, q: np.ndarray, fetch: int, selector: _Selector | None = None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """(scores, ids, vectors or None) of `fetch` candidates per query.
-
-        ivf-flat's inverted lists hold the very float32 vectors the store holds (they are added
-        from the same arrays), so its candidates come with their vectors and the re-rank reads
-        nothing from SQLite (~0.1 ms of a 1M search). Other kinds, and filtered searches: vectors
-        None (the re-rank calls get_vectors).
-        """
+    ) -> tuple[np.ndarray, np.ndarray]:
         params = selector.params() if selector is not None else None
         with _single_thread(len(q) < SMALL_BATCH):
             if self.codec is not None:
                 dist, cand = self.index.search(self.codec.encode(q), fetch, params=params)
-                return -dist.astype(np.float32), cand, None  # Hamming: smaller is better
-            # (FAISS cannot combine an ID selector with the list positions reconstruction uses.)
-            if self.kind in OWN_VECTOR_KINDS and selector is None and self.info.get("device") != "gpu":
-                return self.index.search_and_reconstruct(q, fetch)
-            return (*self.index.search(q, fetch, params=params), None)
+                return -dist.astype(np.float32), cand  # Hamming: smaller is better
+            return self.index.search(q, fetch, params=params)
+
+    def _candidates_with_vectors(
+        self, q: np.ndarray, fetch: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(scores, ids, vectors (Q, fetch, d)) of `fetch` candidates per query, for the kinds in
+        OWN_VECTOR_KINDS on the CPU, unfiltered (FAISS cannot combine an ID selector with the list
+        positions reconstruction uses).
+
+        ivf-flat's inverted lists hold the very float32 vectors the store holds (they are added
+        from the same arrays), so its candidates come with their vectors and the re-rank reads
+        nothing from SQLite (~0.1 ms of a 1M search).
+        """
+        with _single_thread(len(q) < SMALL_BATCH):
+            return self.index.search_and_reconstruct(q, fetch)
 
     def _rerank(
         self, q: np.ndarray, cand: np.ndarray, k: int, get_vectors: Callable[[np.ndarray], np.ndarray],
