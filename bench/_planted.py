@@ -1,4 +1,5 @@
-"""Shared by the bench scripts: clustered unit vectors, and a library made of them by import."""
+"""Shared by the bench scripts: clustered unit vectors (well separated: `mixture`; hard for an
+index: `hard_mixture`), and a library made of them by import."""
 
 from __future__ import annotations
 
@@ -20,6 +21,30 @@ def mixture(n: int, d: int, seed: int = 0) -> np.ndarray:
         e = min(n, s + 100_000)
         noise = rng.standard_normal((e - s, d), np.float32)
         x = centres[rng.integers(0, nc, e - s)] + 0.8 / np.sqrt(d) * noise
+        out[s:e] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def hard_mixture(
+    n: int, dim: int, latent: int, seed: int, library_size: int | None = None, out: np.ndarray | None = None
+) -> np.ndarray:
+    """(n, dim) unit rows, hard for an index: a Gaussian mixture in a `latent`-dim space
+    (library_size/200 centres, wide spread) randomly projected to `dim` dims, plus isotropic
+    noise. Neighbours are not well separated: IVF needs tens of probes for recall 0.95.
+
+    The mixture (centres, projection) depends on `seed` and `library_size` (default n) only: rows
+    drawn with the same two come from the same distribution, whatever n. Written into `out` (any
+    float dtype, e.g. a float16 memory map) when given, 100k rows at a time.
+    """
+    rng = np.random.default_rng(seed)
+    nc = max(50, (n if library_size is None else library_size) // 200)
+    centres = rng.standard_normal((nc, latent)).astype(np.float32)
+    proj = rng.standard_normal((latent, dim)).astype(np.float32) / np.sqrt(latent)
+    out = np.empty((n, dim), np.float32) if out is None else out
+    for s in range(0, n, 100_000):
+        e = min(n, s + 100_000)
+        z = centres[rng.integers(0, nc, e - s)] + 0.7 * rng.standard_normal((e - s, latent), np.float32)
+        x = z @ proj + 0.6 * rng.standard_normal((e - s, dim), np.float32)
         out[s:e] = x / np.linalg.norm(x, axis=1, keepdims=True)
     return out
 

@@ -1,6 +1,7 @@
 """Search through the user's path at N items, against numpy brute force over the same vectors.
 
-    python bench/search.py [--n 100000] [--dim 512] [--latent 24] [--queries 200] [--arch ViT-B-32]
+    python bench/search.py [--n 100000] [--dim 512] [--latent 24] [--queries 200]
+                           [--recall-queries 1000] [--arch ViT-B-32]
                            [--cli-repeat 3] [--keep DIR]
 
 Data (hard on purpose): a Gaussian mixture in a low-dimensional latent space (``--latent`` dims,
@@ -14,11 +15,11 @@ Then, in one run, side by side:
   numpy p50            brute force `X @ q` + argpartition over the stored float32 vectors
   Library.search p50   `Library.search(vector=q, k=10)`: the warm user path (index, re-rank, rows)
   ratio                numpy p50 / Library.search p50
-  recall@10            of Library.search against the exact top 10
+  recall@10            of Library.search against the exact top 10, over --recall-queries
+                       queries (1,000: ±0.002; the 200 timed ones alone give ±0.005)
   ann component        `AnnIndex.search` alone (FAISS candidates + exact re-rank), for reference
-  outside FAISS        Library.search p50 minus the FAISS-only p50 (an upper bound: the four
-                       vector-query timings are interleaved per query, Library.search first, so
-                       the later ones find the pages it touched already cached)
+  outside FAISS        Library.search p50 minus the FAISS-only p50 (the four timings are
+                       interleaved, in a random order, each on another query at each step)
   text query           `Library.search(text=…)` p50, and the text encoding alone (reported apart)
   cold CLI             `clipdex search "…" -k 10` in a fresh process vs a bare
                        `python -c "import torch, open_clip"` (medians, alternated)
@@ -37,21 +38,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-
-def hard_mixture(n: int, dim: int, latent: int, seed: int) -> np.ndarray:
-    """(n, dim) float32 unit rows: projected latent mixture + isotropic noise, made in chunks."""
-    rng = np.random.default_rng(seed)
-    nc = max(50, n // 200)
-    centres = rng.standard_normal((nc, latent)).astype(np.float32)
-    proj = rng.standard_normal((latent, dim)).astype(np.float32) / np.sqrt(latent)
-    out = np.empty((n, dim), np.float32)
-    for s in range(0, n, 100_000):
-        e = min(n, s + 100_000)
-        z = centres[rng.integers(0, nc, e - s)] + 0.7 * rng.standard_normal((e - s, latent), np.float32)
-        x = z @ proj + 0.6 * rng.standard_normal((e - s, dim), np.float32)
-        out[s:e] = x / np.linalg.norm(x, axis=1, keepdims=True)
-    return out
+from _planted import hard_mixture
 
 
 def brute_force(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
@@ -61,15 +48,22 @@ def brute_force(x: np.ndarray, q: np.ndarray, k: int) -> np.ndarray:
 
 
 def p50s(fns: dict, items) -> dict[str, float]:
-    """Median ms of each fn(item), one item at a time, the fns interleaved per item (so that a
-    shared machine's load changes affect them alike), after a short warm-up."""
+    """Median ms of each fn(item) over all items, the fns interleaved (so that a shared machine's
+    load changes affect them alike) in a random order at each step (so that each runs as often
+    right after the cache-flushing brute force as the others), each on a different item at each
+    step (a query repeated at once would find its index lists cached), after a warm-up."""
     for it in items[:5]:
         for fn in fns.values():
             fn(it)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for it in items:
-        for name, fn in fns.items():
-            t = time.perf_counter()
+    named = list(fns.items())
+    shift = max(1, len(items) // len(fns))
+    rng = np.random.default_rng(0)
+    for i in range(len(items)):
+        for j in rng.permutation(len(named)):
+            name, fn = named[j]
+            it = items[(i + j * shift) % len(items)]  # each fn its own query now: none finds
+            t = time.perf_counter()  # the lists another just probed in the cache
             fn(it)
             times[name].append(time.perf_counter() - t)
     return {name: float(np.percentile(v, 50) * 1e3) for name, v in times.items()}
@@ -86,11 +80,13 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--latent", type=int, default=24)
-    ap.add_argument("--queries", type=int, default=200)
+    ap.add_argument("--queries", type=int, default=200, help="timed queries")
+    ap.add_argument("--recall-queries", type=int, default=1000, help="queries recall is measured on")
     ap.add_argument(
         "--arch", default="ViT-B-32", help="random-init open_clip architecture (its width = --dim)"
     )
-    ap.add_argument("--cli-repeat", type=int, default=3)
+    ap.add_argument("--cli-repeat", type=int, default=3, help="cold CLI runs (0: skip the cold CLI)")
+    ap.add_argument("--no-text", action="store_true", help="skip the text-query lines")
     ap.add_argument(
         "--keep", default=None, help="work in this folder and keep it (reused when it holds a library)"
     )
@@ -100,7 +96,9 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import os
 
+    from clipdex.index.ann import OWN_VECTOR_KINDS
     from clipdex.index.store import IMAGE
+    from clipdex.index.tuning import exact_top
     from clipdex.library import Library
     from clipdex.retrieval.embed import encode_texts
     from clipdex.retrieval.models import init_model
@@ -130,32 +128,39 @@ def main() -> int:
                 f"import-embeddings (store + index build + tune) {time.perf_counter() - t:.1f} s", flush=True
             )
 
-        # The same mixture, rows not in the library.
-        queries = hard_mixture(args.n + args.queries, args.dim, args.latent, args.seed)[args.n :]
+        # The same mixture (same centres and projection), rows not in the library.
+        nq = max(args.queries, args.recall_queries)
+        queries = hard_mixture(args.n + nq, args.dim, args.latent, args.seed, args.n)[args.n :]
         with Library.open(lib_dir, device="cpu") as lib:
             ids, stored = lib.store.vectors(IMAGE)
             stored = np.ascontiguousarray(stored, np.float32)
-            truth = [set(ids[brute_force(stored, q, k)].tolist()) for q in queries]
-            found = [[r.id for r in lib.search(vector=q, k=k)] for q in queries]
+            judged = queries[: args.recall_queries]
+            truth = [set(row.tolist()) for row in ids[exact_top(judged, stored, k)]]
+            found = [[r.id for r in lib.search(vector=q, k=k)] for q in judged]
             recall = float(np.mean([len(t & set(f)) / k for t, f in zip(truth, found)]))
+            queries = queries[: args.queries]
             index = lib.indexes.view(IMAGE)
             ann = index.ann
             fetch = k * ann.info["params"].get("rerank", 1) + 10
+            own = ann.kind in OWN_VECTOR_KINDS  # FAISS hands out the candidates' vectors too
+            candidates = ann._candidates_with_vectors if own else ann._candidates
             vec = p50s(
                 {
                     "numpy": lambda q: brute_force(stored, q, k),
                     "library": lambda q: lib.search(vector=q, k=k),
                     "ann": lambda q: ann.search(q[None], k, lib.store.get_vectors),
-                    "faiss": lambda q: ann._candidates(q[None], fetch),
+                    "faiss": lambda q: candidates(q[None], fetch),
                 },
                 queries,
             )
             np_p50, lib_p50, ann_p50, faiss_p50 = vec["numpy"], vec["library"], vec["ann"], vec["faiss"]
-            texts = [f"a photo of thing number {i}" for i in range(50)]
-            lib.search(text=texts[0], k=k)  # loads the model
-            encode = lambda t: encode_texts(lib.model, [t])  # noqa: E731
-            txt = p50s({"encode": encode, "search": lambda t: lib.search(text=t, k=k)}, texts)
-            enc_p50, text_p50 = txt["encode"], txt["search"]
+            enc_p50 = text_p50 = float("nan")
+            if not args.no_text:
+                texts = [f"a photo of thing number {i}" for i in range(50)]
+                lib.search(text=texts[0], k=k)  # loads the model
+                encode = lambda t: encode_texts(lib.model, [t])  # noqa: E731
+                txt = p50s({"encode": encode, "search": lambda t: lib.search(text=t, k=k)}, texts)
+                enc_p50, text_p50 = txt["encode"], txt["search"]
             info = index.info
         stored = None  # free 2 GB at 1M before the CLI runs
 
@@ -169,7 +174,7 @@ def main() -> int:
             subprocess.run(cli + ["search", "a photo of a dog", "-k", "10"], check=True, env=env,
                            stdout=subprocess.DEVNULL)  # fmt: skip
             runs["clipdex search"].append(time.perf_counter() - t)
-        med = {name: statistics.median(v) for name, v in runs.items()}
+        med = {name: statistics.median(v) if v else float("nan") for name, v in runs.items()}
 
         load = os.getloadavg()
         params = ", ".join(f"{a}={v}" for a, v in info["params"].items()) or "-"
@@ -182,7 +187,7 @@ def main() -> int:
             ("numpy brute force p50", f"{np_p50:.2f} ms"),
             ("Library.search(vector) p50", f"{lib_p50:.2f} ms"),
             ("ratio numpy / Library.search", f"{np_p50 / lib_p50:.1f}x (goal >= 50 at 1M)"),
-            ("recall@10 vs exact", f"{recall:.3f} (goal >= 0.95)"),
+            (f"recall@10 vs exact ({len(judged)} queries)", f"{recall:.3f} (goal >= 0.95)"),
             ("  component: AnnIndex.search (FAISS + re-rank)", f"{ann_p50:.2f} ms"),
             ("  component: FAISS candidates only", f"{faiss_p50:.2f} ms"),
             ("  outside FAISS (Library.search - FAISS)", f"{lib_p50 - faiss_p50:.2f} ms (goal <= 0.5)"),

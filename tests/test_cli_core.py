@@ -312,6 +312,15 @@ def test_index_type_is_remembered_and_scores_stay_exact(tiny_model_dir, tmp_path
     ok("--library", lib, "import-embeddings", tmp_path / "v.npy", tmp_path / "m.csv")
     info = json.loads(ok("--library", lib, "info", "--json").stdout)
     assert info["indexes"]["images"]["type"] == index_type and info["images"] == 1506
+    if index_type == "ivf-flat":  # `info` tells how the index is laid out and what it was tuned to
+        from clipdex.index.choose import ivf_layout
+
+        image_index = info["indexes"]["images"]
+        params, (nlist, coarse) = image_index["params"], ivf_layout(1506, info["dim"])
+        assert (params["nlist"], params["coarse_dim"]) == (nlist, coarse), params
+        assert 1 <= params["nprobe"] <= nlist and image_index["recall_at_10"] >= 0.95, image_index
+        human = ok("--library", lib, "info").stdout
+        assert f"'nlist': {nlist}, 'coarse_dim': {coarse}, 'nprobe': {params['nprobe']}" in human
     ids, stored_vecs = stored(lib, "image")
     query = stored_vecs[3]
     hits = json_lines(ok("--library", lib, "search", "--image", folder / "3.png", "--json", "-k", "5").stdout)

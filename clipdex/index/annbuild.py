@@ -1,5 +1,14 @@
 """Building an AnnIndex: train the chosen FAISS index on a sample, add the vectors, tune its
-search parameters against exact results (see clipdex.index.tuning)."""
+search parameters against exact results (see clipdex.index.tuning).
+
+ivf-flat (the kind auto picks past the flat-scan size; see clipdex.index.choose for the measurements
+behind it) is built to keep a 1M x 512 build within seconds on 2 cores: ~16 sqrt(n) lists whose
+centroids live in a 32-d PCA space (`choose.ivf_layout`), trained by two-level k-means on a sample
+of 20 vectors a list (sqrt(nlist) coarse groups, then each group split in proportion to its size;
+a few seconds, where one flat k-means over 16,000 centroids would take minutes), then every vector
+assigned by an exact 32-d scan of the centroids. The lists hold the float32 vectors themselves, so
+a query's candidates carry exact scores and the re-rank reads only k + MARGIN stored vectors.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from clipdex.index.ann import AnnIndex, _faiss
+from clipdex.index.ann import AnnIndex, _faiss, _single_thread
 from clipdex.index.choose import (
     KINDS,
     MIN_TRAIN,
@@ -16,6 +25,7 @@ from clipdex.index.choose import (
     bytes_per_vector,
     choose_kind,
     default_memory_budget,
+    ivf_layout,
     pq_m,
 )
 from clipdex.index.codes import ItqCodec, binary_index
@@ -63,7 +73,8 @@ def build(
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
-    train = x[np.sort(rng.choice(n, min(n, _train_size(kind, n)), replace=False))]
+    trained_rows = np.sort(rng.choice(n, min(n, _train_size(kind, n)), replace=False))
+    train = x[trained_rows]
     index, codec, params = _make(kind, d, n, train, seed)
     ann = AnnIndex(kind, index, {"params": params}, codec)
     ann.index.add_with_ids(ann._encode(x), ids)
@@ -81,7 +92,9 @@ def build(
         recall_at_10=1.0 if kind == "flat" else None,
     )
     if kind != "flat":
-        tune(ann, x, ids, target_recall, rng, tune_queries)
+        untrained = np.ones(n, bool)
+        untrained[trained_rows] = False
+        tune(ann, x, ids, target_recall, rng, tune_queries, np.nonzero(untrained)[0])
     ann.info["build_seconds"] = round(build_seconds, 3)
     ann.info["tune_seconds"] = round(time.perf_counter() - t0 - build_seconds, 3)
     scan = next((k for k in ("flat", "fp16", "sq8") if n * bytes_per_vector(k, d) <= budget), None)
@@ -104,7 +117,7 @@ def build(
 
 
 def _nlist(n: int) -> int:
-    """~2 sqrt(n) lists (2,000 at 1M), with >= 39 training points each (faiss's minimum).
+    """ivf-pq: ~2 sqrt(n) lists (2,000 at 1M), with >= 39 training points each (faiss's minimum).
 
     Training and assigning cost grow with nlist (at 4 sqrt(n) a 1M build took ~50 s on 2 cores);
     twice the vectors per list only doubles a sub-millisecond probe.
@@ -115,7 +128,10 @@ def _nlist(n: int) -> int:
 def _train_size(kind: str, n: int) -> int:
     if kind == "flat":
         return 0
-    if kind in ("ivf-flat", "ivf-pq"):
+    if kind == "ivf-flat":
+        nlist, _ = ivf_layout(n, 0)  # (nlist does not depend on d)
+        return max(20 * nlist, 10_000)  # two-level k-means in 32-d: cheap per point
+    if kind == "ivf-pq":
         # 40 points per list: k-means cost ~ 40 * nlist^2 * d = 640 n d, so training stays linear in n.
         return 40 * _nlist(n)
     return 10_000  # sq8 ranges, ITQ rotation (d x d SVDs), HNSW (unused): a sample is plenty
@@ -138,17 +154,59 @@ def _make(kind: str, d: int, n: int, train: np.ndarray, seed: int) -> tuple[Any,
     if kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, 32, ip)
         return faiss.IndexIDMap(index), None, {"M": 32}
-    nlist = _nlist(n)
     if kind == "ivf-flat":
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, ip)
-        params = {"nlist": nlist}
-    else:
-        m = pq_m(d)
-        nbits = int(min(8, max(1, np.log2(len(train) / 39))))  # 256 centroids need ~10k points
-        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, nbits, ip)
-        index.do_polysemous_training = False  # on by default and 5x the training time, for no use here
-        index.pq.cp.niter = 10  # 64 small k-means: 25 iterations buy nothing after exact re-ranking
-        params = {"nlist": nlist, "m": m, "nbits": nbits}
+        quantizer, nlist, coarse = _coarse_quantizer(train, *ivf_layout(n, d), seed)
+        index = faiss.IndexIVFFlat(quantizer, d, nlist, ip)
+        index.train(train[:1])  # the quantizer is trained and filled: nothing left to learn
+        return index, None, {"nlist": nlist, "coarse_dim": coarse}
+    nlist, m = _nlist(n), pq_m(d)
+    nbits = int(min(8, max(1, np.log2(len(train) / 39))))  # 256 centroids need ~10k points
+    index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, nbits, ip)
+    index.do_polysemous_training = False  # on by default and 5x the training time, for no use here
+    index.pq.cp.niter = 10  # 64 small k-means: 25 iterations buy nothing after exact re-ranking
+    params = {"nlist": nlist, "m": m, "nbits": nbits}
     index.cp.seed = seed
     index.train(train)
     return index, None, params
+
+
+def _coarse_quantizer(train: np.ndarray, nlist: int, coarse: int, seed: int) -> tuple[Any, int, int]:
+    """(quantizer, nlist, coarse_dim): nlist centroids of `train` found by two-level k-means in a
+    `coarse`-dim PCA space (the vectors' own space when coarse == d), searched by L2 there."""
+    faiss = _faiss()
+    d = train.shape[1]
+    pca = None
+    if coarse < d:
+        pca = faiss.PCAMatrix(d, coarse)
+        pca.train(train[:50_000])
+        train = pca.apply(train)
+    with _single_thread(True):  # ~130 small k-means: OpenMP barriers cost 10x the work on busy cores
+        centroids = _two_level_kmeans(train, nlist, seed)
+    flat = faiss.IndexFlatL2(train.shape[1])
+    flat.add(centroids)
+    quantizer = flat if pca is None else faiss.IndexPreTransform(pca, flat)
+    return quantizer, len(centroids), train.shape[1]
+
+
+def _two_level_kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """~k centroids of x: sqrt(k) groups, then each group split into centroids in proportion to
+    its size (costs ~2 n sqrt(k) d per iteration instead of n k d)."""
+    k1 = int(round(np.sqrt(k)))
+    if k <= 256 or k1 * 39 > len(x):
+        return _kmeans(x, k, seed)
+    groups = _faiss().knn(x, _kmeans(x, k1, seed), 1)[1][:, 0]
+    parts = []
+    for g in range(k1):
+        xg = np.ascontiguousarray(x[groups == g])
+        kg = min(len(xg), max(1, round(k * len(xg) / len(x))))
+        if kg:
+            parts.append(_kmeans(xg, kg, seed + 1 + g) if kg > 1 else xg.mean(axis=0, keepdims=True))
+    return np.vstack(parts).astype(np.float32)
+
+
+def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
+    faiss = _faiss()
+    km = faiss.Kmeans(x.shape[1], k, niter=10, seed=seed, min_points_per_centroid=1,
+                      max_points_per_centroid=1 << 30)  # fmt: skip
+    km.train(np.ascontiguousarray(x, np.float32))
+    return km.centroids
