@@ -132,6 +132,7 @@ def main() -> int:
         nq = max(args.queries, args.recall_queries)
         queries = hard_mixture(args.n + nq, args.dim, args.latent, args.seed, args.n)[args.n :]
         with Library.open(lib_dir, device="cpu") as lib:
+            lib.preload()  # a long-lived process (as serve does): the mapped index's pages in once
             ids, stored = lib.store.vectors(IMAGE)
             stored = np.ascontiguousarray(stored, np.float32)
             judged = queries[: args.recall_queries]

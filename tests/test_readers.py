@@ -318,3 +318,21 @@ def test_a_version_3_file_is_still_read(lib):
         hits = library.search(vector=query, k=5)
     assert_same(hits, search_matches_sqlite(lib, query, 5))
     assert warnings == [] and snapshot(lib) == before
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf-flat"])
+def test_touch_maps_the_pages_in_and_changes_nothing(tmp_path, kind):
+    import faiss
+
+    rng = np.random.default_rng(8)
+    vecs = unit(rng, 3000, 64)
+    ids = np.arange(10, 3010, dtype=np.int64)
+    VectorIndex.build(ids, vecs, 64, generation=1, kind=kind).save(tmp_path / "images.faiss")
+    mapped = VectorIndex.load(tmp_path / "images.faiss", mmap=True)
+    queries = unit(rng, 5, 64)
+    before = mapped.search(queries, 10, lambda want: vecs[want - 10])
+    nprobe = mapped.ann.info["params"].get("nprobe")
+    mapped.touch()
+    assert mapped.search(queries, 10, lambda want: vecs[want - 10]) == before
+    if kind == "ivf-flat":
+        assert faiss.extract_index_ivf(mapped.ann.index).nprobe == nprobe < mapped.ann.info["params"]["nlist"]

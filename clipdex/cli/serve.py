@@ -83,6 +83,7 @@ def _run(lib, sock, url, *, token, host, allow_host, max_upload_mb, open_browser
     from clipdex.serve.app import create_app
 
     app = create_app(lib, token=token, bind_host=host, allow_hosts=allow_host, max_upload_mb=max_upload_mb)
+    lib.preload()  # a server answers many queries: map the index's pages once, up front
     logging = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     logging["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for the URL only
     config = uvicorn.Config(app, log_level="info", log_config=logging, timeout_graceful_shutdown=3)
