@@ -1,0 +1,211 @@
+"""Searching a Library: queries (vector, composed text/image terms), filters, similar items,
+duplicates. A mixin of `clipdex.library.Library`, which owns the store, the indexes and the model;
+this module only reads them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from clipdex.errors import ClipdexError
+from clipdex.index.filters import Filter
+from clipdex.index.store import IMAGE, TEXT
+from clipdex.results import DuplicateItem, SearchResult
+from clipdex.retrieval.query import Terms, Weights, compose
+
+if TYPE_CHECKING:
+    from clipdex.index.indexset import IndexSet
+    from clipdex.index.store import Store
+    from clipdex.retrieval.models import LoadedModel
+
+ImageArg = str | os.PathLike | bytes
+
+
+def _kind(target: str) -> str:
+    """The stored kind ("image"/"text") a search ``target`` ("images"/"texts") names."""
+    kind = {"images": IMAGE, "texts": TEXT, "image": IMAGE, "text": TEXT}.get(target)
+    if kind is None:
+        raise ValueError(f"target must be 'images' or 'texts', not {target!r}")
+    return kind
+
+
+class Searching:
+    """The read side of a Library (see there for the attributes it uses)."""
+
+    path: Path
+    store: Store
+    indexes: IndexSet
+    gpu_index: bool
+    model: LoadedModel
+    _follow_writers: Callable[[], int]  # the store's generation, after following other processes
+
+    def search(
+        self,
+        text: str | Sequence[str] | None = None,
+        image: ImageArg | Sequence[ImageArg] | None = None,
+        vector: Sequence[float] | np.ndarray | None = None,
+        k: int = 10,
+        target: str = "images",
+        *,
+        not_text: str | Sequence[str] | None = None,
+        not_image: ImageArg | Sequence[ImageArg] | None = None,
+        weights: Weights = None,
+        filter: Filter | None = None,
+    ) -> list[SearchResult]:
+        """Best ``k`` items of ``target`` ("images" or "texts") for one query, best first.
+
+        The query is ``vector`` (an embedding in the library's space), or a composed query: any
+        number of ``text`` and ``image`` terms (a value or a list each), minus ``not_text`` and
+        ``not_image`` terms; its vector is the normalised weighted sum of the positive terms' unit
+        vectors minus the negative ones'. ``weights`` is one non-negative number per term in the
+        order text, image, not_text, not_image, or a mapping from those names to a number (all
+        terms of that name) or a list (default: all 1). ``filter`` (`clipdex.Filter`) keeps only
+        items under some folders, in a date range, with or without captions, above a score; the
+        result is still the best k among the items that match.
+        """
+        from clipdex.index import filters
+
+        terms = Terms.of(text, image, not_text, not_image)
+        if vector is not None and terms.count:
+            raise ValueError("give vector= alone, or text=/image= terms (with not_text=/not_image=)")
+        if vector is None and not terms.positives:
+            raise ValueError("give text=, image= or vector= (negative terms alone are not a query)")
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        kind = _kind(target)
+        if filter is not None and not isinstance(filter, Filter):
+            raise TypeError("filter must be a clipdex.Filter")
+        index = self.indexes.view(kind, self._follow_writers())  # one generation read when nothing changed
+        if index.ntotal == 0:
+            what = "images" if kind == IMAGE else "texts"
+            raise ClipdexError(f"the library at {self.path} has no {what} to search")
+        if vector is not None:
+            query = self._vector_query(vector, index.dim)
+        else:
+            query = self._composed_query(terms, weights)
+        index.use_gpu = self.gpu_index
+        hits = filters.search(index, self.store, kind, query, k, filter)
+        items = self.store.items([i for i, _ in hits])
+        linked = self.store.items([it.image_id for it in items.values() if it.image_id is not None])
+        results = []
+        for rank, (item_id, score) in enumerate(hits, start=1):
+            it = items[item_id]
+            path = it.path if kind == IMAGE else (linked[it.image_id].path if it.image_id in linked else None)
+            text = it.text if kind == TEXT else None
+            name = os.fsdecode(path) if path is not None else None
+            results.append(SearchResult(rank, score, kind, item_id, name, text, raw_path=path))
+        return results
+
+    def count(self, target: str = "images") -> int:
+        """How many items of ``target`` a search can return now: from the caught-up index (the same
+        view `search` uses), so a long-running reader counts without a table scan."""
+        kind = _kind(target)
+        return self.indexes.view(kind, self._follow_writers()).ntotal
+
+    def preload(self) -> None:
+        """For a long-lived process (serve, a notebook answering many queries): bring the
+        memory-mapped indexes' pages in now, so that early searches pay no page faults (see
+        `VectorIndex.touch`). Costs about one exact scan; a one-shot search does not call it."""
+        for kind in (IMAGE, TEXT):
+            self.indexes.view(kind, self._follow_writers()).touch()
+
+    def _vector_query(self, vector: Any, dim: int | None = None) -> np.ndarray:
+        """``vector`` checked and normalised; ``dim`` when the caller knows it (saves a read)."""
+        q = np.asarray(vector, np.float32).reshape(-1)
+        dim = dim or self.store.dim
+        if dim and q.shape[0] != dim:
+            raise ClipdexError(f"query vector has dimension {q.shape[0]}, the library's is {dim}")
+        norm = float(np.linalg.norm(q))
+        if not np.isfinite(norm) or norm == 0:
+            raise ClipdexError("query vector must be finite and non-zero")
+        return q / norm
+
+    def _composed_query(self, terms: Terms, weights: Weights) -> np.ndarray:
+        """Encode every term (texts in one batch, images in one batch) and compose them."""
+        import torch
+
+        from clipdex.index.scan import display_path
+        from clipdex.retrieval.decode import DecodeError, load_and_preprocess
+        from clipdex.retrieval.embed import encode_image_batch, encode_texts
+        from clipdex.textfiles import require_file
+
+        w = terms.weights(weights)  # before any encoding: a bad weight costs nothing
+        lm = self.model
+        texts = encode_texts(lm, terms.text + terms.not_text)
+        pixels = []
+        for path in terms.image + terms.not_image:
+            require_file(path, "query image")  # before opening: a FIFO would block
+            try:
+                pixels.append(load_and_preprocess(path, lm.preprocess, lm.image_size))
+            except DecodeError as e:
+                shown = display_path(os.fsencode(path))
+                raise ClipdexError(f"cannot read query image {shown}: {e}") from e
+        images = encode_image_batch(lm, torch.stack(pixels)) if pixels else texts[:0]
+        nt, ni = len(terms.text), len(terms.image)
+        vectors = np.concatenate([texts[:nt], images[:ni], texts[nt:], images[ni:]])
+        return compose(vectors, terms.signs(), w)
+
+    def duplicates(
+        self, threshold: float = 0.95, under: Sequence[str | os.PathLike | bytes] | str | None = None
+    ) -> list[list[DuplicateItem]]:
+        """Groups of near-identical images (cosine >= ``threshold`` between neighbours, joined
+        transitively), optionally only among images under some folders. Largest group first; in
+        a group the best quality first (most pixels, then largest file), each with its score
+        against that first image. Uses the stored vectors only: no model, no decoding."""
+        from clipdex.index.duplicates import find_duplicates
+        from clipdex.retrieval.decode import image_size
+
+        if not -1.0 <= threshold <= 1.0:
+            raise ValueError("threshold must lie between -1 and 1 (a cosine similarity)")
+        roots = [under] if isinstance(under, (str, bytes, os.PathLike)) else list(under or [])
+        return find_duplicates(self.store, threshold, roots, dims_of=image_size)
+
+    def similar(self, item: int | str | os.PathLike | bytes, k: int = 10) -> list[SearchResult]:
+        """More like a stored item, ranked by its stored vector (no model, no re-encoding).
+
+        The item itself comes first, then the others of its modality by score, ties by id.
+        ``item`` is an id, or a path of an image in the library (see ``resolve_item``).
+        """
+        from dataclasses import replace
+
+        from clipdex.index.scan import display_path
+
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        item_id = self.resolve_item(item)
+        rec = self.store.item_record(item_id)
+        vec = self.store.get_vectors([item_id])[0]
+        hits = self.search(vector=vec, k=k + 1, target=rec["kind"] + "s")
+        # Built here rather than found among the hits: exact duplicates with lower ids may fill them.
+        path = rec["path"] if rec["kind"] == IMAGE else None
+        if rec["image_id"] is not None:
+            path = (self.store.item_record(rec["image_id"]) or {}).get("path")
+        first = SearchResult(
+            1, float(np.dot(vec, vec) / np.linalg.norm(vec)), rec["kind"], item_id,
+            display_path(path) if path is not None else None, rec["text"] if rec["kind"] == TEXT else None,
+        )  # fmt: skip
+        ranked = [first] + [h for h in hits if h.id != item_id][: k - 1]
+        return [replace(h, rank=n) for n, h in enumerate(ranked, start=1)]
+
+    def resolve_item(self, item: int | str | os.PathLike | bytes) -> int:
+        """An item id from an id or an image path: all digits and not an existing file is an id;
+        a path must be an image in the library. Raises ClipdexError otherwise."""
+        from clipdex.index.scan import display_path
+
+        if isinstance(item, str) and item.isascii() and item.isdigit() and not os.path.isfile(item):
+            item = int(item)
+        if isinstance(item, int):
+            if not 0 <= item < 2**63 or self.store.item_record(item) is None:
+                raise ClipdexError(f"no item with id {item} in the library at {self.path}")
+            return item
+        raw = os.fsencode(os.path.expanduser(item) if isinstance(item, str) else item)
+        for candidate in (os.path.abspath(raw), os.path.realpath(raw)):
+            found = self.store.image_id_by_path(candidate)
+            if found is not None:
+                return found
+        raise ClipdexError(f"{display_path(raw)} is not in the library at {self.path}")
