@@ -22,6 +22,7 @@ from clipdex.index.vector_files import Embeddings, read_embeddings
 from clipdex.results import ImportCounts
 
 if TYPE_CHECKING:
+    from clipdex.index.records import Merged
     from clipdex.library import Library, Progress
 
 
@@ -73,15 +74,11 @@ def import_embeddings(
                     stop = start + len(vecs)
                     keys = data.paths(start, stop) if kind == IMAGE else data.values[start:stop]
                     merged = store.merge_keyed(kind, "import", keys, vecs)
-                    counts.imported += len(merged.new_ids)
-                    counts.updated += len(merged.updated_ids)
-                    counts.unchanged += merged.unchanged
+                    counts.count(merged)
                     if fresh:
                         all_ids[start + merged.new_rows] = merged.new_ids
-                    else:  # an update is a removal and an add of the same id
-                        ids = np.concatenate([merged.updated_ids, merged.new_ids])
-                        rows = np.concatenate([merged.updated_rows, merged.new_rows])
-                        lib.indexes.apply(kind, (ids, vecs[rows]), merged.updated_ids.tolist())
+                    else:
+                        _follow(lib, kind, merged, vecs)
                     if progress:
                         progress(stop, data.count)
                 if counts.imported or counts.updated:
@@ -181,13 +178,9 @@ def _import_large(
                 stop = start + len(vecs)
                 keys = data.paths(start, stop) if kind == IMAGE else data.values[start:stop]
                 merged = store.merge_keyed(kind, "import", keys, vecs, located=(fid, np.arange(start, stop)))
-                counts.imported += len(merged.new_ids)
-                counts.updated += len(merged.updated_ids)
-                counts.unchanged += merged.unchanged
+                counts.count(merged)
                 if deferred is None and not rebuild:
-                    ids = np.concatenate([merged.updated_ids, merged.new_ids])
-                    rows = np.concatenate([merged.updated_rows, merged.new_rows])
-                    lib.indexes.apply(kind, (ids, vecs[rows]), merged.updated_ids.tolist())
+                    _follow(lib, kind, merged, vecs)
                 if progress:
                     progress(stop, data.count)
             if counts.imported or counts.updated:
@@ -218,3 +211,10 @@ def _shape(vectors: str | os.PathLike) -> tuple[int, int]:
     """(rows, dim) of a .npy array, from its header."""
     shape = np.load(vectors, mmap_mode="r", allow_pickle=False).shape
     return int(shape[0]), int(shape[-1])
+
+
+def _follow(lib: Library, kind: str, merged: Merged, vecs: np.ndarray) -> None:
+    """The index follows one merged chunk: an update is a removal and an add of the same id."""
+    ids = np.concatenate([merged.updated_ids, merged.new_ids])
+    rows = np.concatenate([merged.updated_rows, merged.new_rows])
+    lib.indexes.apply(kind, (ids, vecs[rows]), merged.updated_ids.tolist())

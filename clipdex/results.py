@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,12 @@ class ImportCounts:
     updated: int = 0  # known key (path or text), another vector: updated in place
     unchanged: int = 0  # known key, same vector (and rows repeating a key within the input)
     missing_files: int = 0  # image paths that do not exist on this machine
+
+    def count(self, merged: Any) -> None:
+        """Add one merged chunk's counts (a `clipdex.index.records.Merged`)."""
+        self.imported += len(merged.new_ids)
+        self.updated += len(merged.updated_ids)
+        self.unchanged += merged.unchanged
 
     def to_dict(self) -> dict:
         return asdict(self)

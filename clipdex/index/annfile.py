@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import struct
 import zipfile
 from pathlib import Path
@@ -18,6 +17,7 @@ import numpy as np
 
 from clipdex.index.ann import AnnIndex, _faiss
 from clipdex.index.codes import ItqCodec
+from clipdex.index.durable import fsync_file
 from clipdex.index.gpu import on_gpu
 
 
@@ -78,11 +78,7 @@ def write_index_file(ann: AnnIndex, path: Path) -> None:
         write_data(ann, path)  # type: ignore[arg-type]
     else:
         _write_index(ann, str(path))
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_file(path)
 
 
 def read_index_file(head: dict, path: Path, mmap: bool) -> AnnIndex:

@@ -31,6 +31,7 @@ import numpy as np
 
 from clipdex.index.ann import AnnIndex, _faiss, _single_thread
 from clipdex.index.choose import MIN_TRAIN, ONDISK, choose_kind, default_memory_budget, pq_m
+from clipdex.index.durable import fsync_file
 from clipdex.index.tuning import NPROBES, TUNE_QUERIES, _drop_self
 
 if TYPE_CHECKING:
@@ -236,10 +237,10 @@ def build(
                 from faiss.contrib.ondisk import merge_ondisk
 
                 merge_ondisk(base, blocks, str(ivfdata))
-            _fsync(ivfdata)
+            fsync_file(ivfdata)
             ids_name = f"{kind}s.{uid}.ids.npy"
             os.replace(ids_path, index_path.parent / ids_name)
-            _fsync(index_path.parent / ids_name)
+            fsync_file(index_path.parent / ids_name)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         t_merge = time.perf_counter() - t0 - t_train - t_fill
@@ -359,11 +360,3 @@ def _stdout_to_stderr():
     finally:
         os.dup2(saved, 1)
         os.close(saved)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from clipdex.errors import ClipdexError
+from clipdex.index.durable import fsync_dir
 
 SHARDS_DIR = "vectors"
 STORAGE_KEY = "vector_storage"  # meta: "shards" once the library is in large-library mode
@@ -113,7 +114,7 @@ class ShardVectors:
             except OSError:  # another file system, or links not allowed: a copy
                 _write_durably(path, lambda f: _copy_file(source, f))
             else:
-                _fsync_dir(self.shards_dir)
+                fsync_dir(self.shards_dir)
         else:
 
             def convert(f) -> None:
@@ -263,17 +264,4 @@ def _write_durably(path: Path, write) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)

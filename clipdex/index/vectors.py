@@ -22,6 +22,7 @@ import numpy as np
 
 from clipdex.index import ann, annfile
 from clipdex.index.ann import AnnIndex
+from clipdex.index.durable import fsync_dir
 
 MAGIC = b"CLIPDEX-FAISS-4\n"  # 4: a head file naming a FAISS data file (memory-mappable)
 LEGACY_MAGIC = b"CLIPDEX-FAISS-3\n"  # 3: head and FAISS index in one stream (still read)
@@ -258,7 +259,7 @@ class VectorIndex:
             Path(tmp).unlink(missing_ok=True)
             data.unlink(missing_ok=True)
             raise
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
         for old in data_files(path):
             if old != data:
                 old.unlink(missing_ok=True)
@@ -330,16 +331,3 @@ def _read_header(f) -> dict | None:
     if not isinstance(header, dict) or (magic == MAGIC) != ("data" in header):
         return None
     return header
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some file systems cannot sync a directory; the rename is still atomic
-    finally:
-        os.close(fd)
