@@ -1,6 +1,7 @@
 """Crash test: SIGKILL writing commands at random moments, resume, and verify the library.
 
-    python bench/crash.py [--kills 20] [--commands index,add-texts,import-embeddings,use-model,finetune]
+    python bench/crash.py [--kills 20]
+                          [--commands index,add-texts,import-embeddings,import-ondisk,use-model,finetune]
                           [--images 40] [--seed 0]
 
 For each command: one uninterrupted run measures its duration T; then, --kills times, a fresh
@@ -126,6 +127,10 @@ def scenarios(fx: dict, names: list[str]) -> list[Scenario]:
         "import-embeddings": Scenario("import-embeddings", fx["base"],
                                       ["import-embeddings", fx["vecs"], fx["meta"], "--quiet"],
                                       imgs | imported, captions),
+        # Large-library mode: the library's blobs move into vector files, then the import links its own.
+        "import-ondisk": Scenario("import-ondisk", fx["base"],
+                                  ["import-embeddings", fx["vecs"], fx["meta"], "--index-type",
+                                   "ivf-pq-ondisk", "--quiet"], imgs | imported, captions),
         "use-model": Scenario("use-model", fx["base"], ["use-model", fx["model_b"], "--quiet"],
                               imgs, captions, model=str(fx["model_b"])),
         "finetune": Scenario("finetune", fx["base"],
@@ -214,7 +219,8 @@ def run_scenario(sc: Scenario, kills: int, work: Path, rng: random.Random, durat
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kills", type=int, default=20)
-    ap.add_argument("--commands", default="index,add-texts,import-embeddings,use-model,finetune")
+    every = "index,add-texts,import-embeddings,import-ondisk,use-model,finetune"
+    ap.add_argument("--commands", default=every)
     ap.add_argument("--images", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
