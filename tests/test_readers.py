@@ -336,3 +336,37 @@ def test_touch_maps_the_pages_in_and_changes_nothing(tmp_path, kind):
     assert mapped.search(queries, 10, lambda want: vecs[want - 10]) == before
     if kind == "ivf-flat":
         assert faiss.extract_index_ivf(mapped.ann.index).nprobe == nprobe < mapped.ann.info["params"]["nlist"]
+
+
+def test_a_reader_caught_between_a_writers_two_files_retries(tmp_path, monkeypatch):
+    """A save replaces the head file, then deletes the old data file: a reader that read the old
+    head just before finds its data file gone, and reads the new head instead of giving up."""
+    from clipdex.index import annfile
+
+    rng = np.random.default_rng(9)
+    path = tmp_path / "images.faiss"
+    VectorIndex.build(np.arange(5), unit(rng, 5, 64), 64, generation=1, kind="flat").save(path)
+    real = annfile.read_index_file
+    calls = []
+
+    def writer_in_between(head, data, mmap):
+        calls.append(data.name)
+        if len(calls) == 1:  # a writer saves now: new head, the data file just named is deleted
+            VectorIndex.build(np.arange(7), unit(rng, 7, 64), 64, generation=2, kind="flat").save(path)
+        return real(head, data, mmap)
+
+    monkeypatch.setattr(annfile, "read_index_file", writer_in_between)
+    loaded = VectorIndex.load(path, mmap=True)
+    assert loaded is not None and loaded.generation == 2 and loaded.ntotal == 7
+    assert len(calls) == 2 and calls[0] != calls[1]
+
+
+@pytest.mark.parametrize("garbage", [b"\xff" * 8, (1 << 40).to_bytes(8, "little")])
+def test_a_head_with_a_garbage_length_is_damaged_not_a_crash(tmp_path, garbage):
+    rng = np.random.default_rng(10)
+    path = tmp_path / "images.faiss"
+    VectorIndex.build(np.arange(5), unit(rng, 5, 64), 64, generation=1, kind="flat").save(path)
+    raw = path.read_bytes()
+    header_end = len(b"CLIPDEX-FAISS-4\n") + 8 + int.from_bytes(raw[16:24], "little")
+    path.write_bytes(raw[:header_end] + garbage + raw[header_end + 8 :])
+    assert VectorIndex.load(path) is None

@@ -60,6 +60,9 @@ def read_head(f: BinaryIO) -> dict:
     """What `write_head` wrote: {"kind", "info", "codec", "removed"}; ValueError when damaged."""
     try:
         (hlen,) = struct.unpack("<Q", f.read(8))
+        left = _bytes_left(f)
+        if left is not None and hlen > left:  # a damaged length must not become a huge read
+            raise ValueError(f"head of {hlen} bytes, {left} left in the file")
         with np.load(io.BytesIO(f.read(hlen)), allow_pickle=False) as z:
             head = json.loads(z["info"].tobytes())
             head["codec"] = ItqCodec.from_arrays(z) if "itq_mean" in z.files else None
@@ -67,6 +70,16 @@ def read_head(f: BinaryIO) -> dict:
     except (zipfile.BadZipFile, KeyError, EOFError, ValueError, struct.error) as e:
         raise ValueError(f"not a clipdex ANN index: {e}") from e
     return head
+
+
+def _bytes_left(f: BinaryIO) -> int | None:
+    try:
+        here = f.tell()
+        end = f.seek(0, io.SEEK_END)
+        f.seek(here)
+    except (OSError, AttributeError, ValueError):
+        return None  # not seekable: the read itself finds the end
+    return end - here
 
 
 def write_index_file(ann: AnnIndex, path: Path) -> None:

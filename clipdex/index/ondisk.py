@@ -155,6 +155,8 @@ def read_data(head: dict, path: Path) -> OnDiskAnn:
     try:
         with open(path, "rb") as f:
             (blen,) = struct.unpack("<Q", f.read(8))
+            if blen > os.fstat(f.fileno()).st_size:  # a damaged length must not become a huge read
+                raise ValueError(f"not an on-disk index: {path}: a {blen}-byte part in a smaller file")
             blob = f.read(blen)
             # The lists' file name is serialised as it was when saved: point it here.
             old, new = files["written_as"].encode(), os.fsencode(ivfdata)
