@@ -22,7 +22,10 @@ from clipdex.index.vector_files import Embeddings, read_embeddings
 from clipdex.results import ImportCounts
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from clipdex.index.records import Merged
+    from clipdex.index.store import Store
     from clipdex.library import Library, Progress
 
 
@@ -70,17 +73,11 @@ def import_embeddings(
         all_vecs = np.empty((data.count, dim), np.float32) if fresh else None
         try:
             with store.bulk_load(), store.merging(), store.transaction():
-                for start, vecs in data.chunks(out=all_vecs):  # into all_vecs when fresh
-                    stop = start + len(vecs)
-                    keys = data.paths(start, stop) if kind == IMAGE else data.values[start:stop]
-                    merged = store.merge_keyed(kind, "import", keys, vecs)
-                    counts.count(merged)
-                    if fresh:
+                for start, vecs, merged in _merged(store, data, kind, counts, progress, out=all_vecs):
+                    if fresh:  # all_vecs holds the rows: build once at the end
                         all_ids[start + merged.new_rows] = merged.new_ids
                     else:
                         _follow(lib, kind, merged, vecs)
-                    if progress:
-                        progress(stop, data.count)
                 if counts.imported or counts.updated:
                     store.bump_generation()
         except BaseException:
@@ -174,15 +171,9 @@ def _import_large(
     try:
         with store.bulk_load(), store.merging(), store.transaction():
             fid = store.link_vector_file(vectors_path)  # durable before the rows reference it
-            for start, vecs in data.chunks():
-                stop = start + len(vecs)
-                keys = data.paths(start, stop) if kind == IMAGE else data.values[start:stop]
-                merged = store.merge_keyed(kind, "import", keys, vecs, located=(fid, np.arange(start, stop)))
-                counts.count(merged)
+            for _, vecs, merged in _merged(store, data, kind, counts, progress, fid=fid):
                 if deferred is None and not rebuild:
                     _follow(lib, kind, merged, vecs)
-                if progress:
-                    progress(stop, data.count)
             if counts.imported or counts.updated:
                 store.bump_generation()
     except BaseException:
@@ -211,6 +202,24 @@ def _shape(vectors: str | os.PathLike) -> tuple[int, int]:
     """(rows, dim) of a .npy array, from its header."""
     shape = np.load(vectors, mmap_mode="r", allow_pickle=False).shape
     return int(shape[0]), int(shape[-1])
+
+
+def _merged(
+    store: Store, data: Embeddings, kind: str, counts: ImportCounts, progress: Progress | None,
+    fid: int | None = None, out: np.ndarray | None = None,
+) -> Iterator[tuple[int, np.ndarray, Merged]]:  # fmt: skip
+    """Merge ``data`` into the store chunk by chunk (keyed by path or text), counting and
+    reporting progress; yields (first row, vectors, what the merge did) per chunk. ``fid``: the
+    rows sit in that vector file (large-library mode); ``out``: `Embeddings.chunks`'s buffer."""
+    for start, vecs in data.chunks(out=out):
+        stop = start + len(vecs)
+        keys = data.paths(start, stop) if kind == IMAGE else data.values[start:stop]
+        located = (fid, np.arange(start, stop)) if fid is not None else None
+        merged = store.merge_keyed(kind, "import", keys, vecs, located=located)
+        counts.count(merged)
+        yield start, vecs, merged
+        if progress:
+            progress(stop, data.count)
 
 
 def _follow(lib: Library, kind: str, merged: Merged, vecs: np.ndarray) -> None:
