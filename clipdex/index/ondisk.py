@@ -32,7 +32,7 @@ import numpy as np
 from clipdex.index.ann import AnnIndex, _faiss, _single_thread
 from clipdex.index.choose import MIN_TRAIN, ONDISK, choose_kind, default_memory_budget, pq_m
 from clipdex.index.durable import fsync_file
-from clipdex.index.tuning import NPROBES, TUNE_QUERIES, _drop_self
+from clipdex.index.tuning import NPROBES, TUNE_QUERIES, TopK, _drop_self
 
 if TYPE_CHECKING:
     from clipdex.index.store import Store
@@ -209,7 +209,7 @@ def build(
         noise = rng.standard_normal((len(pick), dim)).astype(np.float32)
         q = train[pick] + 0.5 * noise / np.linalg.norm(noise, axis=1, keepdims=True)
         q = np.ascontiguousarray(q / np.linalg.norm(q, axis=1, keepdims=True), np.float32)
-        truth = _TopK(len(q), min(11, n))
+        truth = TopK(len(q), min(11, n))
         uid = uuid.uuid4().hex[:12]
         work = index_path.parent / f".{kind}s.build-{uid}"
         work.mkdir()
@@ -304,27 +304,6 @@ def remove_unused(folder: Path, kind: str, idx: VectorIndex) -> None:
         for p in folder.glob(pattern):
             if p.name not in keep:
                 p.unlink(missing_ok=True)
-
-
-class _TopK:
-    """Exact top-k (score, id) per query, merged chunk by chunk (the tuning's ground truth)."""
-
-    def __init__(self, nq: int, k: int):
-        self.k = k
-        self.scores = np.full((nq, k), -np.inf, np.float32)
-        self.ids = np.full((nq, k), -1, np.int64)
-
-    def update(self, scores: np.ndarray, ids: np.ndarray) -> None:
-        k = min(self.k, scores.shape[1])
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        s = np.hstack([self.scores, np.take_along_axis(scores, top, 1)])
-        i = np.hstack([self.ids, ids[top]])
-        order = np.argsort(-s, axis=1, kind="stable")[:, : self.k]
-        self.scores, self.ids = np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
-
-    def result(self, skip: np.ndarray) -> np.ndarray:
-        """Each query's exact top k - 1 without its own source id (``skip``)."""
-        return _drop_self(self.ids, skip, self.k - 1)
 
 
 def _tune(

@@ -1,6 +1,6 @@
 """Search-parameter tuning: the cheapest nprobe / efSearch / re-rank length reaching a recall target.
 
-Measured against exact results (faiss.knn) on held-out-like queries, so `clipdex info` can show
+Measured against exact results (`exact_top`) on held-out-like queries, so `clipdex info` can show
 the recall@10 an approximate index really delivers.
 """
 
@@ -100,16 +100,34 @@ def exact_top(q: np.ndarray, x: np.ndarray, k: int, chunk: int = 65_536) -> np.n
     numpy matrix products over row chunks: 200 queries x 1M x 512 in ~2 s on 2 cores, where
     faiss.knn took 13 s (its k-selection, not the products, dominates for few queries).
     """
-    parts_s, parts_i = [], []
+    top = TopK(len(q), k)
     for start in range(0, len(x), chunk):
-        s = q @ x[start : start + chunk].T
-        kk = min(k, s.shape[1])
-        top = np.argpartition(-s, kk - 1, axis=1)[:, :kk]
-        parts_s.append(np.take_along_axis(s, top, 1))
-        parts_i.append(top + start)
-    s, i = np.hstack(parts_s), np.hstack(parts_i)
-    order = np.argsort(-s, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(i, order, 1)
+        block = x[start : start + chunk]
+        top.update(q @ block.T, np.arange(start, start + len(block)))
+    return top.ids[:, : min(k, len(x))]  # no -1 padding: fewer rows than k give fewer columns
+
+
+class TopK:
+    """Exact top-k (score, id) per query, merged chunk by chunk: ground truth over vectors that
+    come in chunks (an array's rows, or the store's when they do not fit in memory)."""
+
+    def __init__(self, nq: int, k: int):
+        self.k = k
+        self.scores = np.full((nq, k), -np.inf, np.float32)
+        self.ids = np.full((nq, k), -1, np.int64)
+
+    def update(self, scores: np.ndarray, ids: np.ndarray) -> None:
+        """Merge one chunk: ``scores`` (Q, m) of the vectors ``ids`` (m,)."""
+        k = min(self.k, scores.shape[1])
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        s = np.hstack([self.scores, np.take_along_axis(scores, top, 1)])
+        i = np.hstack([self.ids, ids[top]])
+        order = np.argsort(-s, axis=1, kind="stable")[:, : self.k]
+        self.scores, self.ids = np.take_along_axis(s, order, 1), np.take_along_axis(i, order, 1)
+
+    def result(self, skip: np.ndarray) -> np.ndarray:
+        """Each query's exact top k - 1 without its own source id (``skip``)."""
+        return _drop_self(self.ids, skip, self.k - 1)
 
 
 def _drop_self(found: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
