@@ -58,8 +58,8 @@ def test_choose_kind_thresholds():
     assert A.choose_kind(0, 512, BIG) == "flat"
     assert A.choose_kind(5_000, 512, BIG) == "flat"
     assert A.choose_kind(150_000, 512, BIG) == "flat"
-    assert A.choose_kind(150_001, 512, BIG) == "ivf-flat"
-    assert A.choose_kind(1_000_000, 512, BIG) == "ivf-flat"
+    assert A.choose_kind(150_001, 512, BIG) == "ivf-fp16"
+    assert A.choose_kind(1_000_000, 512, BIG) == "ivf-fp16"
     # The scan cost is n * dim: 1.2M 64-d vectors cost what 150k 512-d ones do.
     assert A.choose_kind(1_200_000, 64, BIG) == "flat"
     # 1M x 512 float32 is 2 GB: past a 1 GiB budget the library goes to large-library mode.
@@ -84,7 +84,7 @@ def test_auto_build_records_choice(data):
         A.build(x[:50], ids[:50], "lsh")
 
 
-@pytest.mark.parametrize("kind", ["ivf-flat", "ivf-pq", "hnsw", "sq8", "binary"])
+@pytest.mark.parametrize("kind", ["ivf-fp16", "ivf-flat", "ivf-pq", "hnsw", "sq8", "binary"])
 def test_tuned_recall_on_held_out_queries(data, built, kind):
     x, ids, q = data
     ann = built[kind]
@@ -99,7 +99,7 @@ def test_tuned_recall_on_held_out_queries(data, built, kind):
 
 def test_params_are_tuned_not_maximal(built):
     # Clustered data: a handful of lists is enough; probing all of them would be a brute-force scan.
-    for kind in ("ivf-flat", "ivf-pq"):
+    for kind in ("ivf-fp16", "ivf-flat", "ivf-pq"):
         p = built[kind].info["params"]
         assert p["nprobe"] < p["nlist"], p
 
@@ -269,7 +269,7 @@ def test_auto_falls_back_to_an_exact_scan_when_ivf_misses_the_recall_target(monk
     ann = A.build(x, ids, "auto")
     assert ann.kind == "flat" and ann.info["requested"] == "auto"
     assert (
-        ann.info["fallback_from"]["type"] == "ivf-flat" and ann.info["fallback_from"]["recall_at_10"] < 0.95
+        ann.info["fallback_from"]["type"] == "ivf-fp16" and ann.info["fallback_from"]["recall_at_10"] < 0.95
     )
     forced = A.build(x, ids, "ivf-flat")  # a forced type is kept, with its measured recall
     assert forced.kind == "ivf-flat" and forced.info["recall_at_10"] < 0.95
@@ -308,14 +308,16 @@ def test_ivf_layout_policy():
     assert choose.ivf_layout(20_000, 64) == (512, 64)  # few dims: their own space; >= 39 per list
 
 
-def test_large_library_ivf_reaches_target_recall_on_hard_data():
-    # The index auto picks past the flat-scan size, at a reduced size, on data where neighbours
-    # are not well separated; judged on held-out queries against brute force.
+@pytest.mark.parametrize("kind", ["ivf-fp16", "ivf-flat"])
+def test_large_library_ivf_reaches_target_recall_on_hard_data(kind):
+    # The index auto picks past the flat-scan size (ivf-fp16), and its float32 twin, at a reduced
+    # size, on data where neighbours are not well separated; judged on held-out queries against
+    # brute force.
     rng = np.random.default_rng(0)
     n = 40_000
     x, q = hard_mixture(n, rng), hard_mixture(200, rng)
     ids = np.arange(5, 5 + 3 * n, 3, dtype=np.int64)
-    ann = A.build(x, ids, "ivf-flat", seed=0)
+    ann = A.build(x, ids, kind, seed=0)
     p = ann.info["params"]
     assert (p["nlist"], p["coarse_dim"]) == (pytest.approx(choose.ivf_layout(n, 256)[0], abs=8), 32), p
     assert 4 <= p["nprobe"] < p["nlist"] // 8, p  # tuned: neither trivial nor a scan of everything

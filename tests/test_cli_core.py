@@ -296,7 +296,7 @@ def test_second_lock_waits_for_the_first(tmp_path):
     killer.wait()
 
 
-@pytest.mark.parametrize("index_type", ["sq8", "binary", "ivf-flat"])
+@pytest.mark.parametrize("index_type", ["sq8", "binary", "ivf-fp16"])
 def test_index_type_is_remembered_and_scores_stay_exact(tiny_model_dir, tmp_path, index_type):
     folder = tmp_path / "imgs"
     make_images(folder, [f"{i}.png" for i in range(6)])
@@ -312,7 +312,7 @@ def test_index_type_is_remembered_and_scores_stay_exact(tiny_model_dir, tmp_path
     ok("--library", lib, "import-embeddings", tmp_path / "v.npy", tmp_path / "m.csv")
     info = json.loads(ok("--library", lib, "info", "--json").stdout)
     assert info["indexes"]["images"]["type"] == index_type and info["images"] == 1506
-    if index_type == "ivf-flat":  # `info` tells how the index is laid out and what it was tuned to
+    if index_type == "ivf-fp16":  # `info` tells how the index is laid out and what it was tuned to
         from clipdex.index.choose import ivf_layout
 
         image_index = info["indexes"]["images"]

@@ -176,7 +176,7 @@ def _random_filter(rng, truth, selectivity):
     return f, mask
 
 
-@pytest.mark.parametrize("index_type", ["flat", "ivf-flat"])
+@pytest.mark.parametrize("index_type", ["flat", "ivf-fp16"])
 @pytest.mark.parametrize("exact_max", [filters.EXACT_MAX, 0])  # 0: every filter goes through FAISS
 def test_filtered_search_matches_brute_force(tmp_path, tiny_model_dir, index_type, exact_max, monkeypatch):
     monkeypatch.setattr(filters, "EXACT_MAX", exact_max)

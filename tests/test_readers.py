@@ -320,7 +320,7 @@ def test_a_version_3_file_is_still_read(lib):
     assert warnings == [] and snapshot(lib) == before
 
 
-@pytest.mark.parametrize("kind", ["flat", "ivf-flat"])
+@pytest.mark.parametrize("kind", ["flat", "ivf-flat", "ivf-fp16"])
 def test_touch_maps_the_pages_in_and_changes_nothing(tmp_path, kind):
     import faiss
 
@@ -334,7 +334,7 @@ def test_touch_maps_the_pages_in_and_changes_nothing(tmp_path, kind):
     nprobe = mapped.ann.info["params"].get("nprobe")
     mapped.touch()
     assert mapped.search(queries, 10, lambda want: vecs[want - 10]) == before
-    if kind == "ivf-flat":
+    if kind.startswith("ivf"):
         assert faiss.extract_index_ivf(mapped.ann.index).nprobe == nprobe < mapped.ann.info["params"]["nlist"]
 
 

@@ -19,8 +19,8 @@ from clipdex.cli.common import (
 index_type_option = click.option(
     "--index-type",
     default=None,
-    help="FAISS index: auto (by size and memory; default), flat, ivf-flat, ivf-pq, hnsw, sq8, fp16, binary, "
-    "ivf-pq-ondisk (large-library mode). Remembered by the library.",
+    help="FAISS index: auto (by size and memory; default), flat, ivf-fp16, ivf-flat, ivf-pq, hnsw, sq8, "
+    "fp16, binary, ivf-pq-ondisk (large-library mode). Remembered by the library.",
 )
 
 

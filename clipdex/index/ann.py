@@ -5,7 +5,7 @@ vectors (`get_vectors`) so that every returned score is the exact cosine, ties b
 whatever the index. The index only proposes candidates (ivf-flat's come with their stored float32
 vectors, so its re-rank needs no get_vectors call).
 
-Kinds: "flat" (exact), "ivf-flat", "ivf-pq" (both tuned: nprobe), "hnsw" (efSearch), "sq8", "fp16"
+Kinds: "flat" (exact), "ivf-fp16", "ivf-flat", "ivf-pq" (tuned: nprobe), "hnsw" (efSearch), "sq8", "fp16"
 (scalar-quantised scans), "binary" (ITQ hash codes, Hamming scan).
 
 This module is the index itself (updates, search, exact re-rank). By concern, elsewhere:

@@ -1,13 +1,15 @@
 """Building an AnnIndex: train the chosen FAISS index on a sample, add the vectors, tune its
 search parameters against exact results (see clipdex.index.tuning).
 
-ivf-flat (the kind auto picks past the flat-scan size; see clipdex.index.choose for the measurements
-behind it) is built to keep a 1M x 512 build within seconds on 2 cores: ~16 sqrt(n) lists whose
-centroids live in a 32-d PCA space (`choose.ivf_layout`), trained by two-level k-means on a sample
-of 20 vectors a list (sqrt(nlist) coarse groups, then each group split in proportion to its size;
-a few seconds, where one flat k-means over 16,000 centroids would take minutes), then every vector
-assigned by an exact 32-d scan of the centroids. The lists hold the float32 vectors themselves, so
-a query's candidates carry exact scores and the re-rank reads only k + MARGIN stored vectors.
+ivf-fp16 (the kind auto picks past the flat-scan size; see clipdex.index.choose for the
+measurements behind it) and ivf-flat are built to keep a 1M x 512 build within seconds on 2 cores:
+~16 sqrt(n) lists whose centroids live in a 32-d PCA space (`choose.ivf_layout`), trained by
+two-level k-means on a sample of 20 vectors a list (sqrt(nlist) coarse groups, then each group
+split in proportion to its size; a few seconds, where one flat k-means over 16,000 centroids would
+take minutes), then every vector assigned by an exact 32-d scan of the centroids. ivf-flat's lists
+hold the float32 vectors themselves, so its candidates carry exact scores; ivf-fp16's hold them in
+float16 (half the bytes a query scans): its candidates' scores are within ~1e-3, and the re-rank
+reads their k + MARGIN stored float32 vectors.
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ def _nlist(n: int) -> int:
 def _train_size(kind: str, n: int) -> int:
     if kind == "flat":
         return 0
-    if kind == "ivf-flat":
+    if kind in ("ivf-flat", "ivf-fp16"):
         nlist, _ = ivf_layout(n, 0)  # (nlist does not depend on d)
         return max(20 * nlist, 10_000)  # two-level k-means in 32-d: cheap per point
     if kind == "ivf-pq":
@@ -154,10 +156,14 @@ def _make(kind: str, d: int, n: int, train: np.ndarray, seed: int) -> tuple[Any,
     if kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, 32, ip)
         return faiss.IndexIDMap(index), None, {"M": 32}
-    if kind == "ivf-flat":
+    if kind in ("ivf-flat", "ivf-fp16"):
         quantizer, nlist, coarse = _coarse_quantizer(train, *ivf_layout(n, d), seed)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, ip)
-        index.train(train[:1])  # the quantizer is trained and filled: nothing left to learn
+        if kind == "ivf-flat":
+            index = faiss.IndexIVFFlat(quantizer, d, nlist, ip)
+        else:  # by_residual=False: the quantizer lives in a PCA space, the codes in the vectors' own
+            fp16 = faiss.ScalarQuantizer.QT_fp16
+            index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, fp16, ip, False)
+        index.train(train[:1])  # the quantizer is trained and filled (fp16 codes learn nothing)
         return index, None, {"nlist": nlist, "coarse_dim": coarse}
     nlist, m = _nlist(n), pq_m(d)
     nbits = int(min(8, max(1, np.log2(len(train) / 39))))  # 256 centroids need ~10k points

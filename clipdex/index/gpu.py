@@ -5,7 +5,7 @@ from __future__ import annotations
 from clipdex.index import ann as _ann
 from clipdex.index.ann import AnnIndex, _faiss
 
-GPU_KINDS = {"flat", "ivf-flat", "ivf-pq"}
+GPU_KINDS = {"flat", "ivf-flat", "ivf-fp16", "ivf-pq"}
 
 
 def on_gpu(ann: AnnIndex) -> bool:

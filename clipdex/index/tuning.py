@@ -68,7 +68,7 @@ def tune(
         return float(per_query.mean()), float(per_query.mean() - 1.64 * per_query.std() / np.sqrt(len(q)))
 
     grid: list[dict] = [{}]
-    if ann.kind in ("ivf-flat", "ivf-pq"):
+    if ann.kind in ("ivf-flat", "ivf-fp16", "ivf-pq"):
         nlist = ann.info["params"]["nlist"]
         grid = [{"nprobe": p} for p in NPROBE_STEPS if p <= nlist] or [{"nprobe": nlist}]
     elif ann.kind == "hnsw":

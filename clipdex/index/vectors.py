@@ -26,6 +26,8 @@ from clipdex.index.durable import fsync_dir
 
 MAGIC = b"CLIPDEX-FAISS-4\n"  # 4: a head file naming a FAISS data file (memory-mappable)
 LEGACY_MAGIC = b"CLIPDEX-FAISS-3\n"  # 3: head and FAISS index in one stream (still read)
+# Kinds whose mapped data one exhaustive search pass reads whole (see VectorIndex.touch).
+TOUCHED_KINDS = ("flat", "fp16", "sq8", "ivf-flat", "ivf-fp16", "ivf-pq")
 
 
 def _faiss() -> Any:
@@ -203,7 +205,7 @@ class VectorIndex:
         pass (an IVF index probes all its lists once). Until a page has been touched, a search that
         reaches it pays a page fault (~10% of a warm 1M search); a long-lived process (serve) calls
         this once, a one-shot search must not (it would read the whole file)."""
-        if not self.mapped or self.ann.kind not in ("flat", "fp16", "sq8", "ivf-flat", "ivf-pq"):
+        if not self.mapped or self.ann.kind not in TOUCHED_KINDS:
             return  # hnsw: no exhaustive pass; binary: small; ivf-pq-ondisk: mapped by design
         if self.ann.ntotal == 0:
             return
