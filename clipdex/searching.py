@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from clipdex.retrieval.query import Terms, Weights, compose
 
 if TYPE_CHECKING:
     from clipdex.index.indexset import IndexSet
+    from clipdex.index.records import Item
     from clipdex.index.store import Store
     from clipdex.retrieval.models import LoadedModel
 
@@ -89,9 +91,13 @@ class Searching:
         else:
             query = self._composed_query(terms, weights)
         index.use_gpu = self.gpu_index
-        hits = filters.search(index, self.store, kind, query, k, filter)
-        items = self.store.items([i for i, _ in hits])
-        linked = self.store.items([it.image_id for it in items.values() if it.image_id is not None])
+        items: dict[int, Item] = {}  # the rows of the candidates re-ranked (read with their vectors)
+        fetch = partial(self.store.get_vectors, items=items)
+        hits = filters.search(index, self.store, kind, query, k, filter, fetch)
+        items.update(self.store.items([i for i, _ in hits if i not in items]))
+        linked = {}  # a caption's image, whose path a text result shows
+        if kind == TEXT:
+            linked = self.store.items([items[i].image_id for i, _ in hits if items[i].image_id is not None])
         results = []
         for rank, (item_id, score) in enumerate(hits, start=1):
             it = items[item_id]

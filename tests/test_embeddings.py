@@ -93,7 +93,13 @@ def test_stored_image_vectors_equal_open_clip(indexed, reference):
     paths = [indexed["files"][n] for n in names]
     ids = path_ids(indexed["lib"])
     store = Store(indexed["lib"])
-    got = store.get_vectors([ids[bytes(p)] for p in paths])
+    want = [ids[bytes(p)] for p in paths]
+    got = store.get_vectors(want)
+    # A search reads its candidates' rows with their vectors: the same vectors, the same records
+    # as `items`, and ids without a row (here -5) get zeros and no record.
+    rows: dict = {}
+    with_rows = store.get_vectors([*want, -5], items=rows)
+    assert rows == store.items(want) and np.array_equal(with_rows[:-1], got) and not with_rows[-1].any()
     store.close()
     ref = _ref_images(reference, paths)
     assert got.shape == ref.shape == (len(names), 64)

@@ -12,7 +12,7 @@ than k. Scores are always the exact cosines of the stored vectors.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import TYPE_CHECKING
@@ -152,7 +152,13 @@ def exact_top_k(store: Store, ids: np.ndarray, query: np.ndarray, k: int) -> lis
 
 
 def search(
-    index: VectorIndex, store: Store, kind: str, query: np.ndarray, k: int, filt: Filter | None
+    index: VectorIndex,
+    store: Store,
+    kind: str,
+    query: np.ndarray,
+    k: int,
+    filt: Filter | None,
+    get_vectors: Callable[[np.ndarray], np.ndarray] | None = None,
 ) -> list[tuple[int, float]]:
     """Top-k (id, exact cosine) of one query among the items ``filt`` keeps, best first.
 
@@ -162,7 +168,7 @@ def search(
     vectors; in between: the index with an ID selector.
     """
     if filt is None or not filt.restricts_items:
-        hits = index.search(query[None], k, store.get_vectors)[0]
+        hits = index.search(query[None], k, get_vectors or store.get_vectors)[0]
     else:
         with store.snapshot():
             hits = _filtered(index, store, kind, query, k, filt)
