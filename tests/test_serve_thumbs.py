@@ -41,6 +41,33 @@ def test_cache_is_keyed_by_file_state_and_bounded(tmp_path):
     assert new != old
 
 
+def test_cache_survives_files_vanishing_while_it_measures_itself(tmp_path, monkeypatch):
+    """Two requests making thumbnails at once: one lists the folder while the other's temporary
+    file is renamed away (a real failure: the thumbnail request answered 500). Measuring and
+    evicting skip what vanished; the thumbnail is still served and stored."""
+    from clipdex.serve import thumbs
+
+    pic = tmp_path / "a.png"
+    blocks_image(3, 64).resize((300, 300)).save(pic)
+    folder = tmp_path / "thumbs"
+    folder.mkdir()
+    (folder / "old.jpg").write_bytes(b"x" * 100)
+    real_scandir = os.scandir
+
+    def racing_scandir(path):
+        entries = list(real_scandir(path))
+        (folder / ".thumb.other").write_bytes(b"y")  # listed, then renamed by another thread
+        entries += [e for e in real_scandir(path) if e.name == ".thumb.other"]
+        os.rename(folder / ".thumb.other", folder / "other.jpg")
+        return iter(entries)
+
+    monkeypatch.setattr(thumbs.os, "scandir", racing_scandir)
+    cache = ThumbCache(folder, budget=150)  # the first store measures, then evicts
+    data = cache.get(1, os.fsencode(pic), pic.stat())
+    assert Image.open(io.BytesIO(data)).format == "JPEG"
+    assert not (folder / "old.jpg").exists()  # evicted: the oldest, over the budget
+
+
 def test_cache_folder_inside_the_library_or_in_the_user_cache(tmp_path, monkeypatch):
     lib = tmp_path / "lib"
     lib.mkdir()

@@ -84,7 +84,7 @@ class ThumbCache:
             return
         with self._lock:
             if self._total is None:
-                self._total = sum(e.stat().st_size for e in os.scandir(self.folder) if e.is_file())
+                self._total = sum(size for _, size, _ in _files(self.folder))
             else:
                 self._total += len(data)
             if self._total > self.budget:
@@ -92,9 +92,7 @@ class ThumbCache:
 
     def _evict(self) -> None:
         """Drop the oldest thumbnails until the folder is at 90% of its budget."""
-        entries = sorted(
-            (e.stat().st_mtime_ns, e.stat().st_size, e.path) for e in os.scandir(self.folder) if e.is_file()
-        )
+        entries = sorted(_files(self.folder))
         total = sum(size for _, size, _ in entries)
         for _, size, path in entries:
             if total <= self.budget * 0.9:
@@ -105,6 +103,24 @@ class ThumbCache:
             except OSError:
                 pass
         self._total = total
+
+
+def _files(folder: Path) -> list[tuple[int, int, str]]:
+    """(mtime_ns, size, path) of each file in ``folder``. A file may vanish between the listing
+    and its stat (another request's temporary file renamed, another server's eviction): skipped."""
+    found = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return found
+    for e in entries:
+        try:
+            if e.is_file():
+                st = e.stat()
+                found.append((st.st_mtime_ns, st.st_size, e.path))
+        except OSError:
+            continue
+    return found
 
 
 __all__ = ["DecodeError", "MAX_SIDE", "ThumbCache", "cache_folder", "make_thumbnail"]
