@@ -22,6 +22,7 @@ import numpy as np
 from clipdex.index.ann import AnnIndex, _faiss, _single_thread
 from clipdex.index.choose import (
     KINDS,
+    LAYOUT_KINDS,
     MIN_TRAIN,
     ONDISK,
     bytes_per_vector,
@@ -130,7 +131,7 @@ def _nlist(n: int) -> int:
 def _train_size(kind: str, n: int) -> int:
     if kind == "flat":
         return 0
-    if kind in ("ivf-flat", "ivf-fp16"):
+    if kind in LAYOUT_KINDS:
         nlist, _ = ivf_layout(n, 0)  # (nlist does not depend on d)
         return max(20 * nlist, 10_000)  # two-level k-means in 32-d: cheap per point
     if kind == "ivf-pq":
@@ -156,7 +157,7 @@ def _make(kind: str, d: int, n: int, train: np.ndarray, seed: int) -> tuple[Any,
     if kind == "hnsw":
         index = faiss.IndexHNSWFlat(d, 32, ip)
         return faiss.IndexIDMap(index), None, {"M": 32}
-    if kind in ("ivf-flat", "ivf-fp16"):
+    if kind in LAYOUT_KINDS:
         quantizer, nlist, coarse = _coarse_quantizer(train, *ivf_layout(n, d), seed)
         if kind == "ivf-flat":
             index = faiss.IndexIVFFlat(quantizer, d, nlist, ip)

@@ -33,16 +33,10 @@ from __future__ import annotations
 
 import os
 
-KINDS = (
-    "flat",
-    "ivf-fp16",
-    "ivf-flat",
-    "ivf-pq",
-    "hnsw",
-    "sq8",
-    "fp16",
-    "binary",
-)  # built in memory (annbuild)
+# Built in memory (annbuild).
+KINDS = ("flat", "ivf-fp16", "ivf-flat", "ivf-pq", "hnsw", "sq8", "fp16", "binary")
+IVF_KINDS = ("ivf-fp16", "ivf-flat", "ivf-pq")  # inverted files: nprobe is their search knob
+LAYOUT_KINDS = ("ivf-fp16", "ivf-flat")  # lists shaped by ivf_layout (assigned in a PCA space)
 ONDISK = "ivf-pq-ondisk"  # large-library mode: float16 vector files + IVF-PQ lists mapped from disk
 INDEX_TYPES = (*KINDS, ONDISK)  # what --index-type accepts (besides auto)
 
@@ -51,8 +45,8 @@ INDEX_TYPES = (*KINDS, ONDISK)  # what --index-type accepts (besides auto)
 # (~15 ms) exact search is fast enough and needs no training; beyond it IVF answers in ~1 ms.
 FLAT_MAX_FLOATS = 150_000 * 512
 MIN_TRAIN = 1_000  # below this an approximate index has nothing to learn from: build flat
-# ivf-fp16 / ivf-flat assign vectors to lists in a PCA space of this many dims (when the vectors have at least
-# 4x as many): the assignment costs n * nlist * COARSE_DIM, a 1M build's largest part.
+# LAYOUT_KINDS assign vectors to lists in a PCA space of this many dims (when the vectors have at
+# least 4x as many): the assignment costs n * nlist * COARSE_DIM, a 1M build's largest part.
 COARSE_DIM = 32
 
 
@@ -90,7 +84,7 @@ def bytes_per_vector(kind: str, dim: int) -> int:
 
 
 def ivf_layout(n: int, d: int) -> tuple[int, int]:
-    """(nlist, coarse_dim) of an ivf-fp16 or ivf-flat index over n d-dim vectors.
+    """(nlist, coarse_dim) of an index of LAYOUT_KINDS over n d-dim vectors.
 
     ~16 sqrt(n) lists (16,000 at 1M: a query probes ~0.6% of the vectors for recall 0.95 on hard
     data, where 2 sqrt(n) lists needed 3%), with >= 39 training points each (faiss's minimum);

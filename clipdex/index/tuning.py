@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from clipdex.index.choose import IVF_KINDS
+
 if TYPE_CHECKING:
     from clipdex.index.ann import AnnIndex
 
@@ -68,7 +70,7 @@ def tune(
         return float(per_query.mean()), float(per_query.mean() - 1.64 * per_query.std() / np.sqrt(len(q)))
 
     grid: list[dict] = [{}]
-    if ann.kind in ("ivf-flat", "ivf-fp16", "ivf-pq"):
+    if ann.kind in IVF_KINDS:
         nlist = ann.info["params"]["nlist"]
         grid = [{"nprobe": p} for p in NPROBE_STEPS if p <= nlist] or [{"nprobe": nlist}]
     elif ann.kind == "hnsw":
