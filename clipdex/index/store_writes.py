@@ -147,7 +147,8 @@ class Writes:
                 kinds.update(self.conn.execute(
                     f"SELECT id, kind FROM items WHERE id IN ({marks}) OR image_id IN ({marks})", chunk * 2
                 ))  # fmt: skip
-            captions = [i for i in kinds if i not in set(ids)]
+            asked = set(ids)
+            captions = [i for i in kinds if i not in asked]
             gone = ids + captions
             for chunk in chunks(gone, 500):
                 marks = ",".join("?" * len(chunk))

@@ -74,11 +74,11 @@ class ShardVectors:
         """float32 unit vectors of (file id, row) pairs, in the given order."""
         files = np.asarray(files, np.int64)
         rows = np.asarray(rows, np.int64)
-        dim = self.dim or 0  # type: ignore[attr-defined]
+        arrays = {int(fid): self._vector_map(int(fid)) for fid in np.unique(files)}
+        dim = next(iter(arrays.values())).shape[1] if arrays else self.dim or 0  # type: ignore[attr-defined]
         out = np.empty((len(rows), dim), np.float32)
-        for fid in np.unique(files):
+        for fid, arr in arrays.items():
             where = np.flatnonzero(files == fid)
-            arr = self._vector_map(int(fid))
             want = rows[where]
             order = np.argsort(want, kind="stable")  # ascending offsets: sequential page reads
             out[where[order]] = arr[want[order]]
@@ -122,7 +122,11 @@ class ShardVectors:
                     f, {"descr": "<f2", "fortran_order": False, "shape": src.shape}
                 )
                 for start in range(0, src.shape[0], chunk):
-                    f.write(np.ascontiguousarray(src[start : start + chunk], "<f2").tobytes())
+                    # Unit rows before the cast: float16 overflows past 65504 and flushes tiny
+                    # components to zero, where the user's un-normalised rows may lie.
+                    block = src[start : start + chunk].astype(np.float32)  # a copy: src is mapped
+                    block /= np.linalg.norm(block, axis=1, keepdims=True)
+                    f.write(block.astype("<f2").tobytes())
 
             _write_durably(path, convert)
         return self._list_file(name, src.shape[0], src.shape[1])
@@ -142,7 +146,8 @@ class ShardVectors:
         used = {f for (f,) in self.conn.execute("SELECT DISTINCT vfile FROM items WHERE vfile IS NOT NULL")}
         rows = [(i, n) for i, n in self.conn.execute("SELECT id, name FROM vector_files") if i not in used]
         if file_ids is not None:
-            rows = [(i, n) for i, n in rows if i in set(file_ids)]
+            wanted = set(file_ids)
+            rows = [(i, n) for i, n in rows if i in wanted]
         if not rows:
             return []
         with self.transaction():  # type: ignore[attr-defined]
