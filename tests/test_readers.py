@@ -370,3 +370,23 @@ def test_a_head_with_a_garbage_length_is_damaged_not_a_crash(tmp_path, garbage):
     header_end = len(b"CLIPDEX-FAISS-4\n") + 8 + int.from_bytes(raw[16:24], "little")
     path.write_bytes(raw[:header_end] + garbage + raw[header_end + 8 :])
     assert VectorIndex.load(path) is None
+
+
+def test_a_flat_reader_scores_its_catch_up_from_its_own_vectors(tmp_path):
+    """Without get_vectors a flat index re-ranks from its own vectors: those of a replaced or added
+    id come from the catch-up, not from the base (where a replaced id's old vector still lies)."""
+    rng = np.random.default_rng(10)
+    vecs = unit(rng, 50, 16)
+    index = VectorIndex.build(np.arange(50), vecs, 16, generation=1, kind="flat")
+    current = {3: -vecs[3], 99: unit(rng, 1, 16)[0]}
+    index.apply_changes(
+        [("remove", 3, 3), ("add", 3, 3), ("add", 99, 99)],
+        lambda ids: (
+            np.array([i for i in ids if i in current]),
+            np.array([current[i] for i in ids if i in current]),
+        ),
+        generation=2,
+    )
+    for item, vec in current.items():
+        (best, score), *_ = index.search(vec[None], 3)[0]
+        assert best == item and score == pytest.approx(1.0, abs=1e-6)

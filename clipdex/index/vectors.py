@@ -222,9 +222,12 @@ class VectorIndex:
             self.ann.index.search(query, 1)
 
     def _own_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """A flat index's vectors of ``ids``: a reader's catch-up (delta) holds the current ones
+        of the ids it replaced or added."""
         if self.ann.kind != "flat":
             raise ValueError(f"a {self.ann.kind} index needs get_vectors to re-rank exactly")
-        return np.vstack([self.ann.index.reconstruct(int(i)) for i in ids])
+        fresh = set(self.delta.ids().tolist()) if self.delta is not None else set()
+        return np.vstack([(self.delta if i in fresh else self.ann).index.reconstruct(int(i)) for i in ids])
 
     def _searcher(self) -> AnnIndex:
         if self.use_gpu and _faiss().get_num_gpus() > 0:
