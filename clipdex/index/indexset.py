@@ -200,8 +200,7 @@ class IndexSet:
             if idx.exact_fallback:
                 continue
             if self.store.writable and idx.generation == self.store.generation and idx.stale():
-                self.forget(kind)
-                self.get(kind)  # rebuilds and saves
+                self.rebuild(kind)  # from the store, and saves
             else:
                 self._try_save(kind, idx)
         self._saved_at, self._commits = time.monotonic(), 0
