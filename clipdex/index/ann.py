@@ -72,6 +72,11 @@ class AnnIndex:
         """Live vectors (tombstoned ones excluded)."""
         return int(self.index.ntotal) - len(self.removed)
 
+    @property
+    def on_gpu(self) -> bool:
+        """A GPU copy (see clipdex.index.gpu)."""
+        return self.info.get("device") == "gpu"
+
     # ---- updates ----------------------------------------------------------------------------
     def add(self, vectors: np.ndarray, ids: np.ndarray) -> None:
         """Add without retraining (IVF assigns to the existing lists; see `stale`)."""
@@ -115,13 +120,7 @@ class AnnIndex:
         faiss = _faiss()
         if hasattr(self.index, "id_map"):
             return faiss.vector_to_array(self.index.id_map).astype(np.int64)
-        invlists = faiss.extract_index_ivf(self.index).invlists
-        parts = [
-            faiss.rev_swig_ptr(invlists.get_ids(lst), invlists.list_size(lst)).copy()
-            for lst in range(invlists.nlist)
-            if invlists.list_size(lst)
-        ]
-        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+        return list_ids(faiss.extract_index_ivf(self.index).invlists)
 
     def search(
         self,
@@ -158,11 +157,10 @@ class AnnIndex:
         rows = np.arange(len(q))
         src = self  # where candidates come from: a GPU copy, or its CPU index past GPU_MAX_K
         while len(rows):
-            on_gpu = src.info.get("device") == "gpu"
-            if on_gpu and (fetch > GPU_MAX_K or selector is not None) and src.cpu is not None:
+            if src.on_gpu and (fetch > GPU_MAX_K or selector is not None) and src.cpu is not None:
                 src = src.cpu
             vecs = None
-            if src.kind in OWN_VECTOR_KINDS and selector is None and src.info.get("device") != "gpu":
+            if src.kind in OWN_VECTOR_KINDS and selector is None and not src.on_gpu:
                 cand_scores, cand, vecs = src._candidates_with_vectors(q[rows], fetch)
             else:
                 cand_scores, cand = src._candidates(q[rows], fetch, selector)
@@ -246,7 +244,7 @@ class AnnIndex:
         self.info["params"].update(params)
         faiss = _faiss()
         if "nprobe" in params:
-            if self.info.get("device") == "gpu":
+            if self.on_gpu:
                 faiss.GpuParameterSpace().set_index_parameter(self.index, "nprobe", params["nprobe"])
             else:
                 faiss.extract_index_ivf(self.index).nprobe = params["nprobe"]
@@ -278,6 +276,16 @@ class AnnIndex:
         from clipdex.index import annfile
 
         return annfile.from_bytes(data)
+
+
+def list_ids(invlists: Any) -> np.ndarray:
+    """Every id in a FAISS index's inverted lists, list by list."""
+    parts = [
+        _faiss().rev_swig_ptr(invlists.get_ids(lst), invlists.list_size(lst)).copy()
+        for lst in range(invlists.nlist)
+        if invlists.list_size(lst)
+    ]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 class _Selector:

@@ -16,9 +16,9 @@ from typing import BinaryIO
 import numpy as np
 
 from clipdex.index.ann import AnnIndex, _faiss
+from clipdex.index.choose import ONDISK
 from clipdex.index.codes import ItqCodec
 from clipdex.index.durable import fsync_file
-from clipdex.index.gpu import on_gpu
 
 
 def write(ann: AnnIndex, f: BinaryIO) -> None:
@@ -85,7 +85,7 @@ def _bytes_left(f: BinaryIO) -> int | None:
 def write_index_file(ann: AnnIndex, path: Path) -> None:
     """The FAISS index alone, in FAISS's own file format (so it can be memory-mapped), fsynced.
     An on-disk index (large-library mode) writes its own small data file (see clipdex.index.ondisk)."""
-    if head_kind_ondisk(ann.kind):
+    if ann.kind == ONDISK:
         from clipdex.index.ondisk import write_data
 
         write_data(ann, path)  # type: ignore[arg-type]
@@ -98,7 +98,7 @@ def read_index_file(head: dict, path: Path, mmap: bool) -> AnnIndex:
     """The index `write_index_file` wrote, with its head. ``mmap``: FAISS maps the file's arrays
     (codes, inverted lists, links) instead of reading them: opening costs no I/O and pages come in
     as searches touch them. A mapped index is read-only (FAISS aborts on a write to it)."""
-    if head_kind_ondisk(head["kind"]):  # its lists are mapped read-only from their own file anyway
+    if head["kind"] == ONDISK:  # its lists are mapped read-only from their own file anyway
         from clipdex.index.ondisk import read_data
 
         return read_data(head, path)
@@ -116,16 +116,12 @@ def read_index_file(head: dict, path: Path, mmap: bool) -> AnnIndex:
     return _assemble(head, index)
 
 
-def head_kind_ondisk(kind: str) -> bool:
-    return kind == "ivf-pq-ondisk"
-
-
 def _write_index(ann: AnnIndex, dest) -> None:
     faiss = _faiss()
     if ann.codec is not None:
         faiss.write_index_binary(ann.index, dest)
     else:
-        faiss.write_index(faiss.index_gpu_to_cpu(ann.index) if on_gpu(ann) else ann.index, dest)
+        faiss.write_index(faiss.index_gpu_to_cpu(ann.index) if ann.on_gpu else ann.index, dest)
 
 
 def _assemble(head: dict, index) -> AnnIndex:

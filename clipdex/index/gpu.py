@@ -8,14 +8,10 @@ from clipdex.index.ann import AnnIndex, _faiss
 GPU_KINDS = {"flat", "ivf-flat", "ivf-fp16", "ivf-pq"}
 
 
-def on_gpu(ann: AnnIndex) -> bool:
-    return ann.info.get("device") == "gpu"
-
-
 def to_gpu(ann: AnnIndex) -> AnnIndex:
     """A copy on all GPUs for the kinds FAISS supports there; `ann` itself when there are none."""
     faiss = _faiss()
-    if ann.kind not in GPU_KINDS or on_gpu(ann) or faiss.get_num_gpus() == 0:
+    if ann.kind not in GPU_KINDS or ann.on_gpu or faiss.get_num_gpus() == 0:
         return ann
     if ann.info["params"].get("nprobe", 0) > _ann.GPU_MAX_K:  # more lists than a GPU search can probe
         return ann

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from clipdex.index.ann import AnnIndex, _faiss, _single_thread
+from clipdex.index.ann import AnnIndex, _faiss, _single_thread, list_ids
 from clipdex.index.choose import MIN_TRAIN, ONDISK, choose_kind, default_memory_budget, pq_m
 from clipdex.index.durable import fsync_file
 from clipdex.index.tuning import NPROBES, TUNE_QUERIES, TopK, _drop_self
@@ -80,14 +80,10 @@ class OnDiskAnn(AnnIndex):
 
     def ids(self) -> np.ndarray:
         """Every live id (base minus tombstones, plus the delta's), unsorted."""
-        faiss = _faiss()
         base = np.asarray(self.base_ids)
         if self.base_removed:
             base = base[~np.isin(base, np.fromiter(self.base_removed, np.int64))]
-        lists = self.delta.invlists
-        parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
-                 for i in range(lists.nlist) if lists.list_size(i)]  # fmt: skip
-        return np.concatenate([base, *parts]).astype(np.int64)
+        return np.concatenate([base, list_ids(self.delta.invlists)]).astype(np.int64)
 
     def stale(self) -> bool:
         churn = int(self.delta.ntotal) + len(self.base_removed)
