@@ -166,15 +166,26 @@ def _make(kind: str, d: int, n: int, train: np.ndarray, seed: int) -> tuple[Any,
             index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, fp16, ip, False)
         index.train(train[:1])  # the quantizer is trained and filled (fp16 codes learn nothing)
         return index, None, {"nlist": nlist, "coarse_dim": coarse}
-    nlist, m = _nlist(n), pq_m(d)
+    index, params = ivf_pq(d, _nlist(n), train, seed)
+    return index, None, params
+
+
+def ivf_pq(
+    d: int, nlist: int, train: np.ndarray, seed: int, coarse_niter: int | None = None
+) -> tuple[Any, dict]:
+    """An empty IVF-PQ over inner products trained on ``train`` (the in-memory ivf-pq, and the
+    on-disk index's base): ``nlist`` lists, one-byte codes of 8 dimensions each; its params."""
+    faiss = _faiss()
+    m = pq_m(d)
     nbits = int(min(8, max(1, np.log2(len(train) / 39))))  # 256 centroids need ~10k points
-    index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, nbits, ip)
+    index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
     index.do_polysemous_training = False  # on by default and 5x the training time, for no use here
     index.pq.cp.niter = 10  # 64 small k-means: 25 iterations buy nothing after exact re-ranking
-    params = {"nlist": nlist, "m": m, "nbits": nbits}
+    if coarse_niter is not None:
+        index.cp.niter = coarse_niter
     index.cp.seed = seed
-    index.train(train)
-    return index, None, params
+    index.train(np.ascontiguousarray(train, np.float32))
+    return index, {"nlist": nlist, "m": m, "nbits": nbits}
 
 
 def _coarse_quantizer(train: np.ndarray, nlist: int, coarse: int, seed: int) -> tuple[Any, int, int]:

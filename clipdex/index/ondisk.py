@@ -30,7 +30,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipdex.index.ann import AnnIndex, _faiss, _single_thread, list_ids
-from clipdex.index.choose import MIN_TRAIN, ONDISK, choose_kind, default_memory_budget, pq_m
+from clipdex.index.annbuild import ivf_pq
+from clipdex.index.choose import MIN_TRAIN, ONDISK, choose_kind, default_memory_budget
 from clipdex.index.durable import fsync_file
 from clipdex.index.tuning import NPROBES, TUNE_QUERIES, TopK, _drop_self
 
@@ -289,15 +290,7 @@ def _trained(dim: int, nlist: int, train: np.ndarray, seed: int) -> tuple[Any, d
     sqrt(n) lists (half the in-memory IVF's 2 sqrt(n)) and 10 k-means iterations: at 5M x 512 on
     2 cores assigning every vector to its list is most of the build, and the exact re-rank
     recovers what coarser lists cost (bench/large_library.py)."""
-    faiss = _faiss()
-    m = pq_m(dim)
-    nbits = int(min(8, max(1, np.log2(len(train) / 39))))  # 256 centroids need ~10k points
-    index = faiss.IndexIVFPQ(faiss.IndexFlatIP(dim), dim, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
-    index.do_polysemous_training = False  # on by default and 5x the training time, for no use here
-    index.cp.niter = index.pq.cp.niter = 10
-    index.cp.seed = seed
-    index.train(np.ascontiguousarray(train, np.float32))
-    return index, {"nlist": nlist, "m": m, "nbits": nbits}
+    return ivf_pq(dim, nlist, train, seed, coarse_niter=10)
 
 
 def remove_unused(folder: Path, kind: str, idx: VectorIndex) -> None:
