@@ -317,7 +317,8 @@ class Library(Searching):
         gen = self.store.generation
         if gen != self._seen_generation:
             self._seen_generation = gen
-            if self._model is not None and self.spec is not None and self._model.spec != self.spec:
+            spec = self.spec if self._model is not None else None
+            if spec is not None and self._model.spec != spec:
                 self._model = None
         return gen
 
