@@ -120,10 +120,9 @@ class IndexSet:
             gen = self.store.generation
             if idx.generation == gen:
                 return True
-            since = self.store.changes_since(kind)
             if idx.dim != (self.store.dim or 0):  # the model changed to one of another size
                 return False
-            if since is None or idx.generation < since or idx.generation > gen:
+            if not _log_covers(idx.generation, self.store.changes_since(kind), gen):
                 return False
             ops = self.store.changes(kind, idx.generation, gen)
             idx.apply_changes(ops, lambda ids: self.store.live_vectors(kind, ids), gen, fold=fold)
@@ -213,13 +212,11 @@ class IndexSet:
             if kind in self._cache or not self.store.writable:
                 continue
             head = VectorIndex.read_header(self.path(kind))
-            since = self.store.changes_since(kind)
             usable = (
                 head is not None
                 and head.get("dim") == self.store.dim
-                and (
-                    head.get("generation") == self.store.generation
-                    or (since is not None and since <= head.get("generation", -1) <= self.store.generation)
+                and _log_covers(
+                    head.get("generation", -1), self.store.changes_since(kind), self.store.generation
                 )
             )
             if not usable and (head is not None or self.store.count(kind)):
@@ -245,3 +242,9 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_mtime_ns, st.st_ino
+
+
+def _log_covers(generation: int, since: int | None, current: int) -> bool:
+    """Whether an index saved at ``generation`` can catch up to ``current`` from a change log that
+    reaches back to ``since`` (None: no log)."""
+    return generation == current or (since is not None and since <= generation <= current)
