@@ -208,9 +208,14 @@ class Served:
             raise fail(404, f"the file of item {item_id} changed since it was indexed")
         return path
 
-    def explain(self, item_id: int, q: str) -> tuple[bytes, float, str]:
+    def explain(
+        self, item_id: int, q: str, if_none_match: str | None = None
+    ) -> tuple[bytes | None, float | None, str]:
         """(PNG, score, ETag): the picture of ``item_id`` with the heat map for text ``q``,
-        rendered as `clipdex explain --out` renders it (over the original, at most 1024 px)."""
+        rendered as `clipdex explain --out` renders it (over the original, at most 1024 px).
+
+        When ``if_none_match`` is that ETag the map is not made (PNG None: answer 304); the score
+        is then there only while the map is still kept."""
         from clipdex.retrieval.explain import explain, open_for_explain, render
 
         q = q.strip()
@@ -231,7 +236,13 @@ class Served:
                 result = explain(self.lib.model, picture, target)
             return png(render(result, picture)), result.score
 
-        return self.heat_maps.get((item_id, st.st_mtime_ns, st.st_size, spec, q), make)
+        key = (item_id, st.st_mtime_ns, st.st_size, spec, q)
+        etag = f'"{self.heat_maps.tag(key)}"'
+        if if_none_match == etag:  # the client has it: no hundred forward passes to answer 304
+            kept = self.heat_maps.kept(key)
+            return None, kept[1] if kept else None, etag
+        data, score, _ = self.heat_maps.get(key, make)
+        return data, score, etag
 
     def info(self) -> dict:
         with self.store_lock:
@@ -430,10 +441,11 @@ def create_app(
     ) -> Response:
         """PNG: the image with a heat map of the regions that raise its similarity to `q`
         (occlusion sensitivity, as `clipdex explain`); the score in the `X-Clipdex-Score` header."""
-        data, score, tag = served.explain(item_id, q)
-        etag = f'"{tag}"'
-        headers = {"ETag": etag, "Cache-Control": "private, no-cache", "X-Clipdex-Score": repr(score)}
-        if request.headers.get("if-none-match") == etag:
+        data, score, etag = served.explain(item_id, q, request.headers.get("if-none-match"))
+        headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+        if score is not None:
+            headers["X-Clipdex-Score"] = repr(score)
+        if data is None:
             return Response(status_code=304, headers=headers)
         return Response(data, media_type="image/png", headers=headers)
 

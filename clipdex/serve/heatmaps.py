@@ -14,25 +14,35 @@ from PIL import Image
 
 class HeatMaps:
     """``get(key, make)``: (PNG, score, tag) for ``key``, made by ``make() -> (PNG, score)`` unless
-    one of the last ``keep`` is still there. ``tag`` (an ETag) follows the key."""
+    one of the last ``keep`` is still there. ``tag`` (an ETag) follows the key alone, so a client's
+    copy is checked with ``tag(key)`` without making the map."""
 
     def __init__(self, keep: int = 16):
         self.keep = keep
         self._kept: OrderedDict[tuple, tuple[bytes, float]] = OrderedDict()
         self._mutex = threading.Lock()
 
+    @staticmethod
+    def tag(key: tuple) -> str:
+        return hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+
+    def kept(self, key: tuple) -> tuple[bytes, float] | None:
+        """(PNG, score) when ``key``'s map is one of the last ``keep`` (it counts as a use), else None."""
+        with self._mutex:
+            if key not in self._kept:
+                return None
+            self._kept.move_to_end(key)
+            return self._kept[key]
+
     def get(self, key: tuple, make: Callable[[], tuple[bytes, float]]) -> tuple[bytes, float, str]:
-        tag = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
-        with self._mutex:
-            if key in self._kept:
-                self._kept.move_to_end(key)
-                return (*self._kept[key], tag)
-        answer = make()  # not under the mutex: other heat maps are served meanwhile
-        with self._mutex:
-            self._kept[key] = answer
-            while len(self._kept) > self.keep:
-                self._kept.popitem(last=False)
-        return (*answer, tag)
+        answer = self.kept(key)
+        if answer is None:
+            answer = make()  # not under the mutex: other heat maps are served meanwhile
+            with self._mutex:
+                self._kept[key] = answer
+                while len(self._kept) > self.keep:
+                    self._kept.popitem(last=False)
+        return (*answer, self.tag(key))
 
 
 def png(image: Image.Image) -> bytes:
