@@ -33,7 +33,7 @@ from clipdex.index.scan import display_path
 from clipdex.library import Library
 from clipdex.retrieval.query import Terms, compose
 from clipdex.serve.batching import TextBatcher
-from clipdex.serve.heatmaps import HeatMaps, png
+from clipdex.serve.heatmaps import HeatMaps
 from clipdex.serve.security import COOKIE, Guard, HostPolicy, TokenAuth, UploadTooLarge
 from clipdex.serve.thumbs import DecodeError, ThumbCache, cache_folder
 
@@ -216,7 +216,7 @@ class Served:
 
         When ``if_none_match`` is that ETag the map is not made (PNG None: answer 304); the score
         is then there only while the map is still kept."""
-        from clipdex.retrieval.explain import explain, open_for_explain, render
+        from clipdex.retrieval.explain import explain, open_for_explain
 
         q = q.strip()
         if not q:
@@ -234,7 +234,7 @@ class Served:
             target = self.texts.encode(q)  # takes the model lock itself
             with self.model_lock:  # held for all the passes: queries arriving meanwhile wait
                 result = explain(self.lib.model, picture, target)
-            return png(render(result, picture)), result.score
+            return result.png(picture), result.score
 
         key = (item_id, st.st_mtime_ns, st.st_size, spec, q)
         etag = f'"{self.heat_maps.tag(key)}"'

@@ -4,12 +4,9 @@ forward passes (see clipdex.retrieval.explain) and the page asks again when a vi
 from __future__ import annotations
 
 import hashlib
-import io
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-
-from PIL import Image
 
 
 class HeatMaps:
@@ -43,9 +40,3 @@ class HeatMaps:
                 while len(self._kept) > self.keep:
                     self._kept.popitem(last=False)
         return (*answer, self.tag(key))
-
-
-def png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
