@@ -4,7 +4,8 @@ One Library stays open with its model and indexes loaded. Store reads and index 
 one lock (they share a SQLite connection); the model's forward pass runs under its own lock, so
 thumbnails, item details and "similar" are served while a query is being encoded, and text
 queries that arrive meanwhile are encoded together in the next pass (serve.batching). Blocking work runs
-in the threadpool. Each request first calls ``Library.refresh`` so other processes' writes appear.
+in the threadpool. Each request follows other processes' writes (``Library.refresh``, or the Library
+call that does so itself: ``count``, ``search``), so they appear.
 """
 
 from __future__ import annotations
@@ -75,11 +76,11 @@ class Served:
     def _page(self, kind: str, k: int, offset: int, vector_of, filt: Filter | None = None) -> dict:
         started = time.perf_counter()
         with self.store_lock:
-            self.lib.refresh()
             if filt is not None and filt.restricts_items:
+                self.lib.refresh()  # matching_ids only reads SQLite: follow other writers before encoding
                 available = len(matching_ids(self.lib.store, kind, filt))
             else:
-                available = self.lib.count(kind)
+                available = self.lib.count(kind)  # follows other writers (a new model) itself
         results: list = []
         total = min(available, MAX_RESULTS)
         if available > offset:
@@ -141,8 +142,7 @@ class Served:
 
     def similar(self, item_id: int, k: int) -> dict:
         started = time.perf_counter()
-        with self.store_lock:
-            self.lib.refresh()
+        with self.store_lock:  # no model here; lib.similar's search follows other writers itself
             rec = self._record(item_id)
             results = self.lib.similar(item_id, k=k)
             total = min(self.lib.count(rec["kind"]), MAX_RESULTS)
