@@ -151,7 +151,9 @@ class AnnIndex:
         if not len(q) or k < 1 or self.ntotal == 0:
             return scores, ids
         dropped = self.removed | exclude if exclude else self.removed
-        fetch = min(total, k * self.info["params"].get("rerank", 1) + MARGIN + len(dropped))
+        dead = np.fromiter(dropped, np.int64, len(dropped)) if dropped else None
+        want = k * self.info["params"].get("rerank", 1) + MARGIN  # live candidates to re-rank
+        fetch = min(total, want)
         selector = _Selector(self, allowed, k) if allowed is not None else None
         rows = np.arange(len(q))
         src = self  # where candidates come from: a GPU copy, or its CPU index past GPU_MAX_K
@@ -164,16 +166,23 @@ class AnnIndex:
                 cand_scores, cand, vecs = src._candidates_with_vectors(q[rows], fetch)
             else:
                 cand_scores, cand = src._candidates(q[rows], fetch, selector)
-            s, i = self._rerank(q[rows], cand, k, get_vectors, dropped, vecs)
+            full = cand[:, -1] >= 0  # FAISS filled the list: more candidates may lie beyond
+            if dead is not None:
+                cand = np.where(np.isin(cand, dead), -1, cand)
+            s, i = self._rerank(q[rows], cand, k, get_vectors, vecs)
             scores[rows], ids[rows] = s, i
             if selector is not None and selector.widen((i >= 0).sum(axis=1)):
                 rows = rows[(i >= 0).sum(axis=1) < selector.need]  # probe more lists for these
                 continue
-            if self.kind not in EXACT_SCORE_KINDS or fetch >= total:
+            if fetch >= total:
                 break
-            # Widen where the k-th score ties with the weakest candidate: equal scores may lie beyond.
-            last = cand_scores[:, -1]
-            rows = rows[(cand[:, -1] >= 0) & (s[:, -1] <= last + 1e-5)]
+            # Widen where tombstones left fewer than `want` of a full list (asking for `want +
+            # len(dropped)` at once made each search re-rank thousands during a catch-up), or where
+            # the k-th score ties with the weakest candidate: equal scores may lie beyond.
+            short = full & ((cand >= 0).sum(axis=1) < want)
+            if self.kind in EXACT_SCORE_KINDS:
+                short |= full & (s[:, -1] <= cand_scores[:, -1] + 1e-5)
+            rows = rows[short]
             fetch = min(total, 2 * fetch)
         return scores, ids
 
@@ -203,13 +212,10 @@ class AnnIndex:
 
     def _rerank(
         self, q: np.ndarray, cand: np.ndarray, k: int, get_vectors: Callable[[np.ndarray], np.ndarray],
-        dropped: set[int] | frozenset[int] = frozenset(),
         cand_vecs: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
-        """Exact top k of the candidates; their vectors from `cand_vecs` (Q, fetch, d) when the
-        index supplied them, else from `get_vectors`."""
-        if dropped:
-            cand = np.where(np.isin(cand, np.fromiter(dropped, np.int64, len(dropped))), -1, cand)
+        """Exact top k of the candidates (-1: none); their vectors from `cand_vecs` (Q, fetch, d)
+        when the index supplied them, else from `get_vectors`."""
         valid = cand >= 0
         if cand_vecs is not None:
             vecs = cand_vecs[valid].astype(np.float64)

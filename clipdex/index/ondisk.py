@@ -54,6 +54,7 @@ class OnDiskAnn(AnnIndex):
     delta: Any = None  # in-memory IVF-PQ sharing the base's quantizer and codebooks
     base_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # sorted, mapped
     base_removed: set[int] = field(default_factory=set)  # tombstones of built-in ids
+    _dead: np.ndarray | None = field(default=None, repr=False, compare=False)  # base_removed's array
 
     @property
     def ntotal(self) -> int:
@@ -74,6 +75,7 @@ class OnDiskAnn(AnnIndex):
         pos = np.minimum(np.searchsorted(self.base_ids, ids), max(len(self.base_ids) - 1, 0))
         in_base = ids[self.base_ids[pos] == ids] if len(self.base_ids) else ids[:0]
         self.base_removed.update(in_base.tolist())
+        self._dead = None
         self.info["ntotal"] = self.ntotal
 
     def ids(self) -> np.ndarray:
@@ -104,12 +106,19 @@ class OnDiskAnn(AnnIndex):
         # At least the pool the tuning measured (k = 10): a PQ ranking is too coarse to trust its
         # first k * rerank for a small k (the exact re-rank then sorts whatever comes back).
         fetch = max(fetch, 10 * self.info["params"].get("rerank", 1) + 10)
-        dead = np.fromiter(self.base_removed, np.int64, len(self.base_removed))
+        if self._dead is None:  # once per change, not per query: up to a quarter of the build
+            self._dead = np.fromiter(self.base_removed, np.int64, len(self.base_removed))
+        dead, n = self._dead, fetch
         with _single_thread(len(q) < 8):
-            scores, ids = self.index.search(q, fetch + len(dead), params=params)
-            if len(dead):
-                drop = np.isin(ids, dead)
-                ids[drop], scores[drop] = -1, -np.inf
+            while True:  # deeper while tombstones leave fewer than `fetch` of a full list
+                scores, ids = self.index.search(q, n, params=params)
+                full = ids[:, -1] >= 0
+                if len(dead):
+                    drop = np.isin(ids, dead)
+                    ids[drop], scores[drop] = -1, -np.inf
+                if n >= self.index.ntotal or not (full & ((ids >= 0).sum(axis=1) < fetch)).any():
+                    break
+                n *= 2
             if self.delta.ntotal:
                 d_scores, d_ids = self.delta.search(q, fetch, params=params)
                 scores, ids = np.hstack([scores, d_scores]), np.hstack([ids, d_ids])
