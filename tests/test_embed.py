@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from corehelp import assert_one_error_line, make_images, ok, run
 from embedhelp import (
@@ -190,3 +191,28 @@ def test_refusals(tmp_path, photos, tiny_model_dir, tiny_model_dir2, monkeypatch
     monkeypatch.setitem(sys.modules, "pyarrow", None)
     assert_one_error_line(run("embed", photos, "--out", out, "--model", tiny_model_dir), "clipdex[scale]")
     assert_one_error_line(run("--library", tmp_path / "lib", "import-embeddings", out), "clipdex[scale]")
+
+
+def test_a_bad_caption_file_leaves_the_image_embedded_without_a_caption(tmp_path, tiny_model_dir):
+    """Like `index`: a .txt that cannot be a caption (NUL bytes) is ignored, the image is kept."""
+    import fsspec
+
+    folder = tmp_path / "imgs"
+    make_images(folder, ["good.png", "nul.png"])
+    (folder / "good.txt").write_text("a caption")
+    (folder / "nul.txt").write_bytes(b"text\0with a NUL")
+    fs = fsspec.filesystem("memory")
+    for p in sorted(folder.iterdir()):
+        fs.pipe(f"/badcap/{p.name}", p.read_bytes())
+    try:
+        for source, out in [(folder, tmp_path / "local"), ("memory://badcap", tmp_path / "remote")]:
+            r = ok("embed", source, "--out", out, "--model", tiny_model_dir, "--json")
+            assert json.loads(r.stdout)["embedded"] == 2, source
+            rows, vecs, failed = read_shards(out)
+            assert failed == []
+            by_name = {row["path"].rsplit("/", 1)[1]: (row, v) for row, v in zip(rows, vecs)}
+            assert by_name["good.png"][0]["caption"] == "a caption"
+            assert by_name["nul.png"][0]["caption"] is None
+            assert np.abs(by_name["nul.png"][1].astype(np.float32)).sum() > 0  # a real vector
+    finally:
+        fs.rm("/badcap", recursive=True)

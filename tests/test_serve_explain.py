@@ -89,3 +89,27 @@ def test_explain_errors_are_json(client, library):
     (library.parent / "pics" / "p2.png").write_bytes(b"not an image")
     r = client.get(f"/api/items/{images['p2.png']}/explain", params={"q": "x"})
     assert r.status_code == 404 and "cannot explain" in r.json()["error"]
+
+
+def test_revalidating_a_heat_map_no_longer_kept_answers_304_without_computing_it(
+    client, library, monkeypatch
+):
+    import clipdex.retrieval.explain as explain_module
+    from clipdex.serve.heatmaps import HeatMaps
+
+    made = []
+    real = explain_module.explain
+    monkeypatch.setattr(explain_module, "explain", lambda *a, **kw: made.append(1) or real(*a, **kw))
+    served = client.app.state.served
+    url = f"/api/items/{ids_by_name(library, 'image')['p1.png']}/explain"
+    first = client.get(url, params={"q": "a red circle"})
+    assert first.status_code == 200 and len(made) == 1
+    etag = first.headers["etag"]
+    kept = client.get(url, params={"q": "a red circle"}, headers={"If-None-Match": etag})
+    assert kept.status_code == 304 and len(made) == 1
+    assert kept.headers["x-clipdex-score"] == first.headers["x-clipdex-score"]  # still kept: score too
+    served.heat_maps = HeatMaps(keep=16)  # the map has left the cache
+    gone = client.get(url, params={"q": "a red circle"}, headers={"If-None-Match": etag})
+    assert gone.status_code == 304 and gone.headers["etag"] == etag and len(made) == 1
+    stale = client.get(url, params={"q": "a red circle"}, headers={"If-None-Match": '"other"'})
+    assert stale.status_code == 200 and stale.content == first.content and len(made) == 2

@@ -89,3 +89,17 @@ def test_bad_query_parameters_are_400(client, params):
     r = client.get("/api/search", params=params)
     assert r.status_code == 400, r.text
     assert set(r.json()) == {"error"}
+
+
+def test_a_filtered_search_uses_the_model_another_writer_switched_to(client, library, tiny_model_dir2):
+    under = str(library.parent / "pics" / "b")
+    params = {"q": "red bicycle", "under": under, "k": 5}
+    before = client.get("/api/search", params=params).json()  # the first model is loaded now
+    ok("--library", library, "use-model", tiny_model_dir2, "--quiet")  # another Library: a writer
+    after = client.get("/api/search", params=params).json()
+    assert str(tiny_model_dir2) in after["model"] and after["model"] != before["model"]
+    with Library.open(library) as lib:
+        want = lib.search(text="red bicycle", filter=Filter(under=[under]), k=5)
+    assert _ids(after["results"]) == [h.id for h in want]
+    assert [r["score"] for r in after["results"]] == pytest.approx([h.score for h in want], abs=1e-5)
+    assert [r["score"] for r in after["results"]] != pytest.approx([r["score"] for r in before["results"]])

@@ -15,12 +15,13 @@ from clipdex.cli.common import (
     progress_bar,
     quiet_option,
 )
+from clipdex.index.choose import INDEX_TYPES, ONDISK  # only os: no torch/faiss for --help
 
+_TYPES = ", ".join(f"{t} (large-library mode)" if t == ONDISK else t for t in INDEX_TYPES)
 index_type_option = click.option(
     "--index-type",
     default=None,
-    help="FAISS index: auto (by size and memory; default), flat, ivf-fp16, ivf-flat, ivf-pq, hnsw, sq8, "
-    "fp16, binary, ivf-pq-ondisk (large-library mode). Remembered by the library.",
+    help=f"FAISS index: auto (by size and memory; default), {_TYPES}. Remembered by the library.",
 )
 
 

@@ -182,22 +182,31 @@ def _to_8bit(img: Image.Image) -> Image.Image:
             lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
     if not np.isfinite(lo):
         lo = hi = 0.0
+    transform: Callable[[np.ndarray], np.ndarray] | None
     if img.mode in _SIXTEEN_BIT or (img.mode == "I" and lo >= 0 and 255 < hi <= 65535):
-        scale, offset = 1 / 257.0, 0.0  # the full 16-bit range maps exactly onto 0..255
+        offset, transform = 0.0, _divide_by_257  # the full 16-bit range maps exactly onto 0..255
     elif img.mode == "F" and lo >= 0 and hi <= 1.0:
-        scale, offset = 255.0, 0.0  # float images in [0, 1]
+        offset, transform = 0.0, _times(255.0)  # float images in [0, 1]
     elif lo < 0 or hi > 255:
-        scale, offset = 255.0 / (hi - lo), lo  # unknown range: stretch what is there
+        offset, transform = lo, _times(255.0 / (hi - lo))  # unknown range: stretch what is there
     else:
-        scale, offset = 1.0, 0.0
+        offset, transform = 0.0, None
     out = np.empty(arr.shape, np.uint8)
     for rows, block in blocks():
         if offset:
             block -= offset
-        if scale != 1.0:
-            block = block / 257.0 if scale == 1 / 257.0 else block * scale  # same rounding as before
+        if transform is not None:
+            block = transform(block)
         out[rows] = np.clip(np.rint(block), 0, 255)
     return Image.fromarray(out)
+
+
+def _divide_by_257(block: np.ndarray) -> np.ndarray:
+    return block / 257.0  # 65535 -> 255: the 16-bit range onto the 8-bit one
+
+
+def _times(scale: float) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda block: block * scale  # (times 1.0 changes no bit)
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

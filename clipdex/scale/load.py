@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clipdex.errors import ClipdexError
-from clipdex.index.scan import SIDECAR_MAX, read_sidecar, sidecar_text
+from clipdex.index.scan import SIDECAR_MAX, SidecarError, read_sidecar, sidecar_text
 from clipdex.retrieval.decode import DecodeError, open_image
 from clipdex.scale.sources import Entry, filesystem, is_url
 
@@ -85,6 +85,15 @@ def _url_mtime(info: dict) -> float:
 
 
 def _caption(entry: Entry) -> str | None:
+    """The image's sidecar caption; None when there is none or it cannot be one (as `index` does,
+    a bad .txt -- oversized, not UTF-8, binary -- is ignored: the image itself is still embedded)."""
+    try:
+        return _read_caption(entry)
+    except SidecarError:
+        return None
+
+
+def _read_caption(entry: Entry) -> str | None:
     side = entry.sidecar
     if side is None and entry.probe:
         stem = os.path.splitext(entry.key)[0]

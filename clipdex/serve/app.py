@@ -4,7 +4,8 @@ One Library stays open with its model and indexes loaded. Store reads and index 
 one lock (they share a SQLite connection); the model's forward pass runs under its own lock, so
 thumbnails, item details and "similar" are served while a query is being encoded, and text
 queries that arrive meanwhile are encoded together in the next pass (serve.batching). Blocking work runs
-in the threadpool. Each request first calls ``Library.refresh`` so other processes' writes appear.
+in the threadpool. Each request follows other processes' writes (``Library.refresh``, or the Library
+call that does so itself: ``count``, ``search``), so they appear.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from clipdex.index.scan import display_path
 from clipdex.library import Library
 from clipdex.retrieval.query import Terms, compose
 from clipdex.serve.batching import TextBatcher
-from clipdex.serve.heatmaps import HeatMaps, png
+from clipdex.serve.heatmaps import HeatMaps
 from clipdex.serve.security import COOKIE, Guard, HostPolicy, TokenAuth, UploadTooLarge
 from clipdex.serve.thumbs import DecodeError, ThumbCache, cache_folder
 
@@ -75,11 +76,11 @@ class Served:
     def _page(self, kind: str, k: int, offset: int, vector_of, filt: Filter | None = None) -> dict:
         started = time.perf_counter()
         with self.store_lock:
-            self.lib.refresh()
             if filt is not None and filt.restricts_items:
+                self.lib.refresh()  # matching_ids only reads SQLite: follow other writers before encoding
                 available = len(matching_ids(self.lib.store, kind, filt))
             else:
-                available = self.lib.count(kind)
+                available = self.lib.count(kind)  # follows other writers (a new model) itself
         results: list = []
         total = min(available, MAX_RESULTS)
         if available > offset:
@@ -141,8 +142,7 @@ class Served:
 
     def similar(self, item_id: int, k: int) -> dict:
         started = time.perf_counter()
-        with self.store_lock:
-            self.lib.refresh()
+        with self.store_lock:  # no model here; lib.similar's search follows other writers itself
             rec = self._record(item_id)
             results = self.lib.similar(item_id, k=k)
             total = min(self.lib.count(rec["kind"]), MAX_RESULTS)
@@ -208,10 +208,15 @@ class Served:
             raise fail(404, f"the file of item {item_id} changed since it was indexed")
         return path
 
-    def explain(self, item_id: int, q: str) -> tuple[bytes, float, str]:
+    def explain(
+        self, item_id: int, q: str, if_none_match: str | None = None
+    ) -> tuple[bytes | None, float | None, str]:
         """(PNG, score, ETag): the picture of ``item_id`` with the heat map for text ``q``,
-        rendered as `clipdex explain --out` renders it (over the original, at most 1024 px)."""
-        from clipdex.retrieval.explain import explain, open_for_explain, render
+        rendered as `clipdex explain --out` renders it (over the original, at most 1024 px).
+
+        When ``if_none_match`` is that ETag the map is not made (PNG None: answer 304); the score
+        is then there only while the map is still kept."""
+        from clipdex.retrieval.explain import explain, open_for_explain
 
         q = q.strip()
         if not q:
@@ -229,9 +234,15 @@ class Served:
             target = self.texts.encode(q)  # takes the model lock itself
             with self.model_lock:  # held for all the passes: queries arriving meanwhile wait
                 result = explain(self.lib.model, picture, target)
-            return png(render(result, picture)), result.score
+            return result.png(picture), result.score
 
-        return self.heat_maps.get((item_id, st.st_mtime_ns, st.st_size, spec, q), make)
+        key = (item_id, st.st_mtime_ns, st.st_size, spec, q)
+        etag = f'"{self.heat_maps.tag(key)}"'
+        if if_none_match == etag:  # the client has it: no hundred forward passes to answer 304
+            kept = self.heat_maps.kept(key)
+            return None, kept[1] if kept else None, etag
+        data, score, _ = self.heat_maps.get(key, make)
+        return data, score, etag
 
     def info(self) -> dict:
         with self.store_lock:
@@ -430,10 +441,11 @@ def create_app(
     ) -> Response:
         """PNG: the image with a heat map of the regions that raise its similarity to `q`
         (occlusion sensitivity, as `clipdex explain`); the score in the `X-Clipdex-Score` header."""
-        data, score, tag = served.explain(item_id, q)
-        etag = f'"{tag}"'
-        headers = {"ETag": etag, "Cache-Control": "private, no-cache", "X-Clipdex-Score": repr(score)}
-        if request.headers.get("if-none-match") == etag:
+        data, score, etag = served.explain(item_id, q, request.headers.get("if-none-match"))
+        headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+        if score is not None:
+            headers["X-Clipdex-Score"] = repr(score)
+        if data is None:
             return Response(status_code=304, headers=headers)
         return Response(data, media_type="image/png", headers=headers)
 

@@ -4,38 +4,39 @@ forward passes (see clipdex.retrieval.explain) and the page asks again when a vi
 from __future__ import annotations
 
 import hashlib
-import io
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
-from PIL import Image
-
 
 class HeatMaps:
     """``get(key, make)``: (PNG, score, tag) for ``key``, made by ``make() -> (PNG, score)`` unless
-    one of the last ``keep`` is still there. ``tag`` (an ETag) follows the key."""
+    one of the last ``keep`` is still there. ``tag`` (an ETag) follows the key alone, so a client's
+    copy is checked with ``tag(key)`` without making the map."""
 
     def __init__(self, keep: int = 16):
         self.keep = keep
         self._kept: OrderedDict[tuple, tuple[bytes, float]] = OrderedDict()
         self._mutex = threading.Lock()
 
+    @staticmethod
+    def tag(key: tuple) -> str:
+        return hashlib.sha256(repr(key).encode()).hexdigest()[:32]
+
+    def kept(self, key: tuple) -> tuple[bytes, float] | None:
+        """(PNG, score) when ``key``'s map is one of the last ``keep`` (it counts as a use), else None."""
+        with self._mutex:
+            if key not in self._kept:
+                return None
+            self._kept.move_to_end(key)
+            return self._kept[key]
+
     def get(self, key: tuple, make: Callable[[], tuple[bytes, float]]) -> tuple[bytes, float, str]:
-        tag = hashlib.sha256(repr(key).encode()).hexdigest()[:32]
-        with self._mutex:
-            if key in self._kept:
-                self._kept.move_to_end(key)
-                return (*self._kept[key], tag)
-        answer = make()  # not under the mutex: other heat maps are served meanwhile
-        with self._mutex:
-            self._kept[key] = answer
-            while len(self._kept) > self.keep:
-                self._kept.popitem(last=False)
-        return (*answer, tag)
-
-
-def png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
+        answer = self.kept(key)
+        if answer is None:
+            answer = make()  # not under the mutex: other heat maps are served meanwhile
+            with self._mutex:
+                self._kept[key] = answer
+                while len(self._kept) > self.keep:
+                    self._kept.popitem(last=False)
+        return (*answer, self.tag(key))

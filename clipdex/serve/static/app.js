@@ -20,16 +20,26 @@ let current = -1; // index of the hit open in the viewer
 let generation = 0; // drops answers to superseded queries
 
 // ---- API ------------------------------------------------------------------------------------
-async function api(url, options = {}) {
+// A request with the session cookie: a 401 asks for the token and retries; a failure throws the
+// server's error message (or the status line). Returns the Response.
+async function request(url, options = {}) {
   const response = await fetch(url, { credentials: "same-origin", ...options });
   if (response.status === 401 && !url.endsWith("/api/login")) {
     await login();
-    return api(url, options);
+    return request(url, options);
   }
-  let body = null;
-  try { body = await response.json(); } catch { body = null; }
-  if (!response.ok) throw new Error((body && body.error) || `${response.status} ${response.statusText}`);
-  return body;
+  if (!response.ok) {
+    let body = null;
+    try { body = await response.json(); } catch { body = null; }
+    throw new Error((body && body.error) || `${response.status} ${response.statusText}`);
+  }
+  return response;
+}
+
+// `request`, answered with its JSON body (null when the body is not JSON).
+async function api(url, options = {}) {
+  const response = await request(url, options);
+  try { return await response.json(); } catch { return null; }
 }
 
 let loginPending = null;
@@ -310,13 +320,7 @@ async function showExplain(on) {
   const asked = current;
   caption.textContent = "Explaining… (about a hundred passes through the model)";
   try {
-    let response = await fetch(`/api/items/${id}/explain?${new URLSearchParams({ q: text })}`, { credentials: "same-origin" });
-    if (response.status === 401) { await login(); return showExplain(true); }
-    if (!response.ok) {
-      let body = null;
-      try { body = await response.json(); } catch { body = null; }
-      throw new Error((body && body.error) || `${response.status} ${response.statusText}`);
-    }
+    const response = await request(`/api/items/${id}/explain?${new URLSearchParams({ q: text })}`);
     const blob = await response.blob();
     if (current !== asked || button.getAttribute("aria-pressed") !== "true") return;
     if (explained) URL.revokeObjectURL(explained);
