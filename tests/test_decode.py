@@ -329,3 +329,10 @@ def test_pixel_budget_bounds_concurrent_decodes(odd: dict[str, Path], tmp_path: 
     monkeypatch.setattr(decode, "_budget", decode.PixelBudget(9_999))
     with pytest.raises(DecodeError, match="too large for the memory available"):
         open_image(paths[0])
+
+
+@pytest.mark.parametrize(("mode", "value"), [("I", -5), ("I", 70_000), ("F", 300.0), ("F", -0.5)])
+def test_a_single_value_outside_8_bits_decodes_black(mode, value):
+    """One value outside 0..255 has no range to stretch (it divided by zero: the image failed)."""
+    out = decode._to_8bit(Image.new(mode, (7, 5), value))
+    assert out.mode == "L" and out.size == (7, 5) and not np.asarray(out).any()

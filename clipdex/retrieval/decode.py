@@ -188,7 +188,8 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     elif img.mode == "F" and lo >= 0 and hi <= 1.0:
         offset, transform = 0.0, _times(255.0)  # float images in [0, 1]
     elif lo < 0 or hi > 255:
-        offset, transform = lo, _times(255.0 / (hi - lo))  # unknown range: stretch what is there
+        # Unknown range: stretch what is there (one value alone has no range: it becomes black).
+        offset, transform = lo, _times(255.0 / (hi - lo) if hi > lo else 1.0)
     else:
         offset, transform = 0.0, None
     out = np.empty(arr.shape, np.uint8)
