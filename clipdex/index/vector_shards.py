@@ -158,13 +158,18 @@ class ShardVectors:
             (self.shards_dir / name).unlink(missing_ok=True)
         return [n for _, n in rows]
 
-    def remove_orphan_vector_files(self) -> list[str]:
-        """Delete files in ``vectors/`` that no listed vector file names (a write that crashed or
-        rolled back before its commit; the writer holds the lock, so none is being written)."""
+    def orphan_vector_files(self) -> list[str]:
+        """Names of the files in ``vectors/`` that no listed vector file names (a write that
+        crashed or rolled back before its commit), sorted."""
         if not self.shards_dir.is_dir():
             return []
         listed = {name for _, name, *_ in self.vector_files()}
-        gone = sorted(p.name for p in self.shards_dir.iterdir() if p.name not in listed)
+        return sorted(p.name for p in self.shards_dir.iterdir() if p.name not in listed)
+
+    def remove_orphan_vector_files(self) -> list[str]:
+        """Delete the `orphan_vector_files` (the writer holds the lock, so none is being written);
+        returns their names."""
+        gone = self.orphan_vector_files()
         for name in gone:
             (self.shards_dir / name).unlink(missing_ok=True)
         return gone
