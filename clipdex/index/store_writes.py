@@ -363,9 +363,8 @@ class Writes:
         beforehand whether that is allowed); their linked captions go with them.
         """
         with self.transaction():
-            missing = self._select_ids(
-                "SELECT id FROM items WHERE id NOT IN (SELECT id FROM pending_vectors)", []
-            )
+            unmatched = "SELECT id FROM items WHERE id NOT IN (SELECT id FROM pending_vectors)"
+            missing = [i for (i,) in self.conn.execute(unmatched)]
             self.conn.execute(
                 "UPDATE items SET vector = (SELECT vector FROM pending_vectors p WHERE p.id = items.id)"
                 " WHERE id IN (SELECT id FROM pending_vectors)"
@@ -384,11 +383,3 @@ class Writes:
 
     def clear_pending(self) -> None:
         self.conn.execute("DELETE FROM pending_vectors")
-
-    def _select_ids(self, sql: str, ids: list[int]) -> list[int]:
-        if "{}" not in sql:
-            return [r[0] for r in self.conn.execute(sql)]
-        out: list[int] = []
-        for chunk in chunks(ids, 500):
-            out += [r[0] for r in self.conn.execute(sql.format(",".join("?" * len(chunk))), chunk)]
-        return out
