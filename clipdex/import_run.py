@@ -176,7 +176,8 @@ def _import_large(
         lib.indexes.forget(kind)
         store.remove_orphan_vector_files()  # the linked file, unreferenced after the rollback
         raise
-    store.drop_unused_vector_files([fid])  # every row unchanged: the link is not needed
+    if not (counts.imported or counts.updated):  # every row unchanged: no item references the link
+        store.drop_unused_vector_files([fid])
     if deferred is not None:
         deferred.add(kind)
         return
