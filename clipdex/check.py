@@ -111,18 +111,11 @@ def _check_vector_files(store: Store, report: Report) -> set[int]:
             report.add("vector_file", f"{e}; {len(items)} items had their vectors there (ids {_few(items)}): "
                                       "`clipdex index --reembed` re-creates the images whose files exist, "
                                       "re-import the others")  # fmt: skip
-    orphans = _orphan_vector_files(store)
+    orphans = store.orphan_vector_files()
     if orphans:
         report.add("orphan_vector_file", f"{len(orphans)} files in {store.shards_dir} that the database "
                                          f"does not list: {_few(orphans)}")  # fmt: skip
     return lost
-
-
-def _orphan_vector_files(store: Store) -> list[str]:
-    if not store.shards_dir.is_dir():
-        return []
-    listed = {name for _, name, *_ in store.vector_files()}
-    return sorted(p.name for p in store.shards_dir.iterdir() if p.name not in listed)
 
 
 def _check_vectors(store: Store, report: Report, lost: set[int] = frozenset()) -> None:
@@ -133,8 +126,7 @@ def _check_vectors(store: Store, report: Report, lost: set[int] = frozenset()) -
         return
     bad_len: list[int] = []
     bad: list[int] = []
-    cols = "vector, vfile, vrow" if store.has_vector_files() else "vector, NULL, NULL"
-    cur = store.conn.execute(f"SELECT id, {cols} FROM items")
+    cur = store.conn.execute(f"SELECT id, {store._vector_cols()} FROM items")
     while rows := cur.fetchmany(CHUNK):
         in_files = [(i, f, r) for i, b, f, r in rows if b is None and f is not None and f not in lost]
         if in_files:
@@ -142,9 +134,7 @@ def _check_vectors(store: Store, report: Report, lost: set[int] = frozenset()) -
             vecs = store.shard_rows(
                 np.array([f for _, f, _ in in_files]), np.array([r for _, _, r in in_files])
             )
-            with np.errstate(all="ignore"):
-                norms = np.sqrt(np.einsum("ij,ij->i", vecs, vecs, dtype=np.float64))
-            bad += ids[~np.isfinite(norms) | (np.abs(norms - 1) > NORM_TOLERANCE)].tolist()
+            bad += ids[~_unit(vecs)].tolist()
         rows = [(i, b) for i, b, f, _ in rows if f is None or b is not None]
         good_rows = [(i, b) for i, b in rows if b is not None and len(b) == 4 * dim]
         bad_len += [i for i, b in rows if b is None or len(b) != 4 * dim]
@@ -152,10 +142,7 @@ def _check_vectors(store: Store, report: Report, lost: set[int] = frozenset()) -
             continue
         ids = np.fromiter((i for i, _ in good_rows), np.int64, len(good_rows))
         vecs = np.frombuffer(b"".join(b for _, b in good_rows), np.float32).reshape(-1, dim)
-        with np.errstate(all="ignore"):
-            norms = np.sqrt(np.einsum("ij,ij->i", vecs, vecs, dtype=np.float64))
-        wrong = ~np.isfinite(norms) | (np.abs(norms - 1) > NORM_TOLERANCE)
-        bad += ids[wrong].tolist()
+        bad += ids[~_unit(vecs)].tolist()
     if bad_len:
         report.add(
             "vector",
@@ -164,6 +151,13 @@ def _check_vectors(store: Store, report: Report, lost: set[int] = frozenset()) -
     if bad:
         report.add("vector", f"{len(bad)} vectors are not finite unit vectors (ids {_few(bad)}); "
                              "re-index or re-import them")  # fmt: skip
+
+
+def _unit(vecs: np.ndarray) -> np.ndarray:
+    """Which rows are finite unit vectors (norm within NORM_TOLERANCE of 1)."""
+    with np.errstate(all="ignore"):
+        norms = np.sqrt(np.einsum("ij,ij->i", vecs, vecs, dtype=np.float64))
+    return np.isfinite(norms) & (np.abs(norms - 1) <= NORM_TOLERANCE)
 
 
 def _check_indexes(folder: Path, store: Store, report: Report) -> None:
@@ -228,9 +222,7 @@ def _repair(lib: Library, report: Report) -> list[str]:
             f"SELECT id FROM items WHERE source = 'sidecar' AND id IN ({marks})")]  # fmt: skip
         store.delete(sidecars)  # a sidecar caption belongs to its image: it is re-read from the .txt
         with store.transaction():
-            store.conn.execute(
-                f"UPDATE items SET image_id = NULL WHERE id IN ({','.join(map(str, orphans))})"
-            )
+            store.conn.execute(f"UPDATE items SET image_id = NULL WHERE id IN ({marks})")
         done.append(
             f"removed {len(sidecars)} orphan sidecar captions, unlinked {len(orphans) - len(sidecars)} texts"
         )

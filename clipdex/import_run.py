@@ -78,8 +78,6 @@ def import_embeddings(
                         all_ids[start + merged.new_rows] = merged.new_ids
                     else:
                         _follow(lib, kind, merged, vecs)
-                if counts.imported or counts.updated:
-                    store.bump_generation()
         except BaseException:
             lib.indexes.forget(kind)  # it may hold rows that were rolled back
             raise
@@ -174,13 +172,12 @@ def _import_large(
             for _, vecs, merged in _merged(store, data, kind, counts, progress, fid=fid):
                 if deferred is None and not rebuild:
                     _follow(lib, kind, merged, vecs)
-            if counts.imported or counts.updated:
-                store.bump_generation()
     except BaseException:
         lib.indexes.forget(kind)
         store.remove_orphan_vector_files()  # the linked file, unreferenced after the rollback
         raise
-    store.drop_unused_vector_files([fid])  # every row unchanged: the link is not needed
+    if not (counts.imported or counts.updated):  # every row unchanged: no item references the link
+        store.drop_unused_vector_files([fid])
     if deferred is not None:
         deferred.add(kind)
         return

@@ -139,10 +139,7 @@ class IndexRun:
             self.stats.removed += len(gone)
             self.stats.texts_removed += sum(1 for r in gone.values() if r.id in captions)
             self._first_write()
-            with self.store.transaction():
-                change = Change(removed=self.store_delete([r.id for r in gone.values()]))
-                self.store.bump_generation()
-            yield change
+            yield Change(removed=self.store_delete([r.id for r in gone.values()]))
         if forget:
             self.store.forget_failures(forget)
 
@@ -232,7 +229,6 @@ class IndexRun:
                 change.add(IMAGE, [ids[n] for n in range(len(batch))], vecs)
             plan = self._plan_captions([(ids[n], t.scanned) for n, (t, _) in enumerate(batch)], captions)
             self._apply_captions(plan, change)
-            store.bump_generation()
         return change
 
     # ---- captions -------------------------------------------------------------------------
@@ -245,8 +241,7 @@ class IndexRun:
             change = Change()
             self._first_write()
             with self.store.transaction():
-                if self._apply_captions(plan, change):
-                    self.store.bump_generation()
+                self._apply_captions(plan, change)
             if change.added or change.removed:
                 yield change
 
@@ -271,8 +266,8 @@ class IndexRun:
                 self.stats.texts_updated += 1
         return plan
 
-    def _apply_captions(self, plan: _CaptionPlan, change: Change) -> bool:
-        """Write a caption plan (inside the caller's transaction); True when a vector changed.
+    def _apply_captions(self, plan: _CaptionPlan, change: Change) -> None:
+        """Write a caption plan (inside the caller's transaction).
 
         Same text (a touched or moved .txt): only the file facts change, nothing is re-encoded.
         Another text: the caption keeps its id and gets a new vector. Only new texts load the model.
@@ -284,7 +279,7 @@ class IndexRun:
         change.removed += self.store_delete(plan.delete)
         insert, update = plan.insert, plan.update
         if not insert and not update:
-            return bool(plan.delete)
+            return
         from clipdex.retrieval.embed import encode_texts
 
         tvecs = encode_texts(self.lm, [t for _, _, t in insert + update])
@@ -301,7 +296,6 @@ class IndexRun:
             )  # fmt: skip
             change.removed += upd_ids
         change.add(TEXT, new_ids + upd_ids, tvecs)
-        return True
 
     def _read_sidecar(self, sidecar: FileStat) -> str | None:
         try:

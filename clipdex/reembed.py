@@ -97,6 +97,8 @@ def reembed_all(
         store.set_meta("model", target)
         store.set_meta("dim", str(lm.embed_dim))
         store.set_meta("pending_model", None)
+        # A no-op when the swap logged rows (one generation per transaction); it bumps one when
+        # it logged none (an empty library): the model change alone is a new generation then.
         store.bump_generation()
     if store.large_mode:  # the old vectors' files (committed away above) are no longer needed
         store.drop_unused_vector_files()

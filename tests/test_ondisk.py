@@ -334,3 +334,27 @@ def test_a_linked_shard_rewritten_in_place_is_reported(tmp_path, tiny_model_dir)
     assert code == 1 and report["problems"][0]["kind"] == "vector_file"
     assert "changed since it was stored" in report["problems"][0]["detail"]
     assert "1000 items" in report["problems"][0]["detail"]
+
+
+def test_a_float32_shard_far_from_unit_norm_is_stored_as_its_unit_rows(tmp_path, tiny_model_dir):
+    # Rows scaled by 1e6 have components past float16's 65504 (inf when cast as they are), rows
+    # scaled by 1e-9 have components below its smallest subnormal (zero when cast as they are):
+    # the copy into vectors/ normalises each row before the float16 cast.
+    unit = clustered(2000, seed=41)
+    scale = np.where(np.arange(2000) < 1000, 1e6, 1e-9).astype(np.float32)[:, None]
+    assert np.abs(unit[:1000] * 1e6).max() > 65504 and np.abs(unit[1000:] * 1e-9).max() < 6e-8
+    np.save(tmp_path / "v.npy", unit * scale)
+    (tmp_path / "m.csv").write_text("path\n" + "".join(f"/p/{i}.jpg\n" for i in range(2000)))
+    lib = tmp_path / "lib"
+    ok("--library", lib, "import-embeddings", tmp_path / "v.npy", tmp_path / "m.csv",
+       "--model", tiny_model_dir, "--index-type", ONDISK, "--quiet")  # fmt: skip
+    assert info(lib)["mode"] == "large-library"
+    ids, vecs = stored(lib, IMAGE)
+    assert np.array_equal(ids, np.arange(1, 2001)) and np.abs(vecs - unit).max() < 2e-3
+    with Library.open(lib) as opened:
+        for row in (3, 1500):  # one of each scale
+            hits = top(opened, unit[row], 10)
+            assert hits[0][0] == row + 1
+            for i, score in hits:  # the cosines of the unit rows (float16-rounded), never NaN
+                assert abs(score - float(unit[i - 1] @ unit[row])) < 2e-3
+    assert check(lib)[0] == 0

@@ -1,9 +1,33 @@
-"""Durability helpers: fsync a written file, or a folder after a rename into it."""
+"""Durability helpers: write a file atomically, fsync a written file, or a folder after a rename."""
 
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], object], mode: int | None = 0o644) -> None:
+    """Write ``path`` whole or not at all: ``write`` fills a temporary file in the same folder
+    (``.NAME.*.tmp``), which is fsynced and renamed over ``path``; then the folder is fsynced.
+    A failure removes the temporary file. ``mode``: the file's permissions (mkstemp makes it
+    private, 0o600; None keeps that)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def fsync_file(path: Path) -> None:

@@ -129,7 +129,6 @@ class Store(ChangeLog, Writes, Reads, ShardVectors):
             with WriterLock(self.folder):  # two processes upgrading one library: one at a time
                 self._migrate()
         self.schema_version = SCHEMA_VERSION
-        self.forget_vector_maps()  # the migration may have added the vector-file columns
         self.writable = True
 
     def make_writable(self) -> None:

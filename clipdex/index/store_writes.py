@@ -277,17 +277,27 @@ class Writes:
             c.execute("DELETE FROM temp.merge_rows WHERE key IN (SELECT key FROM temp.merge_seen)")
             c.execute("INSERT INTO temp.merge_seen (key) SELECT key FROM temp.merge_rows")
             rows = {r for (r,) in c.execute("SELECT row FROM temp.merge_rows")}
-            # min(): SQLite takes the bare column (vector) from the row holding the minimum id.
+            # min(): SQLite takes the bare columns (vector, vfile, vrow) from the row holding the
+            # minimum id.
             matched = c.execute(
-                f"SELECT m.row, min(i.id), i.vector FROM temp.merge_rows m JOIN items i"
+                f"SELECT m.row, min(i.id), i.vector, i.vfile, i.vrow FROM temp.merge_rows m JOIN items i"
                 f" ON i.kind = ? AND i.{column} = m.key{sidecar} GROUP BY m.row",
                 (kind,),
             ).fetchall()
-            changed = [(r, i) for r, i, blob in matched if blob is not None and blob != vectors[r].tobytes()]
-            in_files = np.array([(r, i) for r, i, blob in matched if blob is None], np.int64).reshape(-1, 2)
-            if len(in_files):  # float16 rows of a vector file: equal up to the float16 rounding
-                diff = np.abs(self.get_vectors(in_files[:, 1]) - vectors[in_files[:, 0]]).max(axis=1)
-                changed += [(int(r), int(i)) for r, i in in_files[diff > FLOAT16_TOLERANCE]]
+            changed: list[tuple[int, int]] = []
+            in_files: list[tuple[int, int, int, int]] = []
+            for r, i, blob, vfile, vrow in matched:
+                if blob is not None:
+                    if blob != vectors[r].tobytes():
+                        changed.append((r, i))
+                elif vfile is not None:
+                    in_files.append((r, i, vfile, vrow))
+                else:  # no stored vector at all: the new one replaces the nothing
+                    changed.append((r, i))
+            if in_files:  # float16 rows of a vector file: equal up to the float16 rounding
+                pairs = np.array(in_files, np.int64)
+                diff = np.abs(self.shard_rows(pairs[:, 2], pairs[:, 3]) - vectors[pairs[:, 0]]).max(axis=1)
+                changed += [(int(r), int(i)) for r, i, _, _ in pairs[diff > FLOAT16_TOLERANCE]]
             changed.sort()
             updated_rows = np.array([r for r, _ in changed], np.int64)
             updated_ids = np.array([i for _, i in changed], np.int64)
@@ -297,7 +307,7 @@ class Writes:
 
             if changed:
                 self.update_vectors(updated_ids.tolist(), vectors[updated_rows], located=at(updated_rows))
-            fresh = sorted(rows - {r for r, _, _ in matched})
+            fresh = sorted(rows - {r for r, *_ in matched})
             new_rows = np.array(fresh, np.int64)
             fresh_keys = [keys[r] for r in fresh]
             new_ids = self.insert_many(
@@ -353,9 +363,8 @@ class Writes:
         beforehand whether that is allowed); their linked captions go with them.
         """
         with self.transaction():
-            missing = self._select_ids(
-                "SELECT id FROM items WHERE id NOT IN (SELECT id FROM pending_vectors)", []
-            )
+            unmatched = "SELECT id FROM items WHERE id NOT IN (SELECT id FROM pending_vectors)"
+            missing = [i for (i,) in self.conn.execute(unmatched)]
             self.conn.execute(
                 "UPDATE items SET vector = (SELECT vector FROM pending_vectors p WHERE p.id = items.id)"
                 " WHERE id IN (SELECT id FROM pending_vectors)"
@@ -374,11 +383,3 @@ class Writes:
 
     def clear_pending(self) -> None:
         self.conn.execute("DELETE FROM pending_vectors")
-
-    def _select_ids(self, sql: str, ids: list[int]) -> list[int]:
-        if "{}" not in sql:
-            return [r[0] for r in self.conn.execute(sql)]
-        out: list[int] = []
-        for chunk in chunks(ids, 500):
-            out += [r[0] for r in self.conn.execute(sql.format(",".join("?" * len(chunk))), chunk)]
-        return out

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from clipdex.errors import ClipdexError
-from clipdex.index.durable import fsync_dir
+from clipdex.index.durable import fsync_dir, write_atomically
 
 SHARDS_DIR = "vectors"
 STORAGE_KEY = "vector_storage"  # meta: "shards" once the library is in large-library mode
@@ -97,7 +97,7 @@ class ShardVectors:
         half = np.ascontiguousarray(vectors, dtype=np.float16)
         name = _new_name()
         path = self.shards_dir / name
-        _write_durably(path, lambda f: np.save(f, half, allow_pickle=False))
+        write_atomically(path, lambda f: np.save(f, half, allow_pickle=False))
         return self._list_file(name, half.shape[0], half.shape[1])
 
     def link_vector_file(self, source: str | os.PathLike, chunk: int = 262_144) -> int:
@@ -112,7 +112,7 @@ class ShardVectors:
             try:
                 os.link(source, path)
             except OSError:  # another file system, or links not allowed: a copy
-                _write_durably(path, lambda f: _copy_file(source, f))
+                write_atomically(path, lambda f: _copy_file(source, f))
             else:
                 fsync_dir(self.shards_dir)
         else:
@@ -128,7 +128,7 @@ class ShardVectors:
                     block /= np.linalg.norm(block, axis=1, keepdims=True)
                     f.write(block.astype("<f2").tobytes())
 
-            _write_durably(path, convert)
+            write_atomically(path, convert)
         return self._list_file(name, src.shape[0], src.shape[1])
 
     def _list_file(self, name: str, rows: int, dim: int) -> int:
@@ -158,13 +158,18 @@ class ShardVectors:
             (self.shards_dir / name).unlink(missing_ok=True)
         return [n for _, n in rows]
 
-    def remove_orphan_vector_files(self) -> list[str]:
-        """Delete files in ``vectors/`` that no listed vector file names (a write that crashed or
-        rolled back before its commit; the writer holds the lock, so none is being written)."""
+    def orphan_vector_files(self) -> list[str]:
+        """Names of the files in ``vectors/`` that no listed vector file names (a write that
+        crashed or rolled back before its commit), sorted."""
         if not self.shards_dir.is_dir():
             return []
         listed = {name for _, name, *_ in self.vector_files()}
-        gone = sorted(p.name for p in self.shards_dir.iterdir() if p.name not in listed)
+        return sorted(p.name for p in self.shards_dir.iterdir() if p.name not in listed)
+
+    def remove_orphan_vector_files(self) -> list[str]:
+        """Delete the `orphan_vector_files` (the writer holds the lock, so none is being written);
+        returns their names."""
+        gone = self.orphan_vector_files()
         for name in gone:
             (self.shards_dir / name).unlink(missing_ok=True)
         return gone
@@ -254,19 +259,3 @@ def _plain_npy(path: str | os.PathLike) -> bool:
 def _copy_file(source: str | os.PathLike, f) -> None:
     with open(source, "rb") as src:
         shutil.copyfileobj(src, f, 1 << 22)
-
-
-def _write_durably(path: Path, write) -> None:
-    """Write through a temporary name, fsync, rename into place, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)

@@ -19,15 +19,14 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from clipdex.errors import ClipdexError
+from clipdex.index.durable import write_atomically
 
 MANIFEST = "manifest.json"
 FORMAT = "clipdex-embed/1"
@@ -81,7 +80,7 @@ class ShardDir:
         return data
 
     def write_manifest(self, data: dict) -> None:
-        _atomic_write(self.root / MANIFEST, lambda f: f.write(json.dumps(data, indent=1).encode() + b"\n"))
+        write_atomically(self.root / MANIFEST, lambda f: f.write(json.dumps(data, indent=1).encode() + b"\n"))
 
     # ---- shards ---------------------------------------------------------------------------
     def write_shard(self, index: int, vectors: np.ndarray, meta: dict[str, list], failed: list) -> None:
@@ -107,9 +106,9 @@ class ShardDir:
         })  # fmt: skip
         half = np.ascontiguousarray(vectors, dtype=np.float16)
         vec_path, failed_path, meta_path = self.files(index)
-        _atomic_write(vec_path, lambda f: np.save(f, half, allow_pickle=False))
-        _atomic_write(failed_path, lambda f: pq.write_table(bad, f))
-        _atomic_write(meta_path, lambda f: pq.write_table(table, f))
+        write_atomically(vec_path, lambda f: np.save(f, half, allow_pickle=False))
+        write_atomically(failed_path, lambda f: pq.write_table(bad, f))
+        write_atomically(meta_path, lambda f: pq.write_table(table, f))
 
     def remove_shard(self, index: int) -> None:
         for p in self.files(index):
@@ -130,22 +129,6 @@ class ShardDir:
                 if tail.isdigit():
                     found.add(int(tail))
         return sorted(found)
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; shards are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 # ---- reading shard folders (ours and clip-retrieval's) -----------------------------------------
