@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from corehelp import assert_one_error_line, brute_force, json_lines, ok, run, stored
 from embedhelp import photo_folder
 
@@ -90,3 +92,19 @@ def test_clip_retrieval_folder_with_text_embeddings(tmp_path, tiny_model_dir):
     r = run("--library", tmp_path / "l2", "import-embeddings", out, "--model", tiny_model_dir)
     assert_one_error_line(r, "metadata_1.parquet")
     assert run("--library", lib, "import-embeddings", out, out / "img_emb" / "img_emb_0.npy").exit_code == 2
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_files_written_atomically_follow_the_umask(tmp_path, umask, mode):
+    """Vector files and embed shards get the permissions any new file gets: a private umask keeps
+    them private (a forced 0o644 made a private library's vectors world-readable)."""
+    from clipdex.index.durable import write_atomically
+
+    old = os.umask(umask)
+    try:
+        write_atomically(tmp_path / "v.npy", lambda f: f.write(b"data"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "v.npy").read_bytes() == b"data"
+    assert (tmp_path / "v.npy").stat().st_mode & 0o777 == mode
+    assert [p.name for p in tmp_path.iterdir()] == ["v.npy"]  # no temporary file left

@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], object], mode: int | None = 0o644) -> None:
+def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write ``path`` whole or not at all: ``write`` fills a temporary file in the same folder
-    (``.NAME.*.tmp``), which is fsynced and renamed over ``path``; then the folder is fsynced.
-    A failure removes the temporary file. ``mode``: the file's permissions (mkstemp makes it
-    private, 0o600; None keeps that)."""
+    (``.NAME.<random>.tmp``, with the permissions the umask gives any new file), which is fsynced
+    and renamed over ``path``; then the folder is fsynced. A failure removes the temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # not mkstemp's private 0600
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        if mode is not None:
-            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
