@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from clipdex.index.indexset import IndexSet
+from clipdex.index.ondisk import stray_builds
 from clipdex.index.store import DB_NAME, IMAGE, SCHEMA_VERSION, TEXT, Store
 from clipdex.index.vector_shards import VectorFileError, fingerprint, open_vector_file
-from clipdex.index.vectors import VectorIndex, data_files
+from clipdex.index.vectors import stray_files
 
 if TYPE_CHECKING:
     from clipdex.library import Library
@@ -187,13 +188,9 @@ def _orphan_texts(store: Store) -> list[int]:
 
 
 def _leftovers(folder: Path) -> list[Path]:
-    found = [p for p in folder.glob(".*.faiss.*")] + [p for p in folder.glob(f".{DB_NAME}.new-*")]
-    for kind in (IMAGE, TEXT):  # FAISS data files no index file names (a save killed midway)
-        path = folder / f"{kind}s.faiss"
-        current = (VectorIndex.read_header(path) or {}).get("data")
-        if current:  # without a usable index file, rebuilding the index clears them anyway
-            found += [p for p in data_files(path) if p.name != current]
-    found += [p for p in folder.glob(".*.build-*")]  # an on-disk index build that was killed
+    found = [p for p in folder.glob(f".{DB_NAME}.new-*")]
+    for kind in (IMAGE, TEXT):  # a FAISS save, an on-disk index build killed midway
+        found += stray_files(folder / f"{kind}s.faiss") + stray_builds(folder, kind)
     models = folder / "models"
     if models.is_dir():
         found += [p for p in models.iterdir() if p.name.startswith(".")]

@@ -105,3 +105,22 @@ def test_human_output_and_exit_code(lib):
     res = run("--library", lib, "check")
     assert res.exit_code == 1 and res.stdout.startswith("index: the image index differs")
     assert "check --repair" in res.stderr
+
+
+def test_the_next_writer_clears_what_a_killed_save_left(lib, tmp_path):
+    """A writer killed while saving an index leaves a temporary head, a data file no head names,
+    or an on-disk build's work folder. The next writing command (here one that writes texts only)
+    removes them, so a resumed run leaves the library as clean as an uninterrupted one."""
+    (lib / ".texts.faiss.abc123").write_bytes(b"half a head")
+    (lib / "texts-0123456789abcdef.faiss").write_bytes(b"a data file no head names")
+    (lib / "images-fedcba9876543210.faiss").write_bytes(b"another")
+    (lib / ".images.build-0123abcd").mkdir()
+    (lib / ".images.build-0123abcd" / "block_00000.index").write_bytes(b"blocks")
+    assert check(lib)[0] == 1
+    texts = tmp_path / "t.txt"
+    texts.write_text("a new line\n", encoding="utf-8")
+    ok("--library", lib, "add-texts", texts, "--quiet")
+    code, report = check(lib)
+    assert code == 0 and report["healthy"], report
+    assert not list(lib.glob(".*"))
+    assert len(list(lib.glob("images-*.faiss"))) == len(list(lib.glob("texts-*.faiss"))) == 1

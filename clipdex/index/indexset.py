@@ -16,6 +16,7 @@ since. Two ways in:
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,7 +27,7 @@ from clipdex.index import ondisk
 from clipdex.index.ann import NeedsRebuild
 from clipdex.index.store import IMAGE, TEXT, Store
 from clipdex.index.tuning import TUNE_QUERIES
-from clipdex.index.vectors import VectorIndex
+from clipdex.index.vectors import VectorIndex, stray_files
 
 INDEX_TYPE_KEY = "index_type"
 SAVE_SECONDS = 60.0  # a long writer run saves its FAISS files at least this often…
@@ -221,6 +222,12 @@ class IndexSet:
             )
             if not usable and (head is not None or self.store.count(kind)):
                 self.get(kind)  # caught up or rebuilt, and saved
+        if self.store.writable:  # what a killed writer left half-made (this one holds the lock)
+            for kind in (IMAGE, TEXT):
+                for stray in stray_files(self.path(kind)):
+                    stray.unlink(missing_ok=True)
+                for work in ondisk.stray_builds(self.folder, kind):
+                    shutil.rmtree(work, ignore_errors=True)
 
     def _try_save(self, kind: str, idx: VectorIndex) -> None:
         # Derived data: saved only by a writer, only if it still reflects the database; a failure

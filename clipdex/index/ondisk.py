@@ -293,6 +293,11 @@ def _trained(dim: int, nlist: int, train: np.ndarray, seed: int) -> tuple[Any, d
     return ivf_pq(dim, nlist, train, seed, coarse_niter=10)
 
 
+def stray_builds(folder: Path, kind: str) -> list[Path]:
+    """Work folders of on-disk builds that were killed (``.images.build-*``: their block indexes)."""
+    return sorted(folder.glob(f".{kind}s.build-*"))
+
+
 def remove_unused(folder: Path, kind: str, idx: VectorIndex) -> None:
     """Delete ``kind``'s big files that the saved index no longer names (an older build's).
     A reader still searching an old one keeps its mapping: Linux frees the file when it unmaps."""

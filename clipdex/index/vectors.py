@@ -317,6 +317,17 @@ def data_files(path: Path) -> list[Path]:
     return sorted(path.parent.glob(f"{path.stem}-*.faiss"))
 
 
+def stray_files(path: Path) -> list[Path]:
+    """What a save killed midway left next to the index at PATH: its temporary head
+    (``.images.faiss.*``), and data files the head does not name (only while the head is usable:
+    without one, the rebuild's save clears them)."""
+    found = sorted(path.parent.glob(f".{path.name}.*"))
+    current = (VectorIndex.read_header(path) or {}).get("data")
+    if current:
+        found += [p for p in data_files(path) if p.name != current]
+    return found
+
+
 def _data_intact(path: Path, header: dict) -> bool:
     data = path.with_name(header["data"])
     try:
