@@ -34,8 +34,7 @@ class SearchResult:
     @property
     def shown_path(self) -> str | None:
         """The path for people and JSON: valid UTF-8 as is, other bytes as U+FFFD."""
-        raw = self.path_bytes
-        return raw.decode("utf-8", "replace") if raw is not None else None
+        return shown_path(self.path_bytes)
 
     def to_dict(self) -> dict:
         """JSON-safe: ``path`` with replacement characters, plus ``path_b64`` (the exact bytes)
@@ -44,10 +43,21 @@ class SearchResult:
         d["path"] = self.shown_path
         if self.modality == "text":
             d["text"] = self.text
-        raw = self.path_bytes
-        if raw is not None and not _is_utf8(raw):
-            d["path_b64"] = base64.b64encode(raw).decode("ascii")
+        d.update(path_b64(self.path_bytes))
         return d
+
+
+def shown_path(raw: bytes | None) -> str | None:
+    """A path for people and JSON: valid UTF-8 as is, other bytes as U+FFFD."""
+    return raw.decode("utf-8", "replace") if raw is not None else None
+
+
+def path_b64(raw: bytes | None) -> dict[str, str]:
+    """``{"path_b64": …}`` (the exact bytes, base64) for a name that is not valid UTF-8, else ``{}``:
+    what every JSON output that carries a ``path`` adds beside it."""
+    if raw is None or _is_utf8(raw):
+        return {}
+    return {"path_b64": base64.b64encode(raw).decode("ascii")}
 
 
 def _is_utf8(raw: bytes) -> bool:
@@ -112,7 +122,10 @@ class Reembedded:
 
 @dataclass(frozen=True, slots=True)
 class DuplicateItem:
-    """One image of a near-duplicate group; ``score`` is its cosine to the group's first image."""
+    """One image of a near-duplicate group; ``score`` is its cosine to the group's first image.
+
+    ``path`` is spelled as in `SearchResult` (``os.fsdecode``); ``raw_path`` holds its bytes.
+    """
 
     id: int
     path: str | None
@@ -120,6 +133,21 @@ class DuplicateItem:
     width: int | None
     height: int | None
     size: int | None  # file size in bytes
+    raw_path: bytes | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def path_bytes(self) -> bytes | None:
+        if self.raw_path is not None:
+            return self.raw_path
+        return os.fsencode(self.path) if self.path is not None else None
+
+    @property
+    def shown_path(self) -> str | None:
+        return shown_path(self.path_bytes)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """As `SearchResult.to_dict`: ``path`` with replacement characters, ``path_b64`` when needed."""
+        d = {"id": self.id, "path": self.shown_path, "score": self.score, "width": self.width,
+             "height": self.height, "size": self.size}  # fmt: skip
+        d.update(path_b64(self.path_bytes))
+        return d

@@ -36,6 +36,15 @@ def _kind(target: str) -> str:
     return kind
 
 
+def _result(
+    rank: int, score: float, kind: str, item_id: int, it: Item, linked: dict[int, Item]
+) -> SearchResult:
+    """The one builder of a hit: an image's own path, or a text's linked image's (bytes kept)."""
+    path = it.path if kind == IMAGE else (linked[it.image_id].path if it.image_id in linked else None)
+    name = os.fsdecode(path) if path is not None else None
+    return SearchResult(rank, score, kind, item_id, name, it.text if kind == TEXT else None, raw_path=path)
+
+
 class Searching:
     """The read side of a Library (see there for the attributes it uses)."""
 
@@ -98,14 +107,10 @@ class Searching:
         linked = {}  # a caption's image, whose path a text result shows
         if kind == TEXT:
             linked = self.store.items([items[i].image_id for i, _ in hits if items[i].image_id is not None])
-        results = []
-        for rank, (item_id, score) in enumerate(hits, start=1):
-            it = items[item_id]
-            path = it.path if kind == IMAGE else (linked[it.image_id].path if it.image_id in linked else None)
-            text = it.text if kind == TEXT else None
-            name = os.fsdecode(path) if path is not None else None
-            results.append(SearchResult(rank, score, kind, item_id, name, text, raw_path=path))
-        return results
+        return [
+            _result(rank, score, kind, item_id, items[item_id], linked)
+            for rank, (item_id, score) in enumerate(hits, start=1)
+        ]
 
     def count(self, target: str = "images") -> int:
         """How many items of ``target`` a search can return now: from the caught-up index (the same
@@ -179,22 +184,15 @@ class Searching:
         """
         from dataclasses import replace
 
-        from clipdex.index.scan import display_path
-
         if k < 1:
             raise ValueError("k must be at least 1")
         item_id = self.resolve_item(item)
-        rec = self.store.item_record(item_id)
+        it = self.store.items([item_id])[item_id]
         vec = self.store.get_vectors([item_id])[0]
-        hits = self.search(vector=vec, k=k + 1, target=rec["kind"] + "s")
+        hits = self.search(vector=vec, k=k + 1, target=it.kind + "s")
         # Built here rather than found among the hits: exact duplicates with lower ids may fill them.
-        path = rec["path"] if rec["kind"] == IMAGE else None
-        if rec["image_id"] is not None:
-            path = (self.store.item_record(rec["image_id"]) or {}).get("path")
-        first = SearchResult(
-            1, float(np.dot(vec, vec) / np.linalg.norm(vec)), rec["kind"], item_id,
-            display_path(path) if path is not None else None, rec["text"] if rec["kind"] == TEXT else None,
-        )  # fmt: skip
+        linked = self.store.items([it.image_id]) if it.image_id is not None else {}
+        first = _result(1, float(np.dot(vec, vec) / np.linalg.norm(vec)), it.kind, item_id, it, linked)
         ranked = [first] + [h for h in hits if h.id != item_id][: k - 1]
         return [replace(h, rank=n) for n, h in enumerate(ranked, start=1)]
 

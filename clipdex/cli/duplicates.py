@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from clipdex.cli.common import emit_json, info, json_option, pass_state
+from clipdex.cli.common import info, json_option, pass_state
+from clipdex.cli.output import human_size, print_groups
 
 
 @click.command()
@@ -30,30 +31,10 @@ def duplicates(state, threshold, under, as_json):
     """
     with state.open() as lib:
         groups = lib.duplicates(threshold=threshold, under=list(under))
-    for n, group in enumerate(groups, start=1):
-        if as_json:
-            emit_json({"items": [item.to_dict() for item in group]})
-            continue
-        if n > 1:
-            click.echo()
-        click.echo(f"group {n} ({len(group)} images)")
-        for item in group:
-            dims = f"{item.width}x{item.height}" if item.width and item.height else "?x?"
-            click.echo(f"  {item.score:.4f}  {dims:>11}  {_size(item.size):>9}  {item.path}")
+    print_groups(groups, as_json)
     spare = sum(item.size or 0 for g in groups for item in g[1:])
     copies = sum(len(g) for g in groups)
-    info(f"{len(groups)} groups, {copies} images; {_size(spare)} in copies other than the best", as_json)
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(n)
+    info(f"{len(groups)} groups, {copies} images; {human_size(spare)} in copies other than the best", as_json)
 
 
 COMMANDS = [duplicates]

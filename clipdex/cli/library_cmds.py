@@ -15,6 +15,7 @@ from clipdex.cli.common import (
     progress_bar,
     quiet_option,
 )
+from clipdex.cli.output import check_output_mode, hit_output_options, human_size, print_hits
 from clipdex.index.choose import INDEX_TYPES, ONDISK  # only os: no torch/faiss for --help
 
 _TYPES = ", ".join(f"{t} (large-library mode)" if t == ONDISK else t for t in INDEX_TYPES)
@@ -116,9 +117,7 @@ class DateParam(click.ParamType):
 @click.option("--before", type=DateParam(), help="Only photos taken before DATE (ISO 8601).")
 @click.option("--min-score", type=float, default=None, help="Only results scoring at least S.")
 @click.option("--captioned/--uncaptioned", default=None, help="Only images with (without) a caption.")
-@json_option
-@click.option("--paths", is_flag=True, help="Print bare absolute image paths, one per line.")
-@click.option("-0", "null", is_flag=True, help="Like --paths, separated by NUL.")
+@hit_output_options
 @click.option("--device", default="auto", show_default=True,
               help="Model device: auto, cpu, cuda or mps (auto: $CLIPDEX_DEVICE if set).")  # fmt: skip
 @pass_state
@@ -151,8 +150,7 @@ def search(state, text, images, not_texts, not_images, k, target, under, after, 
         raise click.UsageError("--not needs a non-empty text")
     if k < 1:
         raise click.UsageError("-k must be at least 1")
-    if sum([as_json, paths, null]) > 1:
-        raise click.UsageError("--json, --paths and -0 are exclusive")
+    check_output_mode(as_json, paths, null)
     if captioned is not None and target == "texts":
         raise click.UsageError("--captioned/--uncaptioned apply to image searches")
     filt = Filter(under=list(under), after=after, before=before, captioned=captioned, min_score=min_score)
@@ -161,21 +159,7 @@ def search(state, text, images, not_texts, not_images, k, target, under, after, 
             text=query or None, image=list(images), not_text=list(not_texts), not_image=list(not_images),
             k=k, target=target, filter=filt,
         )  # fmt: skip
-    if as_json:
-        for r in results:
-            emit_json(r.to_dict())
-    elif paths or null:  # the exact bytes of each name: what `xargs -0` needs
-        out = b"".join(r.path_bytes + (b"\0" if null else b"\n") for r in results if r.path_bytes is not None)
-        click.echo(out, nl=False)
-    else:
-        _table(results)
-
-
-def _table(results) -> None:
-    for r in results:
-        path = r.shown_path  # a name that is not UTF-8 shows U+FFFD where its bytes are
-        shown = path if r.modality == "image" else f"{r.text!r}" + (f"  [{path}]" if path else "")
-        click.echo(f"{r.rank:>3}  {r.score:7.4f}  {shown}")
+    print_hits(results, as_json, paths, null)
 
 
 @click.command("add-texts")
@@ -301,8 +285,8 @@ def info_cmd(state, as_json):
         )
     if data["mode"] != "normal":
         vf = data["vector_files"]
-        click.echo(f"mode:      {data['mode']} ({vf['count']} vector files, {_size(vf['bytes'])})")
-    click.echo(f"on disk:   {_size(data['bytes_on_disk'])}")
+        click.echo(f"mode:      {data['mode']} ({vf['count']} vector files, {human_size(vf['bytes'])})")
+    click.echo(f"on disk:   {human_size(data['bytes_on_disk'])}")
 
 
 @click.command("check")
@@ -337,14 +321,6 @@ def check_cmd(ctx, state, repair, as_json):
         info("library is healthy" if report["healthy"] else f"{len(report['problems'])} problems{hint}")
     if not report["healthy"]:
         ctx.exit(1)
-
-
-def _size(n: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
 
 
 COMMANDS = [index, search, add_texts, import_embeddings, info_cmd, check_cmd]

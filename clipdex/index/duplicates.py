@@ -78,8 +78,6 @@ def find_duplicates(
 
     ``dims_of(path)`` supplies (width, height) for images stored without them (older libraries).
     """
-    from clipdex.index.scan import display_path
-
     ids, vecs = store.vectors(IMAGE)
     if under:
         keep = np.isin(ids, matching_ids(store, IMAGE, Filter(under=under)))
@@ -105,8 +103,8 @@ def find_duplicates(
         rows.sort(key=lambda t: (-((t[3] or 0) * (t[4] or 0)), -(t[2] or 0), int(ids[t[0]])))
         head = vecs[rows[0][0]].astype(np.float64)
         out.append([
-            DuplicateItem(int(ids[r]), display_path(p) if p is not None else None,
-                          float((vecs[r].astype(np.float64) * head).sum()), w, h, size)
+            DuplicateItem(int(ids[r]), os.fsdecode(p) if p is not None else None,
+                          float((vecs[r].astype(np.float64) * head).sum()), w, h, size, raw_path=p)
             for r, p, size, w, h in rows
         ])  # fmt: skip
     out.sort(key=lambda g: (-len(g), g[0].id))

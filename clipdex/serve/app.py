@@ -30,8 +30,8 @@ from starlette.exceptions import HTTPException
 
 from clipdex.errors import ClipdexError
 from clipdex.index.filters import Filter, matching_ids
-from clipdex.index.scan import display_path
 from clipdex.library import Library
+from clipdex.results import path_b64, shown_path
 from clipdex.retrieval.query import Terms, compose
 from clipdex.serve.batching import TextBatcher
 from clipdex.serve.heatmaps import HeatMaps
@@ -164,7 +164,8 @@ class Served:
             "id": rec["id"],
             "modality": rec["kind"],
             "source": rec["source"],
-            "path": display_path(rec["path"]) if rec["path"] is not None else None,
+            "path": shown_path(rec["path"]),
+            **path_b64(rec["path"]),
             "size": rec["size"],
             "mtime": rec["mtime_ns"] / 1e9 if rec["mtime_ns"] is not None else None,
         }
@@ -177,7 +178,7 @@ class Served:
             out["text"] = rec["text"]
             out["image_id"] = rec["image_id"]
             if linked is not None and linked["path"] is not None:
-                out["path"] = display_path(linked["path"])
+                out.update(path=shown_path(linked["path"]), **path_b64(linked["path"]))
         return out
 
     def image_file(self, item_id: int) -> tuple[bytes, os.stat_result, dict]:
