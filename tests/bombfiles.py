@@ -60,3 +60,19 @@ def gif(width: int, height: int, screen: tuple[int, int] = (16, 16)) -> bytes:
     frame = b"," + struct.pack("<HHHHB", 0, 0, width, height, 0)
     data = b"\x02" + b"\x02\x4c\x01" + b"\0"  # LZW: clear, one pixel, end (the rest is missing)
     return head + frame + data + b";"
+
+
+def tiff(tile: int, side: int = 16, data_mib: int = 1) -> bytes:
+    """A deflate-compressed ``side`` x ``side`` grey TIFF in one ``tile`` x ``tile`` tile:
+    libtiff's decoder allocates the whole tile, whatever the image size."""
+    data = zeros_zlib(data_mib)
+    # (tag, type: 3 SHORT / 4 LONG, value): width, length, 8 bits, deflate, min-is-black, 1 sample,
+    # tile width, tile length, tile offset (right after the directory), tile byte count.
+    tags = [(256, 3, side), (257, 3, side), (258, 3, 8), (259, 3, 8), (262, 3, 1), (277, 3, 1)]
+    tags += [(322, 4, tile), (323, 4, tile), (324, 4, 8 + 2 + 12 * 10 + 4), (325, 4, len(data))]
+    entries = b"".join(
+        struct.pack("<HHI", tag, kind, 1)
+        + (struct.pack("<HH", value, 0) if kind == 3 else struct.pack("<I", value))
+        for tag, kind, value in tags
+    )
+    return b"II*\0" + struct.pack("<I", 8) + struct.pack("<H", len(tags)) + entries + b"\0\0\0\0" + data

@@ -2,8 +2,9 @@
 
 The crafted files (tests/bombfiles.py) open small and claim their real size later: an ICNS icon's
 PNG header, an ICO entry's PNG header (decoded inside ``Image.open``), a GIF frame larger than
-its logical screen. Two sizes each: just over clipdex's limit (under Pillow's own error, which is
-twice it: only clipdex's checks stand there) and far over it (2.7e11 pixels, as the fuzzed file).
+its logical screen, a TIFF tile larger than its image. Two sizes each: just over clipdex's limit
+(under Pillow's own error, which is twice it: only clipdex's checks stand there) and far over it
+(2.7e11 pixels, as the fuzzed file).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ BOMBS: dict[str, tuple[str, Callable[[int, int], bytes], int, int]] = {
     "ico-huge": ("ico", bombfiles.ico, HUGE, HUGE),
     "gif-over": ("gif", bombfiles.gif, 400, 400),
     "gif-huge": ("gif", bombfiles.gif, 65535, 65535),
+    # A 16x16 TIFF in one tile, which libtiff allocates whole (not an Image.core allocation).
+    "tiff-tile-over": ("tif", lambda w, h: bombfiles.tiff(w), 512, 512),
+    "tiff-tile-huge": ("tif", lambda w, h: bombfiles.tiff(w), 32768, 32768),
 }
 
 

@@ -6,12 +6,13 @@ Most formats give their full size in the header, and ``Image.open`` reports it. 
   entry's own PNG or DIB header says the real size).
 - ICNS opens at the size its icon table names and reads the icon's PNG or JPEG 2000 header, which
   may claim any size, only in ``load()``.
+- A tiled TIFF decoded by libtiff allocates whole tiles, which may be larger than the image.
 
 ``opening_pixels`` and ``loading_pixels`` read those headers (no pixel data) so that clipdex
 checks the limit and reserves its memory budget for the real size before anything is allocated.
 Formats whose late sizes are already reported after ``Image.open`` (GIF frames larger than the
-logical screen, TIFF, APNG frames, MPO and PSD, whose later frames and layers clipdex never seeks
-to) need nothing here: the size check after open covers them.
+logical screen, APNG frames, which must fit the PNG's size; MPO frames and PSD layers, which
+clipdex never seeks to) need nothing here: the size check after open covers them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ import io
 import re
 from typing import BinaryIO
 
-from PIL import BmpImagePlugin, IcnsImagePlugin, IcoImagePlugin, Image, Jpeg2KImagePlugin, PngImagePlugin
+from PIL import (
+    BmpImagePlugin,
+    IcnsImagePlugin,
+    IcoImagePlugin,
+    Image,
+    Jpeg2KImagePlugin,
+    PngImagePlugin,
+    TiffImagePlugin,
+)
 
 _ICO_MAGIC = b"\0\0\1\0"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -94,6 +103,13 @@ def opening_pixels(fh: BinaryIO) -> int | None:
 def loading_pixels(img: Image.Image) -> int:
     """Pixels ``img.load()`` will allocate: the opened size, or an ICNS icon's own header size."""
     opened = max(1, img.width) * max(1, img.height)
+    if isinstance(img, TiffImagePlugin.TiffImageFile):
+        # libtiff's decoder allocates a whole tile, and a tile may be far larger than the image
+        # (a 16x16 image in one 32768x32768 tile took 1 GB); Pillow checks only the image size.
+        tile = img.tag_v2.get(TiffImagePlugin.TILEWIDTH), img.tag_v2.get(TiffImagePlugin.TILELENGTH)
+        if all(isinstance(side, int) and side > 0 for side in tile):
+            return max(opened, tile[0] * tile[1])
+        return opened
     if not isinstance(img, IcnsImagePlugin.IcnsImageFile):
         return opened
     try:
