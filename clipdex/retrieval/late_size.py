@@ -41,7 +41,7 @@ def arm_pillow(limit: int) -> None:
     """Set Pillow's own decompression-bomb limit from clipdex's ``limit``.
 
     Pillow warns above ``MAX_IMAGE_PIXELS`` and raises above twice that, in ``Image.open`` and in
-    the late checks of its plugins (ICO/ICNS entries, GIF frames, TIFF tiles, MPO frames, WebP
+    the late checks of its plugins (ICO/ICNS entries, GIF frames, TIFF and MPO frames, WebP
     canvases). Setting it to ``limit`` itself (not ``limit / 2``, which would make Pillow's *error*
     fire at the limit) means Pillow warns only about images clipdex refuses anyway: an image clipdex
     accepts never warns, so a warnings filter that turns warnings into errors (``-W error``, a test
@@ -101,7 +101,8 @@ def opening_pixels(fh: BinaryIO) -> int | None:
 
 
 def loading_pixels(img: Image.Image) -> int:
-    """Pixels ``img.load()`` will allocate: the opened size, or an ICNS icon's own header size."""
+    """Pixels ``img.load()`` will allocate: the opened size, a tiled TIFF's tile if larger, or an
+    ICNS icon's own header size."""
     opened = max(1, img.width) * max(1, img.height)
     if isinstance(img, TiffImagePlugin.TiffImageFile):
         # libtiff's decoder allocates a whole tile, and a tile may be far larger than the image
