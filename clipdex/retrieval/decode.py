@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from clipdex.errors import ClipdexError
+from clipdex.retrieval import late_size
 
 if TYPE_CHECKING:
     import torch
@@ -39,10 +40,11 @@ def _env_max_pixels() -> int:
 
 
 # Decompression-bomb limit (Pillow's own error threshold by default). Read at call time, so tests and
-# callers may change it. Pillow's own process-wide check is off: open_image checks every image
-# against this limit and against the memory budget below.
+# callers may change it. Pillow's own checks stay on, armed from this limit at every open
+# (late_size.arm_pillow says how); open_image also checks every image against it, at the size the
+# decode will really allocate, and against the memory budget below.
 MAX_PIXELS: int = _env_max_pixels()
-Image.MAX_IMAGE_PIXELS = None
+late_size.arm_pillow(MAX_PIXELS)
 
 # Peak bytes per decoded pixel: the decoded image (up to 4 B, RGBA), a conversion copy (4 B) and
 # the RGB result (3 B), with room for the resize; measured by bench/decode_memory.py.
@@ -139,6 +141,17 @@ class DecodeError(ClipdexError):
     """An image could not be decoded; ``str(e)`` is a one-line reason (the caller adds the path)."""
 
 
+def too_large(pixels: int, limit: int) -> DecodeError:
+    return DecodeError(f"image too large: {pixels} pixels (limit {limit})")
+
+
+def check_pixels(pixels: int, limit: int | None = None) -> None:
+    """Refuse ``pixels`` over ``limit`` (default: MAX_PIXELS now)."""
+    limit = MAX_PIXELS if limit is None else limit
+    if pixels > limit:
+        raise too_large(pixels, limit)
+
+
 def _orientation(img: Image.Image) -> int:
     try:
         value = img.getexif().get(0x0112, 1)
@@ -228,7 +241,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 def _reason(exc: BaseException) -> str:
     """A short, single-line reason for a failure inside Pillow or the OS."""
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return f"image too large ({exc})"
+        # Pillow's late checks (or its warning raised by an "error" filter): the same reason as ours.
+        pixels = late_size.bomb_pixels(exc)
+        return str(too_large(pixels, MAX_PIXELS)) if pixels else "image too large"
     if isinstance(exc, UnidentifiedImageError):
         return "not an image (cannot identify format)"
     if isinstance(exc, FileNotFoundError):
@@ -293,19 +308,27 @@ def exif_taken_at(img: Image.Image) -> float | None:
         return None
 
 
-def photo_info(img: Image.Image) -> PhotoInfo:
-    """(taken_at, width, height) of an opened, not yet drafted image."""
-    w, h = img.size
+def photo_info(img: Image.Image, size: tuple[int, int] | None = None) -> PhotoInfo:
+    """(taken_at, width, height) of an opened image; ``size`` is its size before any draft."""
+    w, h = size or img.size
     if _orientation(img) in (5, 6, 7, 8):
         w, h = h, w
     return exif_taken_at(img), w, h
 
 
-def image_size(path: str | bytes | os.PathLike) -> tuple[int, int] | None:
-    """(width, height) after EXIF rotation from the file's header (no decoding); None if unreadable."""
+def image_size(src: str | bytes | os.PathLike | BinaryIO, rotated: bool = True) -> tuple[int, int] | None:
+    """(width, height) from the file's header (no decoding), after EXIF rotation unless not
+    ``rotated``; None if unreadable or over the pixel limit (an ICO over it is refused before
+    Image.open, which decodes ICOs, gets to it)."""
+    limit = MAX_PIXELS
+    late_size.arm_pillow(limit)
     try:
-        with Image.open(path) as img:
-            return photo_info(img)[1:]
+        with nullcontext(src) if hasattr(src, "read") else _open_regular(src) as fh:
+            check_pixels(late_size.opening_pixels(fh) or 0, limit)
+            with Image.open(fh) as img:
+                # Before a PNG's getexif() decodes it; an ICNS icon at its own header's size.
+                check_pixels(max(img.width * img.height, late_size.loading_pixels(img)), limit)
+                return photo_info(img)[1:] if rotated else img.size
     except Exception:
         return None
 
@@ -327,6 +350,7 @@ def open_image(
     `photo_info` (date, full size) of an image that decoded.
     """
     limit = MAX_PIXELS
+    late_size.arm_pillow(limit)
     try:
         # Our own handle: bytes paths work and the file always closes. O_NONBLOCK: opening a FIFO
         # must not wait for a writer; anything but a regular file is refused before a read. A binary
@@ -334,13 +358,26 @@ def open_image(
         with nullcontext(path) if hasattr(path, "read") else _open_regular(path) as fh, ExitStack() as own:
             if _byte_size(fh) == 0:
                 raise DecodeError("zero-byte file")
+            # Every size is checked, and its memory reserved, before the step that allocates it:
+            # an ICO decodes inside Image.open, an ICNS icon's real size is known only from its
+            # own header, a drafted JPEG allocates its reduced size.
+            opening = late_size.opening_pixels(fh)
+            if opening is not None:
+                check_pixels(opening, limit)
+                (hold or own).enter_context(pixel_budget().reserve(opening))
             img = Image.open(fh)
-            if img.width * img.height > limit:
-                raise DecodeError(f"image too large ({img.width * img.height} pixels > {limit})")
-            info = photo_info(img) if on_info is not None else None
+            check_pixels(img.width * img.height, limit)
+            full_size = img.size
             _maybe_draft(img, draft_to)
-            (hold or own).enter_context(pixel_budget().reserve(img.width * img.height))
+            if opening is None:
+                pixels = late_size.loading_pixels(img)
+                check_pixels(pixels, limit)
+                (hold or own).enter_context(pixel_budget().reserve(pixels))
+            # After the reservation: a PNG's getexif() decodes the whole image to find its EXIF.
+            info = photo_info(img, full_size) if on_info is not None else None
             img.load()  # decode now, inside the try: truncation surfaces here, not in a later resize
+            # A late size nobody foresaw (Pillow's own check stopped it at twice the limit).
+            check_pixels(img.width * img.height, limit)
             orientation = _orientation(img)
             out = _to_rgb(img)
         if orientation != 1:

@@ -21,7 +21,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from clipdex.retrieval.decode import MAX_PIXELS, DecodeError, PhotoInfo, _open_regular, photo_info
+from clipdex.retrieval import decode, late_size
+from clipdex.retrieval.decode import DecodeError, PhotoInfo, _open_regular, photo_info
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 CHUNK = 32  # JPEGs decoded per device call
@@ -71,10 +72,11 @@ def read_jpeg(path: Any, on_info: Callable[[PhotoInfo], None] | None = None) -> 
         data = fh.read()
     if not data.startswith(JPEG_MAGIC):
         return None
+    limit = decode.MAX_PIXELS  # at call time, as open_image reads it
+    late_size.arm_pillow(limit)
     try:
         with Image.open(io.BytesIO(data)) as img:
-            if img.width * img.height > MAX_PIXELS:
-                raise DecodeError(f"image too large ({img.width * img.height} pixels > {MAX_PIXELS})")
+            decode.check_pixels(img.width * img.height, limit)
             if img.mode not in ("RGB", "L", "YCbCr"):  # CMYK and friends: the CPU path converts them
                 return None
             info = photo_info(img)

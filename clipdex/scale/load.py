@@ -15,7 +15,7 @@ from typing import Any
 
 from clipdex.errors import ClipdexError
 from clipdex.index.scan import SIDECAR_MAX, SidecarError, read_sidecar, sidecar_text
-from clipdex.retrieval.decode import DecodeError, open_image
+from clipdex.retrieval.decode import DecodeError, image_size, open_image
 from clipdex.scale.sources import Entry, filesystem, is_url
 
 
@@ -40,13 +40,8 @@ def load_entry(entry: Entry, preprocess: Callable[[Any], Any], draft_to: tuple[i
     except UnicodeEncodeError as e:  # parquet strings are UTF-8: the name could not be written
         raise LoadError("file name is not valid UTF-8") from e
     data, size, mtime = _read(entry.key)
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data)) as header:  # header only: the size as stored
-            width, height = header.size
-    except Exception:
-        width = height = 0  # open_image below gives the reason
+    # Header only, within the pixel limit: the size as stored (0 x 0: open_image gives the reason).
+    width, height = image_size(io.BytesIO(data), rotated=False) or (0, 0)
     try:
         pixels = preprocess(open_image(io.BytesIO(data), draft_to))
     except DecodeError as e:

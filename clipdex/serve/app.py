@@ -288,18 +288,13 @@ def _result(r) -> dict:
 
 def _dimensions(path: bytes | None) -> dict:
     """Width and height as shown (EXIF orientation applied), from the header only."""
-    from PIL import Image
+    from clipdex.retrieval.decode import image_size
 
-    if path is None:
+    # The indexing decoder's header reader: within its pixel limit (an ICO decodes while opening).
+    size = image_size(path) if path is not None else None
+    if size is None:  # missing, unreadable or too large now: the details still show
         return {"width": None, "height": None}
-    try:
-        with Image.open(path) as img:
-            w, h = img.size
-            if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-                w, h = h, w
-            return {"width": w, "height": h}
-    except Exception:  # missing or unreadable now: the details still show
-        return {"width": None, "height": None}
+    return {"width": size[0], "height": size[1]}
 
 
 def _check_page(k: int, offset: int) -> None:
