@@ -223,3 +223,19 @@ def test_serve_upload_of_a_bomb_is_400_and_the_server_goes_on(client, allocation
     Image.new("RGB", (64, 64), (200, 10, 10)).save(good, "PNG")
     r = client.post("/api/search", files={"image": ("q.png", good.getvalue())}, data={"k": "2"})
     assert r.status_code == 200 and len(r.json()["results"]) == 2
+
+
+def test_a_refused_picture_is_one_line_without_pillows_warning(tiny_model_dir, tmp_path, monkeypatch):
+    """Between clipdex's limit and Pillow's error (twice it), Pillow only warns: the CLI says it once."""
+    monkeypatch.setattr(decode, "MAX_PIXELS", 2_000)
+    make_images(tmp_path / "imgs", ["fine.png"], size=40)  # 1,600 pixels
+    Image.new("RGB", (50, 50)).save(tmp_path / "imgs" / "big.png")  # 2,500: warned, not refused by Pillow
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        res = ok(
+            "--library", tmp_path / "lib", "index", tmp_path / "imgs", "--model", tiny_model_dir, "--json"
+        )
+    assert json_lines(res.stdout)[0]["failed"] == 1
+    (line,) = res.stderr.splitlines()
+    assert "big.png" in line and "image too large: 2500 pixels" in line
+    assert not [w for w in seen if issubclass(w.category, Image.DecompressionBombWarning)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+import warnings
 from typing import Any
 
 import click
@@ -71,6 +72,9 @@ def cli(ctx: click.Context, library: str | None, debug: bool) -> None:
       clipdex search --image holiday.jpg --json
       clipdex info
     """
+    # A picture over the pixel limit is refused with one "skipped PATH: image too large" line;
+    # Pillow's DecompressionBombWarning about it would be a second, Python-formatted one.
+    warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit", category=Warning)
     ctx.obj = State(library, debug)
 
 
