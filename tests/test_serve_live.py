@@ -170,6 +170,18 @@ def test_a_kept_alive_connection_answers_as_fast_as_fresh_ones(tmp_path, tiny_mo
     assert nodelay, "the accepted connection has no TCP_NODELAY"
 
 
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_the_listening_socket_says_tcp_for_both_families(host):
+    """The IPv6 branch of _bind too (the live test above only binds IPv4): proto 0 there would
+    bring the 40 ms stall back for `--host ::1`."""
+    try:
+        sock = _bind(host, 0, OSError)
+    except OSError as e:  # a machine without IPv6
+        pytest.skip(f"cannot bind {host}: {e}")
+    with sock:
+        assert sock.proto == socket.IPPROTO_TCP
+
+
 def chromium() -> str | None:
     for candidate in (os.environ.get("CLIPDEX_CHROMIUM"), "chromium", "chromium-browser"):
         if candidate and shutil.which(candidate):
