@@ -4,8 +4,10 @@ Library: N small generated JPEGs whose vectors are imported (`import-embeddings`
 vectors in the model's space), so building it takes seconds; the model is a random-init ViT-B-32
 (the default architecture: a realistic text-encoding cost, no download).
 
-1. One client, the same text queries alternately through `GET /api/search` and in-process
-   `Library.search` -> p50 of each and their ratio (goal <= 1.3).
+1. One client (one kept-alive connection), the same text queries alternately through
+   `GET /api/search` and in-process `Library.search` -> p50 of each and their ratio (goal <= 1.3);
+   then the same for `/api/items/ID/similar` vs `Library.similar`, which costs a few ms, so a
+   fixed per-response cost of the server shows there.
 2. C concurrent clients, R mixed requests (text search 50%, similar 20%, thumbnails 30%) ->
    errors, p50/p99 per endpoint, throughput.
 
@@ -58,7 +60,8 @@ def build(out: Path, n: int, arch: str) -> Path:
             small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
             Image.fromarray(small).resize((96, 64), Image.Resampling.NEAREST).save(path, quality=90)
         paths.append(path)
-    with Library.open(lib_dir, create=True, model=str(model)) as lib:
+    # Library.open is read-only now; writer_model records the model, so it needs the writer lock
+    with Library.open(lib_dir, create=True, model=str(model)) as lib, lib.writing():
         dim = lib.writer_model().embed_dim
         centres = rng.standard_normal((max(10, n // 100), dim)).astype(np.float32)
         noise = rng.standard_normal((n, dim)).astype(np.float32)
@@ -125,10 +128,23 @@ def main() -> None:
                 s = time.perf_counter()
                 lib.search(text=q, k=20)
                 local.append(time.perf_counter() - s)
+            # 1b. the same for "similar" (a few ms, no model): a fixed per-response cost that a
+            # text query's encoding hides shows here (issue 16: a 40 ms Nagle/delayed-ACK stall)
+            server_sim, local_sim = [], []
+            for item in random.Random(2).sample(ids, min(args.ratio_queries, len(ids))):
+                s = time.perf_counter()
+                client.get(f"/api/items/{item}/similar", params={"k": 20}).raise_for_status()
+                server_sim.append(time.perf_counter() - s)
+                s = time.perf_counter()
+                lib.similar(item, k=20)
+                local_sim.append(time.perf_counter() - s)
         ratio = pct(server, 50) / pct(local, 50)
+        ratio_sim = pct(server_sim, 50) / pct(local_sim, 50)
         print(
             f"one client, {len(server)} text queries, k=20: server p50 {pct(server, 50):.2f} ms, "
-            f"in-process Library.search p50 {pct(local, 50):.2f} ms -> ratio {ratio:.2f}",
+            f"in-process Library.search p50 {pct(local, 50):.2f} ms -> ratio {ratio:.2f}\n"
+            f"one client, {len(server_sim)} similar, k=20: server p50 {pct(server_sim, 50):.2f} ms, "
+            f"in-process Library.similar p50 {pct(local_sim, 50):.2f} ms -> ratio {ratio_sim:.2f}",
             flush=True,
         )
 
@@ -188,6 +204,7 @@ def main() -> None:
     summary = {
         "images": args.images, "requests": args.requests, "clients": args.clients, "errors": len(errors),
         "ratio_server_over_library_p50": round(ratio, 3),
+        "similar_ratio_server_over_library_p50": round(ratio_sim, 3),
         **{f"{n}_p50_ms": round(pct(ts, 50), 2) for n, ts in times.items()},
         **{f"{n}_p99_ms": round(pct(ts, 99), 2) for n, ts in times.items()},
     }  # fmt: skip

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import threading
@@ -17,6 +19,7 @@ import pytest
 from corehelp import make_images, ok
 from fastapi.testclient import TestClient
 
+from clipdex.cli.serve import _bind
 from clipdex.library import Library
 from clipdex.serve.app import create_app
 
@@ -59,13 +62,17 @@ def test_other_processes_writes_appear_without_restart(tmp_path, tiny_model_dir,
 
 
 @contextmanager
-def live_server(app):
-    """uvicorn in a thread on a free loopback port; yields the base URL."""
+def live_server(app, servers: list | None = None):
+    """uvicorn in a thread on a free loopback port; yields the base URL (and appends the
+    uvicorn.Server to `servers`, for tests that look at its connections)."""
     import uvicorn
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    # The listening socket comes from `clipdex serve`'s own _bind, so these tests see the socket
+    # options users get (a bare socket.socket() here had proto 0 and hid the Nagle stall).
+    sock = _bind("127.0.0.1", 0, OSError)
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    if servers is not None:
+        servers.append(server)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -108,6 +115,71 @@ def test_raw_dot_dot_paths_never_leave_the_static_folder(served):
         status = int(answer.split(b" ", 2)[1])
         assert status in (400, 404), (path, answer[:200])
         assert b"root:" not in answer
+
+
+def _timed_gets(conn: http.client.HTTPConnection, path: str) -> float:
+    """One GET on `conn`, body read to the end; seconds."""
+    start = time.perf_counter()
+    conn.request("GET", path)
+    answer = conn.getresponse()
+    body = answer.read()
+    took = time.perf_counter() - start
+    assert answer.status == 200 and body, (answer.status, body[:200])
+    return took
+
+
+def test_a_kept_alive_connection_answers_as_fast_as_fresh_ones(tmp_path, tiny_model_dir):
+    """Issue 16: accepted connections kept Nagle's algorithm (the listening socket had proto 0, and
+    asyncio sets TCP_NODELAY only when proto is IPPROTO_TCP). uvicorn writes the headers and the
+    body as two segments; on a kept-alive connection the body waited for the client's delayed ACK,
+    ~40 ms per response. Fresh connections hide it (the ACK of the handshake is still pending), so
+    they are the baseline: a ratio, which holds on a slow or loaded machine where absolute times
+    do not."""
+    pics = tmp_path / "pics"
+    make_images(pics, ["a.png", "b.png"])
+    lib_dir = tmp_path / "lib"
+    ok("--library", lib_dir, "index", pics, "--model", tiny_model_dir, "--quiet")
+    servers: list = []
+    with (
+        Library.open(lib_dir) as lib,
+        live_server(create_app(lib, thumbnails=tmp_path / "t"), servers) as url,
+    ):
+        port = int(url.rsplit(":", 1)[1])
+        kept = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        try:
+            _timed_gets(kept, "/api/info")  # warm-up: connect, first-request costs
+            # the server's side of the kept-alive connection: the option itself, not only its effect
+            (conn,) = servers[0].server_state.connections
+            accepted = conn.transport.get_extra_info("socket")
+            nodelay = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+            # interleaved, so load changes on a shared machine hit both sides alike
+            on_kept, on_fresh = [], []
+            for _ in range(20):
+                on_kept.append(_timed_gets(kept, "/api/info"))
+                fresh = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+                try:
+                    on_fresh.append(_timed_gets(fresh, "/api/info"))
+                finally:
+                    fresh.close()
+        finally:
+            kept.close()
+    kept_p50, fresh_p50 = statistics.median(on_kept), statistics.median(on_fresh)
+    assert kept_p50 <= 1.5 * fresh_p50 + 0.003, (
+        f"kept-alive p50 {kept_p50 * 1e3:.1f} ms, fresh {fresh_p50 * 1e3:.1f} ms"
+    )
+    assert nodelay, "the accepted connection has no TCP_NODELAY"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_the_listening_socket_says_tcp_for_both_families(host):
+    """The IPv6 branch of _bind too (the live test above only binds IPv4): proto 0 there would
+    bring the 40 ms stall back for `--host ::1`."""
+    try:
+        sock = _bind(host, 0, OSError)
+    except OSError as e:  # a machine without IPv6
+        pytest.skip(f"cannot bind {host}: {e}")
+    with sock:
+        assert sock.proto == socket.IPPROTO_TCP
 
 
 def chromium() -> str | None:
