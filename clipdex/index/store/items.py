@@ -1,39 +1,53 @@
-"""`Store`'s reads: items, vectors, files, captions, counts, and remembered decode failures."""
+"""The ``items`` table: the images and texts, their files and captions, and the writes that keep
+item identity (an update keeps the id and is logged as a removal and an add).
+
+The items' vectors are read through `ItemVectors` (``store.vectors``); keyed upserts of imports
+are `KeyedMerge` (``store.merge``).
+"""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from itertools import repeat
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clipdex.index.records import Caption, FileRecord, Item
-from clipdex.index.sqlrows import chunks
+from clipdex.index.store.batches import chunks
+from clipdex.index.store.rows import Caption, FileRecord, Item, PhotoMeta
+from clipdex.index.store.where import Where, where
+from clipdex.kinds import IMAGE
 
-ITEM_COLS = "id, kind, path, text, image_id, source"  # an Item record's columns (`_item`)
+if TYPE_CHECKING:
+    from clipdex.index.filters import Filter
+    from clipdex.index.store.changes import ChangeLog
+    from clipdex.index.store.database import Store
+    from clipdex.index.store.item_vectors import ItemVectors
+    from clipdex.index.store.vector_files import VectorFiles
+
+ITEM_COLS = "id, kind, path, text, image_id, source"  # an Item record's columns (`item_of_row`)
 
 
-def _item(row: Sequence) -> Item:
+def item_of_row(row: Sequence) -> Item:
+    """The `Item` of a row selecting `ITEM_COLS` first."""
     return Item(row[0], row[1], bytes(row[2]) if row[2] is not None else None, row[3], row[4], row[5])
 
 
-class Reads:
-    """`Store`'s read methods (mixed into `Store`)."""
+class ItemsTable:
+    """Reads and writes of ``items``; each write takes the transaction it needs and logs what it
+    changes in ``changes``."""
 
-    conn: sqlite3.Connection
+    def __init__(self, store: Store, changes: ChangeLog, vectors: ItemVectors, files: VectorFiles):
+        self._store = store
+        self._changes = changes
+        self._vectors = vectors
+        self._files = files
 
-    def scanned_files(self) -> dict[bytes, FileRecord]:
-        """Every scanned image, by path, in one query (no per-file round trips)."""
-        rows = self.conn.execute(
-            "SELECT path, id, mtime_ns, size FROM items WHERE kind = 'image' AND source = 'scan'"
-        )
-        return {bytes(p): FileRecord(i, m, s) for p, i, m, s in rows}
-
+    # ---- reads --------------------------------------------------------------------------
     def image_files(self) -> dict[bytes, FileRecord]:
         """Every image with a path (scanned or imported), by path; the lowest id wins a duplicate."""
-        rows = self.conn.execute(
+        rows = self._store.conn.execute(
             "SELECT path, id, mtime_ns, size, source, content_hash FROM items"
             " WHERE kind = 'image' AND path IS NOT NULL ORDER BY id DESC"
         )
@@ -41,117 +55,25 @@ class Reads:
 
     def sidecars(self) -> dict[int, Caption]:
         """image id -> its sidecar caption."""
-        rows = self.conn.execute(
+        rows = self._store.conn.execute(
             "SELECT image_id, id, path, mtime_ns, size, text FROM items WHERE source = 'sidecar'"
         )
         return {img: Caption(tid, bytes(p), m, s, t) for img, tid, p, m, s, t in rows}
 
-    def items(self, ids: Sequence[int]) -> dict[int, Item]:
+    def get(self, ids: Sequence[int]) -> dict[int, Item]:
+        """id -> Item of those of ``ids`` that exist."""
         out: dict[int, Item] = {}
         for chunk in chunks(list(ids), 500):
             marks = ",".join("?" * len(chunk))
-            for row in self.conn.execute(f"SELECT {ITEM_COLS} FROM items WHERE id IN ({marks})", chunk):
-                out[row[0]] = _item(row)
+            for row in self._store.conn.execute(
+                f"SELECT {ITEM_COLS} FROM items WHERE id IN ({marks})", chunk
+            ):
+                out[row[0]] = item_of_row(row)
         return out
 
-    def _vector_cols(self) -> str:
-        """The columns holding a vector: the blob, and in large-library mode a shard file row."""
-        return "vector, vfile, vrow" if self.has_vector_files() else "vector, NULL, NULL"
-
-    def _decode(self, rows: list[tuple], dim: int | None = None) -> np.ndarray:
-        """float32 vectors of (…, blob, vfile, vrow) rows: the blob, else the shard file's row."""
-        dim = dim or self.dim or 0
-        out = np.zeros((len(rows), dim), np.float32)
-        blob_at = [n for n, r in enumerate(rows) if r[-3] is not None]
-        if blob_at:
-            joined = b"".join(rows[n][-3] for n in blob_at)
-            out[blob_at] = np.frombuffer(joined, np.float32).reshape(len(blob_at), -1)
-        if len(blob_at) < len(rows):
-            shard_at = [n for n, r in enumerate(rows) if r[-3] is None and r[-2] is not None]
-            if shard_at:
-                files = np.fromiter((rows[n][-2] for n in shard_at), np.int64, len(shard_at))
-                offsets = np.fromiter((rows[n][-1] for n in shard_at), np.int64, len(shard_at))
-                out[shard_at] = self.shard_rows(files, offsets)
-        return out
-
-    def iter_vectors(self, kind: str, batch: int = 262_144) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(ids, float32 vectors) of one kind by chunks of ``batch``, ascending id (bounded memory)."""
-        cur = self.conn.execute(
-            f"SELECT id, {self._vector_cols()} FROM items WHERE kind = ? ORDER BY id", (kind,)
-        )
-        while rows := cur.fetchmany(batch):
-            yield np.fromiter((r[0] for r in rows), np.int64, len(rows)), self._decode(rows)
-
-    def vectors(self, kind: str, batch: int = 65536) -> tuple[np.ndarray, np.ndarray]:
-        """All (ids, vectors) of one kind, ascending id; read in chunks to bound peak memory."""
-        dim = self.dim or 0
-        total = self.conn.execute("SELECT count(*) FROM items WHERE kind = ?", (kind,)).fetchone()[0]
-        ids = np.empty(total, np.int64)
-        vecs = np.empty((total, dim), np.float32)
-        n = 0
-        for chunk_ids, chunk in self.iter_vectors(kind, batch):
-            ids[n : n + len(chunk_ids)] = chunk_ids
-            vecs[n : n + len(chunk_ids)] = chunk
-            n += len(chunk_ids)
-        return ids[:n], vecs[:n]
-
-    def get_vectors(
-        self, ids: Sequence[int] | np.ndarray, items: dict[int, Item] | None = None
-    ) -> np.ndarray:
-        """Stored vectors for ``ids`` in the given order (exact re-ranking reads these); with
-        ``items``, their rows' Item records go there too (a search's results are among the
-        candidates it re-ranks: one query serves both)."""
-        # One indexed query per 500 ids and one buffer join: no per-row Python work beyond the fetch
-        # (this runs on every search), and no other query (each costs ~0.1 ms with cold caches).
-        # Ids without a stored vector get zeros.
-        want = np.asarray(ids, np.int64).reshape(-1)
-        rows: list[tuple] = []
-        cols = f"{ITEM_COLS if items is not None else 'id'}, {self._vector_cols()}"
-        for chunk in chunks(want.tolist(), 500):
-            marks = ",".join("?" * len(chunk))
-            rows += self.conn.execute(f"SELECT {cols} FROM items WHERE id IN ({marks})", chunk)
-        if items is not None:
-            items.update((r[0], _item(r)) for r in rows)
-        rows = [r for r in rows if r[-3] is not None or r[-2] is not None]
-        blob = rows[0][-3] if rows else None
-        dim = len(blob) // 4 if blob is not None else (self.dim or 0)
-        out = np.zeros((len(want), dim), np.float32)
-        if rows:
-            got = self._decode(rows, dim)
-            got_ids = np.fromiter((r[0] for r in rows), np.int64, len(rows))
-            order = np.argsort(got_ids)
-            sorted_ids = got_ids[order]
-            pos = np.minimum(np.searchsorted(sorted_ids, want), len(sorted_ids) - 1)
-            hit = sorted_ids[pos] == want
-            out[hit] = got[order[pos[hit]]]
-        return out
-
-    def live_vectors(self, kind: str, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(ids, vectors) of those of ``ids`` that exist now with ``kind``, ascending id."""
-        rows: list[tuple] = []
-        cols = self._vector_cols()
-        for chunk in chunks(np.unique(np.asarray(ids, np.int64)).tolist(), 500):
-            marks = ",".join("?" * len(chunk))
-            rows += self.conn.execute(
-                f"SELECT id, {cols} FROM items WHERE kind = ? AND id IN ({marks}) ORDER BY id", [kind, *chunk]
-            )
-        return np.fromiter((r[0] for r in rows), np.int64, len(rows)), self._decode(rows)
-
-    def sample_vectors(self, kind: str, n: int, with_ids: bool = False, seed: int | None = None) -> Any:
-        """Up to ``n`` stored vectors of ``kind``, drawn at random (with their ids: ``with_ids``);
-        with ``seed`` the same draw every time for the same ids (a multiplicative hash order)."""
-        order = "random()" if seed is None else "((id + ?) * 2654435761) % 4294967291"
-        args = (kind, n) if seed is None else (kind, int(seed), n)
-        rows = self.conn.execute(
-            f"SELECT id, {self._vector_cols()} FROM items WHERE kind = ? ORDER BY {order} LIMIT ?", args
-        ).fetchall()
-        if with_ids:
-            return np.fromiter((r[0] for r in rows), np.int64, len(rows)), self._decode(rows)
-        return self._decode(rows)
-
-    def item_record(self, item_id: int) -> dict | None:
+    def record(self, item_id: int) -> dict | None:
         """One item's stored fields (no vector) as a dict, or None; for detail views."""
-        row = self.conn.execute(
+        row = self._store.conn.execute(
             "SELECT id, kind, source, path, mtime_ns, size, text, image_id FROM items WHERE id = ?",
             (int(item_id),),
         ).fetchone()
@@ -163,78 +85,314 @@ class Reads:
         return rec
 
     def image_id_by_path(self, path: bytes) -> int | None:
-        row = self.conn.execute(
+        row = self._store.conn.execute(
             "SELECT id FROM items WHERE kind = 'image' AND path = ? ORDER BY id LIMIT 1", (path,)
         ).fetchone()
         return row[0] if row else None
 
     def captions_of(self, image_id: int) -> list[tuple[int, str]]:
         """(id, text) of the texts linked to an image, ascending id."""
-        rows = self.conn.execute(
+        rows = self._store.conn.execute(
             "SELECT id, text FROM items WHERE kind = 'text' AND image_id = ? ORDER BY id", (int(image_id),)
         )
         return [(i, t) for i, t in rows]
 
     def count(self, kind: str | None = None) -> int:
         if kind is None:
-            return self.conn.execute("SELECT count(*) FROM items").fetchone()[0]
-        return self.conn.execute("SELECT count(*) FROM items WHERE kind = ?", (kind,)).fetchone()[0]
+            return self._store.conn.execute("SELECT count(*) FROM items").fetchone()[0]
+        return self._store.conn.execute("SELECT count(*) FROM items WHERE kind = ?", (kind,)).fetchone()[0]
 
     def counts(self) -> dict[str, int]:
-        rows = self.conn.execute("SELECT kind, source, count(*) FROM items GROUP BY kind, source")
+        rows = self._store.conn.execute("SELECT kind, source, count(*) FROM items GROUP BY kind, source")
         out = {"images": 0, "texts": 0}
         for kind, source, n in rows:
             out[kind + "s"] += n
             out[f"{kind}s_{source}".replace("-", "_")] = n
         return out
 
-    def iter_items(self, kind: str) -> Iterator[tuple[int, bytes | None, str | None]]:
+    def iter(self, kind: str) -> Iterator[tuple[int, bytes | None, str | None]]:
         """(id, path, text) of every item of a kind, ascending id."""
-        for i, p, t in self.conn.execute(
+        for i, p, t in self._store.conn.execute(
             "SELECT id, path, text FROM items WHERE kind = ? ORDER BY id", (kind,)
         ):
             yield i, (bytes(p) if p is not None else None), t
 
     def caption_pairs(self) -> list[tuple[bytes, str]]:
         """(image path, caption) for every caption linked to an image with a path."""
-        rows = self.conn.execute(
+        rows = self._store.conn.execute(
             "SELECT i.path, t.text FROM items t JOIN items i ON t.image_id = i.id"
             " WHERE t.kind = 'text' AND i.path IS NOT NULL AND t.text != '' ORDER BY t.id"
         )
         return [(bytes(p), t) for p, t in rows]
 
-    def has_columns(self, table: str, *names: str) -> bool:
-        """Whether ``table`` has every column in ``names`` (an older schema may lack new ones)."""
-        have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
-        return set(names) <= have
+    def ids(self, kind: str) -> np.ndarray:
+        """Ids of every item of ``kind``, ascending."""
+        rows = self._store.conn.execute("SELECT id FROM items WHERE kind = ? ORDER BY id", (kind,))
+        return np.fromiter((r[0] for r in rows), np.int64)
 
-    @property
-    def dim(self) -> int | None:
-        value = self.get_meta("dim")
-        return int(value) if value else None
+    def ids_in_vector_file(self, file_id: int) -> list[int]:
+        """Ids of the items whose vectors are rows of vector file ``file_id``."""
+        rows = self._store.conn.execute("SELECT id FROM items WHERE vfile = ?", (int(file_id),))
+        return [i for (i,) in rows]
 
-    # ---- failures (files that failed to decode) -------------------------------------------
-    def failures(self) -> dict[bytes, tuple[int, int]]:
-        """path -> (size, mtime_ns) of every remembered decode failure."""
-        rows = self.conn.execute("SELECT path, size, mtime_ns FROM failures")
-        return {bytes(p): (z, m) for p, z, m in rows}
+    def orphan_caption_ids(self) -> list[int]:
+        """Ids of the texts linked to an image that no longer exists."""
+        rows = self._store.conn.execute(
+            "SELECT id FROM items WHERE kind = 'text' AND image_id IS NOT NULL"
+            " AND image_id NOT IN (SELECT id FROM items WHERE kind = 'image')"
+        )
+        return [i for (i,) in rows]
 
-    def record_failures(self, rows: Sequence[tuple[bytes, int, int, str]]) -> None:
-        """Remember (path, size, mtime_ns, error) of files that failed to decode."""
-        now = time.time()
-        with self.transaction():
-            self.conn.executemany(
-                "INSERT OR REPLACE INTO failures (path, size, mtime_ns, error, failed_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                ((p, z, m, e, now) for p, z, m, e in rows),
+    def sidecar_ids(self, ids: Sequence[int]) -> list[int]:
+        """Those of ``ids`` that are sidecar captions."""
+        out: list[int] = []
+        for chunk in chunks([int(i) for i in ids], 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self._store.conn.execute(
+                f"SELECT id FROM items WHERE source = 'sidecar' AND id IN ({marks})", chunk
             )
+            out += [i for (i,) in rows]
+        return out
 
-    def forget_failures(self, paths: Iterable[bytes]) -> None:
-        with self.transaction():
-            self.conn.executemany("DELETE FROM failures WHERE path = ?", ((p,) for p in paths))
+    def photo_rows(self, ids: Sequence[int]) -> dict[int, tuple]:
+        """id -> (path, size, width, height); width/height None on a schema without them."""
+        cols = "width, height" if self._store.has_columns("items", "width", "height") else "NULL, NULL"
+        out = {}
+        for chunk in chunks(list(ids), 500):
+            marks = ",".join("?" * len(chunk))
+            for i, p, size, w, h in self._store.conn.execute(
+                f"SELECT id, path, size, {cols} FROM items WHERE id IN ({marks})", chunk
+            ):
+                out[i] = (bytes(p) if p is not None else None, size, w, h)
+        return out
 
-    def count_failures(self) -> int:
-        try:
-            return self.conn.execute("SELECT count(*) FROM failures").fetchone()[0]
-        except sqlite3.OperationalError:  # an older schema, read without migrating
-            return 0
+    # ---- filters (the SQL of `clipdex.index.filters`) -----------------------------------------
+    def where(self, kind: str, filt: Filter) -> Where:
+        """The SQL selecting the items of ``kind`` that ``filt`` keeps (see `where.where`)."""
+        return where(kind, filt, has_dates=self._store.has_columns("items", "taken_at"))
+
+    def matching_ids(self, kind: str, filt: Filter) -> np.ndarray:
+        """Ids (ascending) of the items of ``kind`` that ``filt`` keeps, scores aside."""
+        w = self.where(kind, filt)
+        rows = self._store.conn.execute(f"SELECT x.id {w.sql} ORDER BY x.id", w.args).fetchall()
+        return np.fromiter((r[0] for r in rows), np.int64, len(rows))
+
+    def count_where(self, w: Where) -> int:
+        """How many items ``w`` selects."""
+        return self._store.conn.execute(f"SELECT count(*) {w.sql}", w.args).fetchone()[0]
+
+    def kept_among(self, w: Where, ids: Sequence[int]) -> set[int]:
+        """Which of ``ids`` (a few candidates) ``w`` selects, looked up by id."""
+        # NOT INDEXED: look the few candidates up by rowid rather than walking the (kind, ...) indexes
+        by_id = w.sql.replace("FROM items x", "FROM items x NOT INDEXED", 1)
+        keep: set[int] = set()
+        for chunk in chunks(list(ids), 500):
+            marks = ",".join("?" * len(chunk))
+            rows = self._store.conn.execute(f"SELECT x.id {by_id} AND x.id IN ({marks})", [*w.args, *chunk])
+            keep.update(r[0] for r in rows)
+        return keep
+
+    # ---- writes -------------------------------------------------------------------------
+    def insert(
+        self,
+        kind: str,
+        source: str,
+        vectors: np.ndarray,
+        *,
+        paths: Sequence[bytes | None] | None = None,
+        stats: Sequence[tuple[int, int] | tuple[None, None]] | None = None,
+        texts: Sequence[str | None] | None = None,
+        image_ids: Sequence[int | None] | None = None,
+        photos: Sequence[PhotoMeta | None] | None = None,
+    ) -> list[int]:
+        """Insert ``len(vectors)`` items; returns their new ids in order.
+
+        ``photos`` gives each image's date and size (see `PhotoMeta`); without one an image with a
+        stat is dated by its mtime."""
+        n = len(vectors)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        now = time.time()
+        paths = paths or [None] * n
+        stats = stats or [(None, None)] * n
+        texts = texts or [None] * n
+        image_ids = image_ids or [None] * n
+        photos = photos or [None] * n
+        ids = []
+        with self._store.transaction():
+            stored = self._vectors.to_store(vectors)
+            for i in range(n):
+                meta = photos[i] or PhotoMeta()
+                taken = meta.taken_at
+                if taken is None and kind == IMAGE and stats[i][0] is not None:
+                    taken = stats[i][0] / 1e9
+                cur = self._store.conn.execute(
+                    "INSERT INTO items (kind, source, path, mtime_ns, size, text, image_id, vector, vfile,"
+                    " vrow, added_at, taken_at, width, height)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (kind, source, paths[i], stats[i][0], stats[i][1], texts[i], image_ids[i],
+                     *stored[i], now, taken, meta.width, meta.height),
+                )  # fmt: skip
+                ids.append(int(cur.lastrowid))
+            self._changes.log("add", zip(repeat(kind), ids))
+        return ids
+
+    def insert_many(
+        self,
+        kind: str,
+        source: str,
+        vectors: np.ndarray,
+        paths: Sequence[bytes] | None = None,
+        texts: Sequence[str] | None = None,
+        located: tuple[int, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Bulk insert (no stat, no links): one executemany; returns the new ids (consecutive).
+
+        Ids are given explicitly, continuing the AUTOINCREMENT sequence, so they are known without
+        one round trip per row; the transaction (taken here unless the caller holds one) keeps other
+        writers out meanwhile. ``located`` (large-library mode): (vector file id, its rows) already
+        holding these vectors, e.g. an imported shard.
+        """
+        n = len(vectors)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        for name, seq in (("paths", paths), ("texts", texts)):
+            if seq is not None and len(seq) != n:
+                raise ValueError(f"{n} vectors but {len(seq)} {name}")
+        if n == 0:
+            return np.empty(0, np.int64)
+        with self._store.transaction():
+            if located is None and not self._files.large_mode:
+                row_bytes = vectors.shape[1] * 4
+                flat = memoryview(vectors).cast("B")
+                stored = ((flat[i * row_bytes : (i + 1) * row_bytes], None, None) for i in range(n))
+            else:
+                stored = iter(self._vectors.to_store(vectors, located))
+            seq = self._store.conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'items'").fetchone()
+            top = self._store.conn.execute("SELECT max(id) FROM items").fetchone()[0]
+            first = max(seq[0] if seq else 0, top or 0) + 1
+            ids = np.arange(first, first + n, dtype=np.int64)
+            self._store.conn.executemany(
+                "INSERT INTO items (id, kind, source, path, text, vector, vfile, vrow, added_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (i, kind, source, p, t, *v, now)
+                    for i, p, t, v, now in zip(
+                        ids.tolist(),
+                        paths if paths is not None else repeat(None),
+                        texts if texts is not None else repeat(None),
+                        stored, repeat(time.time()),
+                    )
+                ),
+            )  # fmt: skip
+            self._changes.log("add", zip(repeat(kind), ids.tolist()))
+        return ids
+
+    def delete(self, ids: Iterable[int]) -> list[int]:
+        """Delete items and the captions linked to deleted images; returns every deleted id."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return []
+        with self._store.transaction():
+            kinds: dict[int, str] = {}
+            for chunk in chunks(ids, 500):
+                marks = ",".join("?" * len(chunk))
+                kinds.update(self._store.conn.execute(
+                    f"SELECT id, kind FROM items WHERE id IN ({marks}) OR image_id IN ({marks})", chunk * 2
+                ))  # fmt: skip
+            asked = set(ids)
+            captions = [i for i in kinds if i not in asked]
+            gone = ids + captions
+            for chunk in chunks(gone, 500):
+                marks = ",".join("?" * len(chunk))
+                self._store.conn.execute(f"DELETE FROM items WHERE id IN ({marks})", chunk)
+                self._store.conn.execute(f"DELETE FROM pending_vectors WHERE id IN ({marks})", chunk)
+            self._changes.log("remove", ((k, i) for i, k in kinds.items()))
+        return gone
+
+    def update_vectors(
+        self,
+        ids: Sequence[int],
+        vectors: np.ndarray,
+        *,
+        texts: Sequence[str] | None = None,
+        paths: Sequence[bytes] | None = None,
+        stats: Sequence[tuple[int, int]] | None = None,
+        hashes: Sequence[bytes | None] | None = None,
+        photos: Sequence[PhotoMeta | None] | None = None,
+        source: str | None = None,
+        located: tuple[int, np.ndarray] | None = None,
+    ) -> None:
+        """Replace the vectors of existing items in place (their ids stay), with their new file facts.
+
+        ``located`` as in `insert_many`. Each write of a stored vector logs it in the change log:
+        here, `insert`/`insert_many`, `delete`, `KeyedMerge.keyed` (through these),
+        `PendingTable.swap_in` (an UPDATE of its own) and `VectorFiles.enter_large_mode` (which
+        moves vectors into files unchanged, so it logs nothing).
+        """
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if len(ids) != len(vectors):
+            raise ValueError(f"{len(ids)} ids but {len(vectors)} vectors")
+        cols: dict[str, Sequence] = {}
+        if texts is not None:
+            cols["text"] = texts
+        cols.update(self._file_columns(paths, stats, hashes))
+        if photos is not None:  # re-read with the new content: date (else mtime), size
+            metas = [p or PhotoMeta() for p in photos]
+            mtimes = [m for m, _ in stats] if stats is not None else [None] * len(metas)
+            cols["taken_at"] = [
+                p.taken_at if p.taken_at is not None else (m / 1e9 if m is not None else None)
+                for p, m in zip(metas, mtimes)
+            ]
+            cols["width"] = [p.width for p in metas]
+            cols["height"] = [p.height for p in metas]
+        with self._store.transaction():
+            stored = self._vectors.to_store(vectors, located)
+            for n, name in enumerate(("vector", "vfile", "vrow")):
+                cols[name] = [v[n] for v in stored]
+            self._update_columns(ids, cols, source)
+            kinds = []
+            for chunk in chunks([int(i) for i in ids], 500):
+                marks = ",".join("?" * len(chunk))
+                kinds += self._store.conn.execute(f"SELECT kind, id FROM items WHERE id IN ({marks})", chunk)
+            self._changes.log("remove", kinds)  # an update is a removal and an add of the same id
+            self._changes.log("add", kinds)
+
+    def update_files(
+        self,
+        ids: Sequence[int],
+        *,
+        paths: Sequence[bytes] | None = None,
+        stats: Sequence[tuple[int, int]] | None = None,
+        hashes: Sequence[bytes | None] | None = None,
+        source: str | None = None,
+    ) -> None:
+        """New file facts (path, stat, content hash) for items whose vector stays: a move, a touch."""
+        with self._store.transaction():
+            self._update_columns(ids, self._file_columns(paths, stats, hashes), source)
+
+    def unlink_from_images(self, ids: Sequence[int]) -> None:
+        """Clear the image link of these texts (they stay, as free texts)."""
+        with self._store.transaction():
+            for chunk in chunks([int(i) for i in ids], 500):
+                marks = ",".join("?" * len(chunk))
+                self._store.conn.execute(f"UPDATE items SET image_id = NULL WHERE id IN ({marks})", chunk)
+
+    @staticmethod
+    def _file_columns(paths: Sequence | None, stats: Sequence | None, hashes: Sequence | None) -> dict:
+        cols: dict[str, Sequence] = {}
+        if paths is not None:
+            cols["path"] = paths
+        if stats is not None:
+            cols["mtime_ns"] = [m for m, _ in stats]
+            cols["size"] = [z for _, z in stats]
+        if hashes is not None:
+            cols["content_hash"] = hashes
+        return cols
+
+    def _update_columns(self, ids: Sequence[int], cols: dict[str, Sequence], source: str | None) -> None:
+        names = list(cols)
+        sets = [f"{c} = ?" for c in names] + (["source = ?"] if source is not None else [])
+        if not ids or not sets:
+            return
+        extra = (source,) if source is not None else ()
+        rows = ((*(cols[c][n] for c in names), *extra, int(i)) for n, i in enumerate(ids))
+        self._store.conn.executemany(f"UPDATE items SET {', '.join(sets)} WHERE id = ?", rows)
