@@ -170,7 +170,7 @@ class Store:
 
     @property
     def db(self) -> sqlite_utils.Database:
-        """sqlite-utils over the same connection, for migrations and checks. Imported on first use:
+        """sqlite-utils over the same connection, for the migrations. Imported on first use:
         it imports pandas when that is installed, ~0.2 s of every cold search otherwise."""
         if self._db is None or self._db.conn is not self.conn:
             import sqlite_utils
