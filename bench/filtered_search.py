@@ -58,7 +58,7 @@ def main() -> None:
         from clipdex.library import Library
 
         with Library.open(lib_dir) as lib:
-            ids, _ = lib.store.vectors("image")  # row r of x has id ids[r] (imported in order)
+            ids, _ = lib.store.vectors.all("image")  # row r of x has id ids[r] (imported in order)
             print(f"index: {lib.indexes.get('image').info['type']}")
             base50, base99, _ = p50_p99(lambda q: lib.search(vector=q, k=args.k), queries)
             print(f"unfiltered: p50 {base50:.1f} ms, p99 {base99:.1f} ms")

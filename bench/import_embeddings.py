@@ -122,7 +122,10 @@ def main() -> int:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from clipdex import library as library_mod
-    from clipdex.index import store, vector_files, vectors
+    from clipdex.index import vector_files, vectors
+    from clipdex.index.store.database import Store
+    from clipdex.index.store.items import ItemsTable
+    from clipdex.index.store.merge import KeyedMerge
     from clipdex.retrieval.models import init_model
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="clipdex-bench-import-"))
@@ -155,11 +158,11 @@ def main() -> int:
         timed(vector_files, "row_norms", "validate")
         timed(library_mod, "load_model", "model")
         timed_gen(vector_files.Embeddings, "chunks", "normalise")
-        timed(store.Store, "insert_many", "insert")
-        timed(store.Store, "merge_keyed", "merge")
+        timed(ItemsTable, "insert_many", "insert")
+        timed(KeyedMerge, "keyed", "merge")
         timed(vectors.VectorIndex, "build", "build")
         timed(vectors.VectorIndex, "save", "save")
-        _time_commits(store.Store)
+        _time_commits(Store)
 
         lib_dir = work / "library"
         shutil.rmtree(lib_dir, ignore_errors=True)

@@ -111,7 +111,7 @@ def exact(store, queries: np.ndarray, k: int) -> np.ndarray:
     """Exact top-k ids over the stored vectors (what the library scores), streamed by chunks."""
     best_s = np.full((len(queries), k), -np.inf, np.float32)
     best_i = np.full((len(queries), k), -1, np.int64)
-    for ids, vecs in store.iter_vectors("image"):
+    for ids, vecs in store.vectors.iter("image"):
         s = queries @ vecs.T
         top = np.argpartition(-s, k, axis=1)[:, :k]
         cs = np.hstack([best_s, np.take_along_axis(s, top, 1)])

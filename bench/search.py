@@ -105,8 +105,8 @@ def main() -> int:
     import os
 
     from clipdex.index.ann import OWN_VECTOR_KINDS
-    from clipdex.index.store import IMAGE
     from clipdex.index.tuning import exact_top
+    from clipdex.kinds import IMAGE
     from clipdex.library import Library
     from clipdex.retrieval.embed import encode_texts
     from clipdex.retrieval.models import init_model
@@ -141,7 +141,7 @@ def main() -> int:
         queries = hard_mixture(args.n + nq, args.dim, args.latent, args.seed, args.n)[args.n :]
         with Library.open(lib_dir, device="cpu") as lib:
             lib.preload()  # a long-lived process (as serve does): the mapped index's pages in once
-            ids, stored = lib.store.vectors(IMAGE)
+            ids, stored = lib.store.vectors.all(IMAGE)
             stored = np.ascontiguousarray(stored, np.float32)
             judged = queries[: args.recall_queries]
             truth = [set(row.tolist()) for row in ids[exact_top(judged, stored, k)]]
@@ -156,7 +156,7 @@ def main() -> int:
             fns = {
                 "numpy": lambda q: brute_force(stored, q, k),
                 "library": lambda q: lib.search(vector=q, k=k),
-                "ann": lambda q: ann.search(q[None], k, lib.store.get_vectors),
+                "ann": lambda q: ann.search(q[None], k, lib.store.vectors.get),
                 "faiss": lambda q: candidates(q[None], fetch),
             }
             warm, cold = p50s(fns, queries, block=20), p50s(fns, queries, block=1)

@@ -48,7 +48,7 @@ def build(out: Path, n: int, arch: str) -> Path:
         init_model(arch, model, seed=0)
     if (lib_dir / "clipdex.db").exists():
         with Library.open(lib_dir) as lib:
-            if lib.store.count("image") == n:
+            if lib.store.items.count("image") == n:
                 return lib_dir
     pics = out / "pics"
     pics.mkdir(parents=True, exist_ok=True)
@@ -118,7 +118,7 @@ def main() -> None:
         with Library.open(lib_dir) as lib, httpx.Client(base_url=url, timeout=60) as client:
             lib.search(text="warm up", k=20)
             client.get("/api/search", params={"q": "warm up", "k": 20}).raise_for_status()
-            ids = [int(i) for i in lib.store.vectors("image")[0]]
+            ids = [int(i) for i in lib.store.vectors.all("image")[0]]
             # 1. one client: server vs in-process, the same queries alternately
             server, local = [], []
             for q in queries[: args.ratio_queries]:

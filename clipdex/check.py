@@ -24,9 +24,11 @@ import numpy as np
 
 from clipdex.index.indexset import IndexSet
 from clipdex.index.ondisk import stray_builds
-from clipdex.index.store import DB_NAME, IMAGE, SCHEMA_VERSION, TEXT, Store
-from clipdex.index.vector_shards import VectorFileError, fingerprint, open_vector_file
+from clipdex.index.store.database import Store
+from clipdex.index.store.schema import DB_NAME, SCHEMA_VERSION
+from clipdex.index.store.vector_files import VectorFileError, fingerprint, open_vector_file
 from clipdex.index.vectors import stray_files
+from clipdex.kinds import IMAGE, TEXT
 
 if TYPE_CHECKING:
     from clipdex.library import Library
@@ -66,9 +68,9 @@ def check_library(lib: Library, repair: bool = False) -> Report:
 
 def _check(folder: Path, store: Store) -> Report:
     report = Report()
-    rows = store.conn.execute("PRAGMA integrity_check").fetchall()
-    if [tuple(r) for r in rows] != [("ok",)]:
-        report.add("integrity", "; ".join(str(r[0]) for r in rows[:5]))
+    errors = store.integrity_errors()
+    if errors:
+        report.add("integrity", "; ".join(errors[:5]))
         return report  # nothing else can be trusted
     if store.schema_version < SCHEMA_VERSION:
         report.add("schema", f"schema version {store.schema_version} is older than {SCHEMA_VERSION} "
@@ -97,8 +99,8 @@ def _check_vector_files(store: Store, report: Report) -> set[int]:
     """Large-library mode's files: each listed one readable as listed, none unlisted. Returns the
     ids of the missing or damaged ones."""
     lost: set[int] = set()
-    for fid, name, rows, dim, size, print_ in store.vector_file_rows():
-        path = store.shards_dir / name
+    for fid, name, rows, dim, size, print_ in store.vector_files.listed_with_fingerprints():
+        path = store.vector_files.folder / name
         try:
             open_vector_file(path, rows, dim, size)
             if print_ is not None and fingerprint(path) != print_:
@@ -108,14 +110,14 @@ def _check_vector_files(store: Store, report: Report) -> set[int]:
                 )
         except VectorFileError as e:
             lost.add(fid)
-            items = [r[0] for r in store.conn.execute("SELECT id FROM items WHERE vfile = ?", (fid,))]
+            items = store.items.ids_in_vector_file(fid)
             report.add("vector_file", f"{e}; {len(items)} items had their vectors there (ids {_few(items)}): "
                                       "`clipdex index --reembed` re-creates the images whose files exist, "
                                       "re-import the others")  # fmt: skip
-    orphans = store.orphan_vector_files()
+    orphans = store.vector_files.orphans()
     if orphans:
-        report.add("orphan_vector_file", f"{len(orphans)} files in {store.shards_dir} that the database "
-                                         f"does not list: {_few(orphans)}")  # fmt: skip
+        report.add("orphan_vector_file", f"{len(orphans)} files in {store.vector_files.folder} that the "
+                                         f"database does not list: {_few(orphans)}")  # fmt: skip
     return lost
 
 
@@ -127,12 +129,11 @@ def _check_vectors(store: Store, report: Report, lost: set[int] = frozenset()) -
         return
     bad_len: list[int] = []
     bad: list[int] = []
-    cur = store.conn.execute(f"SELECT id, {store._vector_cols()} FROM items")
-    while rows := cur.fetchmany(CHUNK):
+    for rows in store.vectors.iter_stored(CHUNK):
         in_files = [(i, f, r) for i, b, f, r in rows if b is None and f is not None and f not in lost]
         if in_files:
             ids = np.array([i for i, _, _ in in_files], np.int64)
-            vecs = store.shard_rows(
+            vecs = store.vector_files.read(
                 np.array([f for _, f, _ in in_files]), np.array([r for _, _, r in in_files])
             )
             bad += ids[~_unit(vecs)].tolist()
@@ -170,8 +171,7 @@ def _check_indexes(folder: Path, store: Store, report: Report) -> None:
         if len(warnings) > before:
             report.add("index", warnings[-1].split(";")[0])
             continue
-        want = np.fromiter((r[0] for r in store.conn.execute(
-            "SELECT id FROM items WHERE kind = ? ORDER BY id", (kind,))), np.int64)  # fmt: skip
+        want = store.items.ids(kind)
         have = idx.ids()
         if not np.array_equal(have, want):
             missing = np.setdiff1d(want, have)
@@ -182,9 +182,7 @@ def _check_indexes(folder: Path, store: Store, report: Report) -> None:
 
 
 def _orphan_texts(store: Store) -> list[int]:
-    return [r[0] for r in store.conn.execute(
-        "SELECT id FROM items WHERE kind = 'text' AND image_id IS NOT NULL"
-        " AND image_id NOT IN (SELECT id FROM items WHERE kind = 'image')")]  # fmt: skip
+    return store.items.orphan_caption_ids()
 
 
 def _leftovers(folder: Path) -> list[Path]:
@@ -198,12 +196,7 @@ def _leftovers(folder: Path) -> list[Path]:
 
 
 def _stray_pending(store: Store) -> list[int]:
-    if "pending_vectors" not in store.db.table_names():
-        return []
-    if store.get_meta("pending_model") is None:
-        return [r[0] for r in store.conn.execute("SELECT id FROM pending_vectors")]
-    return [r[0] for r in store.conn.execute(
-        "SELECT id FROM pending_vectors WHERE id NOT IN (SELECT id FROM items)")]  # fmt: skip
+    return store.pending.stray_ids()
 
 
 def _repair(lib: Library, report: Report) -> list[str]:
@@ -214,12 +207,9 @@ def _repair(lib: Library, report: Report) -> list[str]:
         done.append(f"upgraded the schema to version {SCHEMA_VERSION}")  # make_writable migrated it
     if "orphan_text" in kinds:
         orphans = _orphan_texts(store)
-        marks = ",".join(map(str, orphans))
-        sidecars = [r[0] for r in store.conn.execute(
-            f"SELECT id FROM items WHERE source = 'sidecar' AND id IN ({marks})")]  # fmt: skip
-        store.delete(sidecars)  # a sidecar caption belongs to its image: it is re-read from the .txt
-        with store.transaction():
-            store.conn.execute(f"UPDATE items SET image_id = NULL WHERE id IN ({marks})")
+        sidecars = store.items.sidecar_ids(orphans)
+        store.items.delete(sidecars)  # a sidecar caption belongs to its image: it is re-read from the .txt
+        store.items.unlink_from_images(orphans)
         done.append(
             f"removed {len(sidecars)} orphan sidecar captions, unlinked {len(orphans) - len(sidecars)} texts"
         )
@@ -229,12 +219,11 @@ def _repair(lib: Library, report: Report) -> list[str]:
             done.append(f"removed {p}")
     if "pending" in kinds:
         stray = _stray_pending(store)
-        with store.transaction():
-            store.conn.executemany("DELETE FROM pending_vectors WHERE id = ?", [(i,) for i in stray])
+        store.pending.remove(stray)
         done.append(f"removed {len(stray)} stray pending vectors")
     if "orphan_vector_file" in kinds:
-        gone = store.remove_orphan_vector_files()
-        done.append(f"removed {len(gone)} unlisted files from {store.shards_dir}")
+        gone = store.vector_files.remove_orphans()
+        done.append(f"removed {len(gone)} unlisted files from {store.vector_files.folder}")
     if "vector_file" in kinds:
         done.append("did not rebuild the indexes: vector files are missing or damaged (see problems)")
     elif "index" in kinds:

@@ -17,15 +17,15 @@ import numpy as np
 
 from clipdex.errors import ClipdexError
 from clipdex.index.ondisk import CHURN, wanted
-from clipdex.index.store import IMAGE, TEXT
 from clipdex.index.vector_files import Embeddings, read_embeddings
+from clipdex.kinds import IMAGE, TEXT
 from clipdex.results import ImportCounts
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from clipdex.index.records import Merged
-    from clipdex.index.store import Store
+    from clipdex.index.store.database import Store
+    from clipdex.index.store.rows import Merged
     from clipdex.library import Library, Progress
 
 
@@ -72,7 +72,7 @@ def import_embeddings(
         all_ids = np.full(data.count, -1, np.int64)  # fresh: the new id of each row (-1: not new)
         all_vecs = np.empty((data.count, dim), np.float32) if fresh else None
         try:
-            with store.bulk_load(), store.merging(), store.transaction():
+            with store.bulk_load(), store.merge.session(), store.transaction():
                 for start, vecs, merged in _merged(store, data, kind, counts, progress, out=all_vecs):
                     if fresh:  # all_vecs holds the rows: build once at the end
                         all_ids[start + merged.new_rows] = merged.new_ids
@@ -122,10 +122,13 @@ def import_shard_dir(
             incoming[IMAGE if modality == "image" else TEXT] += rows
         store, index_type = lib.store, lib.indexes.index_type
         goes_large = any(wanted(store, k, index_type, n, dim) for k, n in incoming.items() if n)
-        if goes_large and not store.large_mode:
-            store.enter_large_mode()  # decided on the whole folder: no shard goes in as blobs first
+        if goes_large and not store.vector_files.large_mode:
+            # decided on the whole folder: no shard goes in as blobs first
+            store.vector_files.enter_large_mode()
         # More than a quarter of the library: the index is rebuilt once, at the end.
-        big = store.large_mode and any(n > CHURN * store.count(k) for k, n in incoming.items() if n)
+        big = store.vector_files.large_mode and any(
+            n > CHURN * store.items.count(k) for k, n in incoming.items() if n
+        )
         try:
             for vectors, metadata, modality in pairs:
                 counts = import_embeddings(
@@ -146,11 +149,11 @@ def import_shard_dir(
 def large_mode(lib: Library, kind: str, incoming: int) -> bool:
     """Whether this import goes to large-library mode (entering it when it is not yet)."""
     store = lib.store
-    if store.large_mode:
+    if store.vector_files.large_mode:
         return True
     if store.dim is None or not wanted(store, kind, lib.indexes.index_type, incoming):
         return False
-    store.enter_large_mode()  # the vectors already stored move into vector files
+    store.vector_files.enter_large_mode()  # the vectors already stored move into vector files
     return True
 
 
@@ -162,22 +165,22 @@ def _import_large(
     its rows are the new items' vectors; no float32 copy of it is kept anywhere. The index
     follows the commit incrementally, or is rebuilt once when the import is big (or ``deferred``)."""
     store = lib.store
-    before = store.count(kind)
+    before = store.items.count(kind)
     rebuild = data.count > CHURN * before
     if deferred is None and not rebuild:
         lib.indexes.get(kind)  # loaded and caught up before the commit, then follows it
     try:
-        with store.bulk_load(), store.merging(), store.transaction():
-            fid = store.link_vector_file(vectors_path)  # durable before the rows reference it
+        with store.bulk_load(), store.merge.session(), store.transaction():
+            fid = store.vector_files.link(vectors_path)  # durable before the rows reference it
             for _, vecs, merged in _merged(store, data, kind, counts, progress, fid=fid):
                 if deferred is None and not rebuild:
                     _follow(lib, kind, merged, vecs)
     except BaseException:
         lib.indexes.forget(kind)
-        store.remove_orphan_vector_files()  # the linked file, unreferenced after the rollback
+        store.vector_files.remove_orphans()  # the linked file, unreferenced after the rollback
         raise
     if not (counts.imported or counts.updated):  # every row unchanged: no item references the link
-        store.drop_unused_vector_files([fid])
+        store.vector_files.drop_unused([fid])
     if deferred is not None:
         deferred.add(kind)
         return
@@ -212,7 +215,7 @@ def _merged(
         stop = start + len(vecs)
         keys = data.paths(start, stop) if kind == IMAGE else data.values[start:stop]
         located = (fid, np.arange(start, stop)) if fid is not None else None
-        merged = store.merge_keyed(kind, "import", keys, vecs, located=located)
+        merged = store.merge.keyed(kind, "import", keys, vecs, located=located)
         counts.count(merged)
         yield start, vecs, merged
         if progress:

@@ -25,7 +25,9 @@ from clipdex.index.scan import (
     scan,
     scan_roots,
 )
-from clipdex.index.store import IMAGE, TEXT, Caption, FileRecord, PhotoMeta, Store
+from clipdex.index.store.database import Store
+from clipdex.index.store.rows import Caption, FileRecord, PhotoMeta
+from clipdex.kinds import IMAGE, TEXT
 from clipdex.results import IndexStats
 from clipdex.retrieval.decode import default_workers
 from clipdex.retrieval.models import LoadedModel
@@ -99,9 +101,9 @@ class IndexRun:
     def run(
         self, folders: Sequence[str | bytes], include_hidden: bool, exclude: Sequence
     ) -> Iterator[Change]:
-        known = self.store.image_files()
-        captions = self.store.sidecars()
-        failures = self.store.failures()
+        known = self.store.items.image_files()
+        captions = self.store.items.sidecars()
+        failures = self.store.failures.all()
         seen: set[bytes] = set()
         todo: list[_Todo] = []
         caption_fixes: list[tuple[int, ScannedImage]] = []
@@ -141,7 +143,7 @@ class IndexRun:
             self._first_write()
             yield Change(removed=self.store_delete([r.id for r in gone.values()]))
         if forget:
-            self.store.forget_failures(forget)
+            self.store.failures.forget(forget)
 
     @property
     def lm(self) -> LoadedModel:
@@ -151,7 +153,7 @@ class IndexRun:
     def _move(self, moves: list[tuple[FileRecord, ScannedImage]], captions: dict, fixes: list) -> None:
         """Moved files keep id and vector: only their path and stat change (no re-encoding)."""
         self._first_write()
-        self.store.update_files(
+        self.store.items.update_files(
             [rec.id for rec, _ in moves], paths=[s.image.path for _, s in moves],
             stats=[(s.image.mtime_ns, s.image.size) for _, s in moves],
         )  # fmt: skip
@@ -183,7 +185,7 @@ class IndexRun:
                 if t.old is not None and t.old.source == "scan":  # its vector describes content that is gone
                     failed_old.append(t.old.id)
             if failures:
-                self.store.record_failures(failures)
+                self.store.failures.record(failures)
             if encoded or failed_old:
                 yield self._store_images(encoded, captions, failed_old)
             if self.progress:
@@ -210,15 +212,15 @@ class IndexRun:
         change = Change()
         with store.transaction():
             change.removed += self.store_delete(failed_old)
-            new_ids = store.insert(
+            new_ids = store.items.insert(
                 IMAGE, "scan", vecs[new], paths=[files[n].path for n in new],
                 stats=[(files[n].mtime_ns, files[n].size) for n in new], photos=[photos[n] for n in new],
             ) if new else []  # fmt: skip
             if new:
-                store.update_files(new_ids, hashes=[hashes[n] for n in new])
+                store.items.update_files(new_ids, hashes=[hashes[n] for n in new])
             upd_ids = [batch[n][0].old.id for n in upd]
             if upd:
-                store.update_vectors(
+                store.items.update_vectors(
                     upd_ids, vecs[upd], paths=[files[n].path for n in upd],
                     stats=[(files[n].mtime_ns, files[n].size) for n in upd], hashes=[hashes[n] for n in upd],
                     photos=[photos[n] for n in upd], source="scan",
@@ -274,7 +276,7 @@ class IndexRun:
         """
         store = self.store
         if plan.facts:
-            store.update_files([i for i, _ in plan.facts], paths=[sc.path for _, sc in plan.facts],
+            store.items.update_files([i for i, _ in plan.facts], paths=[sc.path for _, sc in plan.facts],
                                stats=[(sc.mtime_ns, sc.size) for _, sc in plan.facts])  # fmt: skip
         change.removed += self.store_delete(plan.delete)
         insert, update = plan.insert, plan.update
@@ -283,14 +285,14 @@ class IndexRun:
         from clipdex.retrieval.embed import encode_texts
 
         tvecs = encode_texts(self.lm, [t for _, _, t in insert + update])
-        new_ids = store.insert(
+        new_ids = store.items.insert(
             TEXT, "sidecar", tvecs[: len(insert)], paths=[sc.path for _, sc, _ in insert],
             stats=[(sc.mtime_ns, sc.size) for _, sc, _ in insert], texts=[t for _, _, t in insert],
             image_ids=[i for i, _, _ in insert],
         ) if insert else []  # fmt: skip
         upd_ids = [i for i, _, _ in update]
         if update:
-            store.update_vectors(
+            store.items.update_vectors(
                 upd_ids, tvecs[len(insert) :], texts=[t for _, _, t in update],
                 paths=[sc.path for _, sc, _ in update], stats=[(sc.mtime_ns, sc.size) for _, sc, _ in update],
             )  # fmt: skip
@@ -306,7 +308,7 @@ class IndexRun:
 
     # ---- plumbing -------------------------------------------------------------------------
     def store_delete(self, ids: list[int]) -> list[int]:
-        return self.store.delete(ids) if ids else []
+        return self.store.items.delete(ids) if ids else []
 
     def _first_write(self) -> None:
         if self._before_write is not None:

@@ -15,8 +15,10 @@ from typing import Any
 
 from clipdex.errors import ClipdexError, ModelError
 from clipdex.index.indexset import IndexSet
-from clipdex.index.lock import WriterLock
-from clipdex.index.store import DB_NAME, IMAGE, TEXT, Store
+from clipdex.index.store.database import Store
+from clipdex.index.store.lock import WriterLock
+from clipdex.index.store.schema import DB_NAME
+from clipdex.kinds import IMAGE, TEXT
 from clipdex.results import ImportCounts, IndexStats, Reembedded
 from clipdex.retrieval.models import LoadedModel, ModelSpec, load_model, resolve_spec
 from clipdex.retrieval.query import Terms
@@ -120,7 +122,7 @@ class Library(Searching):
     @property
     def spec(self) -> ModelSpec | None:
         """The model the library's vectors were made with (None until vectors are stored)."""
-        raw = self.store.get_meta("model")
+        raw = self.store.meta.get("model")
         return ModelSpec.from_json(raw) if raw else None
 
     def _target_spec(self) -> ModelSpec:
@@ -143,8 +145,8 @@ class Library(Searching):
 
     def _record_model(self, lm: LoadedModel) -> None:
         with self.store.transaction():
-            self.store.set_meta("model", lm.spec.to_json())
-            self.store.set_meta("dim", str(lm.embed_dim))
+            self.store.meta.set("model", lm.spec.to_json())
+            self.store.meta.set("dim", str(lm.embed_dim))
 
     def writer_model(
         self, reembed: bool = False, problem: Problem | None = None, drop_unembeddable: bool = False
@@ -239,7 +241,7 @@ class Library(Searching):
         texts = list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
         with self.writing():
             if texts and self.store.dim is not None:
-                known = self.store.known_texts(texts)
+                known = self.store.merge.known_texts(texts)
                 texts = [t for t in texts if t not in known]
             if not texts:
                 return []
@@ -247,7 +249,7 @@ class Library(Searching):
             self.indexes.get(TEXT)
             ids: list[int] = []
             for start, vecs in iter_encode_texts(lm, texts, batch_size):
-                new = self.store.insert_many(TEXT, source, vecs, texts=texts[start : start + len(vecs)])
+                new = self.store.items.insert_many(TEXT, source, vecs, texts=texts[start : start + len(vecs)])
                 self.indexes.apply(TEXT, (new.tolist(), vecs), [])
                 self.indexes.maybe_save()
                 ids += new.tolist()
@@ -341,8 +343,8 @@ class Library(Searching):
         model_bytes = (
             sum(f.stat().st_size for f in models.rglob("*") if f.is_file()) if models.is_dir() else 0
         )
-        counts = self.store.counts()
-        listed = self.store.vector_files()
+        counts = self.store.items.counts()
+        listed = self.store.vector_files.listed()
         vector_bytes = sum(size for *_, size in listed)
         indexes = {}
         for kind in (IMAGE, TEXT):
@@ -356,15 +358,15 @@ class Library(Searching):
             "dim": self.store.dim,
             "images": counts["images"],
             "texts": counts["texts"],
-            "failed_files": self.store.count_failures(),
+            "failed_files": self.store.failures.count(),
             "counts": counts,
             "indexes": indexes,
             "generation": self.store.generation,
-            "schema_version": int(self.store.get_meta("schema_version") or 0),
+            "schema_version": int(self.store.meta.get("schema_version") or 0),
             "bytes_on_disk": sum(files.values()) + model_bytes + vector_bytes,
             "files": files,
             # Large-library mode: vectors as float16 rows of files in vectors/ (see clipdex.index.ondisk).
-            "mode": "large-library" if self.store.large_mode else "normal",
+            "mode": "large-library" if self.store.vector_files.large_mode else "normal",
             "vector_files": {"count": len(listed), "bytes": vector_bytes},
         }
 
@@ -376,7 +378,7 @@ class Library(Searching):
 
     def caption_pairs(self) -> list[tuple[str, str]]:
         """(image path, caption) pairs already in the library (sidecar captions), for fine-tuning."""
-        return [(os.fsdecode(p), t) for p, t in self.store.caption_pairs()]
+        return [(os.fsdecode(p), t) for p, t in self.store.items.caption_pairs()]
 
     def use_model(
         self, model: str, pretrained: str | None = None, problem: Problem | None = None,

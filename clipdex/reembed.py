@@ -9,7 +9,8 @@ import numpy as np
 
 from clipdex.errors import ClipdexError
 from clipdex.index.scan import display_path
-from clipdex.index.store import IMAGE, TEXT, Store
+from clipdex.index.store.database import Store
+from clipdex.kinds import IMAGE, TEXT
 from clipdex.results import Reembedded
 from clipdex.retrieval.decode import default_workers
 from clipdex.retrieval.embed import default_batch_size, embed_image_files, encode_texts
@@ -22,7 +23,7 @@ def unembeddable(store: Store, skip: set[int] = frozenset()) -> list[tuple[int, 
     """Images whose file is not on this machine (missing, or imported without a local file)."""
     return [
         (i, p)
-        for i, p, _ in store.iter_items(IMAGE)
+        for i, p, _ in store.items.iter(IMAGE)
         if i not in skip and (p is None or not os.path.isfile(p))
     ]
 
@@ -53,18 +54,18 @@ def reembed_all(
     unless ``drop_unembeddable``; then they are deleted at the swap and counted in ``dropped``.
     """
     target = lm.spec.to_json()
-    resuming = store.get_meta("pending_model") == target
-    done = store.pending_ids() if resuming else set()
+    resuming = store.meta.get("pending_model") == target
+    done = store.pending.ids() if resuming else set()
     missing = unembeddable(store, done)
     if missing and not drop_unembeddable:  # checked before anything is written
         raise _refuse("have no file on this machine to re-embed from", missing)
     if not resuming:
         with store.transaction():
-            store.clear_pending()
-            store.set_meta("pending_model", target)
+            store.pending.clear()
+            store.meta.set("pending_model", target)
     skip = done | {i for i, _ in missing}
-    images = [(i, p) for i, p, _ in store.iter_items(IMAGE) if i not in skip]
-    texts = [(i, t) for i, _, t in store.iter_items(TEXT) if i not in done]
+    images = [(i, p) for i, p, _ in store.items.iter(IMAGE) if i not in skip]
+    texts = [(i, t) for i, _, t in store.items.iter(TEXT) if i not in done]
     total, count = len(images) + len(texts), 0
 
     unreadable: list[tuple[int, bytes | None]] = []
@@ -80,28 +81,28 @@ def reembed_all(
                 verdict = "dropped" if drop_unembeddable else "not re-embedded"
                 problem(display_path(path) if path else f"item {item_id}", f"{error}; {verdict}")
         if encoded:
-            store.put_pending([item_id for (item_id, _), _ in encoded], np.stack([v for _, v in encoded]))
+            store.pending.put([item_id for (item_id, _), _ in encoded], np.stack([v for _, v in encoded]))
         count = consumed
         if progress:
             progress(count, total)
     for start in range(0, len(texts), 256):
         chunk = texts[start : start + 256]
-        store.put_pending([i for i, _ in chunk], encode_texts(lm, [t or "" for _, t in chunk]))
+        store.pending.put([i for i, _ in chunk], encode_texts(lm, [t or "" for _, t in chunk]))
         count += len(chunk)
         if progress:
             progress(count, total)
     if unreadable and not drop_unembeddable:  # the pending vectors stay: a re-run resumes
         raise _refuse("could not be decoded", unreadable)
     with store.transaction():
-        dropped = store.swap_in_pending()
-        store.set_meta("model", target)
-        store.set_meta("dim", str(lm.embed_dim))
-        store.set_meta("pending_model", None)
+        dropped = store.pending.swap_in()
+        store.meta.set("model", target)
+        store.meta.set("dim", str(lm.embed_dim))
+        store.meta.set("pending_model", None)
         # A no-op when the swap logged rows (one generation per transaction); it bumps one when
         # it logged none (an empty library): the model change alone is a new generation then.
         store.bump_generation()
-    if store.large_mode:  # the old vectors' files (committed away above) are no longer needed
-        store.drop_unused_vector_files()
+    if store.vector_files.large_mode:  # the old vectors' files (committed away above) are no longer needed
+        store.vector_files.drop_unused()
     # Only images lack a pending vector (texts are always re-encoded); their captions go with them.
     n_dropped = len(dropped)
     return Reembedded(total - len(unreadable), n_dropped)

@@ -103,7 +103,7 @@ class ImportCounts:
     missing_files: int = 0  # image paths that do not exist on this machine
 
     def count(self, merged: Any) -> None:
-        """Add one merged chunk's counts (a `clipdex.index.records.Merged`)."""
+        """Add one merged chunk's counts (a `clipdex.index.store.rows.Merged`)."""
         self.imported += len(merged.new_ids)
         self.updated += len(merged.updated_ids)
         self.unchanged += merged.unchanged

@@ -15,14 +15,14 @@ import numpy as np
 
 from clipdex.errors import ClipdexError
 from clipdex.index.filters import Filter
-from clipdex.index.store import IMAGE, TEXT
+from clipdex.kinds import IMAGE, TEXT
 from clipdex.results import DuplicateItem, SearchResult
 from clipdex.retrieval.query import Terms, Weights, compose
 
 if TYPE_CHECKING:
     from clipdex.index.indexset import IndexSet
-    from clipdex.index.records import Item
-    from clipdex.index.store import Store
+    from clipdex.index.store.database import Store
+    from clipdex.index.store.rows import Item
     from clipdex.retrieval.models import LoadedModel
 
 ImageArg = str | os.PathLike | bytes
@@ -101,12 +101,14 @@ class Searching:
             query = self._composed_query(terms, weights)
         index.use_gpu = self.gpu_index
         items: dict[int, Item] = {}  # the rows of the candidates re-ranked (read with their vectors)
-        fetch = partial(self.store.get_vectors, items=items)
+        fetch = partial(self.store.vectors.get, items=items)
         hits = filters.search(index, self.store, kind, query, k, filter, fetch)
-        items.update(self.store.items([i for i, _ in hits if i not in items]))
+        items.update(self.store.items.get([i for i, _ in hits if i not in items]))
         linked = {}  # a caption's image, whose path a text result shows
         if kind == TEXT:
-            linked = self.store.items([items[i].image_id for i, _ in hits if items[i].image_id is not None])
+            linked = self.store.items.get(
+                [items[i].image_id for i, _ in hits if items[i].image_id is not None]
+            )
         return [
             _result(rank, score, kind, item_id, items[item_id], linked)
             for rank, (item_id, score) in enumerate(hits, start=1)
@@ -187,11 +189,11 @@ class Searching:
         if k < 1:
             raise ValueError("k must be at least 1")
         item_id = self.resolve_item(item)
-        it = self.store.items([item_id])[item_id]
-        vec = self.store.get_vectors([item_id])[0]
+        it = self.store.items.get([item_id])[item_id]
+        vec = self.store.vectors.get([item_id])[0]
         hits = self.search(vector=vec, k=k + 1, target=it.kind + "s")
         # Built here rather than found among the hits: exact duplicates with lower ids may fill them.
-        linked = self.store.items([it.image_id]) if it.image_id is not None else {}
+        linked = self.store.items.get([it.image_id]) if it.image_id is not None else {}
         first = _result(1, float(np.dot(vec, vec) / np.linalg.norm(vec)), it.kind, item_id, it, linked)
         ranked = [first] + [h for h in hits if h.id != item_id][: k - 1]
         return [replace(h, rank=n) for n, h in enumerate(ranked, start=1)]
@@ -204,12 +206,12 @@ class Searching:
         if isinstance(item, str) and item.isascii() and item.isdigit() and not os.path.isfile(item):
             item = int(item)
         if isinstance(item, int):
-            if not 0 <= item < 2**63 or self.store.item_record(item) is None:
+            if not 0 <= item < 2**63 or self.store.items.record(item) is None:
                 raise ClipdexError(f"no item with id {item} in the library at {self.path}")
             return item
         raw = os.fsencode(os.path.expanduser(item) if isinstance(item, str) else item)
         for candidate in (os.path.abspath(raw), os.path.realpath(raw)):
-            found = self.store.image_id_by_path(candidate)
+            found = self.store.items.image_id_by_path(candidate)
             if found is not None:
                 return found
         raise ClipdexError(f"{display_path(raw)} is not in the library at {self.path}")

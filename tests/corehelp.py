@@ -84,22 +84,22 @@ def brute_force(ids: np.ndarray, vecs: np.ndarray, query: np.ndarray, k: int) ->
 
 def stored(lib_dir: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
     """(ids, vectors) of one kind straight from the library's SQLite store."""
-    from clipdex.index.store import Store
+    from clipdex.index.store.database import Store
 
     store = Store(lib_dir)
     try:
-        return store.vectors(kind)
+        return store.vectors.all(kind)
     finally:
         store.close()
 
 
 def path_ids(lib_dir: Path) -> dict[bytes, int]:
     """Stored image path (raw bytes) -> id."""
-    from clipdex.index.store import Store
+    from clipdex.index.store.database import Store
 
     store = Store(lib_dir)
     try:
-        return {p: rec.id for p, rec in store.scanned_files().items()}
+        return {p: rec.id for p, rec in store.items.image_files().items() if rec.source == "scan"}
     finally:
         store.close()
 

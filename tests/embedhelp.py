@@ -22,13 +22,15 @@ def photo_folder(root: Path, n: int = 9) -> Path:
 
 def index_vectors(lib: Path, folder: Path, model: Path) -> dict[str, np.ndarray]:
     """`clipdex index` the folder; returns path -> stored float32 vector."""
-    from clipdex.index.store import Store
+    from clipdex.index.store.database import Store
 
     ok("--library", lib, "index", folder, "--model", model)
     ids, vecs = stored(lib, "image")
     store = Store(lib)
     try:
-        by_id = {rec.id: os.fsdecode(p) for p, rec in store.scanned_files().items()}
+        by_id = {
+            rec.id: os.fsdecode(p) for p, rec in store.items.image_files().items() if rec.source == "scan"
+        }
     finally:
         store.close()
     return {by_id[int(i)]: v for i, v in zip(ids, vecs)}

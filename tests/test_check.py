@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from corehelp import indexed_sample, ok, run, stored
 
-from clipdex.index.store import IMAGE, TEXT
 from clipdex.index.vectors import VectorIndex
+from clipdex.kinds import IMAGE, TEXT
 
 
 @pytest.fixture(scope="module")

@@ -226,7 +226,7 @@ def test_a_cold_search_opens_no_more_than_it_needs(tmp_path, tiny_model_dir):
 HOLD = """
 import sys, time
 sys.argv = ["clipdex", "index", "/photos/holiday"]
-from clipdex.index.lock import WriterLock
+from clipdex.index.store.lock import WriterLock
 with WriterLock(sys.stdin.readline().strip(), timeout=0):
     print("held", flush=True)
     time.sleep(60)
@@ -286,7 +286,7 @@ def test_lock_file_content_alone_does_not_lock(small, tmp_path, monkeypatch):
 
 def test_second_lock_waits_for_the_first(tmp_path):
     """Two writers in a row: the second gets the lock as soon as the first process ends."""
-    from clipdex.index.lock import WriterLock
+    from clipdex.index.store.lock import WriterLock
 
     tmp_path.mkdir(exist_ok=True)
     holder = hold_lock(tmp_path)

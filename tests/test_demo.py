@@ -15,7 +15,7 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     with Library.open(tmp_path / "demo" / "library") as lib:
         captioned = len(list((tmp_path / "demo" / "scenes").glob("*.txt")))
         # pictures of held-out descriptions are indexed without a caption
-        assert lib.store.count("image") == 100 and lib.store.count("text") == captioned < 100
+        assert lib.store.items.count("image") == 100 and lib.store.items.count("text") == captioned < 100
         # --apply made the fine-tuned model the library's
         assert lib.spec.name == f"local-dir:{(tmp_path / 'demo' / 'tuned-model').resolve()}"
         hits = lib.search(image=tmp_path / "demo" / "scenes" / "scene_00007.png", k=1)

@@ -14,8 +14,9 @@ import pytest
 from corehelp import blocks_image, brute_force, json_lines, make_images, ok, path_ids, stored
 from PIL import Image
 
-from clipdex.index.store import IMAGE, TEXT, Store
+from clipdex.index.store.database import Store
 from clipdex.index.vectors import VectorIndex
+from clipdex.kinds import IMAGE, TEXT
 
 RGB_NAMES = [f"rgb{i:02d}.png" for i in range(8)]
 CAPTIONS = {"rgb00": "a red square", "rgb01": "two blue circles", "small": "a small photo"}
@@ -94,12 +95,12 @@ def test_stored_image_vectors_equal_open_clip(indexed, reference):
     ids = path_ids(indexed["lib"])
     store = Store(indexed["lib"])
     want = [ids[bytes(p)] for p in paths]
-    got = store.get_vectors(want)
+    got = store.vectors.get(want)
     # A search reads its candidates' rows with their vectors: the same vectors, the same records
     # as `items`, and ids without a row (here -5) get zeros and no record.
     rows: dict = {}
-    with_rows = store.get_vectors([*want, -5], items=rows)
-    assert rows == store.items(want) and np.array_equal(with_rows[:-1], got) and not with_rows[-1].any()
+    with_rows = store.vectors.get([*want, -5], items=rows)
+    assert rows == store.items.get(want) and np.array_equal(with_rows[:-1], got) and not with_rows[-1].any()
     store.close()
     ref = _ref_images(reference, paths)
     assert got.shape == ref.shape == (len(names), 64)
@@ -115,8 +116,8 @@ def test_text_vectors_equal_open_clip(indexed, reference, lm):
     assert np.abs(got - _ref_texts(reference, texts)).max() <= 1e-5
     # What `index` stored for sidecar captions and `add-texts` stored for free texts.
     store = Store(indexed["lib"])
-    items = list(store.iter_items(TEXT))
-    vecs = store.get_vectors([i for i, _, _ in items])
+    items = list(store.items.iter(TEXT))
+    vecs = store.vectors.get([i for i, _, _ in items])
     store.close()
     texts = [t for _, _, t in items]
     assert sorted(texts) == sorted(list(CAPTIONS.values()) + ADDED)

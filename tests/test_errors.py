@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 from corehelp import assert_one_error_line, make_images, ok, run
 
-from clipdex.index.store import Store
+from clipdex.index.store.items import ItemsTable
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def test_disk_full_while_writing(lib, monkeypatch):
     def full(self, *a, **kw):
         raise sqlite3.OperationalError("database or disk is full")
 
-    monkeypatch.setattr(Store, "insert", full)
+    monkeypatch.setattr(ItemsTable, "insert", full)
     make_images(lib.parent / "imgs", ["c.png"], seed=5)
     res = run("--library", lib, "index", lib.parent / "imgs")
     assert_one_error_line(

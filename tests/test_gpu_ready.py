@@ -118,16 +118,16 @@ def test_search_device_option_errors_in_one_line(tiny_model_dir: Path, tmp_path:
 
 
 def test_add_texts_in_small_batches_equals_one_encoding(tiny_model_dir: Path, tmp_path: Path):
-    from clipdex.index.store import TEXT
+    from clipdex.kinds import TEXT
     from clipdex.retrieval.embed import encode_texts
 
     texts = [f"text number {i} about {w}" for i, w in enumerate("dogs cats sea sky hills snow rain".split())]
     with Library.open(tmp_path / "lib", create=True, model=str(tiny_model_dir), device="cpu") as lib:
         ids = lib.add_texts(texts + texts[:2], batch_size=3)  # repeats are not added again
         assert lib.add_texts(texts, batch_size=3) == []
-        got_ids, got = lib.store.vectors(TEXT)
+        got_ids, got = lib.store.vectors.all(TEXT)
         assert list(got_ids) == ids and len(ids) == len(texts)
-        assert [lib.store.item_record(i)["text"] for i in ids] == texts
+        assert [lib.store.items.record(i)["text"] for i in ids] == texts
         want = encode_texts(lib.model, texts, batch_size=len(texts))
         np.testing.assert_allclose(got, want, atol=tol(lib.model.device))
         for t in texts:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from corehelp import assert_one_error_line, blocks_image, json_lines, make_images, ok, run
 
-from clipdex.index.store import Store
+from clipdex.index.store.database import Store
 
 
 def index_json(lib: Path, *args: object) -> dict:
@@ -188,7 +188,7 @@ def test_reembedding_refuses_to_drop_items_without_a_file(mixed, tiny_model_dir,
 def test_reembedding_refuses_when_a_photo_is_missing_or_unreadable(mixed, tiny_model_dir2, tmp_path):
     lib = mixed["lib"]
     store = Store(lib, write=True)
-    store.delete([i for i, p, _ in store.iter_items("image") if b"elsewhere" in p])
+    store.items.delete([i for i, p, _ in store.items.iter("image") if b"elsewhere" in p])
     store.close()
     (mixed["imgs"] / "b.png").unlink()  # an unplugged disk: the file is gone, the item not
     assert_one_error_line(run("--library", lib, "use-model", tiny_model_dir2), "1 images", "b.png")

@@ -86,7 +86,7 @@ def counts(**kw: int) -> dict:
 
 def count(lib_dir: Path, kind: str = "image") -> int:
     with Library.open(lib_dir) as lib:
-        return lib.store.count(kind)
+        return lib.store.items.count(kind)
 
 
 # ---- importing ---------------------------------------------------------------------------------
@@ -101,9 +101,9 @@ def test_csv_import_then_search_by_an_imported_vector(imported):
             assert hits[0].path == imported["paths"][i]
             assert hits[0].score == pytest.approx(1.0, abs=1e-5)
             assert hits[1].score < 0.99
-        item = lib.store.items([hits[0].id])[hits[0].id]
+        item = lib.store.items.get([hits[0].id])[hits[0].id]
         assert item.source == "import" and item.kind == "image" and item.path == os.fsencode(hits[0].path)
-        ids, stored = lib.store.vectors("image")
+        ids, stored = lib.store.vectors.all("image")
         assert np.allclose(np.linalg.norm(stored, axis=1), 1.0, atol=1e-5)  # normalised on the way in
         want = imported["vecs"] / np.linalg.norm(imported["vecs"], axis=1, keepdims=True)
         assert np.allclose(stored, want, atol=1e-6)
@@ -125,7 +125,7 @@ def test_second_import_into_an_existing_library_does_not_load_the_model(imported
     out = ok("--library", imported["lib"], "import-embeddings", npy, meta, "--json")
     assert json.loads(out.stdout) == counts(imported=3, missing_files=3)
     with Library.open(imported["lib"]) as lib:
-        assert lib.store.count("image") == 11
+        assert lib.store.items.count("image") == 11
         assert lib.search(vector=more[2], k=1)[0].path == "/data/more/2.jpg"
         assert lib.search(vector=imported["vecs"][1], k=1)[0].path == imported["paths"][1]
 
@@ -142,7 +142,7 @@ def test_jsonl_caption_alias_imports_texts(tmp_path, tiny_model_dir, lib_args):
     ]
     assert sorted(h["text"] for h in hits) == [f"text number {i}" for i in range(5)]
     with Library.open(tmp_path / "lib") as lib:
-        assert lib.store.count("image") == 0
+        assert lib.store.items.count("image") == 0
         top = lib.search(vector=vecs[3], k=1, target="texts")[0]
         assert top.text == "text number 3" and top.path is None and top.score == pytest.approx(1, abs=1e-5)
 
@@ -281,10 +281,10 @@ def test_another_model_is_refused(imported, tmp_path, tiny_model_dir2):
 
 def test_a_failure_halfway_undoes_the_whole_import(imported, tmp_path, monkeypatch):
     from clipdex.index import vector_files
-    from clipdex.index.store import Store
+    from clipdex.index.store.items import ItemsTable
 
     monkeypatch.setattr(vector_files, "CHUNK", 4)
-    real = Store.insert_many
+    real = ItemsTable.insert_many
     calls = []
 
     def flaky(self, *a, **kw):
@@ -293,12 +293,12 @@ def test_a_failure_halfway_undoes_the_whole_import(imported, tmp_path, monkeypat
             raise OSError("disk full")
         return real(self, *a, **kw)
 
-    monkeypatch.setattr(Store, "insert_many", flaky)
+    monkeypatch.setattr(ItemsTable, "insert_many", flaky)
     npy = save_npy(tmp_path / "big.npy", vectors(10, seed=9))
     meta = write_csv(tmp_path / "big.csv", ["path"], [[f"/big/{i}"] for i in range(10)])
     r = run("--library", imported["lib"], "import-embeddings", npy, meta)
     assert r.exit_code == 1 and "disk full" in r.stderr
-    monkeypatch.setattr(Store, "insert_many", real)
+    monkeypatch.setattr(ItemsTable, "insert_many", real)
     assert count(imported["lib"]) == 8
     with Library.open(imported["lib"]) as lib:
         assert lib.info()["indexes"]["images"]["ntotal"] == 8
@@ -311,7 +311,7 @@ def test_reimport_adds_nothing_and_a_changed_vector_updates_in_place(imported, t
     again = ok("--library", lib, "import-embeddings", tmp_path / "v.npy", tmp_path / "m.csv", "--json")
     assert json.loads(again.stdout) == counts(unchanged=8, missing_files=8)
     with Library.open(lib) as opened:
-        ids_before = {os.fsdecode(p): rec.id for p, rec in opened.store.image_files().items()}
+        ids_before = {os.fsdecode(p): rec.id for p, rec in opened.store.items.image_files().items()}
     assert len(ids_before) == 8 and count(lib) == 8
 
     # Row 2 changed, a new path, and a path repeated within the file (the first row counts).
@@ -324,8 +324,8 @@ def test_reimport_adds_nothing_and_a_changed_vector_updates_in_place(imported, t
     out = ok("--library", lib, "import-embeddings", npy, meta, "--json")
     assert json.loads(out.stdout) == counts(imported=1, updated=1, unchanged=8, missing_files=10)
     with Library.open(lib) as opened:
-        assert opened.store.count("image") == 9
-        ids = {os.fsdecode(p): rec.id for p, rec in opened.store.image_files().items()}
+        assert opened.store.items.count("image") == 9
+        ids = {os.fsdecode(p): rec.id for p, rec in opened.store.items.image_files().items()}
         assert {p: ids[p] for p in ids_before} == ids_before  # same ids, the updated one too
         hit = opened.search(vector=vecs[2], k=2)
         assert hit[0].id == ids_before[imported["paths"][2]] and hit[0].score == pytest.approx(1, abs=1e-5)
@@ -346,7 +346,7 @@ def test_reimporting_texts_and_re_adding_texts_is_idempotent(tmp_path, tiny_mode
     second = ok(*lib_args, "add-texts", tmp_path / "more.txt", "--json")
     assert json.loads(second.stdout) == {"added": 0, "unchanged": 4}
     with Library.open(tmp_path / "lib") as lib:
-        texts = sorted(t for _, _, t in lib.store.iter_items("text"))
+        texts = sorted(t for _, _, t in lib.store.items.iter("text"))
         assert texts == ["five", "four", "one", "three", "two"]
         assert lib.info()["indexes"]["texts"]["ntotal"] == 5
 
@@ -361,11 +361,11 @@ def test_a_scanned_file_adopts_the_imported_item_at_its_path(tmp_path, tiny_mode
     out = ok(*lib_args, "import-embeddings", npy, meta, "--model", tiny_model_dir, "--json")
     assert json.loads(out.stdout) == counts(imported=1)
     with Library.open(tmp_path / "lib") as lib:
-        (imported_id,) = [rec.id for rec in lib.store.image_files().values()]
+        (imported_id,) = [rec.id for rec in lib.store.items.image_files().values()]
     res = json.loads(ok(*lib_args, "index", imgs, "--json").stdout)
     assert (res["added"], res["updated"]) == (1, 1)
     with Library.open(tmp_path / "lib") as lib:
-        files = lib.store.image_files()
+        files = lib.store.items.image_files()
         assert len(files) == 2 and files[os.fsencode(imgs / "a.png")].id == imported_id
         assert files[os.fsencode(imgs / "a.png")].source == "scan"
         hit = lib.search(image=imgs / "a.png", k=1)[0]  # the new (model-made) vector replaced the import
@@ -374,23 +374,23 @@ def test_a_scanned_file_adopts_the_imported_item_at_its_path(tmp_path, tiny_mode
 
 def test_a_failure_halfway_undoes_updates_too(imported, tmp_path, monkeypatch):
     from clipdex.index import vector_files
-    from clipdex.index.store import Store
+    from clipdex.index.store.items import ItemsTable
 
     monkeypatch.setattr(vector_files, "CHUNK", 4)
     vecs = imported["vecs"].copy()
     vecs[1] = vectors(1, seed=50)[0]  # an update in the first chunk
     npy = save_npy(tmp_path / "u.npy", np.concatenate([vecs, vectors(2, seed=51)]))
     meta = write_csv(tmp_path / "u.csv", ["path"], [[p] for p in imported["paths"] + ["/n/1", "/n/2"]])
-    real = Store.insert_many
+    real = ItemsTable.insert_many
 
     def full(self, *a, **kw):
         raise OSError(28, "No space left on device", "clipdex.db")
 
-    monkeypatch.setattr(Store, "insert_many", full)  # the third chunk's new rows
+    monkeypatch.setattr(ItemsTable, "insert_many", full)  # the third chunk's new rows
     r = run("--library", imported["lib"], "import-embeddings", npy, meta)
     assert r.exit_code == 1 and "disk full" in r.stderr
-    monkeypatch.setattr(Store, "insert_many", real)
+    monkeypatch.setattr(ItemsTable, "insert_many", real)
     with Library.open(imported["lib"]) as lib:
-        assert lib.store.count("image") == 8
+        assert lib.store.items.count("image") == 8
         hit = lib.search(vector=imported["vecs"][1], k=1)[0]  # the old vector is back in place
         assert hit.path == imported["paths"][1] and hit.score == pytest.approx(1, abs=1e-5)

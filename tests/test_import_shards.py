@@ -12,7 +12,7 @@ import pytest
 from corehelp import assert_one_error_line, brute_force, json_lines, ok, run, stored
 from embedhelp import photo_folder
 
-from clipdex.index.store import IMAGE, TEXT
+from clipdex.kinds import IMAGE, TEXT
 
 
 def _search(lib, *query) -> list[dict]:
@@ -78,13 +78,13 @@ def test_clip_retrieval_folder_with_text_embeddings(tmp_path, tiny_model_dir):
     assert json.loads(r.stdout) == {"imported": 10, "updated": 0, "unchanged": 0, "missing_files": 5}
     again = ok("--library", lib, "import-embeddings", out, "--json")  # idempotent, shard by shard
     assert json.loads(again.stdout) == {"imported": 0, "updated": 0, "unchanged": 10, "missing_files": 5}
-    from clipdex.index.store import Store
+    from clipdex.index.store.database import Store
 
     store = Store(lib)
     try:
-        items = store.items(stored(lib, IMAGE)[0].tolist())
+        items = store.items.get(stored(lib, IMAGE)[0].tolist())
         assert sorted(it.path.decode() for it in items.values()) == sorted(paths)
-        texts = store.items(stored(lib, TEXT)[0].tolist())
+        texts = store.items.get(stored(lib, TEXT)[0].tolist())
         assert sorted(it.text for it in texts.values()) == sorted(caps)
     finally:
         store.close()

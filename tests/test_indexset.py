@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from clipdex.index.indexset import IndexSet
-from clipdex.index.store import IMAGE, TEXT, Store
+from clipdex.index.store.database import Store
+from clipdex.kinds import IMAGE, TEXT
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -16,11 +17,11 @@ def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
 def test_image_index_tuned_on_texts_and_rebuilt_when_stale(tmp_path):
     rng = np.random.default_rng(0)
     store = Store(tmp_path, create=True)
-    store.set_meta("dim", "32")
-    image_ids = store.insert_many(
+    store.meta.set("dim", "32")
+    image_ids = store.items.insert_many(
         IMAGE, "import", _unit(rng, 1500, 32), paths=[b"/x/%d" % i for i in range(1500)]
     )
-    store.insert_many(TEXT, "import", _unit(rng, 150, 32), texts=[f"t{i}" for i in range(150)])
+    store.items.insert_many(TEXT, "import", _unit(rng, 150, 32), texts=[f"t{i}" for i in range(150)])
     store.bump_generation()
     indexes = IndexSet(tmp_path, store)
     indexes.set_index_type("ivf-flat")
@@ -32,7 +33,7 @@ def test_image_index_tuned_on_texts_and_rebuilt_when_stale(tmp_path):
     assert again.info["build_seconds"] == image.info["build_seconds"] and again.ntotal == 1500
     # A store change makes the file stale: the next reader rebuilds without the deleted items.
     with store.transaction():
-        store.delete(image_ids[:10])
+        store.items.delete(image_ids[:10])
         store.bump_generation()
     fresh = IndexSet(tmp_path, store).get(IMAGE)
     assert fresh.ntotal == 1490 and fresh.generation == store.generation

@@ -12,7 +12,8 @@ import pytest
 from corehelp import assert_one_error_line, blocks_image, json_lines, make_images, ok, path_ids, run
 from oddfiles import BAD, make_odd_files
 
-from clipdex.index.store import IMAGE, Store
+from clipdex.index.store.database import Store
+from clipdex.kinds import IMAGE
 from clipdex.library import Library
 
 ZERO = {"added": 0, "updated": 0, "removed": 0, "unchanged": 0, "failed": 0, "texts_added": 0,
@@ -242,7 +243,7 @@ def test_python_api(tiny_model_dir, tmp_path, monkeypatch):
     assert lib._model is model and len(loads) == 1  # loaded once, kept for every search
 
     store = Store(tmp_path / "lib")
-    ids, vecs = store.vectors(IMAGE)
+    ids, vecs = store.vectors.all(IMAGE)
     store.close()
     v = vecs[list(ids).index(path_ids(tmp_path / "lib")[bytes(files["b.png"])])]
     for scale in (1.0, 7.5):  # a query vector is normalised

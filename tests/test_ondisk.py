@@ -18,7 +18,8 @@ import pytest
 from corehelp import brute_force, make_images, ok, run, stored
 
 from clipdex import Library
-from clipdex.index.store import IMAGE, Store
+from clipdex.index.store.database import Store
+from clipdex.kinds import IMAGE
 
 DIM, N, SHARD = 64, 50_000, 20_000
 ONDISK = "ivf-pq-ondisk"
@@ -152,7 +153,7 @@ def test_survives_add_and_remove_also_for_a_reader(copy, tmp_path, tiny_model_di
     assert json.loads(r.stdout)["added"] == 3
     assert info(copy)["vector_files"]["count"] == files_before + 1 and blob_rows(copy) == 0
     with Library.open(copy) as lib:
-        vec = {n: lib.store.get_vectors([lib.resolve_item(str(p))])[0] for n, p in imgs.items()}
+        vec = {n: lib.store.vectors.get([lib.resolve_item(str(p))])[0] for n, p in imgs.items()}
         ident = {n: lib.resolve_item(str(p)) for n, p in imgs.items()}
     for lib in (copy, reader):
         for n in ("a.png", "b.png", "c.png"):
@@ -180,7 +181,7 @@ def test_survives_add_and_remove_also_for_a_reader(copy, tmp_path, tiny_model_di
         q = vec["a.png"]
 
         def oracle(ids, lib=lib, q=q):
-            return np.where(np.isin(ids, [ident["a.png"]])[:, None], q, lib.store.get_vectors(ids))
+            return np.where(np.isin(ids, [ident["a.png"]])[:, None], q, lib.store.vectors.get(ids))
 
         hits = lib.indexes.view(IMAGE).search(q[None], 5, oracle)[0]
         assert ident["a.png"] not in [i for i, _ in hits]

@@ -15,8 +15,9 @@ from PIL import Image
 from clipdex import Filter, Library
 from clipdex.errors import ClipdexError
 from clipdex.index import filters
-from clipdex.index import store as store_mod
-from clipdex.index.store import IMAGE, TEXT, Store
+from clipdex.index.store import schema as schema_mod
+from clipdex.index.store.database import Store
+from clipdex.kinds import IMAGE, TEXT
 
 
 # ---- composed queries ---------------------------------------------------------------------------
@@ -103,7 +104,7 @@ def test_not_demotes_what_it_names(photos):
 def _path_ids(lib_dir):
     s = Store(lib_dir)
     try:
-        return {p: rec.id for p, rec in s.scanned_files().items()}
+        return {p: rec.id for p, rec in s.items.image_files().items() if rec.source == "scan"}
     finally:
         s.close()
 
@@ -132,15 +133,16 @@ def _planted_library(tmp_path, tiny_model_dir, index_type):
     with lib.writing():
         lib.indexes.set_index_type(index_type)
     lib.import_embeddings(tmp_path / "v.npy", tmp_path / "m.csv")
-    ids, _ = lib.store.vectors(IMAGE)
+    ids, _ = lib.store.vectors.all(IMAGE)
     taken = BASE + 3600.0 * rng.permutation(N)
     captioned = rng.random(N) < 0.3
     with lib.writing(), lib.store.transaction():
         lib.store.conn.executemany(
             "UPDATE items SET taken_at = ? WHERE id = ?", zip(taken.tolist(), ids.tolist())
         )
-        lib.store.insert(TEXT, "sidecar", vecs[captioned][:, ::-1].copy(), texts=["c"] * int(captioned.sum()),
-                         image_ids=ids[captioned].tolist())  # fmt: skip
+        lib.store.items.insert(TEXT, "sidecar", vecs[captioned][:, ::-1].copy(),
+                               texts=["c"] * int(captioned.sum()),
+                               image_ids=ids[captioned].tolist())  # fmt: skip
         lib.store.bump_generation()
     lib.indexes.forget()
     truth = {"ids": ids, "vecs": vecs, "paths": paths, "taken": taken, "captioned": captioned}
@@ -214,18 +216,18 @@ def test_min_score_and_text_target_filters(tmp_path, tiny_model_dir):
         assert [h.id for h in kept] == [h.id for h in full if h.score >= cut] and len(kept) >= 21
         # texts: the folder condition applies to the caption's image
         hits = lib.search(vector=q[::-1].copy(), k=5, target="texts", filter=Filter(under="/r/3"))
-        images = lib.store.items([lib.store.items([h.id])[h.id].image_id for h in hits])
+        images = lib.store.items.get([lib.store.items.get([h.id])[h.id].image_id for h in hits])
         assert len(hits) == 5 and all(it.path.startswith(b"/r/3/") for it in images.values())
 
 
 def test_date_filter_on_an_old_schema_asks_for_repair(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS[:2])
-    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", 2)
+    monkeypatch.setattr(schema_mod, "MIGRATIONS", schema_mod.MIGRATIONS[:2])
+    monkeypatch.setattr(schema_mod, "SCHEMA_VERSION", 2)
     old = Store(tmp_path, create=True)
     assert not old.has_columns("items", "taken_at")
     with pytest.raises(ClipdexError, match=r"clipdex check --repair"):
-        filters.matching_ids(old, IMAGE, Filter(after="2024-01-01"))
-    assert len(filters.matching_ids(old, IMAGE, Filter(under="/x"))) == 0  # folders need no new column
+        old.items.matching_ids(IMAGE, Filter(after="2024-01-01"))
+    assert len(old.items.matching_ids(IMAGE, Filter(under="/x"))) == 0  # folders need no new column
     old.close()
 
 

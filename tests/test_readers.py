@@ -22,10 +22,11 @@ from corehelp import (
     stored,
 )
 
-import clipdex.index.store as store_module
+import clipdex.index.store.schema as schema_module
 from clipdex import Library
-from clipdex.index.store import IMAGE, Store
+from clipdex.index.store.database import Store
 from clipdex.index.vectors import VectorIndex
+from clipdex.kinds import IMAGE
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +57,11 @@ def other_writer(lib: Path, rng: np.random.Generator, n_add: int = 5, delete: in
     """What another process's `index` does between two FAISS saves: commits, files not saved."""
     store = Store(lib, write=True)
     try:
-        ids, _ = store.vectors(IMAGE)
-        store.insert_many(
+        ids, _ = store.vectors.all(IMAGE)
+        store.items.insert_many(
             IMAGE, "import", unit(rng, n_add, store.dim), paths=[b"/new/%d" % i for i in range(n_add)]
         )
-        store.delete(ids[:delete].tolist())
+        store.items.delete(ids[:delete].tolist())
     finally:
         store.close()
 
@@ -109,7 +110,7 @@ def test_unusable_file_searches_exactly_with_one_warning(lib, damage):
         data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     else:  # a writer pruned the log past the file's generation
         store = Store(lib, write=True)
-        store.prune_changes(IMAGE, store.generation)
+        store.changes.prune(IMAGE, store.generation)
         store.close()
     before = snapshot(lib)
     query = unit(rng, 1, 64)[0]
@@ -261,7 +262,7 @@ def test_old_schema_is_read_without_migrating_and_upgraded_by_a_writer(lib):
     conn = sqlite3.connect(lib / "clipdex.db")
     conn.execute("DROP TABLE changes")
     conn.execute("DELETE FROM meta WHERE key LIKE 'changes_since_%'")
-    latest = len(store_module.MIGRATIONS)  # the change log is the latest migration: undo it
+    latest = len(schema_module.MIGRATIONS)  # the change log is the latest migration: undo it
     conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(latest - 1),))
     conn.commit()
     conn.close()
@@ -279,7 +280,7 @@ def test_migration_waits_for_the_writer_lock(lib, monkeypatch):
 
     conn = sqlite3.connect(lib / "clipdex.db")
     conn.execute("DROP TABLE changes")
-    latest = len(store_module.MIGRATIONS)  # the change log is the latest migration: undo it
+    latest = len(schema_module.MIGRATIONS)  # the change log is the latest migration: undo it
     conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(latest - 1),))
     conn.commit()
     conn.close()

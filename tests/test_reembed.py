@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from corehelp import make_images
 
-import clipdex.reembed as reembed_mod
 from clipdex import Library
+from clipdex.index.store.pending import PendingTable
 from clipdex.retrieval.embed import default_batch_size, encode_texts
 from clipdex.retrieval.models import load_model, resolve_spec
 
@@ -26,18 +26,18 @@ def test_interrupted_reembed_keeps_old_vectors_and_resumes(
     with Library.open(lib_dir, create=True, model=str(tiny_model_dir)) as lib:
         lib.index(folder)
         before = lib.search(text="a caption", k=5, target="images")
-        old_ids, old_vecs = lib.store.vectors("image")
+        old_ids, old_vecs = lib.store.vectors.all("image")
 
     # Interrupt the re-embedding after its first committed batch of pending vectors.
     encoded: list[int] = []
-    real_put = reembed_mod.Store.put_pending
+    real_put = PendingTable.put
 
     def put_then_stop(self, ids, vectors):
         real_put(self, ids, vectors)
         encoded.extend(ids)
         raise Interrupt
 
-    monkeypatch.setattr(reembed_mod.Store, "put_pending", put_then_stop)
+    monkeypatch.setattr(PendingTable, "put", put_then_stop)
     with Library.open(lib_dir) as lib, pytest.raises(Interrupt):
         lib.use_model(str(tiny_model_dir2))
     first_batch = set(encoded)
@@ -46,26 +46,24 @@ def test_interrupted_reembed_keeps_old_vectors_and_resumes(
     # Meanwhile the library still answers with its old model and old vectors.
     with Library.open(lib_dir) as lib:
         assert lib.spec == resolve_spec(str(tiny_model_dir))
-        ids, vecs = lib.store.vectors("image")
+        ids, vecs = lib.store.vectors.all("image")
         assert np.array_equal(ids, old_ids) and np.array_equal(vecs, old_vecs)
         assert [r.id for r in lib.search(text="a caption", k=5)] == [r.id for r in before]
-        assert lib.store.pending_ids() == first_batch
+        assert lib.store.pending.ids() == first_batch
 
     # Resume: only the remaining items are encoded; then the new model and vectors are in place.
     encoded.clear()
-    monkeypatch.setattr(
-        reembed_mod.Store, "put_pending", lambda self, i, v: (encoded.extend(i), real_put(self, i, v))
-    )
+    monkeypatch.setattr(PendingTable, "put", lambda self, i, v: (encoded.extend(i), real_put(self, i, v)))
     with Library.open(lib_dir) as lib:
         n = lib.use_model(str(tiny_model_dir2)).total
         assert n == 41 - len(first_batch)
         assert not set(encoded) & first_batch
         assert lib.spec == resolve_spec(str(tiny_model_dir2))
-        assert lib.store.pending_ids() == set()
+        assert lib.store.pending.ids() == set()
         lm2 = load_model(resolve_spec(str(tiny_model_dir2)), "cpu")
-        text_ids, text_vecs = lib.store.vectors("text")
+        text_ids, text_vecs = lib.store.vectors.all("text")
         assert np.abs(text_vecs - encode_texts(lm2, ["a caption for image three"])).max() <= 1e-5
-        ids, vecs = lib.store.vectors("image")
+        ids, vecs = lib.store.vectors.all("image")
         assert np.array_equal(ids, old_ids) and not np.allclose(vecs, old_vecs)
         top = lib.search(image=folder / "im7.png", k=1)[0]
         assert top.path.endswith("im7.png") and top.score >= 0.9999

@@ -35,7 +35,7 @@ def library(tmp_path: Path, tiny_model_dir: Path) -> Path:
 def image_ids(library: Path) -> dict[str, int]:
     ids, _ = stored(library, "image")
     with Library.open(library) as lib:
-        return {Path(lib.store.item_record(int(i))["path"].decode()).name: int(i) for i in ids}
+        return {Path(lib.store.items.record(int(i))["path"].decode()).name: int(i) for i in ids}
 
 
 def png_bytes(seed: int, size: int = 64) -> bytes:

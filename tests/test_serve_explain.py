@@ -31,7 +31,7 @@ def library(tmp_path: Path, tiny_model_dir: Path) -> Path:
 def ids_by_name(library: Path, kind: str) -> dict[str, int]:
     ids, _ = stored(library, kind)
     with Library.open(library) as lib:
-        recs = [lib.store.item_record(int(i)) for i in ids]
+        recs = [lib.store.items.record(int(i)) for i in ids]
     return {(Path(r["path"].decode()).name if r["path"] else r["text"]): r["id"] for r in recs}
 
 

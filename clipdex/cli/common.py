@@ -26,7 +26,7 @@ class State:
 
     def database(self) -> str:
         """The library's database file (for error messages)."""
-        from clipdex.index.store import DB_NAME
+        from clipdex.index.store.schema import DB_NAME
         from clipdex.library import default_library_dir
 
         folder = os.path.abspath(os.path.expanduser(self.library)) if self.library else default_library_dir()

@@ -18,7 +18,7 @@ ROWS = [
 
 def _library_model(state) -> str | None:
     """The library's model as a ``--model`` value, or None when there is no library (or no model yet)."""
-    from clipdex.index.store import DB_NAME
+    from clipdex.index.store.schema import DB_NAME
     from clipdex.library import default_library_dir
 
     path = Path(state.library).expanduser() if state.library else default_library_dir()

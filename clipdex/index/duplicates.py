@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from clipdex.index.filters import Filter, matching_ids
-from clipdex.index.store import IMAGE, Store
+from clipdex.index.filters import Filter
+from clipdex.index.store.database import Store
+from clipdex.kinds import IMAGE
 from clipdex.results import DuplicateItem
 
 NEIGHBOURS = 16  # per image: enough to chain any group together (a clique needs only a spanning tree)
@@ -78,15 +79,15 @@ def find_duplicates(
 
     ``dims_of(path)`` supplies (width, height) for images stored without them (older libraries).
     """
-    ids, vecs = store.vectors(IMAGE)
+    ids, vecs = store.vectors.all(IMAGE)
     if under:
-        keep = np.isin(ids, matching_ids(store, IMAGE, Filter(under=under)))
+        keep = np.isin(ids, store.items.matching_ids(IMAGE, Filter(under=under)))
         ids, vecs = ids[keep], vecs[keep]
     groups = components(len(ids), neighbour_pairs(vecs, threshold))
     if not groups:
         return []
     members = [int(ids[r]) for g in groups for r in g]
-    info = _photo_rows(store, members)
+    info = store.items.photo_rows(members)
     out = []
     for g in groups:
         rows = []
@@ -108,18 +109,4 @@ def find_duplicates(
             for r, p, size, w, h in rows
         ])  # fmt: skip
     out.sort(key=lambda g: (-len(g), g[0].id))
-    return out
-
-
-def _photo_rows(store: Store, ids: list[int]) -> dict[int, tuple]:
-    """id -> (path, size, width, height); width/height None on a schema without them."""
-    cols = "width, height" if store.has_columns("items", "width", "height") else "NULL, NULL"
-    out = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        for i, p, size, w, h in store.conn.execute(
-            f"SELECT id, path, size, {cols} FROM items WHERE id IN ({marks})", chunk
-        ):
-            out[i] = (bytes(p) if p is not None else None, size, w, h)
     return out

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clipdex.errors import ClipdexError
-from clipdex.index.store import IMAGE, Store
+from clipdex.index.store.database import Store
 
 if TYPE_CHECKING:
+    from clipdex.index.store.where import Where
     from clipdex.index.vectors import VectorIndex
 
 # Up to this many matching items are ranked exactly from SQLite (a few ms per thousand rows);
@@ -32,7 +32,6 @@ EXACT_CHUNK = 8192  # rows per float64 block in the exact ranking
 # From this share of the collection up, the unfiltered ranking holds k matches within about
 # k / share candidates: cheaper than listing every matching id for a selector.
 OVERFETCH_SHARE = 0.2
-UPGRADE = "this library's schema has no photo dates yet; run `clipdex check --repair` to upgrade"
 
 DateLike = str | datetime | date | float | int
 
@@ -92,50 +91,6 @@ class Filter:
         return bool(self.under) or any(b is not None for b in bounds)
 
 
-def _where(store: Store, kind: str, filt: Filter) -> tuple[str, list]:
-    """``FROM … WHERE …`` selecting the items of ``kind`` that ``filt`` keeps (alias ``x``), and
-    its arguments. Folder prefixes are byte ranges, so SQLite walks its (kind, path) index."""
-    if (filt.after is not None or filt.before is not None) and not store.has_columns("items", "taken_at"):
-        raise ClipdexError(UPGRADE)
-    if kind == IMAGE:
-        sql, img = "FROM items x WHERE x.kind = 'image'", "x"
-    else:
-        sql, img = "FROM items x LEFT JOIN items i ON x.image_id = i.id WHERE x.kind = 'text'", "i"
-        if filt.captioned is not None:
-            raise ValueError("captioned/uncaptioned applies to image searches")
-    args: list = []
-    if filt.under:
-        # Per root, a byte range [root, root + "0") that SQLite can walk on its (kind, path) index
-        # ("0" follows the separator "/"), then the exact test (the range also holds "root-x").
-        # (With several roots SQLite scans the kind's index entries instead: still no vectors read.)
-        ors = []
-        for root in filt.under:
-            prefix = root if root.endswith(os.sep.encode()) else root + os.sep.encode()
-            end = prefix[:-1] + bytes([prefix[-1] + 1])
-            ors.append(
-                f"({img}.path >= ? AND {img}.path < ? AND ({img}.path = ? OR substr({img}.path, 1, ?) = ?))"
-            )
-            args += [root.rstrip(os.sep.encode()) or prefix, end, root, len(prefix), prefix]
-        sql += " AND (" + " OR ".join(ors) + ")"
-    if filt.after is not None:
-        sql += f" AND {img}.taken_at >= ?"
-        args.append(filt.after)
-    if filt.before is not None:
-        sql += f" AND {img}.taken_at < ?"
-        args.append(filt.before)
-    if filt.captioned is not None:
-        exists = "EXISTS (SELECT 1 FROM items c WHERE c.image_id = x.id)"
-        sql += " AND " + (exists if filt.captioned else "NOT " + exists)
-    return sql, args
-
-
-def matching_ids(store: Store, kind: str, filt: Filter) -> np.ndarray:
-    """Ids (ascending) of the items of ``kind`` that ``filt`` keeps, scores aside."""
-    sql, args = _where(store, kind, filt)
-    rows = store.conn.execute(f"SELECT x.id {sql} ORDER BY x.id", args).fetchall()
-    return np.fromiter((r[0] for r in rows), np.int64, len(rows))
-
-
 def exact_top_k(store: Store, ids: np.ndarray, query: np.ndarray, k: int) -> list[tuple[int, float]]:
     """Best k of ``ids`` by the exact cosine of their stored vectors (float64 sums of the float32
     products, as the index's re-ranking computes them), ties by ascending id."""
@@ -143,7 +98,7 @@ def exact_top_k(store: Store, ids: np.ndarray, query: np.ndarray, k: int) -> lis
     best_ids, best_scores = np.zeros(0, np.int64), np.zeros(0)
     for start in range(0, len(ids), EXACT_CHUNK):
         chunk = ids[start : start + EXACT_CHUNK]
-        vecs = store.get_vectors(chunk).astype(np.float64)
+        vecs = store.vectors.get(chunk).astype(np.float64)
         scores = (vecs * q).sum(axis=1)
         all_ids, all_scores = np.concatenate([best_ids, chunk]), np.concatenate([best_scores, scores])
         order = np.lexsort((all_ids, -all_scores))[:k]
@@ -168,7 +123,7 @@ def search(
     vectors; in between: the index with an ID selector.
     """
     if filt is None or not filt.restricts_items:
-        hits = index.search(query[None], k, get_vectors or store.get_vectors)[0]
+        hits = index.search(query[None], k, get_vectors or store.vectors.get)[0]
     else:
         with store.snapshot():
             hits = _filtered(index, store, kind, query, k, filt)
@@ -180,48 +135,38 @@ def search(
 def _filtered(
     index: VectorIndex, store: Store, kind: str, query: np.ndarray, k: int, filt: Filter
 ) -> list[tuple[int, float]]:
-    sql, args = _where(store, kind, filt)
+    where = store.items.where(kind, filt)
     total = max(index.ntotal, 1)
     # A broad filter finds its k in a short unfiltered list: try that before counting the matches
     # (counting a large share of a big library costs more than the search).
-    hits = _overfetch(index, store, sql, args, query, k, fetch=min(total, 4 * k + 10), widen=False)
+    hits = _overfetch(index, store, where, query, k, fetch=min(total, 4 * k + 10), widen=False)
     if hits is not None and len(hits) >= k:
         return hits
-    m = store.conn.execute(f"SELECT count(*) {sql}", args).fetchone()[0]
+    m = store.items.count_where(where)
     if m == 0:
         return []
     if m > EXACT_MAX and m >= OVERFETCH_SHARE * total:
-        hits = _overfetch(index, store, sql, args, query, k, fetch=int(2 * k * total / m) + 10, widen=True)
+        hits = _overfetch(index, store, where, query, k, fetch=int(2 * k * total / m) + 10, widen=True)
         if hits is not None:
             return hits
-    allowed = matching_ids(store, kind, filt)
+    allowed = store.items.matching_ids(kind, filt)
     if len(allowed) <= EXACT_MAX:
         return exact_top_k(store, allowed, query, k)
-    hits = index.search(query[None], k, store.get_vectors, allowed=allowed)[0]
+    hits = index.search(query[None], k, store.vectors.get, allowed=allowed)[0]
     if len(hits) < min(k, len(allowed)):  # e.g. HNSW's graph walk ran dry among the allowed
         hits = exact_top_k(store, allowed, query, k)
     return hits
 
 
 def _overfetch(
-    index: VectorIndex, store: Store, sql: str, args: list, query: np.ndarray, k: int, fetch: int,
-    widen: bool,
+    index: VectorIndex, store: Store, where: Where, query: np.ndarray, k: int, fetch: int, widen: bool,
 ) -> list[tuple[int, float]] | None:  # fmt: skip
     """The first k matching items of the unfiltered ranking's top ``fetch`` (widened 4x while
     short when ``widen``), or fewer when the whole collection holds fewer; None when the index
     runs out of candidates first (an IVF index probes only some lists)."""
-    # NOT INDEXED: look the few candidates up by rowid rather than walking the (kind, ...) indexes
-    by_id = sql.replace("FROM items x", "FROM items x NOT INDEXED", 1)
     while True:
-        hits = index.search(query[None], fetch, store.get_vectors)[0]
-        ids = [i for i, _ in hits]
-        keep: set[int] = set()
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            keep.update(
-                r[0] for r in store.conn.execute(f"SELECT x.id {by_id} AND x.id IN ({marks})", args + chunk)
-            )
+        hits = index.search(query[None], fetch, store.vectors.get)[0]
+        keep = store.items.kept_among(where, [i for i, _ in hits])
         good = [h for h in hits if h[0] in keep]
         if len(good) >= k or len(hits) >= index.ntotal:  # or the ranking held every item
             return good[:k]

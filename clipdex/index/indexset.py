@@ -25,9 +25,10 @@ import numpy as np
 
 from clipdex.index import ondisk
 from clipdex.index.ann import NeedsRebuild
-from clipdex.index.store import IMAGE, TEXT, Store
+from clipdex.index.store.database import Store
 from clipdex.index.tuning import TUNE_QUERIES
 from clipdex.index.vectors import VectorIndex, stray_files
+from clipdex.kinds import IMAGE, TEXT
 
 INDEX_TYPE_KEY = "index_type"
 SAVE_SECONDS = 60.0  # a long writer run saves its FAISS files at least this often…
@@ -56,12 +57,12 @@ class IndexSet:
     @property
     def index_type(self) -> str:
         """The forced FAISS type (``--index-type``), or ``auto``: chosen from size and memory."""
-        return self.store.get_meta(INDEX_TYPE_KEY) or "auto"
+        return self.store.meta.get(INDEX_TYPE_KEY) or "auto"
 
     def set_index_type(self, index_type: str) -> None:
         """Record a new index type (writer); the indexes are rebuilt with it on next use."""
         if index_type != self.index_type:
-            self.store.set_meta(INDEX_TYPE_KEY, None if index_type == "auto" else index_type)
+            self.store.meta.set(INDEX_TYPE_KEY, None if index_type == "auto" else index_type)
             self._cache.clear()
             for kind in (IMAGE, TEXT):
                 self.path(kind).unlink(missing_ok=True)
@@ -88,7 +89,7 @@ class IndexSet:
     def _exact(self, kind: str, why: str) -> VectorIndex:
         with self.store.snapshot():  # ids, vectors and generation from one consistent state
             gen = self.store.generation
-            ids, vecs = self.store.vectors(kind)
+            ids, vecs = self.store.vectors.all(kind)
         if len(ids) and kind not in self._warned:
             self._warned.add(kind)
             self.warn(
@@ -123,10 +124,10 @@ class IndexSet:
                 return True
             if idx.dim != (self.store.dim or 0):  # the model changed to one of another size
                 return False
-            if not _log_covers(idx.generation, self.store.changes_since(kind), gen):
+            if not _log_covers(idx.generation, self.store.changes.logged_since(kind), gen):
                 return False
-            ops = self.store.changes(kind, idx.generation, gen)
-            idx.apply_changes(ops, lambda ids: self.store.live_vectors(kind, ids), gen, fold=fold)
+            ops = self.store.changes.between(kind, idx.generation, gen)
+            idx.apply_changes(ops, lambda ids: self.store.vectors.live(kind, ids), gen, fold=fold)
         return True
 
     # ---- writers ------------------------------------------------------------------------
@@ -155,14 +156,14 @@ class IndexSet:
             return idx
         with self.store.snapshot():
             gen = self.store.generation
-            ids, vecs = self.store.vectors(kind)
+            ids, vecs = self.store.vectors.all(kind)
         return self.build(kind, ids, vecs, gen)
 
     def build(self, kind: str, ids, vecs, generation: int) -> VectorIndex:
         """Build from arrays the caller already holds (saves re-reading SQLite), cache and save it."""
         # Text->image queries sit further from the images than image->image ones do, so an image
         # index is tuned on stored texts when there are enough of them.
-        tune = self.store.sample_vectors(TEXT, TUNE_QUERIES) if kind == IMAGE else None
+        tune = self.store.vectors.sample(TEXT, TUNE_QUERIES) if kind == IMAGE else None
         tune = tune if tune is not None and len(tune) >= TUNE_QUERIES // 2 else None
         idx = VectorIndex.build(ids, vecs, self.store.dim or 0, generation, self.index_type, tune)
         self._cache[kind] = idx
@@ -217,10 +218,10 @@ class IndexSet:
                 head is not None
                 and head.get("dim") == self.store.dim
                 and _log_covers(
-                    head.get("generation", -1), self.store.changes_since(kind), self.store.generation
+                    head.get("generation", -1), self.store.changes.logged_since(kind), self.store.generation
                 )
             )
-            if not usable and (head is not None or self.store.count(kind)):
+            if not usable and (head is not None or self.store.items.count(kind)):
                 self.get(kind)  # caught up or rebuilt, and saved
         if self.store.writable:  # what a killed writer left half-made (this one holds the lock)
             for kind in (IMAGE, TEXT):
@@ -239,7 +240,7 @@ class IndexSet:
         except OSError:
             return
         self._file_stamp[kind] = _stamp(self.path(kind))
-        self.store.prune_changes(kind, idx.generation)
+        self.store.changes.prune(kind, idx.generation)
         ondisk.remove_unused(self.folder, kind, idx)
 
 

@@ -36,7 +36,7 @@ from clipdex.index.durable import fsync_file
 from clipdex.index.tuning import NPROBES, TUNE_QUERIES, TopK, _drop_self
 
 if TYPE_CHECKING:
-    from clipdex.index.store import Store
+    from clipdex.index.store.database import Store
     from clipdex.index.vectors import VectorIndex
 
 Fill = Callable[[Any, Iterable[tuple[np.ndarray, np.ndarray]]], Iterator[np.ndarray]]
@@ -182,7 +182,7 @@ def wanted(store: Store, kind: str, index_type: str, incoming: int = 0, dim: int
     default the library's): forced, or auto past the memory budget."""
     if index_type == ONDISK:
         return True
-    n = store.count(kind) + incoming
+    n = store.items.count(kind) + incoming
     return index_type == "auto" and choose_kind(n, dim or store.dim or 0) == ONDISK
 
 
@@ -196,18 +196,18 @@ def build(
     from clipdex.index.vectors import VectorIndex
 
     faiss = _faiss()
-    if not store.large_mode:
-        store.enter_large_mode()
+    if not store.vector_files.large_mode:
+        store.vector_files.enter_large_mode()
     budget = default_memory_budget() if memory_budget is None else memory_budget
     t0 = time.perf_counter()
     with store.snapshot():  # one consistent state: ids, vectors and generation
-        gen, n, dim = store.generation, store.count(kind), store.dim or 0
+        gen, n, dim = store.generation, store.items.count(kind), store.dim or 0
         if n < MIN_TRAIN:  # too few to train on: a flat index (info["requested"] keeps the wish)
-            ids, vecs = store.vectors(kind)
+            ids, vecs = store.vectors.all(kind)
             return VectorIndex.build(ids, vecs, dim, gen, ONDISK)
         nlist = max(1, min(int(np.sqrt(n)), n // 39))
         # A seeded draw: the same library builds the same index (in-process or in Ray tasks).
-        sample_ids, train = store.sample_vectors(kind, max(40 * nlist, 10_000), with_ids=True, seed=seed)
+        sample_ids, train = store.vectors.sample(kind, max(40 * nlist, 10_000), with_ids=True, seed=seed)
         trained, params = _trained(dim, nlist, train, seed)
         t_train = time.perf_counter() - t0
         rng = np.random.default_rng(seed)
@@ -226,7 +226,7 @@ def build(
 
             def chunks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
                 nonlocal filled
-                for chunk_ids, vecs in store.iter_vectors(kind, BLOCK):
+                for chunk_ids, vecs in store.vectors.iter(kind, BLOCK):
                     truth.update(q @ vecs.T, chunk_ids)
                     all_ids[filled : filled + len(chunk_ids)] = chunk_ids  # ascending: iter_vectors' order
                     filled += len(chunk_ids)
@@ -322,7 +322,7 @@ def _tune(
     best = (-1.0, grid[-1])
     for nprobe, rerank in grid:
         ann.set_params(nprobe=nprobe, rerank=rerank)
-        _, found = ann.search(q, k + 1, store.get_vectors)
+        _, found = ann.search(q, k + 1, store.vectors.get)
         found = _drop_self(found, src, k)
         r = float(np.mean([len(np.intersect1d(a, b)) / k for a, b in zip(found, truth)]))
         best = max(best, (r, (nprobe, rerank)))

@@ -29,7 +29,7 @@ from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 from clipdex.errors import ClipdexError
-from clipdex.index.filters import Filter, matching_ids
+from clipdex.index.filters import Filter
 from clipdex.library import Library
 from clipdex.results import path_b64, shown_path
 from clipdex.retrieval.query import Terms, compose
@@ -78,7 +78,7 @@ class Served:
         with self.store_lock:
             if filt is not None and filt.restricts_items:
                 self.lib.refresh()  # matching_ids only reads SQLite: follow other writers before encoding
-                available = len(matching_ids(self.lib.store, kind, filt))
+                available = len(self.lib.store.items.matching_ids(kind, filt))
             else:
                 available = self.lib.count(kind)  # follows other writers (a new model) itself
         results: list = []
@@ -150,7 +150,7 @@ class Served:
 
     # ---- items ----------------------------------------------------------------------------
     def _record(self, item_id: int) -> dict:
-        rec = self.lib.store.item_record(item_id) if 0 <= item_id <= MAX_ID else None
+        rec = self.lib.store.items.record(item_id) if 0 <= item_id <= MAX_ID else None
         if rec is None:
             raise fail(404, f"no item with id {item_id}")
         return rec
@@ -158,8 +158,8 @@ class Served:
     def item(self, item_id: int) -> dict:
         with self.store_lock:
             rec = self._record(item_id)
-            captions = self.lib.store.captions_of(item_id) if rec["kind"] == "image" else []
-            linked = self.lib.store.item_record(rec["image_id"]) if rec["image_id"] is not None else None
+            captions = self.lib.store.items.captions_of(item_id) if rec["kind"] == "image" else []
+            linked = self.lib.store.items.record(rec["image_id"]) if rec["image_id"] is not None else None
         out: dict[str, Any] = {
             "id": rec["id"],
             "modality": rec["kind"],

@@ -14,15 +14,18 @@ from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import time
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from clipdex.errors import ClipdexError
 from clipdex.index.durable import fsync_dir, write_atomically
+
+if TYPE_CHECKING:
+    from clipdex.index.store.database import Store
 
 SHARDS_DIR = "vectors"
 STORAGE_KEY = "vector_storage"  # meta: "shards" once the library is in large-library mode
@@ -33,49 +36,51 @@ class VectorFileError(ClipdexError):
     """A vector file is missing or damaged: the vectors in it are lost."""
 
 
-class ShardVectors:
-    """`Store`'s vector files (mixed into `Store`)."""
+class VectorFiles:
+    """The ``vector_files`` table and the files it lists in ``LIBRARY/vectors/`` (with the meta
+    key saying whether the library is in large-library mode)."""
 
-    conn: sqlite3.Connection
-    folder: Path
+    def __init__(self, store: Store):
+        self._store = store
+        self._maps: dict[int, np.ndarray] = {}
+        self._has_cols: bool | None = None
 
     # ---- mode ---------------------------------------------------------------------------
     @property
     def large_mode(self) -> bool:
-        """Whether new vectors go to shard files (large-library mode) rather than blobs."""
-        return self.get_meta(STORAGE_KEY) == "shards"  # type: ignore[attr-defined]
+        """Whether new vectors go to vector files (large-library mode) rather than blobs."""
+        return self._store.meta.get(STORAGE_KEY) == "shards"
 
     @property
-    def shards_dir(self) -> Path:
-        return self.folder / SHARDS_DIR
+    def folder(self) -> Path:
+        return self._store.folder / SHARDS_DIR
 
-    def has_vector_files(self) -> bool:
+    def available(self) -> bool:
         """Whether this database can reference vector files (an older schema, read as is, cannot)."""
         # Only a yes is kept: a reader of an older schema looks again (a writer may migrate meanwhile).
-        if not getattr(self, "_vfile_cols", None):
-            self._vfile_cols = self.has_columns("items", "vfile", "vrow")  # type: ignore[attr-defined]
-        return bool(self._vfile_cols)
+        if not self._has_cols:
+            self._has_cols = self._store.has_columns("items", "vfile", "vrow")
+        return bool(self._has_cols)
 
     # ---- reading ------------------------------------------------------------------------
-    def _vector_map(self, file_id: int) -> np.ndarray:
-        maps: dict[int, np.ndarray] = self.__dict__.setdefault("_vector_maps", {})
-        arr = maps.get(file_id)
+    def _map(self, file_id: int) -> np.ndarray:
+        arr = self._maps.get(file_id)
         if arr is None:
-            row = self.conn.execute(
+            row = self._store.conn.execute(
                 "SELECT name, rows, dim, size FROM vector_files WHERE id = ?", (int(file_id),)
             ).fetchone()
             if row is None:
                 raise VectorFileError(f"vector file #{file_id} is not listed in the database")
-            arr = open_vector_file(self.shards_dir / row[0], row[1], row[2], row[3])
-            maps[file_id] = arr
+            arr = open_vector_file(self.folder / row[0], row[1], row[2], row[3])
+            self._maps[file_id] = arr
         return arr
 
-    def shard_rows(self, files: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    def read(self, files: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """float32 unit vectors of (file id, row) pairs, in the given order."""
         files = np.asarray(files, np.int64)
         rows = np.asarray(rows, np.int64)
-        arrays = {int(fid): self._vector_map(int(fid)) for fid in np.unique(files)}
-        dim = next(iter(arrays.values())).shape[1] if arrays else self.dim or 0  # type: ignore[attr-defined]
+        arrays = {int(fid): self._map(int(fid)) for fid in np.unique(files)}
+        dim = next(iter(arrays.values())).shape[1] if arrays else self._store.dim or 0
         out = np.empty((len(rows), dim), np.float32)
         for fid, arr in arrays.items():
             where = np.flatnonzero(files == fid)
@@ -86,35 +91,35 @@ class ShardVectors:
         np.divide(out, norms, out=out, where=norms > 0)
         return out
 
-    def forget_vector_maps(self) -> None:
-        self.__dict__.pop("_vector_maps", None)
-        self._vfile_cols = None
+    def forget_maps(self) -> None:
+        """Drop the cached memory maps and column probe (the connection was reopened)."""
+        self._maps = {}
+        self._has_cols = None
 
     # ---- writing ------------------------------------------------------------------------
-    def write_vector_file(self, vectors: np.ndarray) -> int:
+    def write(self, vectors: np.ndarray) -> int:
         """Write ``vectors`` as a new float16 file, fsynced, and list it (in the caller's
         transaction, which then references its rows); returns its file id."""
         half = np.ascontiguousarray(vectors, dtype=np.float16)
         name = _new_name()
-        path = self.shards_dir / name
-        write_atomically(path, lambda f: np.save(f, half, allow_pickle=False))
-        return self._list_file(name, half.shape[0], half.shape[1])
+        write_atomically(self.folder / name, lambda f: np.save(f, half, allow_pickle=False))
+        return self._list(name, half.shape[0], half.shape[1])
 
-    def link_vector_file(self, source: str | os.PathLike, chunk: int = 262_144) -> int:
+    def link(self, source: str | os.PathLike, chunk: int = 262_144) -> int:
         """Bring an imported (N, D) array into ``vectors/``: hard-linked when it is native float16
         on the same file system, else copied (converted to float16 by chunks); returns its id.
         The user's file is never moved or changed."""
         src = np.load(source, mmap_mode="r", allow_pickle=False)
         name = _new_name()
-        path = self.shards_dir / name
-        self.shards_dir.mkdir(parents=True, exist_ok=True)
+        path = self.folder / name
+        self.folder.mkdir(parents=True, exist_ok=True)
         if src.dtype == np.float16 and src.dtype.isnative and _plain_npy(source):
             try:
                 os.link(source, path)
             except OSError:  # another file system, or links not allowed: a copy
                 write_atomically(path, lambda f: _copy_file(source, f))
             else:
-                fsync_dir(self.shards_dir)
+                fsync_dir(self.folder)
         else:
 
             def convert(f) -> None:
@@ -129,84 +134,81 @@ class ShardVectors:
                     f.write(block.astype("<f2").tobytes())
 
             write_atomically(path, convert)
-        return self._list_file(name, src.shape[0], src.shape[1])
+        return self._list(name, src.shape[0], src.shape[1])
 
-    def _list_file(self, name: str, rows: int, dim: int) -> int:
-        path = self.shards_dir / name
-        cur = self.conn.execute(
+    def _list(self, name: str, rows: int, dim: int) -> int:
+        path = self.folder / name
+        cur = self._store.conn.execute(
             "INSERT INTO vector_files (name, rows, dim, size, fingerprint, added_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
             (name, int(rows), int(dim), path.stat().st_size, fingerprint(path), time.time()),
         )
         return int(cur.lastrowid)
 
-    def drop_unused_vector_files(self, file_ids: list[int] | None = None) -> list[str]:
+    def drop_unused(self, file_ids: list[int] | None = None) -> list[str]:
         """Unlist and delete vector files no item references (of ``file_ids``, or all); returns
         their names. Called after a commit: an import whose rows were all unchanged leaves none."""
-        used = {f for (f,) in self.conn.execute("SELECT DISTINCT vfile FROM items WHERE vfile IS NOT NULL")}
-        rows = [(i, n) for i, n in self.conn.execute("SELECT id, name FROM vector_files") if i not in used]
+        conn = self._store.conn
+        used = {f for (f,) in conn.execute("SELECT DISTINCT vfile FROM items WHERE vfile IS NOT NULL")}
+        rows = [(i, n) for i, n in conn.execute("SELECT id, name FROM vector_files") if i not in used]
         if file_ids is not None:
             wanted = set(file_ids)
             rows = [(i, n) for i, n in rows if i in wanted]
         if not rows:
             return []
-        with self.transaction():  # type: ignore[attr-defined]
-            self.conn.executemany("DELETE FROM vector_files WHERE id = ?", [(i,) for i, _ in rows])
-        maps = self.__dict__.get("_vector_maps", {})
+        with self._store.transaction():
+            conn.executemany("DELETE FROM vector_files WHERE id = ?", [(i,) for i, _ in rows])
         for i, name in rows:
-            maps.pop(i, None)
-            (self.shards_dir / name).unlink(missing_ok=True)
+            self._maps.pop(i, None)
+            (self.folder / name).unlink(missing_ok=True)
         return [n for _, n in rows]
 
-    def orphan_vector_files(self) -> list[str]:
+    def orphans(self) -> list[str]:
         """Names of the files in ``vectors/`` that no listed vector file names (a write that
         crashed or rolled back before its commit), sorted."""
-        if not self.shards_dir.is_dir():
+        if not self.folder.is_dir():
             return []
-        listed = {name for _, name, *_ in self.vector_files()}
-        return sorted(p.name for p in self.shards_dir.iterdir() if p.name not in listed)
+        listed = {name for _, name, *_ in self.listed()}
+        return sorted(p.name for p in self.folder.iterdir() if p.name not in listed)
 
-    def remove_orphan_vector_files(self) -> list[str]:
-        """Delete the `orphan_vector_files` (the writer holds the lock, so none is being written);
-        returns their names."""
-        gone = self.orphan_vector_files()
+    def remove_orphans(self) -> list[str]:
+        """Delete the `orphans` (the writer holds the lock, so none is being written); returns
+        their names."""
+        gone = self.orphans()
         for name in gone:
-            (self.shards_dir / name).unlink(missing_ok=True)
+            (self.folder / name).unlink(missing_ok=True)
         return gone
 
     def enter_large_mode(self) -> int:
-        """Switch to shard storage, moving every vector blob into float16 files (a file and a
-        transaction per CONVERT_CHUNK rows: an interrupted switch resumes); returns rows moved."""
-        moved = 0
-        with self.transaction():  # type: ignore[attr-defined]
-            self.set_meta(STORAGE_KEY, "shards")  # type: ignore[attr-defined]
+        """Switch to vector-file storage, moving every vector blob into float16 files (a file and
+        a transaction per CONVERT_CHUNK rows: an interrupted switch resumes); returns rows moved."""
+        store, moved = self._store, 0
+        with store.transaction():
+            store.meta.set(STORAGE_KEY, "shards")
         while True:
-            rows = self.conn.execute(
+            rows = store.conn.execute(
                 "SELECT id, vector FROM items WHERE vector IS NOT NULL ORDER BY id LIMIT ?", (CONVERT_CHUNK,)
             ).fetchall()
             if not rows:
                 return moved
             vecs = np.frombuffer(b"".join(b for _, b in rows), np.float32).reshape(len(rows), -1)
-            with self.transaction():  # type: ignore[attr-defined]
-                fid = self.write_vector_file(vecs)
-                self.conn.executemany(
+            with store.transaction():
+                fid = self.write(vecs)
+                store.conn.executemany(
                     "UPDATE items SET vector = NULL, vfile = ?, vrow = ? WHERE id = ?",
                     ((fid, n, i) for n, (i, _) in enumerate(rows)),
                 )
             moved += len(rows)
 
-    def vector_files(self) -> list[tuple[int, str, int, int, int]]:
+    def listed(self) -> list[tuple[int, str, int, int, int]]:
         """(id, name, rows, dim, size) of every listed vector file."""
-        return [row[:5] for row in self.vector_file_rows()]
+        return [row[:5] for row in self.listed_with_fingerprints()]
 
-    def vector_file_rows(self) -> list[tuple[int, str, int, int, int, bytes | None]]:
+    def listed_with_fingerprints(self) -> list[tuple[int, str, int, int, int, bytes | None]]:
         """(id, name, rows, dim, size, fingerprint) of every listed vector file."""
-        found = self.conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'vector_files'"
-        )
-        if found.fetchone() is None:  # an older schema, read as it is
+        if not self._store.has_table("vector_files"):  # an older schema, read as it is
             return []
-        return self.conn.execute(
+        return self._store.conn.execute(
             "SELECT id, name, rows, dim, size, fingerprint FROM vector_files ORDER BY id"
         ).fetchall()
 

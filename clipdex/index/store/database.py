@@ -15,26 +15,35 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from clipdex.errors import ClipdexError
-from clipdex.index.change_log import ChangeLog
-from clipdex.index.lock import WriterLock, read_only_error
-from clipdex.index.records import Caption, FileRecord, Item, Merged, PhotoMeta
-from clipdex.index.schema import DB_NAME, IMAGE, MIGRATIONS, PAGE_SIZE, SCHEMA_VERSION, TEXT
-from clipdex.index.store_reads import Reads
-from clipdex.index.store_writes import Writes
-from clipdex.index.vector_shards import ShardVectors
+from clipdex.index.store import schema
+from clipdex.index.store.changes import ChangeLog
+from clipdex.index.store.failures import FailuresTable
+from clipdex.index.store.item_vectors import ItemVectors
+from clipdex.index.store.items import ItemsTable
+from clipdex.index.store.lock import WriterLock, read_only_error
+from clipdex.index.store.merge import KeyedMerge
+from clipdex.index.store.meta import MetaTable
+from clipdex.index.store.pending import PendingTable
+from clipdex.index.store.schema import DB_NAME, PAGE_SIZE
+from clipdex.index.store.vector_files import VectorFiles
 
 if TYPE_CHECKING:
     import sqlite_utils
 
-__all__ = [
-    "DB_NAME", "IMAGE", "MIGRATIONS", "SCHEMA_VERSION", "TEXT",
-    "Caption", "FileRecord", "Item", "Merged", "PhotoMeta", "Store",
-]  # fmt: skip
 MMAP_BYTES = 1 << 40  # address space only: SQLite maps what the file holds
 
 
-class Store(ChangeLog, Writes, Reads, ShardVectors):
-    """Thin typed layer over the library's SQLite database.
+class Store:
+    """Thin typed layer over the library's SQLite database: the connection, its lifecycle, the
+    transaction and the schema here; each table's reads and writes on one object, all sharing
+    this connection and `transaction`:
+
+    - ``meta``: the key/value settings (`MetaTable`);
+    - ``items``: the images and texts (`ItemsTable`); ``vectors``: their stored vectors, blobs
+      or vector-file rows (`ItemVectors`); ``merge``: keyed upserts of imports (`KeyedMerge`);
+    - ``failures``: files that failed to decode; ``pending``: a re-embedding's new vectors;
+    - ``changes``: the change log readers catch up from (`ChangeLog`);
+    - ``vector_files``: large-library mode's float16 vector files (`VectorFiles`).
 
     Opened for reading unless ``write`` (default: ``create``): a reader opens the file read-only
     (``immutable`` when the folder cannot be written: a read-only mount or a backup copy), sets no
@@ -48,6 +57,14 @@ class Store(ChangeLog, Writes, Reads, ShardVectors):
         self.writable = False
         self._txn_gen: int | None = None
         self._db: sqlite_utils.Database | None = None
+        self.meta = MetaTable(self)
+        self.changes = ChangeLog(self)
+        self.vector_files = VectorFiles(self)
+        self.vectors = ItemVectors(self, self.vector_files)
+        self.items = ItemsTable(self, self.changes, self.vectors, self.vector_files)
+        self.merge = KeyedMerge(self, self.items, self.vector_files)
+        self.failures = FailuresTable(self)
+        self.pending = PendingTable(self, self.items, self.changes, self.vector_files)
         if not self.path.exists():
             if not create:
                 raise ClipdexError(f"no library at {library_dir} (run `clipdex index FOLDER` to create one)")
@@ -92,7 +109,7 @@ class Store(ChangeLog, Writes, Reads, ShardVectors):
         # file, 3x faster mapped than through read() calls (bench/search.py, 1M items).
         conn.execute(f"PRAGMA mmap_size={MMAP_BYTES}")
         self.conn = conn
-        self.forget_vector_maps()
+        self.vector_files.forget_maps()
 
     def _uri(self, mode: str) -> str:
         from urllib.parse import quote
@@ -125,10 +142,10 @@ class Store(ChangeLog, Writes, Reads, ShardVectors):
             raise self.damaged(e) from None
         except sqlite3.DatabaseError as e:
             raise self.damaged(e) from None
-        if version < SCHEMA_VERSION:
+        if version < schema.SCHEMA_VERSION:
             with WriterLock(self.folder):  # two processes upgrading one library: one at a time
                 self._migrate()
-        self.schema_version = SCHEMA_VERSION
+        self.schema_version = schema.SCHEMA_VERSION
         self.writable = True
 
     def make_writable(self) -> None:
@@ -153,7 +170,7 @@ class Store(ChangeLog, Writes, Reads, ShardVectors):
 
     @property
     def db(self) -> sqlite_utils.Database:
-        """sqlite-utils over the same connection, for migrations and checks. Imported on first use:
+        """sqlite-utils over the same connection, for the migrations. Imported on first use:
         it imports pandas when that is installed, ~0.2 s of every cold search otherwise."""
         if self._db is None or self._db.conn is not self.conn:
             import sqlite_utils
@@ -166,10 +183,10 @@ class Store(ChangeLog, Writes, Reads, ShardVectors):
             has_meta = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'")
             if has_meta.fetchone() is None:  # a new database is made whole (see _create)
                 raise self.damaged("it has no clipdex tables")
-            version = int(self.get_meta("schema_version") or 0)
+            version = int(self.meta.get("schema_version") or 0)
         except sqlite3.DatabaseError as e:
             raise self.damaged(e) from None
-        if version > SCHEMA_VERSION:
+        if version > schema.SCHEMA_VERSION:
             raise ClipdexError(
                 f"library schema version {version} is newer than this clipdex supports; upgrade clipdex"
             )
@@ -179,6 +196,9 @@ class Store(ChangeLog, Writes, Reads, ShardVectors):
     def require_schema(self, version: int, feature: str) -> None:
         """For a reader of an older library (never migrated by readers): a feature needing a newer
         table or column says how to upgrade instead of failing on a missing column."""
+        # Kept though nothing calls it yet (decision D1): DESIGN's contract is that a feature
+        # needing a newer column says "run `clipdex check --repair` to upgrade", and the coming
+        # OCR and video columns call this; tests/test_readers.py pins its message.
         if self.schema_version < version:
             raise ClipdexError(
                 f"{feature} needs a newer library format (version {version}; this library is at "
@@ -189,11 +209,27 @@ class Store(ChangeLog, Writes, Reads, ShardVectors):
         """Bring the schema up to date; the caller holds the writer lock (or owns a new file)."""
         if "meta" not in self.db.table_names():
             self.db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-        version = int(self.get_meta("schema_version") or 0)  # re-read: another writer may have upgraded
-        for number, migration in enumerate(MIGRATIONS[version:], start=version + 1):
+        version = int(self.meta.get("schema_version") or 0)  # re-read: another writer may have upgraded
+        # Read through the module at call time: tests build an older schema by shortening it.
+        for number, migration in enumerate(schema.MIGRATIONS[version:], start=version + 1):
             with self.transaction():
                 migration(self.db)
-                self.set_meta("schema_version", str(number))
+                self.meta.set("schema_version", str(number))
+
+    def has_columns(self, table: str, *names: str) -> bool:
+        """Whether ``table`` has every column in ``names`` (an older schema may lack new ones)."""
+        have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+        return set(names) <= have
+
+    def has_table(self, name: str) -> bool:
+        """Whether the database has table ``name`` (an older schema, read as it is, may not)."""
+        found = self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,))
+        return found.fetchone() is not None
+
+    def integrity_errors(self) -> list[str]:
+        """SQLite's ``PRAGMA integrity_check`` findings: empty when the file is sound."""
+        rows = [tuple(r) for r in self.conn.execute("PRAGMA integrity_check").fetchall()]
+        return [] if rows == [("ok",)] else [str(r[0]) for r in rows]
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -226,27 +262,37 @@ class Store(ChangeLog, Writes, Reads, ShardVectors):
     def close(self) -> None:
         self.conn.close()
 
-    # ---- meta ---------------------------------------------------------------------------
-    def get_meta(self, key: str) -> str | None:
-        row = self.conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
+    @contextmanager
+    def bulk_load(self, cache_mib: int = 256) -> Iterator[None]:
+        """Settings for a big write: a larger page cache (fewer spills mid-transaction); WAL stays."""
+        old = self.conn.execute("PRAGMA cache_size").fetchone()[0]
+        self.conn.execute(f"PRAGMA cache_size={-cache_mib * 1024}")
+        try:
+            yield
+        finally:
+            self.conn.execute(f"PRAGMA cache_size={old}")
+            try:  # hand the WAL's pages to the database file now and truncate it
+                self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.OperationalError:
+                pass
 
-    def set_meta(self, key: str, value: str | None) -> None:
-        if value is None:
-            self.conn.execute("DELETE FROM meta WHERE key = ?", (key,))
-        else:
-            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
-
+    # ---- generation and dimension (in meta) -----------------------------------------------
     @property
     def generation(self) -> int:
-        return int(self.get_meta("generation") or 0)
+        return int(self.meta.get("generation") or 0)
 
     def bump_generation(self) -> int:
         """The generation of the current write transaction (bumped once per transaction)."""
         if self._txn_gen is not None and self.conn.in_transaction:
             return self._txn_gen
         gen = self.generation + 1
-        self.set_meta("generation", str(gen))
+        self.meta.set("generation", str(gen))
         if self.conn.in_transaction:
             self._txn_gen = gen
         return gen
+
+    @property
+    def dim(self) -> int | None:
+        """The stored vectors' dimension (the model's), None before the first model."""
+        value = self.meta.get("dim")
+        return int(value) if value else None

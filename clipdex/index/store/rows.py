@@ -53,7 +53,7 @@ class Caption:
 
 @dataclass(frozen=True, slots=True)
 class Merged:
-    """What `Store.merge_keyed` did with one chunk of keyed rows (row numbers index the chunk)."""
+    """What `KeyedMerge.keyed` did with one chunk of keyed rows (row numbers index the chunk)."""
 
     new_ids: np.ndarray
     new_rows: np.ndarray

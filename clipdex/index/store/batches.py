@@ -1,4 +1,4 @@
-"""Small helpers for SQL over id lists."""
+"""Batching helpers for SQL over id lists: runs of consecutive ids, fixed-size chunks."""
 
 from __future__ import annotations
 

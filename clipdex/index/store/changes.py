@@ -6,18 +6,22 @@ reader whose FAISS file is at generation G replays the log after G instead of re
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from clipdex.index.sqlrows import runs
+from clipdex.index.store.batches import runs
+
+if TYPE_CHECKING:
+    from clipdex.index.store.database import Store
 
 
 class ChangeLog:
-    """`Store`'s change-log methods (mixed into `Store`)."""
+    """The ``changes`` table (and its meta keys ``changes_since_<kind>``)."""
 
-    conn: sqlite3.Connection
+    def __init__(self, store: Store):
+        self._store = store
 
-    def _log(self, op: str, kinds_ids: Iterable[tuple[str, int]]) -> None:
+    def log(self, op: str, kinds_ids: Iterable[tuple[str, int]]) -> None:
         """Record ``op`` of these (kind, id)s in this transaction's generation. Every write method
         that adds, removes or changes a vector calls this (an update: "remove" then "add")."""
         by_kind: dict[str, list[int]] = {}
@@ -25,31 +29,32 @@ class ChangeLog:
             by_kind.setdefault(kind, []).append(int(i))
         if not by_kind:
             return
-        gen = self.bump_generation()
+        gen = self._store.bump_generation()
         rows = [
             (gen, kind, op, first, last) for kind, ids in by_kind.items() for first, last in runs(sorted(ids))
         ]
-        self.conn.executemany(
+        self._store.conn.executemany(
             "INSERT INTO changes (generation, kind, op, first_id, last_id) VALUES (?, ?, ?, ?, ?)", rows
         )
 
-    def changes_since(self, kind: str) -> int | None:
+    def logged_since(self, kind: str) -> int | None:
         """The log holds every change of ``kind`` after this generation (None: no log, old schema)."""
-        value = self.get_meta(f"changes_since_{kind}")
+        value = self._store.meta.get(f"changes_since_{kind}")
         return int(value) if value is not None else None
 
-    def changes(self, kind: str, after: int, upto: int) -> list[tuple[str, int, int]]:
+    def between(self, kind: str, after: int, upto: int) -> list[tuple[str, int, int]]:
         """(op, first id, last id) of ``kind`` in generations (after, upto], in the order written."""
-        return self.conn.execute(
+        return self._store.conn.execute(
             "SELECT op, first_id, last_id FROM changes WHERE kind = ? AND generation > ?"
             " AND generation <= ? ORDER BY seq",
             (kind, after, upto),
         ).fetchall()
 
-    def prune_changes(self, kind: str, upto: int) -> None:
+    def prune(self, kind: str, upto: int) -> None:
         """Forget ``kind``'s changes up to generation ``upto`` (its FAISS file is saved at ``upto``)."""
-        with self.transaction():
-            since = self.changes_since(kind) or 0
+        store = self._store
+        with store.transaction():
+            since = self.logged_since(kind) or 0
             if upto > since:
-                self.conn.execute("DELETE FROM changes WHERE kind = ? AND generation <= ?", (kind, upto))
-                self.set_meta(f"changes_since_{kind}", str(upto))
+                store.conn.execute("DELETE FROM changes WHERE kind = ? AND generation <= ?", (kind, upto))
+                store.meta.set(f"changes_since_{kind}", str(upto))

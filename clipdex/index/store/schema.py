@@ -9,11 +9,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from clipdex.kinds import IMAGE, TEXT
+
 if TYPE_CHECKING:
     import sqlite_utils
 
 DB_NAME = "clipdex.db"
-IMAGE, TEXT = "image", "text"
 PAGE_SIZE = 32768  # for new databases
 
 

@@ -1,0 +1,64 @@
+"""The SQL of a search filter: ``FROM … WHERE …`` selecting the items a `Filter` keeps.
+
+Folder prefixes are byte ranges, so SQLite walks its (kind, path) index; dates use the
+(kind, taken_at) one. `ItemsTable.where` builds one; its other filter methods run it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from clipdex.errors import ClipdexError
+from clipdex.kinds import IMAGE
+
+if TYPE_CHECKING:
+    from clipdex.index.filters import Filter
+
+UPGRADE = "this library's schema has no photo dates yet; run `clipdex check --repair` to upgrade"
+
+
+@dataclass(frozen=True)
+class Where:
+    """``FROM items x … WHERE …`` (the kept items are alias ``x``) and its arguments."""
+
+    sql: str
+    args: tuple
+
+
+def where(kind: str, filt: Filter, has_dates: bool) -> Where:
+    """The `Where` selecting the items of ``kind`` that ``filt`` keeps; ``has_dates``: whether the
+    schema has ``items.taken_at`` (a date condition on an older one says how to upgrade)."""
+    if (filt.after is not None or filt.before is not None) and not has_dates:
+        raise ClipdexError(UPGRADE)
+    if kind == IMAGE:
+        sql, img = "FROM items x WHERE x.kind = 'image'", "x"
+    else:
+        sql, img = "FROM items x LEFT JOIN items i ON x.image_id = i.id WHERE x.kind = 'text'", "i"
+        if filt.captioned is not None:
+            raise ValueError("captioned/uncaptioned applies to image searches")
+    args: list = []
+    if filt.under:
+        # Per root, a byte range [root, root + "0") that SQLite can walk on its (kind, path) index
+        # ("0" follows the separator "/"), then the exact test (the range also holds "root-x").
+        # (With several roots SQLite scans the kind's index entries instead: still no vectors read.)
+        ors = []
+        for root in filt.under:
+            prefix = root if root.endswith(os.sep.encode()) else root + os.sep.encode()
+            end = prefix[:-1] + bytes([prefix[-1] + 1])
+            ors.append(
+                f"({img}.path >= ? AND {img}.path < ? AND ({img}.path = ? OR substr({img}.path, 1, ?) = ?))"
+            )
+            args += [root.rstrip(os.sep.encode()) or prefix, end, root, len(prefix), prefix]
+        sql += " AND (" + " OR ".join(ors) + ")"
+    if filt.after is not None:
+        sql += f" AND {img}.taken_at >= ?"
+        args.append(filt.after)
+    if filt.before is not None:
+        sql += f" AND {img}.taken_at < ?"
+        args.append(filt.before)
+    if filt.captioned is not None:
+        exists = "EXISTS (SELECT 1 FROM items c WHERE c.image_id = x.id)"
+        sql += " AND " + (exists if filt.captioned else "NOT " + exists)
+    return Where(sql, tuple(args))
