@@ -27,9 +27,7 @@ class SearchResult:
     @property
     def path_bytes(self) -> bytes | None:
         """The exact bytes of the path (what `--paths` and `-0` print)."""
-        if self.raw_path is not None:
-            return self.raw_path
-        return os.fsencode(self.path) if self.path is not None else None
+        return exact_path(self.path, self.raw_path)
 
     @property
     def shown_path(self) -> str | None:
@@ -45,6 +43,13 @@ class SearchResult:
             d["text"] = self.text
         d.update(path_b64(self.path_bytes))
         return d
+
+
+def exact_path(path: str | None, raw: bytes | None) -> bytes | None:
+    """A record's path as bytes: the stored ``raw`` bytes, else ``path`` re-encoded (``os.fsencode``)."""
+    if raw is not None:
+        return raw
+    return os.fsencode(path) if path is not None else None
 
 
 def shown_path(raw: bytes | None) -> str | None:
@@ -137,9 +142,7 @@ class DuplicateItem:
 
     @property
     def path_bytes(self) -> bytes | None:
-        if self.raw_path is not None:
-            return self.raw_path
-        return os.fsencode(self.path) if self.path is not None else None
+        return exact_path(self.path, self.raw_path)
 
     @property
     def shown_path(self) -> str | None:
