@@ -1,4 +1,4 @@
-"""Which FAISS index family for a large library: the measurement behind clipdex.index.choose.
+"""Which FAISS index family for a large library: the measurement behind clipdex.index.faiss.policy.
 
     python bench/ann_families.py [--n 1000000] [--dim 512] [--queries 200]
                                  [--families ivf2sqrt,hier16k,pca64-8k,pca32-16k,pca32-16k-sq8,hnsw]
@@ -15,7 +15,7 @@ FAISS p50 (candidates only; the re-rank is the same for all), build seconds, byt
   hnsw16k        the same lists, vectors assigned by the HNSW quantizer itself (slow add)
   pca64-8k       IVF-Flat, 8k lists, quantizer in a 64-d PCA space
   pca32-16k      IVF-Flat, 16k lists, quantizer in a 32-d PCA space: clipdex's ivf-flat
-                 (built by clipdex.index.annbuild itself)
+                 (built by clipdex.index.faiss.build itself)
   pca32-16k-sq8  the same lists with 8-bit scalar-quantised codes (re-rank of 2k + 10)
   hnsw           HNSW32 over the vectors, built on 100k of them (build time scaled to n)
 """
@@ -46,8 +46,8 @@ def main() -> int:
 
     import faiss
 
-    from clipdex.index import annbuild
-    from clipdex.index.tuning import exact_top
+    from clipdex.index.faiss import build as annbuild
+    from clipdex.index.faiss.tuning import exact_top
 
     n, d = args.n, args.dim
     x = hard_mixture(n, d, 24, 0)

@@ -104,7 +104,9 @@ def bench_encode(model_dir: Path, device: str, batch: int, reps: int) -> list[Ro
 def bench_faiss(n: int, dim: int, queries: int) -> list[Row]:
     import faiss
 
-    from clipdex.index import ann
+    from clipdex.index.faiss import ann
+    from clipdex.index.faiss.build import build
+    from clipdex.index.faiss.gpu import to_gpu
 
     rng = np.random.default_rng(0)
     latent = rng.standard_normal((n, 16)).astype(np.float32) @ rng.standard_normal((16, dim)).astype(
@@ -120,7 +122,7 @@ def bench_faiss(n: int, dim: int, queries: int) -> list[Row]:
         return x[want - 1]
 
     t = time.perf_counter()
-    cpu = ann.build(x, ids, "ivf-fp16", seed=0)  # what auto builds at this size
+    cpu = build(x, ids, "ivf-fp16", seed=0)  # what auto builds at this size
     build_s = time.perf_counter() - t
     rows: list[Row] = [
         ("FAISS build + tune (s)", f"{build_s:.1f}", f"{n:,} x {dim} IVF (fp16 lists) {cpu.info['params']}")
@@ -144,7 +146,7 @@ def bench_faiss(n: int, dim: int, queries: int) -> list[Row]:
         rows.append(("FAISS GPU search", "no GPU", "faiss sees no GPU (faiss-cpu, or no CUDA device)"))
         return rows
     t = time.perf_counter()
-    gpu = ann.to_gpu(cpu)
+    gpu = to_gpu(cpu)
     clone_s = time.perf_counter() - t
     if gpu is cpu:
         rows.append(("FAISS GPU search", "not cloned", cpu.info.get("gpu_error", "")))

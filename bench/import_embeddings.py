@@ -122,7 +122,8 @@ def main() -> int:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from clipdex import library as library_mod
-    from clipdex.index import vector_files, vectors
+    from clipdex.index import vector_files
+    from clipdex.index.faiss import vector_index
     from clipdex.index.store.database import Store
     from clipdex.index.store.items import ItemsTable
     from clipdex.index.store.merge import KeyedMerge
@@ -160,8 +161,8 @@ def main() -> int:
         timed_gen(vector_files.Embeddings, "chunks", "normalise")
         timed(ItemsTable, "insert_many", "insert")
         timed(KeyedMerge, "keyed", "merge")
-        timed(vectors.VectorIndex, "build", "build")
-        timed(vectors.VectorIndex, "save", "save")
+        timed(vector_index.VectorIndex, "build", "build")
+        timed(vector_index.VectorIndex, "save", "save")
         _time_commits(Store)
 
         lib_dir = work / "library"

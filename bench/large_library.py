@@ -163,7 +163,7 @@ def main() -> None:
     if args.search_only:
         return search_only(Path(args.search_only))
     from clipdex import Library
-    from clipdex.index.choose import default_memory_budget
+    from clipdex.index.faiss.policy import default_memory_budget
 
     root = Path(args.dir or tempfile.mkdtemp(prefix="clipdex-large-"))
     root.mkdir(parents=True, exist_ok=True)

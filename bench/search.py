@@ -104,8 +104,8 @@ def main() -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     import os
 
-    from clipdex.index.ann import OWN_VECTOR_KINDS
-    from clipdex.index.tuning import exact_top
+    from clipdex.index.faiss.ann import OWN_VECTOR_KINDS
+    from clipdex.index.faiss.tuning import exact_top
     from clipdex.kinds import IMAGE
     from clipdex.library import Library
     from clipdex.retrieval.embed import encode_texts

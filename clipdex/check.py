@@ -22,12 +22,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clipdex.index.indexset import IndexSet
-from clipdex.index.ondisk import stray_builds
+from clipdex.index.faiss.index_set import IndexSet
 from clipdex.index.store.database import Store
 from clipdex.index.store.schema import DB_NAME, SCHEMA_VERSION
 from clipdex.index.store.vector_files import VectorFileError, fingerprint, open_vector_file
-from clipdex.index.vectors import stray_files
 from clipdex.kinds import IMAGE, TEXT
 
 if TYPE_CHECKING:
@@ -163,14 +161,13 @@ def _unit(vecs: np.ndarray) -> np.ndarray:
 
 
 def _check_indexes(folder: Path, store: Store, report: Report) -> None:
-    warnings: list[str] = []
-    indexes = IndexSet(folder, store, warnings.append)
+    indexes = IndexSet(folder, store)
     for kind in (IMAGE, TEXT):
-        before = len(warnings)
-        idx = indexes.view(kind)
-        if len(warnings) > before:
-            report.add("index", warnings[-1].split(";")[0])
+        problem = indexes.problem(kind)
+        if problem is not None:
+            report.add("index", problem)
             continue
+        idx = indexes.view(kind)
         want = store.items.ids(kind)
         have = idx.ids()
         if not np.array_equal(have, want):
@@ -188,7 +185,7 @@ def _orphan_texts(store: Store) -> list[int]:
 def _leftovers(folder: Path) -> list[Path]:
     found = [p for p in folder.glob(f".{DB_NAME}.new-*")]
     for kind in (IMAGE, TEXT):  # a FAISS save, an on-disk index build killed midway
-        found += stray_files(folder / f"{kind}s.faiss") + stray_builds(folder, kind)
+        found += IndexSet.leftovers(folder, kind)
     models = folder / "models"
     if models.is_dir():
         found += [p for p in models.iterdir() if p.name.startswith(".")]

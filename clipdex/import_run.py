@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipdex.errors import ClipdexError
-from clipdex.index.ondisk import CHURN, wanted
+from clipdex.index.faiss.ondisk import CHURN
+from clipdex.index.faiss.ondisk_build import wanted
 from clipdex.index.vector_files import Embeddings, read_embeddings
 from clipdex.kinds import IMAGE, TEXT
 from clipdex.results import ImportCounts

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from clipdex.errors import ClipdexError, ModelError
-from clipdex.index.indexset import IndexSet
+from clipdex.index.faiss.index_set import IndexSet
 from clipdex.index.store.database import Store
 from clipdex.index.store.lock import WriterLock
 from clipdex.index.store.schema import DB_NAME
@@ -43,7 +43,7 @@ def default_library_dir() -> Path:
 
 def check_index_type(index_type: str) -> None:
     """Refuse an unknown ``--index-type`` with the list of known ones."""
-    from clipdex.index.choose import INDEX_TYPES
+    from clipdex.index.faiss.policy import INDEX_TYPES
 
     if index_type not in ("auto", *INDEX_TYPES):
         raise ClipdexError(f"unknown index type '{index_type}' (choose auto, {', '.join(INDEX_TYPES)})")
@@ -365,7 +365,7 @@ class Library(Searching):
             "schema_version": int(self.store.meta.get("schema_version") or 0),
             "bytes_on_disk": sum(files.values()) + model_bytes + vector_bytes,
             "files": files,
-            # Large-library mode: vectors as float16 rows of files in vectors/ (see clipdex.index.ondisk).
+            # Large-library mode: vectors as float16 rows of files in vectors/ (clipdex.index.faiss.ondisk).
             "mode": "large-library" if self.store.vector_files.large_mode else "normal",
             "vector_files": {"count": len(listed), "bytes": vector_bytes},
         }

@@ -20,7 +20,7 @@ from clipdex.results import DuplicateItem, SearchResult
 from clipdex.retrieval.query import Terms, Weights, compose
 
 if TYPE_CHECKING:
-    from clipdex.index.indexset import IndexSet
+    from clipdex.index.faiss.index_set import IndexSet
     from clipdex.index.store.database import Store
     from clipdex.index.store.rows import Item
     from clipdex.retrieval.models import LoadedModel

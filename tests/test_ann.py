@@ -1,12 +1,16 @@
-"""clipdex.index.ann: index choice, tuned recall, exact re-ranking, updates, persistence."""
+"""clipdex.index.faiss (ann, build, files, policy): index choice, tuned recall, exact re-ranking,
+updates, persistence."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from clipdex.index import ann as A
-from clipdex.index import choose, tuning
+from clipdex.index.faiss import ann as A
+from clipdex.index.faiss import build as B
+from clipdex.index.faiss import files as F
+from clipdex.index.faiss import gpu as G
+from clipdex.index.faiss import policy, tuning
 
 D = 64
 N = 20_000
@@ -51,37 +55,37 @@ def exact(x: np.ndarray, ids: np.ndarray, q: np.ndarray, k: int) -> tuple[np.nda
 @pytest.fixture(scope="module")
 def built(data) -> dict[str, A.AnnIndex]:
     x, ids, _ = data
-    return {kind: A.build(x, ids, kind, seed=0) for kind in A.KINDS}
+    return {kind: B.build(x, ids, kind, seed=0) for kind in policy.KINDS}
 
 
 def test_choose_kind_thresholds():
-    assert A.choose_kind(0, 512, BIG) == "flat"
-    assert A.choose_kind(5_000, 512, BIG) == "flat"
-    assert A.choose_kind(150_000, 512, BIG) == "flat"
-    assert A.choose_kind(150_001, 512, BIG) == "ivf-fp16"
-    assert A.choose_kind(1_000_000, 512, BIG) == "ivf-fp16"
+    assert policy.choose_kind(0, 512, BIG) == "flat"
+    assert policy.choose_kind(5_000, 512, BIG) == "flat"
+    assert policy.choose_kind(150_000, 512, BIG) == "flat"
+    assert policy.choose_kind(150_001, 512, BIG) == "ivf-fp16"
+    assert policy.choose_kind(1_000_000, 512, BIG) == "ivf-fp16"
     # The scan cost is n * dim: 1.2M 64-d vectors cost what 150k 512-d ones do.
-    assert A.choose_kind(1_200_000, 64, BIG) == "flat"
+    assert policy.choose_kind(1_200_000, 64, BIG) == "flat"
     # 1M x 512 float32 is 2 GB: past a 1 GiB budget the library goes to large-library mode.
-    assert A.choose_kind(1_000_000, 512, 1 << 30) == "ivf-pq-ondisk"
+    assert policy.choose_kind(1_000_000, 512, 1 << 30) == "ivf-pq-ondisk"
     # Only the float32 vectors beyond the budget do that: a budget short of the 8-byte ids too
     # gets smaller codes, still scanned (fp16, sq8, binary stay available by --index-type).
     n = 100_000
-    assert A.choose_kind(n, 512, n * (4 * 512 + 8)) == "flat"
-    assert A.choose_kind(n, 512, n * (4 * 512 + 4)) == "fp16"
-    assert A.choose_kind(n, 512, n * 4 * 512 - 1) == "ivf-pq-ondisk"
-    assert A.choose_kind(999, 512, 1) == "binary"  # too few to train on: never large-library mode
+    assert policy.choose_kind(n, 512, n * (4 * 512 + 8)) == "flat"
+    assert policy.choose_kind(n, 512, n * (4 * 512 + 4)) == "fp16"
+    assert policy.choose_kind(n, 512, n * 4 * 512 - 1) == "ivf-pq-ondisk"
+    assert policy.choose_kind(999, 512, 1) == "binary"  # too few to train on: never large-library mode
 
 
 def test_auto_build_records_choice(data):
     x, ids, _ = data
-    ann = A.build(x[:2000], ids[:2000])
+    ann = B.build(x[:2000], ids[:2000])
     assert ann.kind == "flat" and ann.info["requested"] == "auto" and ann.info["recall_at_10"] == 1.0
     # Forced approximate kinds with too little to train on fall back to flat, saying what was asked.
-    tiny = A.build(x[:50], ids[:50], "ivf-pq")
+    tiny = B.build(x[:50], ids[:50], "ivf-pq")
     assert tiny.kind == "flat" and tiny.info["requested"] == "ivf-pq"
     with pytest.raises(ValueError, match="unknown index type"):
-        A.build(x[:50], ids[:50], "lsh")
+        B.build(x[:50], ids[:50], "lsh")
 
 
 @pytest.mark.parametrize("kind", ["ivf-fp16", "ivf-flat", "ivf-pq", "hnsw", "sq8", "binary"])
@@ -104,7 +108,7 @@ def test_params_are_tuned_not_maximal(built):
         assert p["nprobe"] < p["nlist"], p
 
 
-@pytest.mark.parametrize("kind", A.KINDS)
+@pytest.mark.parametrize("kind", policy.KINDS)
 def test_scores_exact_order_and_sparse_ids(data, built, kind):
     x, ids, q = data
     scores, found = built[kind].search(q, 10, lookup(x, ids))
@@ -118,7 +122,7 @@ def test_scores_exact_order_and_sparse_ids(data, built, kind):
         np.testing.assert_allclose(scores, ref_s, atol=1e-6)
 
 
-@pytest.mark.parametrize("kind", A.KINDS)
+@pytest.mark.parametrize("kind", policy.KINDS)
 def test_ties_break_by_ascending_id(data, kind):
     """30 copies of one vector, inserted in shuffled id order: the k lowest ids, whatever FAISS returns."""
     x, ids, _ = data
@@ -127,17 +131,17 @@ def test_ties_break_by_ascending_id(data, kind):
     x = x.copy()
     x[dup_pos] = x[dup_pos[0]]
     perm = rng.permutation(N)  # FAISS sees them in another order than by id
-    ann = A.build(x[perm], ids[perm], kind)
+    ann = B.build(x[perm], ids[perm], kind)
     scores, found = ann.search(x[dup_pos[:1]], 5, lookup(x, ids))
     np.testing.assert_array_equal(found[0], ids[dup_pos[:5]])
     assert len(set(scores[0].tolist())) == 1  # identical vectors, identical scores
 
 
-@pytest.mark.parametrize("kind", A.KINDS)
+@pytest.mark.parametrize("kind", policy.KINDS)
 def test_adds_and_removals(data, kind):
     x, ids, _ = data
     rng = np.random.default_rng(2)
-    ann = A.build(x[:5000], ids[:5000], kind)
+    ann = B.build(x[:5000], ids[:5000], kind)
     # New vectors far from the data (new directions), with new larger ids, go in without a rebuild.
     new = rng.standard_normal((20, D)).astype(np.float32)
     new /= np.linalg.norm(new, axis=1, keepdims=True)
@@ -174,20 +178,20 @@ def test_binary_reranks_its_short_list_exactly(data, built):
 
 def test_fewer_results_than_k_are_padded(data):
     x, ids, q = data
-    ann = A.build(x[:3], ids[:3], "flat")
+    ann = B.build(x[:3], ids[:3], "flat")
     scores, found = ann.search(q[:2], 5, lookup(x, ids))
     assert (found[:, 3:] == -1).all() and np.isneginf(scores[:, 3:]).all()
     assert (found[:, :3] >= 0).all()
-    empty = A.build(np.zeros((0, D), np.float32), np.zeros(0, np.int64))
+    empty = B.build(np.zeros((0, D), np.float32), np.zeros(0, np.int64))
     scores, found = empty.search(q[:2], 3, lookup(x, ids))
     assert (found == -1).all() and empty.ntotal == 0
 
 
-@pytest.mark.parametrize("kind", A.KINDS)
+@pytest.mark.parametrize("kind", policy.KINDS)
 def test_bytes_round_trip(data, built, kind):
     x, ids, q = data
     ann = built[kind]
-    copy = A.AnnIndex.from_bytes(ann.to_bytes())
+    copy = F.from_bytes(F.to_bytes(ann))
     assert copy.kind == kind and copy.info["params"] == ann.info["params"]
     for a, b in zip(ann.search(q, 10, lookup(x, ids)), copy.search(q, 10, lookup(x, ids))):
         np.testing.assert_array_equal(a, b)
@@ -195,10 +199,10 @@ def test_bytes_round_trip(data, built, kind):
 
 def test_tombstones_survive_round_trip(data):
     x, ids, q = data
-    ann = A.build(x[:3000], ids[:3000], "hnsw")  # HNSW cannot remove_ids: tombstones
+    ann = B.build(x[:3000], ids[:3000], "hnsw")  # HNSW cannot remove_ids: tombstones
     ann.remove(ids[:5])
     assert ann.removed == set(ids[:5].tolist())
-    copy = A.AnnIndex.from_bytes(ann.to_bytes())
+    copy = F.from_bytes(F.to_bytes(ann))
     assert copy.removed == ann.removed and copy.ntotal == 2995
     _, found = copy.search(x[:5], 3, lookup(x, ids))
     assert not np.isin(found, ids[:5]).any()
@@ -206,15 +210,15 @@ def test_tombstones_survive_round_trip(data):
 
 def test_stale_after_growth_or_many_removals(data):
     x, ids, _ = data
-    ann = A.build(x[:2000], ids[:2000], "ivf-flat")
+    ann = B.build(x[:2000], ids[:2000], "ivf-flat")
     assert not ann.stale()
     ann.add(x[2000:4500], ids[2000:4500])
     assert ann.stale()  # trained on less than half of what it holds
-    hnsw = A.build(x[:2000], ids[:2000], "hnsw")
+    hnsw = B.build(x[:2000], ids[:2000], "hnsw")
     hnsw.remove(ids[:300])
     assert hnsw.stale()
     # auto: a flat index that grows past the threshold should become approximate
-    flat = A.build(x[:100], ids[:100], memory_budget=BIG)
+    flat = B.build(x[:100], ids[:100], memory_budget=BIG)
     flat.info["dim"] = 512 * 1000  # pretend: 100 x 512,000 floats is over FLAT_MAX_FLOATS once it grows
     flat.add(x[100:2000], ids[100:2000])
     assert flat.stale()
@@ -225,7 +229,7 @@ def test_to_gpu_without_gpus_is_a_no_op(built):
 
     if faiss.get_num_gpus() > 0:
         pytest.skip("GPU present")
-    assert A.to_gpu(built["flat"]) is built["flat"]
+    assert G.to_gpu(built["flat"]) is built["flat"]
 
 
 def test_candidate_list_widens_only_at_ties(data, monkeypatch):
@@ -239,39 +243,39 @@ def test_candidate_list_widens_only_at_ties(data, monkeypatch):
         )
         return calls
 
-    ann = A.build(x, ids, "flat")
+    ann = B.build(x, ids, "flat")
     calls = spy(ann)
     ann.search(q, 10, lookup(x, ids))
     assert set(calls) == {10 + A.MARGIN}  # distinct vectors: no widening
     dup = np.vstack([x, np.repeat(x[:1], 40, axis=0)])
     dup_ids = np.concatenate([ids, ids[-1] + 1 + np.arange(40)])
-    ann = A.build(dup, dup_ids, "flat")
+    ann = B.build(dup, dup_ids, "flat")
     calls = spy(ann)
     _, found = ann.search(x[:1], 10, lookup(dup, dup_ids))
     assert len(calls) > 1 and found[0, 0] == ids[0]
 
 
 def test_damaged_bytes_raise_value_error(built):
-    data = built["ivf-flat"].to_bytes()
+    data = F.to_bytes(built["ivf-flat"])
     for bad in (b"", b"junk", data[: len(data) // 2]):
         with pytest.raises(ValueError):
-            A.AnnIndex.from_bytes(bad)
+            F.from_bytes(bad)
 
 
 def test_auto_falls_back_to_an_exact_scan_when_ivf_misses_the_recall_target(monkeypatch):
     """Unclustered data defeats IVF at small nprobe: auto must not hand out a low-recall index."""
-    monkeypatch.setattr(choose, "FLAT_MAX_FLOATS", 1_000)  # make 5k x 64 'large'
+    monkeypatch.setattr(policy, "FLAT_MAX_FLOATS", 1_000)  # make 5k x 64 'large'
     monkeypatch.setattr(tuning, "NPROBE_STEPS", (1,))  # and the probe grid too small for uniform data
     rng = np.random.default_rng(0)
     x = rng.standard_normal((5_000, 64)).astype(np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
     ids = np.arange(10, 5_010, dtype=np.int64)
-    ann = A.build(x, ids, "auto")
+    ann = B.build(x, ids, "auto")
     assert ann.kind == "flat" and ann.info["requested"] == "auto"
     assert (
         ann.info["fallback_from"]["type"] == "ivf-fp16" and ann.info["fallback_from"]["recall_at_10"] < 0.95
     )
-    forced = A.build(x, ids, "ivf-flat")  # a forced type is kept, with its measured recall
+    forced = B.build(x, ids, "ivf-flat")  # a forced type is kept, with its measured recall
     assert forced.kind == "ivf-flat" and forced.info["recall_at_10"] < 0.95
 
 
@@ -303,9 +307,19 @@ def hard_mixture(n: int, rng: np.random.Generator, dim: int = 256, latent: int =
 
 
 def test_ivf_layout_policy():
-    assert choose.ivf_layout(1_000_000, 512) == (16_000, 32)  # lists assigned in a 32-d PCA space
-    assert choose.ivf_layout(200_000, 768) == (5_128, 32)  # capped: 39 vectors a list
-    assert choose.ivf_layout(20_000, 64) == (512, 64)  # few dims: their own space; >= 39 per list
+    assert policy.ivf_layout(1_000_000, 512) == (16_000, 32)  # lists assigned in a 32-d PCA space
+    assert policy.ivf_layout(200_000, 768) == (5_128, 32)  # capped: 39 vectors a list
+    assert policy.ivf_layout(20_000, 64) == (512, 64)  # few dims: their own space; >= 39 per list
+
+
+def test_ivf_lists_keeps_each_index_kinds_list_count():
+    """One list-count rule for every IVF index, each caller's numbers as they were."""
+    ns = [0, 1, 38, 39, 1_000, 1_521, 5_001, 123_457, 1_000_000, 5_000_000, 2**40 + 3]
+    for n in ns:
+        assert policy.ivf_lists(n, 2) == max(1, min(int(2 * np.sqrt(n)), n // 39))  # in-memory ivf-pq
+        assert policy.ivf_lists(n, 1) == max(1, min(int(np.sqrt(n)), n // 39))  # on-disk ivf-pq
+        assert policy.ivf_lists(n, 16) == max(1, min(int(16 * n**0.5), n // 39))  # ivf_layout's kinds
+        assert policy.ivf_lists(n, 2, min_points=None) == int(2 * np.sqrt(n))  # the duplicate finder
 
 
 @pytest.mark.parametrize("kind", ["ivf-fp16", "ivf-flat"])
@@ -317,16 +331,16 @@ def test_large_library_ivf_reaches_target_recall_on_hard_data(kind):
     n = 40_000
     x, q = hard_mixture(n, rng), hard_mixture(200, rng)
     ids = np.arange(5, 5 + 3 * n, 3, dtype=np.int64)
-    ann = A.build(x, ids, kind, seed=0)
+    ann = B.build(x, ids, kind, seed=0)
     p = ann.info["params"]
-    assert (p["nlist"], p["coarse_dim"]) == (pytest.approx(choose.ivf_layout(n, 256)[0], abs=8), 32), p
+    assert (p["nlist"], p["coarse_dim"]) == (pytest.approx(policy.ivf_layout(n, 256)[0], abs=8), 32), p
     assert 4 <= p["nprobe"] < p["nlist"] // 8, p  # tuned: neither trivial nor a scan of everything
     _, found = ann.search(q, 10, lookup(x, ids))
     _, truth = exact(x, ids, q, 10)
     recall = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(found, truth)])
     assert recall >= 0.95 and ann.info["recall_at_10"] >= 0.95, (recall, ann.info)
     # Saved and loaded, it answers the same.
-    again = A.AnnIndex.from_bytes(ann.to_bytes())
+    again = F.from_bytes(F.to_bytes(ann))
     assert np.array_equal(again.search(q, 10, lookup(x, ids))[1], found)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from corehelp import indexed_sample, ok, run, stored
 
-from clipdex.index.vectors import VectorIndex
+from clipdex.index.faiss.vector_index import VectorIndex
 from clipdex.kinds import IMAGE, TEXT
 
 

@@ -313,7 +313,7 @@ def test_index_type_is_remembered_and_scores_stay_exact(tiny_model_dir, tmp_path
     info = json.loads(ok("--library", lib, "info", "--json").stdout)
     assert info["indexes"]["images"]["type"] == index_type and info["images"] == 1506
     if index_type == "ivf-fp16":  # `info` tells how the index is laid out and what it was tuned to
-        from clipdex.index.choose import ivf_layout
+        from clipdex.index.faiss.policy import ivf_layout
 
         image_index = info["indexes"]["images"]
         params, (nlist, coarse) = image_index["params"], ivf_layout(1506, info["dim"])

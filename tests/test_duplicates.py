@@ -12,7 +12,7 @@ from corehelp import json_lines, ok, run
 from PIL import Image
 
 from clipdex import Library
-from clipdex.index import duplicates as dup
+from clipdex.index.faiss import neighbours
 
 # With the tests' random-init tiny model every picture embeds close to every other (unrelated
 # scenes: cosine 0.97-0.993, rotated copies up to ~0.996), while resized, re-encoded and slightly
@@ -97,10 +97,10 @@ def test_planted_duplicate_groups(tmp_path, tiny_model_dir):
     assert run("--library", lib, "duplicates", "--threshold", "1.5").exit_code == 2
 
 
-@pytest.mark.parametrize("exact_max", [dup.EXACT_MAX, 500])  # 500: the IVF k-NN path
+@pytest.mark.parametrize("exact_max", [neighbours.EXACT_MAX, 500])  # 500: the IVF k-NN path
 def test_planted_vector_groups(tmp_path, tiny_model_dir, exact_max, monkeypatch):
     """5,000 unrelated vectors plus 40 planted groups of 2-6 noisy copies (cosine ~0.97-0.99)."""
-    monkeypatch.setattr(dup, "EXACT_MAX", exact_max)
+    monkeypatch.setattr(neighbours, "EXACT_MAX", exact_max)
     rng = np.random.default_rng(11)
     vecs = [rng.standard_normal((5000, 64))]
     truth = []

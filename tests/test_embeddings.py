@@ -14,8 +14,8 @@ import pytest
 from corehelp import blocks_image, brute_force, json_lines, make_images, ok, path_ids, stored
 from PIL import Image
 
+from clipdex.index.faiss.vector_index import VectorIndex
 from clipdex.index.store.database import Store
-from clipdex.index.vectors import VectorIndex
 from clipdex.kinds import IMAGE, TEXT
 
 RGB_NAMES = [f"rgb{i:02d}.png" for i in range(8)]

@@ -10,8 +10,9 @@ import pytest
 from corehelp import brute_force, ok, tol
 
 from clipdex.errors import ModelError
-from clipdex.index import ann as A
-from clipdex.index import vectors as V
+from clipdex.index.faiss import ann as A
+from clipdex.index.faiss import build as B
+from clipdex.index.faiss import gpu as G
 from clipdex.library import Library
 from clipdex.retrieval.models import init_model, load_model, pick_device, resolve_spec
 
@@ -52,7 +53,7 @@ def data():
 @pytest.mark.parametrize("kind", ["flat", "ivf-pq"])
 def test_gpu_search_past_its_k_limit_runs_on_the_cpu_index(data, kind, monkeypatch):
     ids, x, q = data
-    cpu = A.build(x, ids, kind, seed=0)
+    cpu = B.build(x, ids, kind, seed=0)
     limit = 5 * cpu.info["params"].get("rerank", 1) + A.MARGIN  # k=5 fits, k=30 and k=200 do not
     monkeypatch.setattr(A, "GPU_MAX_K", limit)
     gpu = fake_gpu(cpu)
@@ -84,8 +85,7 @@ def test_gpu_copy_needs_a_long_lived_library(tiny_model_dir: Path, tmp_path: Pat
     import faiss
 
     monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
-    monkeypatch.setattr(A, "to_gpu", to_gpu)
-    monkeypatch.setattr(V.ann, "to_gpu", to_gpu)
+    monkeypatch.setattr(G, "to_gpu", to_gpu)  # where VectorIndex looks it up
     ok("--library", lib_dir, "search", "red", "--target", "texts", "--device", "cpu")
     with Library.open(lib_dir) as lib:
         lib.search(text="red", target="texts")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from clipdex.index.indexset import IndexSet
+from clipdex.index.faiss.index_set import IndexSet
 from clipdex.index.store.database import Store
 from clipdex.kinds import IMAGE, TEXT
 

@@ -300,9 +300,9 @@ def test_a_moved_library_maps_its_own_index_files(copy, tmp_path, data):
 def test_import_with_ray_fills_the_blocks_in_ray_tasks(tmp_path, tiny_model_dir, monkeypatch):
     import ray
 
-    from clipdex.index import ondisk
+    from clipdex.index.faiss import ondisk_build
 
-    monkeypatch.setattr(ondisk, "BLOCK", 6000)  # 20k vectors: four blocks, four tasks
+    monkeypatch.setattr(ondisk_build, "BLOCK", 6000)  # 20k vectors: four blocks, four tasks
     x = clustered(20_000, seed=21)
     shards = shard_dir(tmp_path / "emb", x, shard=10_000)
     args = ("import-embeddings", shards, "--model", tiny_model_dir, "--index-type", ONDISK, "--quiet")

@@ -24,8 +24,8 @@ from corehelp import (
 
 import clipdex.index.store.schema as schema_module
 from clipdex import Library
+from clipdex.index.faiss.vector_index import VectorIndex
 from clipdex.index.store.database import Store
-from clipdex.index.vectors import VectorIndex
 from clipdex.kinds import IMAGE
 
 
@@ -337,15 +337,15 @@ def test_readers_map_the_file_read_only_and_writers_load_it_whole(lib):
 
 
 def test_a_version_3_file_is_still_read(lib):
-    from clipdex.index import annfile
-    from clipdex.index.vectors import LEGACY_MAGIC
+    from clipdex.index.faiss import files
+    from clipdex.index.faiss.vector_index import LEGACY_MAGIC
 
     path = lib / "images.faiss"
     idx = VectorIndex.load(path)
     header = b'{"generation": %d, "dim": 64}' % idx.generation
     with open(path, "wb") as f:
         f.write(LEGACY_MAGIC + len(header).to_bytes(8, "little") + header)
-        annfile.write(idx.ann, f)
+        files.write(idx.ann, f)
     before = snapshot(lib)
     query = unit(np.random.default_rng(7), 1, 64)[0]
     warnings: list[str] = []
@@ -376,12 +376,12 @@ def test_touch_maps_the_pages_in_and_changes_nothing(tmp_path, kind):
 def test_a_reader_caught_between_a_writers_two_files_retries(tmp_path, monkeypatch):
     """A save replaces the head file, then deletes the old data file: a reader that read the old
     head just before finds its data file gone, and reads the new head instead of giving up."""
-    from clipdex.index import annfile
+    from clipdex.index.faiss import files
 
     rng = np.random.default_rng(9)
     path = tmp_path / "images.faiss"
     VectorIndex.build(np.arange(5), unit(rng, 5, 64), 64, generation=1, kind="flat").save(path)
-    real = annfile.read_index_file
+    real = files.read_index_file
     calls = []
 
     def writer_in_between(head, data, mmap):
@@ -390,7 +390,7 @@ def test_a_reader_caught_between_a_writers_two_files_retries(tmp_path, monkeypat
             VectorIndex.build(np.arange(7), unit(rng, 7, 64), 64, generation=2, kind="flat").save(path)
         return real(head, data, mmap)
 
-    monkeypatch.setattr(annfile, "read_index_file", writer_in_between)
+    monkeypatch.setattr(files, "read_index_file", writer_in_between)
     loaded = VectorIndex.load(path, mmap=True)
     assert loaded is not None and loaded.generation == 2 and loaded.ntotal == 7
     assert len(calls) == 2 and calls[0] != calls[1]

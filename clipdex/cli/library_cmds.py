@@ -16,7 +16,7 @@ from clipdex.cli.common import (
     quiet_option,
 )
 from clipdex.cli.output import check_output_mode, hit_output_options, human_size, print_hits
-from clipdex.index.choose import INDEX_TYPES, ONDISK  # only os: no torch/faiss for --help
+from clipdex.index.faiss.policy import INDEX_TYPES, ONDISK  # only os: no torch/faiss for --help
 
 _TYPES = ", ".join(f"{t} (large-library mode)" if t == ONDISK else t for t in INDEX_TYPES)
 index_type_option = click.option(

@@ -9,15 +9,18 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
+def write_atomically(path: Path, write: Callable[[BinaryIO], object], mode: int | None = None) -> None:
     """Write ``path`` whole or not at all: ``write`` fills a temporary file in the same folder
-    (``.NAME.<random>.tmp``, with the permissions the umask gives any new file), which is fsynced
-    and renamed over ``path``; then the folder is fsynced. A failure removes the temporary file."""
+    (``.NAME.<random>.tmp``, with the permissions the umask gives any new file, or ``mode``), which
+    is fsynced and renamed over ``path``; then the folder is fsynced. A failure removes the
+    temporary file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # not mkstemp's private 0600
     try:
         with os.fdopen(fd, "wb") as f:
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)
             write(f)
             f.flush()
             os.fsync(f.fileno())

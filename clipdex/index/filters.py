@@ -22,8 +22,8 @@ import numpy as np
 from clipdex.index.store.database import Store
 
 if TYPE_CHECKING:
+    from clipdex.index.faiss.vector_index import VectorIndex
     from clipdex.index.store.where import Where
-    from clipdex.index.vectors import VectorIndex
 
 # Up to this many matching items are ranked exactly from SQLite (a few ms per thousand rows);
 # beyond it the FAISS scan with a selector is cheaper than reading the vectors.

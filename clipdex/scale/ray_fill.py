@@ -18,7 +18,7 @@ from clipdex.scale import require_ray
 
 
 class RayFill:
-    """A `clipdex.index.ondisk.Fill` that runs each block in a Ray task on ``address``'s cluster
+    """A `clipdex.index.faiss.ondisk_build.Fill` that runs each block in a Ray task on ``address``'s cluster
     (``local``: ``$RAY_ADDRESS``, else a local cluster started for the build)."""
 
     how = "ray"

@@ -9,30 +9,22 @@ Kinds: "flat" (exact), "ivf-fp16", "ivf-flat", "ivf-pq" (tuned: nprobe), "hnsw" 
 (scalar-quantised scans), "binary" (ITQ hash codes, Hamming scan).
 
 This module is the index itself (updates, search, exact re-rank). By concern, elsewhere:
-`clipdex.index.choose` (which kind for a size and memory budget), `clipdex.index.annbuild`
-(training, adding, tuning: `build`), `clipdex.index.annfile` (persistence), `clipdex.index.gpu`
-(GPU copies). `build`, `to_gpu` and the policy names stay importable from here.
+`clipdex.index.faiss.policy` (which kind for a size and memory budget), `clipdex.index.faiss.build`
+(training, adding, tuning: `build`), `clipdex.index.faiss.files` (persistence),
+`clipdex.index.faiss.gpu` (GPU copies).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
-from clipdex.index.choose import (  # noqa: F401 (re-exported: the policy's public names)
-    FLAT_MAX_FLOATS,
-    KINDS,
-    MIN_TRAIN,
-    bytes_per_vector,
-    choose_kind,
-    default_memory_budget,
-    pq_m,
-)
-from clipdex.index.codes import ItqCodec
+from clipdex.index.faiss.codes import ItqCodec
+from clipdex.index.faiss.policy import MIN_TRAIN, choose_kind
+from clipdex.index.faiss.runtime import faiss_module, single_thread
 
 # Kinds whose own scores are float32 inner products: a candidate list cut in the middle of a run
 # of equal scores is widened, so that ties are broken by id rather than by FAISS's order.
@@ -45,12 +37,6 @@ MARGIN = 10  # extra candidates beyond k * rerank, so that near-ties at the cut 
 # FAISS GPU indexes answer at most this many neighbours per query (k and nprobe); a search that
 # needs more candidates runs on the CPU index the GPU copy was made from.
 GPU_MAX_K = 2048
-
-
-def _faiss() -> Any:
-    import faiss
-
-    return faiss
 
 
 class NeedsRebuild(Exception):
@@ -74,7 +60,7 @@ class AnnIndex:
 
     @property
     def on_gpu(self) -> bool:
-        """A GPU copy (see clipdex.index.gpu)."""
+        """A GPU copy (see clipdex.index.faiss.gpu)."""
         return self.info.get("device") == "gpu"
 
     # ---- updates ----------------------------------------------------------------------------
@@ -85,7 +71,7 @@ class AnnIndex:
             return
         if self.removed and not self.removed.isdisjoint(ids.tolist()):
             raise NeedsRebuild(f"{self.kind} index: cannot replace a removed id's vector in place")
-        self.index.add_with_ids(self._encode(vectors), ids)
+        self.index.add_with_ids(self.encode(vectors), ids)
         self.info["ntotal"] = self.ntotal
 
     def remove(self, ids: np.ndarray) -> None:
@@ -117,7 +103,7 @@ class AnnIndex:
     # ---- search -----------------------------------------------------------------------------
     def ids(self) -> np.ndarray:
         """Every id stored in the FAISS index (tombstoned ones included), unsorted."""
-        faiss = _faiss()
+        faiss = faiss_module()
         if hasattr(self.index, "id_map"):
             return faiss.vector_to_array(self.index.id_map).astype(np.int64)
         return list_ids(faiss.extract_index_ivf(self.index).invlists)
@@ -188,7 +174,7 @@ class AnnIndex:
         self, q: np.ndarray, fetch: int, selector: _Selector | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         params = selector.params() if selector is not None else None
-        with _single_thread(len(q) < SMALL_BATCH):
+        with single_thread(len(q) < SMALL_BATCH):
             if self.codec is not None:
                 dist, cand = self.index.search(self.codec.encode(q), fetch, params=params)
                 return -dist.astype(np.float32), cand  # Hamming: smaller is better
@@ -205,7 +191,7 @@ class AnnIndex:
         from the same arrays), so its candidates come with their vectors and the re-rank reads
         nothing from SQLite (~0.1 ms of a 1M search).
         """
-        with _single_thread(len(q) < SMALL_BATCH):
+        with single_thread(len(q) < SMALL_BATCH):
             return self.index.search_and_reconstruct(q, fetch)
 
     def _rerank(
@@ -235,14 +221,15 @@ class AnnIndex:
             i = np.pad(i, ((0, 0), (0, pad)), constant_values=-1)
         return s, i
 
-    def _encode(self, vectors: np.ndarray) -> np.ndarray:
+    def encode(self, vectors: np.ndarray) -> np.ndarray:
+        """What the FAISS index stores of ``vectors``: float32 rows, or a binary kind's codes."""
         x = np.ascontiguousarray(vectors, np.float32)
         return self.codec.encode(x) if self.codec is not None else x
 
     def set_params(self, **params: int) -> None:
         """Apply search parameters (nprobe, efSearch, rerank) and record them in info."""
         self.info["params"].update(params)
-        faiss = _faiss()
+        faiss = faiss_module()
         if "nprobe" in params:
             if self.on_gpu:
                 faiss.GpuParameterSpace().set_index_parameter(self.index, "nprobe", params["nprobe"])
@@ -251,37 +238,11 @@ class AnnIndex:
         if "efSearch" in params:
             faiss.downcast_index(self.index.index).hnsw.efSearch = params["efSearch"]
 
-    # ---- persistence (clipdex.index.annfile) ------------------------------------------------
-    def write(self, f: BinaryIO) -> None:
-        """Write to an open file (see clipdex.index.annfile)."""
-        from clipdex.index import annfile
-
-        annfile.write(self, f)
-
-    @classmethod
-    def read(cls, f: BinaryIO) -> AnnIndex:
-        """Read what `write` wrote; ValueError when it is truncated or damaged."""
-        from clipdex.index import annfile
-
-        return annfile.read(f)
-
-    def to_bytes(self) -> bytes:
-        from clipdex.index import annfile
-
-        return annfile.to_bytes(self)
-
-    @classmethod
-    def from_bytes(cls, data: bytes) -> AnnIndex:
-        """Raises ValueError when `data` is not what to_bytes wrote (truncated, damaged)."""
-        from clipdex.index import annfile
-
-        return annfile.from_bytes(data)
-
 
 def list_ids(invlists: Any) -> np.ndarray:
     """Every id in a FAISS index's inverted lists, list by list."""
     parts = [
-        _faiss().rev_swig_ptr(invlists.get_ids(lst), invlists.list_size(lst)).copy()
+        faiss_module().rev_swig_ptr(invlists.get_ids(lst), invlists.list_size(lst)).copy()
         for lst in range(invlists.nlist)
         if invlists.list_size(lst)
     ]
@@ -296,7 +257,7 @@ class _Selector:
         allowed = np.asarray(allowed, np.int64)
         self.kind = ann.kind
         self.need = min(k, len(allowed))
-        self.sel = _faiss().IDSelectorBatch(allowed)
+        self.sel = faiss_module().IDSelectorBatch(allowed)
         # The k-th allowed item lies about n/m times deeper in the ranking than the k-th of all, and
         # spread over more lists: probe (n/m)^2 times more (bench/filtered_search.py: recall@10
         # 0.97 at 10% where n/m probes gave 0.92), which for m < ~3% of n means every list.
@@ -308,7 +269,7 @@ class _Selector:
         self.ef = min(max(ef, 2048), ef * depth)
 
     def params(self) -> Any:
-        faiss = _faiss()
+        faiss = faiss_module()
         if self.nprobe is not None:
             return faiss.SearchParametersIVF(sel=self.sel, nprobe=self.nprobe)
         if self.kind == "hnsw":
@@ -321,32 +282,3 @@ class _Selector:
             return False
         self.nprobe = min(self.nlist, 4 * self.nprobe)
         return True
-
-
-@contextmanager
-def _single_thread(enabled: bool) -> Iterator[None]:
-    """FAISS parallelises over queries: a few queries gain nothing from OpenMP, and its barriers
-    cost more than the search when the cores are busy (a 100k flat scan: 10 ms -> 40 ms)."""
-    if not enabled:
-        yield
-        return
-    faiss = _faiss()
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
-
-
-def __getattr__(name: str) -> Any:
-    # `ann.build` and `ann.to_gpu` live in modules that import this one: resolved on first use.
-    if name == "build":
-        from clipdex.index.annbuild import build
-
-        return build
-    if name == "to_gpu":
-        from clipdex.index.gpu import to_gpu
-
-        return to_gpu
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

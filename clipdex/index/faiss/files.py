@@ -2,7 +2,7 @@
 
 Two layouts: one stream (head, then the index: `write`/`read`, `to_bytes`), and the library's
 files (`write_head` into a small file, `write_index_file` into a FAISS file of its own, which
-`read_index_file` can memory-map; see clipdex.index.vectors)."""
+`read_index_file` can memory-map; see clipdex.index.faiss.vector_index)."""
 
 from __future__ import annotations
 
@@ -15,17 +15,19 @@ from typing import BinaryIO
 
 import numpy as np
 
-from clipdex.index.ann import AnnIndex, _faiss
-from clipdex.index.choose import ONDISK
-from clipdex.index.codes import ItqCodec
 from clipdex.index.durable import fsync_file
+from clipdex.index.faiss.ann import AnnIndex
+from clipdex.index.faiss.codes import ItqCodec
+from clipdex.index.faiss.ondisk import read_data, write_data
+from clipdex.index.faiss.policy import ONDISK
+from clipdex.index.faiss.runtime import faiss_module
 
 
 def write(ann: AnnIndex, f: BinaryIO) -> None:
     """Write to an open file: the head, then the FAISS index streamed straight into ``f`` (no
     in-memory copies of a multi-GB index)."""
     write_head(ann, f)
-    writer = _faiss().PyCallbackIOWriter(f.write)
+    writer = faiss_module().PyCallbackIOWriter(f.write)
     _write_index(ann, writer)
     del writer  # flushes its buffer
 
@@ -33,7 +35,7 @@ def write(ann: AnnIndex, f: BinaryIO) -> None:
 def read(f: BinaryIO) -> AnnIndex:
     """Read what `write` wrote; ValueError when it is truncated or damaged."""
     head = read_head(f)
-    faiss = _faiss()
+    faiss = faiss_module()
     reader = faiss.PyCallbackIOReader(f.read)
     try:
         index = faiss.read_index_binary(reader) if head["codec"] else faiss.read_index(reader)
@@ -47,7 +49,7 @@ def write_head(ann: AnnIndex, f: BinaryIO) -> None:
     info = dict(ann.info, device="cpu")
     arrays = {
         "info": np.frombuffer(json.dumps({"kind": ann.kind, "info": info}).encode(), np.uint8),
-        # An on-disk index keeps its tombstones apart (clipdex.index.ondisk): those are saved.
+        # An on-disk index keeps its tombstones apart (clipdex.index.faiss.ondisk): those are saved.
         "removed": np.array(sorted(getattr(ann, "base_removed", ann.removed)), np.int64),
         **(ann.codec.to_arrays() if ann.codec is not None else {}),
     }
@@ -84,10 +86,8 @@ def _bytes_left(f: BinaryIO) -> int | None:
 
 def write_index_file(ann: AnnIndex, path: Path) -> None:
     """The FAISS index alone, in FAISS's own file format (so it can be memory-mapped), fsynced.
-    An on-disk index (large-library mode) writes its own small data file (see clipdex.index.ondisk)."""
+    An on-disk index (large-library mode) writes its own small data file (see clipdex.index.faiss.ondisk)."""
     if ann.kind == ONDISK:
-        from clipdex.index.ondisk import write_data
-
         write_data(ann, path)  # type: ignore[arg-type]
     else:
         _write_index(ann, str(path))
@@ -99,10 +99,8 @@ def read_index_file(head: dict, path: Path, mmap: bool) -> AnnIndex:
     (codes, inverted lists, links) instead of reading them: opening costs no I/O and pages come in
     as searches touch them. A mapped index is read-only (FAISS aborts on a write to it)."""
     if head["kind"] == ONDISK:  # its lists are mapped read-only from their own file anyway
-        from clipdex.index.ondisk import read_data
-
         return read_data(head, path)
-    faiss = _faiss()
+    faiss = faiss_module()
     flags = faiss.IO_FLAG_MMAP_IFC if mmap else 0
     try:
         if head["codec"]:
@@ -117,7 +115,7 @@ def read_index_file(head: dict, path: Path, mmap: bool) -> AnnIndex:
 
 
 def _write_index(ann: AnnIndex, dest) -> None:
-    faiss = _faiss()
+    faiss = faiss_module()
     if ann.codec is not None:
         faiss.write_index_binary(ann.index, dest)
     else:
@@ -131,6 +129,7 @@ def _assemble(head: dict, index) -> AnnIndex:
 
 
 def to_bytes(ann: AnnIndex) -> bytes:
+    """`write` into memory."""
     buf = io.BytesIO()
     write(ann, buf)
     return buf.getvalue()

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from clipdex.index.faiss.runtime import faiss_module
+
 
 @dataclass
 class ItqCodec:
@@ -59,6 +61,5 @@ class ItqCodec:
 
 def binary_index(nbits: int) -> Any:
     """An empty Hamming index that takes explicit int64 ids."""
-    import faiss
-
+    faiss = faiss_module()
     return faiss.IndexBinaryIDMap(faiss.IndexBinaryFlat(nbits))

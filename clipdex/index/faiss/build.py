@@ -1,9 +1,9 @@
 """Building an AnnIndex: train the chosen FAISS index on a sample, add the vectors, tune its
-search parameters against exact results (see clipdex.index.tuning).
+search parameters against exact results (see clipdex.index.faiss.tuning).
 
-ivf-fp16 (the kind auto picks past the flat-scan size; see clipdex.index.choose for the
+ivf-fp16 (the kind auto picks past the flat-scan size; see clipdex.index.faiss.policy for the
 measurements behind it) and ivf-flat are built to keep a 1M x 512 build within seconds on 2 cores:
-~16 sqrt(n) lists whose centroids live in a 32-d PCA space (`choose.ivf_layout`), trained by
+~16 sqrt(n) lists whose centroids live in a 32-d PCA space (`policy.ivf_layout`), trained by
 two-level k-means on a sample of 20 vectors a list (sqrt(nlist) coarse groups, then each group
 split in proportion to its size; a few seconds, where one flat k-means over 16,000 centroids would
 take minutes), then every vector assigned by an exact 32-d scan of the centroids. ivf-flat's lists
@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from clipdex.index.ann import AnnIndex, _faiss, _single_thread
-from clipdex.index.choose import (
+from clipdex.index.faiss.ann import AnnIndex
+from clipdex.index.faiss.codes import ItqCodec, binary_index
+from clipdex.index.faiss.policy import (
     KINDS,
     LAYOUT_KINDS,
     MIN_TRAIN,
@@ -29,10 +30,11 @@ from clipdex.index.choose import (
     choose_kind,
     default_memory_budget,
     ivf_layout,
+    ivf_lists,
     pq_m,
 )
-from clipdex.index.codes import ItqCodec, binary_index
-from clipdex.index.tuning import tune
+from clipdex.index.faiss.runtime import faiss_module, single_thread
+from clipdex.index.faiss.tuning import tune
 
 
 def build(
@@ -55,32 +57,21 @@ def build(
     stored text vectors for an image index: cross-modal queries sit further from the data and
     may need more probes). info records the parameters, the recall measured and the timings.
     """
-    faiss = _faiss()
+    requested = kind
     if threads:
-        faiss.omp_set_num_threads(threads)
+        faiss_module().omp_set_num_threads(threads)
     x = np.ascontiguousarray(vectors, np.float32)
     ids = np.asarray(ids, np.int64)
     n, d = x.shape
     if len(ids) != n:
         raise ValueError(f"{n} vectors but {len(ids)} ids")
     budget = default_memory_budget() if memory_budget is None else memory_budget
-    requested = kind
-    if kind == "auto":
-        kind = choose_kind(n, d, budget)
-    if kind == ONDISK:  # its lists live in a library folder (clipdex.index.ondisk); in memory: its twin
-        kind = "ivf-pq"
-    if kind not in KINDS:
-        raise ValueError(f"unknown index type {kind!r}; choose from auto, {', '.join(KINDS)}")
-    if kind != "flat" and n < MIN_TRAIN:
-        kind = "flat"
+    kind = _resolve_kind(kind, n, d, budget)
 
     t0 = time.perf_counter()
     rng = np.random.default_rng(seed)
     trained_rows = np.sort(rng.choice(n, min(n, _train_size(kind, n)), replace=False))
-    train = x[trained_rows]
-    index, codec, params = _make(kind, d, n, train, seed)
-    ann = AnnIndex(kind, index, {"params": params}, codec)
-    ann.index.add_with_ids(ann._encode(x), ids)
+    ann = _filled(kind, x, ids, x[trained_rows], seed)
     build_seconds = time.perf_counter() - t0
     ann.info.update(
         type=kind,
@@ -88,7 +79,7 @@ def build(
         dim=d,
         ntotal=n,
         built_on=n,
-        trained_on=len(train),
+        trained_on=len(trained_rows),
         bytes_per_vector=bytes_per_vector(kind, d),
         memory_budget=budget,
         device="cpu",
@@ -119,13 +110,35 @@ def build(
     return ann
 
 
+def _resolve_kind(kind: str, n: int, d: int, budget: int) -> str:
+    """The kind to build for a requested one: auto's choice, the on-disk kind's in-memory twin,
+    flat while there are too few vectors to train on. ValueError for an unknown kind."""
+    if kind == "auto":
+        kind = choose_kind(n, d, budget)
+    if kind == ONDISK:  # its lists live in a library folder (clipdex.index.faiss.ondisk); in memory: its twin
+        kind = "ivf-pq"
+    if kind not in KINDS:
+        raise ValueError(f"unknown index type {kind!r}; choose from auto, {', '.join(KINDS)}")
+    if kind != "flat" and n < MIN_TRAIN:
+        kind = "flat"
+    return kind
+
+
+def _filled(kind: str, x: np.ndarray, ids: np.ndarray, train: np.ndarray, seed: int) -> AnnIndex:
+    """An index of ``kind`` trained on ``train`` and holding every row of ``x`` under ``ids``."""
+    index, codec, params = _make(kind, x.shape[1], len(x), train, seed)
+    ann = AnnIndex(kind, index, {"params": params}, codec)
+    ann.index.add_with_ids(ann.encode(x), ids)
+    return ann
+
+
 def _nlist(n: int) -> int:
     """ivf-pq: ~2 sqrt(n) lists (2,000 at 1M), with >= 39 training points each (faiss's minimum).
 
     Training and assigning cost grow with nlist (at 4 sqrt(n) a 1M build took ~50 s on 2 cores);
     twice the vectors per list only doubles a sub-millisecond probe.
     """
-    return max(1, min(int(2 * np.sqrt(n)), n // 39))
+    return ivf_lists(n, 2)
 
 
 def _train_size(kind: str, n: int) -> int:
@@ -142,7 +155,7 @@ def _train_size(kind: str, n: int) -> int:
 
 def _make(kind: str, d: int, n: int, train: np.ndarray, seed: int) -> tuple[Any, ItqCodec | None, dict]:
     """An empty, trained index of `kind` that takes explicit ids, its codec and default params."""
-    faiss = _faiss()
+    faiss = faiss_module()
     ip = faiss.METRIC_INNER_PRODUCT
     if kind == "flat":
         return faiss.IndexIDMap2(faiss.IndexFlatIP(d)), None, {}  # IDMap2: reconstruct(id) works
@@ -175,7 +188,7 @@ def ivf_pq(
 ) -> tuple[Any, dict]:
     """An empty IVF-PQ over inner products trained on ``train`` (the in-memory ivf-pq, and the
     on-disk index's base): ``nlist`` lists, one-byte codes of 8 dimensions each; its params."""
-    faiss = _faiss()
+    faiss = faiss_module()
     m = pq_m(d)
     nbits = int(min(8, max(1, np.log2(len(train) / 39))))  # 256 centroids need ~10k points
     index = faiss.IndexIVFPQ(faiss.IndexFlatIP(d), d, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
@@ -191,14 +204,14 @@ def ivf_pq(
 def _coarse_quantizer(train: np.ndarray, nlist: int, coarse: int, seed: int) -> tuple[Any, int, int]:
     """(quantizer, nlist, coarse_dim): nlist centroids of `train` found by two-level k-means in a
     `coarse`-dim PCA space (the vectors' own space when coarse == d), searched by L2 there."""
-    faiss = _faiss()
+    faiss = faiss_module()
     d = train.shape[1]
     pca = None
     if coarse < d:
         pca = faiss.PCAMatrix(d, coarse)
         pca.train(train[:50_000])
         train = pca.apply(train)
-    with _single_thread(True):  # ~130 small k-means: OpenMP barriers cost 10x the work on busy cores
+    with single_thread(True):  # ~130 small k-means: OpenMP barriers cost 10x the work on busy cores
         centroids = _two_level_kmeans(train, nlist, seed)
     flat = faiss.IndexFlatL2(train.shape[1])
     flat.add(centroids)
@@ -212,7 +225,7 @@ def _two_level_kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
     k1 = int(round(np.sqrt(k)))
     if k <= 256 or k1 * 39 > len(x):
         return _kmeans(x, k, seed)
-    groups = _faiss().knn(x, _kmeans(x, k1, seed), 1)[1][:, 0]
+    groups = faiss_module().knn(x, _kmeans(x, k1, seed), 1)[1][:, 0]
     parts = []
     for g in range(k1):
         xg = np.ascontiguousarray(x[groups == g])
@@ -223,7 +236,7 @@ def _two_level_kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def _kmeans(x: np.ndarray, k: int, seed: int) -> np.ndarray:
-    faiss = _faiss()
+    faiss = faiss_module()
     km = faiss.Kmeans(x.shape[1], k, niter=10, seed=seed, min_points_per_centroid=1,
                       max_points_per_centroid=1 << 30)  # fmt: skip
     km.train(np.ascontiguousarray(x, np.float32))

@@ -2,7 +2,8 @@
 
 `choose_kind` picks from the collection size and a memory budget (a quarter of RAM by default);
 `bytes_per_vector` is the arithmetic behind it (and `clipdex info`'s figures); `ivf_layout` shapes
-an IVF index (how many lists, in which space vectors are assigned to them).
+an IVF index (how many lists, in which space vectors are assigned to them); `ivf_lists` is the one
+list count every IVF index here uses. Stdlib only: ``clipdex --help`` imports this module.
 
 Chosen by measurement (bench/ann_families.py, 2026-11-28: 1M x 512 hard synthetic data, a 24-d
 latent mixture projected to 512-d plus noise; held-out queries one at a time on one thread, nprobe
@@ -31,9 +32,10 @@ available with --index-type.
 
 from __future__ import annotations
 
+import math
 import os
 
-# Built in memory (annbuild).
+# Built in memory (clipdex.index.faiss.build).
 KINDS = ("flat", "ivf-fp16", "ivf-flat", "ivf-pq", "hnsw", "sq8", "fp16", "binary")
 IVF_KINDS = ("ivf-fp16", "ivf-flat", "ivf-pq")  # inverted files: nprobe is their search knob
 LAYOUT_KINDS = ("ivf-fp16", "ivf-flat")  # lists shaped by ivf_layout (assigned in a PCA space)
@@ -90,8 +92,24 @@ def ivf_layout(n: int, d: int) -> tuple[int, int]:
     data, where 2 sqrt(n) lists needed 3%), with >= 39 training points each (faiss's minimum);
     vectors are assigned in a COARSE_DIM PCA space, or in their own space when d < 4 * COARSE_DIM.
     """
-    nlist = max(1, min(int(16 * n**0.5), n // 39))
+    nlist = ivf_lists(n, 16)
     return nlist, (COARSE_DIM if d >= 4 * COARSE_DIM else d)
+
+
+def ivf_lists(n: int, per_sqrt: int, min_points: int | None = 39) -> int:
+    """How many inverted lists an IVF index over ``n`` vectors gets: ``per_sqrt`` sqrt(n), with at
+    least ``min_points`` training points each (faiss's minimum is 39) and at least one list;
+    ``min_points=None``: ``int(per_sqrt sqrt(n))`` uncapped (the duplicate finder's k-NN, n large).
+
+    The callers' counts: the in-memory ivf-pq 2 sqrt(n), the on-disk index sqrt(n), ivf_layout's
+    kinds 16 sqrt(n), the duplicate finder 2 sqrt(n) uncapped. (``math.sqrt`` is correctly
+    rounded, as ``np.sqrt`` is, and ``n**0.5`` differs from it by under an ulp: the count, a floor
+    of a power-of-two multiple, is the same whichever of them computes the root.)
+    """
+    lists = int(per_sqrt * math.sqrt(n))
+    if min_points is None:
+        return lists
+    return max(1, min(lists, n // min_points))
 
 
 def choose_kind(n: int, dim: int, memory_budget: int | None = None) -> str:

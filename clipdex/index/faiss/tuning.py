@@ -10,14 +10,25 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from clipdex.index.choose import IVF_KINDS
+from clipdex.index.faiss.policy import IVF_KINDS
 
 if TYPE_CHECKING:
-    from clipdex.index.ann import AnnIndex
+    from clipdex.index.faiss.ann import AnnIndex
 
 TUNE_QUERIES = 200
 # Search-parameter grids, cheapest first; the first setting reaching the target recall wins.
-NPROBES = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)  # doubling (clipdex.index.ondisk tunes on these)
+NPROBES = (
+    1,
+    2,
+    4,
+    8,
+    16,
+    32,
+    64,
+    128,
+    256,
+    512,
+)  # doubling (clipdex.index.faiss.ondisk_build tunes on these)
 # tune's nprobe grid, in steps of ~1.25x: at 1M a step from 64 to 96 lists costs 0.2 ms a query for
 # recall it may not need.
 NPROBE_STEPS = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256,
@@ -56,7 +67,7 @@ def tune(
         skip = np.full(len(q), -2, np.int64)  # nothing to drop (-2 is never an id nor the -1 pad)
     q = np.ascontiguousarray(q / np.linalg.norm(q, axis=1, keepdims=True), np.float32)
     k = min(10, n - 1)
-    truth = _drop_self(ids[exact_top(q, x, k + 1)], skip, k)
+    truth = drop_self(ids[exact_top(q, x, k + 1)], skip, k)
     order = np.argsort(ids)
 
     def get_vectors(want: np.ndarray) -> np.ndarray:
@@ -65,7 +76,7 @@ def tune(
     def recall() -> tuple[float, float]:
         """Mean recall@k over the queries, and its one-sided 95% lower confidence bound."""
         _, found = ann.search(q, k + 1, get_vectors)
-        found = _drop_self(found, skip, k)
+        found = drop_self(found, skip, k)
         per_query = np.array([len(np.intersect1d(a, b)) / k for a, b in zip(found, truth)])
         return float(per_query.mean()), float(per_query.mean() - 1.64 * per_query.std() / np.sqrt(len(q)))
 
@@ -129,9 +140,9 @@ class TopK:
 
     def result(self, skip: np.ndarray) -> np.ndarray:
         """Each query's exact top k - 1 without its own source id (``skip``)."""
-        return _drop_self(self.ids, skip, self.k - 1)
+        return drop_self(self.ids, skip, self.k - 1)
 
 
-def _drop_self(found: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
+def drop_self(found: np.ndarray, self_ids: np.ndarray, k: int) -> np.ndarray:
     """Each row without its own source id, cut to k."""
     return np.array([row[row != s][:k] for row, s in zip(found, self_ids)])

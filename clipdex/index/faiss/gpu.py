@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from clipdex.index import ann as _ann
-from clipdex.index.ann import AnnIndex, _faiss
+from clipdex.index.faiss import ann as _ann
+from clipdex.index.faiss.ann import AnnIndex
+from clipdex.index.faiss.runtime import faiss_module
 
 GPU_KINDS = {"flat", "ivf-flat", "ivf-fp16", "ivf-pq"}
 
 
 def to_gpu(ann: AnnIndex) -> AnnIndex:
     """A copy on all GPUs for the kinds FAISS supports there; `ann` itself when there are none."""
-    faiss = _faiss()
+    faiss = faiss_module()
     if ann.kind not in GPU_KINDS or ann.on_gpu or faiss.get_num_gpus() == 0:
         return ann
     if ann.info["params"].get("nprobe", 0) > _ann.GPU_MAX_K:  # more lists than a GPU search can probe

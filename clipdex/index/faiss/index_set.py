@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from clipdex.index import ondisk
-from clipdex.index.ann import NeedsRebuild
+from clipdex.index.faiss import ondisk, ondisk_build
+from clipdex.index.faiss.ann import NeedsRebuild
+from clipdex.index.faiss.tuning import TUNE_QUERIES
+from clipdex.index.faiss.vector_index import VectorIndex, stray_files
 from clipdex.index.store.database import Store
-from clipdex.index.tuning import TUNE_QUERIES
-from clipdex.index.vectors import VectorIndex, stray_files
 from clipdex.kinds import IMAGE, TEXT
 
 INDEX_TYPE_KEY = "index_type"
@@ -86,6 +86,17 @@ class IndexSet:
         why = why or "older than the database's change log"
         return self._exact(kind, why)
 
+    def problem(self, kind: str) -> str | None:
+        """What `view` finds wrong with ``kind``'s file (``the image index PATH is damaged``), or
+        None when it is usable or the store holds nothing of ``kind`` (as `view` warns)."""
+        idx = self.view(kind)
+        if idx.fallback_reason is None or idx.ntotal == 0:
+            return None
+        return self._problem_text(kind, idx.fallback_reason)
+
+    def _problem_text(self, kind: str, why: str) -> str:
+        return f"the {kind} index {self.path(kind)} is {why}"
+
     def _exact(self, kind: str, why: str) -> VectorIndex:
         with self.store.snapshot():  # ids, vectors and generation from one consistent state
             gen = self.store.generation
@@ -93,11 +104,12 @@ class IndexSet:
         if len(ids) and kind not in self._warned:
             self._warned.add(kind)
             self.warn(
-                f"the {kind} index {self.path(kind)} is {why}; searching exactly from the database "
+                f"{self._problem_text(kind, why)}; searching exactly from the database "
                 "(slower; the next `clipdex index` or `clipdex check --repair` rebuilds it)"
             )
         idx = VectorIndex.build(ids, vecs, self.store.dim or 0, gen, "flat")
         idx.exact_fallback = True
+        idx.fallback_reason = why
         self._cache[kind] = idx
         return idx
 
@@ -145,12 +157,12 @@ class IndexSet:
             pass
         return self.rebuild(kind)
 
-    def rebuild(self, kind: str, fill: ondisk.Fill | None = None) -> VectorIndex:
+    def rebuild(self, kind: str, fill: ondisk_build.Fill | None = None) -> VectorIndex:
         """Build ``kind``'s index from the store (not from its file), cache and save it (``fill``:
         how an on-disk index's blocks are filled, e.g. in Ray tasks)."""
         self._cache.pop(kind, None)
-        if ondisk.wanted(self.store, kind, self.index_type):  # large-library mode: bounded memory
-            idx = ondisk.build(self.store, kind, self.path(kind), self.index_type, fill=fill)
+        if ondisk_build.wanted(self.store, kind, self.index_type):  # large-library mode: bounded memory
+            idx = ondisk_build.build(self.store, kind, self.path(kind), self.index_type, fill=fill)
             self._cache[kind] = idx
             self._try_save(kind, idx)
             return idx
@@ -225,10 +237,17 @@ class IndexSet:
                 self.get(kind)  # caught up or rebuilt, and saved
         if self.store.writable:  # what a killed writer left half-made (this one holds the lock)
             for kind in (IMAGE, TEXT):
-                for stray in stray_files(self.path(kind)):
-                    stray.unlink(missing_ok=True)
-                for work in ondisk.stray_builds(self.folder, kind):
-                    shutil.rmtree(work, ignore_errors=True)
+                for stray in self.leftovers(self.folder, kind):
+                    if stray.is_dir():  # an on-disk build's work folder
+                        shutil.rmtree(stray, ignore_errors=True)
+                    else:
+                        stray.unlink(missing_ok=True)
+
+    @staticmethod
+    def leftovers(folder: Path, kind: str) -> list[Path]:
+        """What a killed writer left of ``kind``'s index in ``folder`` (what `finish` removes): a
+        save's temporary head and unnamed data files, an on-disk build's work folders."""
+        return stray_files(folder / f"{kind}s.faiss") + ondisk.stray_builds(folder, kind)
 
     def _try_save(self, kind: str, idx: VectorIndex) -> None:
         # Derived data: saved only by a writer, only if it still reflects the database; a failure
@@ -241,7 +260,7 @@ class IndexSet:
             return
         self._file_stamp[kind] = _stamp(self.path(kind))
         self.store.changes.prune(kind, idx.generation)
-        ondisk.remove_unused(self.folder, kind, idx)
+        ondisk.remove_unused(self.folder, kind, idx.ann)
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:

@@ -10,19 +10,17 @@ cosine similarities of the stored float32 vectors, best first, ties broken by as
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import struct
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from clipdex.index import ann, annfile
-from clipdex.index.ann import AnnIndex
-from clipdex.index.durable import fsync_dir
+from clipdex.index.durable import write_atomically
+from clipdex.index.faiss import build, files, gpu
+from clipdex.index.faiss.ann import AnnIndex
+from clipdex.index.faiss.runtime import faiss_module
 
 MAGIC = b"CLIPDEX-FAISS-4\n"  # 4: a head file naming a FAISS data file (memory-mappable)
 LEGACY_MAGIC = b"CLIPDEX-FAISS-3\n"  # 3: head and FAISS index in one stream (still read)
@@ -30,21 +28,15 @@ LEGACY_MAGIC = b"CLIPDEX-FAISS-3\n"  # 3: head and FAISS index in one stream (st
 TOUCHED_KINDS = ("flat", "fp16", "sq8", "ivf-flat", "ivf-fp16", "ivf-pq")
 
 
-def _faiss() -> Any:
-    import faiss
-
-    return faiss
-
-
 class VectorIndex:
     """An inner-product index over unit vectors, keyed by SQLite ids: an `ann.AnnIndex` (flat for
-    small collections, tuned IVF beyond; see clipdex.index.ann) plus the generation it reflects."""
+    small collections, tuned IVF beyond; see clipdex.index.faiss.ann) plus the generation it reflects."""
 
     def __init__(
         self, dim: int, index: AnnIndex | None = None, generation: int = 0, info: dict | None = None
     ):
         self.dim = dim
-        self.ann = index if index is not None else ann.build(np.zeros((0, dim), np.float32), np.zeros(0))
+        self.ann = index if index is not None else build.build(np.zeros((0, dim), np.float32), np.zeros(0))
         if info:
             self.ann.info.update(info)
         self.generation = generation
@@ -52,6 +44,7 @@ class VectorIndex:
         self.delta: AnnIndex | None = None  # reader catch-up: current vectors of changed ids
         self.tombs: set[int] = set()  # reader catch-up: base ids removed or replaced since
         self.exact_fallback = False  # built in memory from SQLite because the file was unusable
+        self.fallback_reason: str | None = None  # why it was unusable ("missing", "damaged", …)
         self.mapped = False  # loaded memory-mapped (a reader's): the base must never change
         # Search on a GPU copy (when FAISS sees a GPU). Off by default: cloning a large index costs
         # more than one CPU search, so only long-running processes (serve) turn it on.
@@ -67,15 +60,15 @@ class VectorIndex:
         kind: str = "auto",
         tune_queries: np.ndarray | None = None,
     ) -> VectorIndex:
-        """Index type chosen by ann.choose_kind (or forced by `kind`), search parameters tuned
+        """Index type chosen by policy.choose_kind (or forced by `kind`), search parameters tuned
         (on `tune_queries` when given: a sample of the queries this index will really answer)."""
         vectors = np.asarray(vectors, np.float32).reshape(len(ids), dim)
-        built = ann.build(vectors, np.asarray(ids, np.int64), kind, tune_queries=tune_queries)
+        built = build.build(vectors, np.asarray(ids, np.int64), kind, tune_queries=tune_queries)
         return cls(dim, built, generation)
 
     @property
     def info(self) -> dict:
-        """Type, params, recall_at_10, build_seconds, bytes_per_vector… (see ann.build)."""
+        """Type, params, recall_at_10, build_seconds, bytes_per_vector… (see build.build)."""
         return self.ann.info
 
     @property
@@ -134,7 +127,7 @@ class VectorIndex:
         self.tombs.update(i for i in was_there.tolist() if i not in in_delta)
         if len(live_ids):
             if self.delta is None:
-                self.delta = ann.build(np.zeros((0, self.dim), np.float32), np.zeros(0, np.int64), "flat")
+                self.delta = build.build(np.zeros((0, self.dim), np.float32), np.zeros(0, np.int64), "flat")
             self.delta.add(live_vecs, live_ids)
 
     def fold(self) -> None:
@@ -212,7 +205,7 @@ class VectorIndex:
         query = np.zeros((1, self.dim), np.float32)
         query[0, 0] = 1.0
         if self.ann.kind.startswith("ivf"):
-            ivf = _faiss().extract_index_ivf(self.ann.index)
+            ivf = faiss_module().extract_index_ivf(self.ann.index)
             nprobe, ivf.nprobe = ivf.nprobe, ivf.nlist
             try:
                 self.ann.index.search(query, 1)
@@ -230,41 +223,39 @@ class VectorIndex:
         return np.vstack([(self.delta if i in fresh else self.ann).index.reconstruct(int(i)) for i in ids])
 
     def _searcher(self) -> AnnIndex:
-        if self.use_gpu and _faiss().get_num_gpus() > 0:
+        if self.use_gpu and faiss_module().get_num_gpus() > 0:
             if self._gpu is None:
-                self._gpu = ann.to_gpu(self.ann)
+                self._gpu = gpu.to_gpu(self.ann)
             return self._gpu
         return self.ann
 
     # ---- persistence --------------------------------------------------------------------
     # Two files per index: PATH (e.g. images.faiss: the generation, the dimension, the name of the
-    # data file, the small annfile head) and the data file it names (images-<random>.faiss: the
-    # FAISS index in FAISS's own format, so that readers can memory-map it). A save writes a new
-    # data file, then replaces PATH atomically, then deletes the older data files: a reader that
-    # has one mapped keeps it (the inode lives on); one caught between the two opens retries.
+    # data file, the small head of clipdex.index.faiss.files) and the data file it names
+    # (images-<random>.faiss: the FAISS index in FAISS's own format, so that readers can memory-map
+    # it). A save writes a new data file, then replaces PATH atomically, then deletes the older
+    # data files: a reader that has one mapped keeps it (the inode lives on); one caught between
+    # the two opens retries.
     def save(self, path: Path) -> None:
         """Atomic: a new data file, then PATH replaced (temp file in the same folder, fsync,
         rename), then the older data files removed."""
         self.fold()
         data = path.with_name(f"{path.stem}-{secrets.token_hex(8)}.faiss")
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
         try:
-            annfile.write_index_file(self.ann, data)
+            files.write_index_file(self.ann, data)
             head = {"generation": self.generation, "dim": self.dim, "data": data.name}
             st = data.stat()
             header = json.dumps({**head, "size": st.st_size}).encode()
-            os.fchmod(fd, st.st_mode & 0o777)  # as the data file (the umask's), not mkstemp's 0600
-            with os.fdopen(fd, "wb") as f:
+
+            def write_head(f) -> None:
                 f.write(MAGIC + struct.pack("<Q", len(header)) + header)
-                annfile.write_head(self.ann, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
+                files.write_head(self.ann, f)
+
+            # The head's permissions are the data file's (the umask's), as a new file's would be.
+            write_atomically(path, write_head, mode=st.st_mode & 0o777)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
             data.unlink(missing_ok=True)
             raise
-        fsync_dir(path.parent)
         for old in data_files(path):
             if old != data:
                 old.unlink(missing_ok=True)
@@ -293,13 +284,13 @@ class VectorIndex:
                     if header is None:
                         return None
                     if "data" not in header:  # a version 3 file: one stream, read whole
-                        return cls(header["dim"], AnnIndex.read(f), header["generation"])
-                    head = annfile.read_head(f)
+                        return cls(header["dim"], files.read(f), header["generation"])
+                    head = files.read_head(f)
                 if not _data_intact(path, header):
                     if path.with_name(header["data"]).exists():
                         return None  # damaged (FAISS must never map a truncated file)
                     raise FileNotFoundError(header["data"])
-                index = annfile.read_index_file(head, path.with_name(header["data"]), mmap)
+                index = files.read_index_file(head, path.with_name(header["data"]), mmap)
             except FileNotFoundError:
                 if not path.exists():
                     return None
