@@ -67,7 +67,7 @@ def main() -> None:
         enc_s.append(time.perf_counter() - t)
         # 2. the whole user path: Library.add_texts into a new library (model load excluded)
         lib = Library.open(work / f"lib{r}", create=True, model=str(model_dir), device="cpu")
-        lib._model = lm
+        lib.models.keep(lm)  # the model's load is not what is measured
         t = time.perf_counter()
         ids = lib.add_texts(texts, batch_size=args.batch)
         add_s.append(time.perf_counter() - t)

@@ -127,6 +127,7 @@ def main() -> int:
     from clipdex.index.store.database import Store
     from clipdex.index.store.items import ItemsTable
     from clipdex.index.store.merge import KeyedMerge
+    from clipdex.library import model_slot
     from clipdex.retrieval.models import init_model
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="clipdex-bench-import-"))
@@ -157,7 +158,7 @@ def main() -> int:
         timed(vector_files, "open_vectors", "read")
         timed(vector_files, "read_metadata", "read")
         timed(vector_files, "row_norms", "validate")
-        timed(library_mod, "load_model", "model")
+        timed(model_slot, "load_model", "model")
         timed_gen(vector_files.Embeddings, "chunks", "normalise")
         timed(ItemsTable, "insert_many", "insert")
         timed(KeyedMerge, "keyed", "merge")

@@ -52,3 +52,11 @@ def _disk_full(database: str | None) -> bool:
     except OSError:
         return False
     return st.f_bavail * st.f_frsize < (1 << 20)
+
+
+class QueryError(ClipdexError):
+    """A query that cannot be answered as asked (e.g. its terms cancel out): the asker's fault."""
+
+
+class DecodeError(ClipdexError):
+    """An image could not be decoded; ``str(e)`` is a one-line reason (the caller adds the path)."""

@@ -113,12 +113,12 @@ def test_csv_import_then_search_by_an_imported_vector(imported):
 
 
 def test_second_import_into_an_existing_library_does_not_load_the_model(imported, tmp_path, monkeypatch):
-    import clipdex.library
+    import clipdex.library.model_slot as model_slot
 
     def no_model(*a, **kw):
         raise AssertionError("the model must not be loaded for an existing library")
 
-    monkeypatch.setattr(clipdex.library, "load_model", no_model)
+    monkeypatch.setattr(model_slot, "load_model", no_model)
     more = vectors(3, seed=7)
     npy = save_npy(tmp_path / "more.npy", more)
     meta = write_csv(tmp_path / "more.csv", ["path"], [[f"/data/more/{i}.jpg"] for i in range(3)])

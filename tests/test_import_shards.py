@@ -20,7 +20,7 @@ def _search(lib, *query) -> list[dict]:
 
 
 def test_embed_then_import_searches_like_index(tmp_path, tiny_model_dir, monkeypatch):
-    import clipdex.import_run as import_run
+    import clipdex.library.importing as import_run
 
     photos = photo_folder(tmp_path)
     ok("--library", tmp_path / "indexed", "index", photos, "--model", tiny_model_dir)
@@ -44,11 +44,11 @@ def test_embed_then_import_searches_like_index(tmp_path, tiny_model_dir, monkeyp
         assert all(abs(h["score"] - scores[h["path"]]) < 2e-3 for h in got)
         # ...ranked exactly as brute force over the imported vectors ranks them.
         from clipdex import Library
-        from clipdex.retrieval.query import Terms
 
         with Library.open(lib) as library:
-            terms = Terms.of(query[0] if len(query) == 1 else None, query[1] if len(query) == 2 else None)
-            q = library._composed_query(terms, None)
+            text, image = (query[0], None) if len(query) == 1 else (None, query[1])
+            plan = library.plan_query(text, image)
+            q = library.query_vector(plan)
         assert [h["id"] for h in got] == [i for i, _ in brute_force(ids, vecs, q, 20)]
     assert_one_error_line(run("--library", lib, "import-embeddings", tmp_path / "emb", "--model", tmp_path),
                           "local-dir")  # fmt: skip

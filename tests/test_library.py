@@ -85,7 +85,8 @@ def test_incremental_counts_and_reopens(tiny_model_dir, tmp_path, opened):
 
 def test_unchanged_run_writes_nothing(tiny_model_dir, tmp_path, monkeypatch):
     """Empty and whitespace-only sidecars hold no caption: a re-run must not rewrite anything."""
-    import clipdex.library
+    import clipdex.library.model_slot as model_slot
+    from clipdex.index.faiss.index_set import IndexSet
 
     imgs, lib = tmp_path / "imgs", tmp_path / "lib"
     make_images(imgs, ["a.png", "b.png", "c.png"])
@@ -95,10 +96,10 @@ def test_unchanged_run_writes_nothing(tiny_model_dir, tmp_path, monkeypatch):
     assert index_json(lib, imgs, "--model", tiny_model_dir) == stats(added=3, texts_added=1)
     generation = json_lines(ok("--library", lib, "info", "--json").stdout)[0]["generation"]
     loads, faiss_loads = [], []
-    monkeypatch.setattr(clipdex.library, "load_model", lambda *a, **k: loads.append(a))
-    real_get = clipdex.library.IndexSet.get
+    monkeypatch.setattr(model_slot, "load_model", lambda *a, **k: loads.append(a))
+    real_get = IndexSet.get
     monkeypatch.setattr(
-        clipdex.library.IndexSet,
+        IndexSet,
         "get",
         lambda self, kind: (faiss_loads.append(kind), real_get(self, kind))[1],
     )
@@ -221,14 +222,14 @@ def test_model_refused_then_reembedded(tiny_model_dir, tiny_model_dir2, tmp_path
 
 
 def test_python_api(tiny_model_dir, tmp_path, monkeypatch):
-    import clipdex.library
+    import clipdex.library.model_slot as model_slot
     from clipdex import Library  # noqa: F811  (the public import path)
 
     files = make_images(tmp_path / "imgs", ["a.png", "b.png", "c.png"])
     (tmp_path / "imgs" / "b.txt").write_text("the b caption")
     loads = []
-    real = clipdex.library.load_model
-    monkeypatch.setattr(clipdex.library, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
+    real = model_slot.load_model
+    monkeypatch.setattr(model_slot, "load_model", lambda *a, **k: loads.append(a) or real(*a, **k))
     lib = Library.open(tmp_path / "lib", create=True, model=str(tiny_model_dir))
     stats_ = lib.index(tmp_path / "imgs")
     assert (stats_.added, stats_.texts_added) == (3, 1)
@@ -236,11 +237,11 @@ def test_python_api(tiny_model_dir, tmp_path, monkeypatch):
     assert [h.rank for h in hits] == [1, 2] and all(h.modality == "image" for h in hits)
     assert set(hits[0].to_dict()) == {"rank", "score", "modality", "id", "path"}
     assert hits[0].to_dict()["path"] == hits[0].path
-    model = lib._model
+    model = lib.model  # loaded by the index run: no load here
     for q in ("one", "two", "three"):
         lib.search(text=q)
     lib.search(image=files["c.png"], k=1)
-    assert lib._model is model and len(loads) == 1  # loaded once, kept for every search
+    assert lib.model is model and len(loads) == 1  # loaded once, kept for every search
 
     store = Store(tmp_path / "lib")
     ids, vecs = store.vectors.all(IMAGE)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, BinaryIO, TypeVar
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from clipdex.errors import ClipdexError
+from clipdex.errors import DecodeError
 from clipdex.retrieval import late_size
 
 if TYPE_CHECKING:
@@ -135,10 +135,6 @@ _ORIENTATION = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
-
-
-class DecodeError(ClipdexError):
-    """An image could not be decoded; ``str(e)`` is a one-line reason (the caller adds the path)."""
 
 
 def too_large(pixels: int, limit: int) -> DecodeError:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from clipdex.errors import ClipdexError
+from clipdex.errors import QueryError
 
 ROLES = ("text", "image", "not_text", "not_image")
 
@@ -99,5 +99,5 @@ def compose(vectors: np.ndarray, signs: np.ndarray, weights: np.ndarray) -> np.n
     q = ((signs * weights)[:, None] * vectors.astype(np.float64)).sum(axis=0)
     norm = float(np.linalg.norm(q))
     if not np.isfinite(norm) or norm < 1e-6:
-        raise ClipdexError("the query's terms cancel out (their weighted sum is zero)")
+        raise QueryError("the query's terms cancel out (their weighted sum is zero)")
     return (q / norm).astype(np.float32)

@@ -1,34 +1,33 @@
-"""Searching a Library: queries (vector, composed text/image terms), filters, similar items,
-duplicates. A mixin of `clipdex.library.Library`, which owns the store, the indexes and the model;
-this module only reads them.
+"""Searching a library: queries (a vector, or composed text/image terms), filters, similar items,
+duplicates. A `Searcher` receives the parts it reads (store, indexes, model slot); `Library`
+holds one and hands its searches to it.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from clipdex.errors import ClipdexError
 from clipdex.index.filters import Filter
 from clipdex.kinds import IMAGE, TEXT
+from clipdex.library.queries import Encode, ImageArg, QueryPlan, encode_images, encode_texts, vector_query
 from clipdex.results import DuplicateItem, SearchResult
-from clipdex.retrieval.query import Terms, Weights, compose
+from clipdex.retrieval.query import Terms, Weights
 
 if TYPE_CHECKING:
     from clipdex.index.faiss.index_set import IndexSet
     from clipdex.index.store.database import Store
     from clipdex.index.store.rows import Item
-    from clipdex.retrieval.models import LoadedModel
-
-ImageArg = str | os.PathLike | bytes
+    from clipdex.library.model_slot import ModelSlot
 
 
-def _kind(target: str) -> str:
+def kind_of(target: str) -> str:
     """The stored kind ("image"/"text") a search ``target`` ("images"/"texts") names."""
     kind = {"images": IMAGE, "texts": TEXT, "image": IMAGE, "text": TEXT}.get(target)
     if kind is None:
@@ -45,15 +44,15 @@ def _result(
     return SearchResult(rank, score, kind, item_id, name, it.text if kind == TEXT else None, raw_path=path)
 
 
-class Searching:
-    """The read side of a Library (see there for the attributes it uses)."""
+class Searcher:
+    """The read side of a library: reads its store and indexes, encodes queries with its model."""
 
-    path: Path
-    store: Store
-    indexes: IndexSet
-    gpu_index: bool
-    model: LoadedModel
-    _follow_writers: Callable[[], int]  # the store's generation, after following other processes
+    def __init__(self, path: Path, store: Store, indexes: IndexSet, models: ModelSlot, gpu_index: bool):
+        self.path = path
+        self.store = store
+        self.indexes = indexes
+        self.models = models
+        self.gpu_index = gpu_index
 
     def search(
         self,
@@ -68,17 +67,7 @@ class Searching:
         weights: Weights = None,
         filter: Filter | None = None,
     ) -> list[SearchResult]:
-        """Best ``k`` items of ``target`` ("images" or "texts") for one query, best first.
-
-        The query is ``vector`` (an embedding in the library's space), or a composed query: any
-        number of ``text`` and ``image`` terms (a value or a list each), minus ``not_text`` and
-        ``not_image`` terms; its vector is the normalised weighted sum of the positive terms' unit
-        vectors minus the negative ones'. ``weights`` is one non-negative number per term in the
-        order text, image, not_text, not_image, or a mapping from those names to a number (all
-        terms of that name) or a list (default: all 1). ``filter`` (`clipdex.Filter`) keeps only
-        items under some folders, in a date range, with or without captions, above a score; the
-        result is still the best k among the items that match.
-        """
+        """See `Library.search`."""
         from clipdex.index import filters
 
         terms = Terms.of(text, image, not_text, not_image)
@@ -88,17 +77,17 @@ class Searching:
             raise ValueError("give text=, image= or vector= (negative terms alone are not a query)")
         if k < 1:
             raise ValueError("k must be at least 1")
-        kind = _kind(target)
+        kind = kind_of(target)
         if filter is not None and not isinstance(filter, Filter):
             raise TypeError("filter must be a clipdex.Filter")
-        index = self.indexes.view(kind, self._follow_writers())  # one generation read when nothing changed
+        index = self.indexes.view(kind, self.models.follow())  # one generation read when nothing changed
         if index.ntotal == 0:
             what = "images" if kind == IMAGE else "texts"
             raise ClipdexError(f"the library at {self.path} has no {what} to search")
         if vector is not None:
-            query = self._vector_query(vector, index.dim)
+            query = vector_query(vector, index.dim)
         else:
-            query = self._composed_query(terms, weights)
+            query = self.query_vector(QueryPlan(terms, terms.weights(weights)))
         index.use_gpu = self.gpu_index
         items: dict[int, Item] = {}  # the rows of the candidates re-ranked (read with their vectors)
         fetch = partial(self.store.vectors.get, items=items)
@@ -114,54 +103,31 @@ class Searching:
             for rank, (item_id, score) in enumerate(hits, start=1)
         ]
 
-    def count(self, target: str = "images") -> int:
+    def count(self, target: str = "images", filter: Filter | None = None) -> int:
         """How many items of ``target`` a search can return now: from the caught-up index (the same
-        view `search` uses), so a long-running reader counts without a table scan."""
-        kind = _kind(target)
-        return self.indexes.view(kind, self._follow_writers()).ntotal
+        view `search` uses), so a long-running reader counts without a table scan. With a
+        ``filter`` that restricts items (folders, dates, captions): how many of them pass it."""
+        kind = kind_of(target)
+        if filter is not None and filter.restricts_items:
+            self.models.follow()  # matching_ids only reads SQLite: follow other writers first
+            return len(self.store.items.matching_ids(kind, filter))
+        return self.indexes.view(kind, self.models.follow()).ntotal
 
     def preload(self) -> None:
         """For a long-lived process (serve, a notebook answering many queries): bring the
         memory-mapped indexes' pages in now, so that early searches pay no page faults (see
         `VectorIndex.touch`). Costs about one exact scan; a one-shot search does not call it."""
         for kind in (IMAGE, TEXT):
-            self.indexes.view(kind, self._follow_writers()).touch()
+            self.indexes.view(kind, self.models.follow()).touch()
 
-    def _vector_query(self, vector: Any, dim: int | None = None) -> np.ndarray:
-        """``vector`` checked and normalised; ``dim`` when the caller knows it (saves a read)."""
-        q = np.asarray(vector, np.float32).reshape(-1)
-        dim = dim or self.store.dim
-        if dim and q.shape[0] != dim:
-            raise ClipdexError(f"query vector has dimension {q.shape[0]}, the library's is {dim}")
-        norm = float(np.linalg.norm(q))
-        if not np.isfinite(norm) or norm == 0:
-            raise ClipdexError("query vector must be finite and non-zero")
-        return q / norm
-
-    def _composed_query(self, terms: Terms, weights: Weights) -> np.ndarray:
-        """Encode every term (texts in one batch, images in one batch) and compose them."""
-        import torch
-
-        from clipdex.index.scan import display_path
-        from clipdex.retrieval.decode import DecodeError, load_and_preprocess
-        from clipdex.retrieval.embed import encode_image_batch, encode_texts
-        from clipdex.textfiles import require_file
-
-        w = terms.weights(weights)  # before any encoding: a bad weight costs nothing
-        lm = self.model
-        texts = encode_texts(lm, terms.text + terms.not_text)
-        pixels = []
-        for path in terms.image + terms.not_image:
-            require_file(path, "query image")  # before opening: a FIFO would block
-            try:
-                pixels.append(load_and_preprocess(path, lm.preprocess, lm.image_size))
-            except DecodeError as e:
-                shown = display_path(os.fsencode(path))
-                raise ClipdexError(f"cannot read query image {shown}: {e}") from e
-        images = encode_image_batch(lm, torch.stack(pixels)) if pixels else texts[:0]
-        nt, ni = len(terms.text), len(terms.image)
-        vectors = np.concatenate([texts[:nt], images[:ni], texts[nt:], images[ni:]])
-        return compose(vectors, terms.signs(), w)
+    def query_vector(
+        self, plan: QueryPlan, encode_text: Encode | None = None, encode_image: Encode | None = None
+    ) -> np.ndarray:
+        """``plan``'s vector with the library's model (or the encoders given, e.g. batched ones)."""
+        return plan.vector(
+            encode_text or (lambda texts: encode_texts(self.models.model, texts)),
+            encode_image or (lambda images: encode_images(self.models.model, images)),
+        )
 
     def duplicates(
         self, threshold: float = 0.95, under: Sequence[str | os.PathLike | bytes] | str | None = None

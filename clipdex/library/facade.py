@@ -1,7 +1,8 @@
-"""The Library facade: one directory joining the store, the FAISS indexes and the model.
+"""The Library facade: one folder joining the store, the FAISS indexes and the model.
 
-`index/` knows files and vectors, `retrieval/` knows models and tensors; only this module (and the
-indexing run it drives) joins them. The CLI parses, calls a Library and prints.
+`Library` holds its parts (a `Store`, an `IndexSet`, a `ModelSlot` and a `Searcher` over them) and
+takes the writer lock around every write; its verbs are the modules beside it, which receive the
+parts they use and never the Library. The CLI and the server use nothing else of the engine.
 """
 
 from __future__ import annotations
@@ -13,16 +14,21 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from clipdex.errors import ClipdexError, ModelError
+import numpy as np
+
+from clipdex.errors import ClipdexError
 from clipdex.index.faiss.index_set import IndexSet
+from clipdex.index.filters import Filter
 from clipdex.index.store.database import Store
-from clipdex.index.store.lock import WriterLock
-from clipdex.index.store.schema import DB_NAME
 from clipdex.kinds import IMAGE, TEXT
-from clipdex.results import ImportCounts, IndexStats, Reembedded
-from clipdex.retrieval.models import LoadedModel, ModelSpec, load_model, resolve_spec
-from clipdex.retrieval.query import Terms
-from clipdex.searching import Searching
+from clipdex.library.model_slot import ModelSlot
+from clipdex.library.options import check_index_type, library_dir
+from clipdex.library.parts import Parts
+from clipdex.library.queries import Encode, ImageArg, QueryPlan, encode_images, encode_texts
+from clipdex.library.search import Searcher
+from clipdex.results import DuplicateItem, ImportCounts, IndexStats, Reembedded, SearchResult
+from clipdex.retrieval.models import LoadedModel, ModelSpec, resolve_spec
+from clipdex.retrieval.query import Weights
 
 Problem = Callable[[str, str], None]
 Progress = Callable[[int, int], None]
@@ -31,25 +37,7 @@ Warn = Callable[[str], None]
 log = logging.getLogger("clipdex")
 
 
-def default_library_dir() -> Path:
-    """``$CLIPDEX_LIBRARY``, else the platform data dir's ``clipdex/default``."""
-    env = os.environ.get("CLIPDEX_LIBRARY")
-    if env:
-        return Path(env).expanduser()
-    from platformdirs import user_data_dir
-
-    return Path(user_data_dir("clipdex")) / "default"
-
-
-def check_index_type(index_type: str) -> None:
-    """Refuse an unknown ``--index-type`` with the list of known ones."""
-    from clipdex.index.faiss.policy import INDEX_TYPES
-
-    if index_type not in ("auto", *INDEX_TYPES):
-        raise ClipdexError(f"unknown index type '{index_type}' (choose auto, {', '.join(INDEX_TYPES)})")
-
-
-class Library(Searching):
+class Library:
     """A clipdex library. Keeps its model and indexes loaded, so repeated searches are cheap.
 
     >>> lib = Library.open("~/photos-lib", create=True, model="local-dir:./tiny")
@@ -63,13 +51,11 @@ class Library(Searching):
         warn: Warn | None = None, gpu_index: bool = False,
     ):  # fmt: skip
         self.path = path
-        self.gpu_index = gpu_index
         self.store = store
-        self.requested = requested
-        self.device = device
-        self._model: LoadedModel | None = None
-        self._seen_generation: int | None = None
         self.indexes = IndexSet(path, store, warn or log.warning)
+        self.models = ModelSlot(store, requested, device)
+        self.parts = Parts(path, store, self.indexes, self.models)
+        self.searcher = Searcher(path, store, self.indexes, self.models, gpu_index)
         self.last_reembed: Reembedded | None = None  # what the last re-embedding did
 
     # ---- opening --------------------------------------------------------------------------
@@ -95,7 +81,7 @@ class Library(Searching):
         is opened for reading (it works on a read-only folder); writing methods take the writer
         lock and reopen it for writing. ``warn`` receives one-line warnings (default: logging).
         """
-        lib_dir = Path(path).expanduser().absolute() if path is not None else default_library_dir()
+        lib_dir = library_dir(path)
         if lib_dir.exists() and not lib_dir.is_dir():
             raise ClipdexError(f"library path {lib_dir} exists and is not a directory")
         store = Store(lib_dir, create=create, write=False)
@@ -105,8 +91,7 @@ class Library(Searching):
     @contextmanager
     def writing(self) -> Iterator[None]:
         """Hold the writer lock with the store open for writing (re-entrant)."""
-        with WriterLock(self.path):
-            self.store.make_writable()
+        with self.parts.writing():
             yield
 
     def close(self) -> None:
@@ -122,48 +107,21 @@ class Library(Searching):
     @property
     def spec(self) -> ModelSpec | None:
         """The model the library's vectors were made with (None until vectors are stored)."""
-        raw = self.store.meta.get("model")
-        return ModelSpec.from_json(raw) if raw else None
-
-    def _target_spec(self) -> ModelSpec:
-        return self.requested or self.spec or resolve_spec(None)
+        return self.models.stored
 
     @property
     def model(self) -> LoadedModel:
         """The library's model (loaded once, kept)."""
-        if self._model is None:
-            self._model = load_model(self.spec or self._target_spec(), self.device)
-        return self._model
-
-    def check_model(self, reembed: bool) -> None:
-        stored, wanted = self.spec, self.requested
-        if stored and wanted and wanted != stored and not reembed:
-            raise ModelError(
-                f"this library uses model {stored}; refusing {wanted} "
-                "(use `clipdex index --reembed` to re-embed everything with it)"
-            )
-
-    def _record_model(self, lm: LoadedModel) -> None:
-        with self.store.transaction():
-            self.store.meta.set("model", lm.spec.to_json())
-            self.store.meta.set("dim", str(lm.embed_dim))
+        return self.models.model
 
     def writer_model(
         self, reembed: bool = False, problem: Problem | None = None, drop_unembeddable: bool = False
     ) -> LoadedModel:
         """Model for a writing command: check, load, record (first time) or re-embed (on change)."""
-        self.check_model(reembed)
-        target = self._target_spec()
-        stored = self.spec
-        if self._model is None or self._model.spec != target:
-            self._model = load_model(target, self.device)
-        if stored is None:
-            self._record_model(self._model)
-        elif target != stored or reembed:
-            self.last_reembed = self.reembed(
-                self._model, problem=problem, drop_unembeddable=drop_unembeddable
-            )
-        return self._model
+        lm, stale = self.models.for_writing(reembed)
+        if stale:
+            self.last_reembed = self.reembed(lm, problem=problem, drop_unembeddable=drop_unembeddable)
+        return lm
 
     # ---- writing --------------------------------------------------------------------------
     def index(
@@ -188,7 +146,7 @@ class Library(Searching):
         no file to re-embed from, unless ``drop_unembeddable``.
         """
         from clipdex.index.scan import check_folders
-        from clipdex.index_run import IndexRun
+        from clipdex.library.indexing import IndexRun
 
         folders = [folders] if isinstance(folders, (str, bytes, os.PathLike)) else list(folders)
         folders = [os.path.expanduser(f) if isinstance(f, str) else f for f in folders]
@@ -200,7 +158,7 @@ class Library(Searching):
                 self.indexes.set_index_type(index_type)
             stored = self.spec
             dropped = None
-            if stored is None or reembed or self._target_spec() != stored:
+            if stored is None or reembed or self.models.target != stored:
                 self.last_reembed = None
                 self.writer_model(reembed, problem, drop_unembeddable)  # load now: it records or re-embeds
                 dropped = self.last_reembed.dropped if self.last_reembed else None
@@ -266,7 +224,7 @@ class Library(Searching):
         ray: str | None = None,
     ) -> ImportCounts:
         """Store vectors computed elsewhere (``.npy`` + metadata, or a SHARD_DIR when ``metadata_path``
-        is None: `clipdex embed`'s or clip-retrieval's output folder); see `clipdex.import_run`.
+        is None: `clipdex embed`'s or clip-retrieval's output folder); see `clipdex.library.importing`.
 
         Idempotent: an image row is keyed by its path, a text row by its exact content; a re-run
         adds nothing, a changed vector for a known key updates that item (same id). ``index_type``
@@ -274,15 +232,17 @@ class Library(Searching):
         or copied into the library and stay the vectors' storage). ``ray`` (a Ray address, or
         ``"local"``): when that mode rebuilds its index, the blocks are filled in Ray tasks.
         """
-        from clipdex.import_run import import_embeddings, import_shard_dir
+        from clipdex.library.importing import import_embeddings, import_shard_dir
 
         if index_type is not None:
             check_index_type(index_type)
         if metadata_path is None:
             if modality is not None:
                 raise ValueError("a shard folder says its modalities itself: no modality= with it")
-            return import_shard_dir(self, vectors_path, progress, index_type, ray)
-        return import_embeddings(self, vectors_path, metadata_path, modality, progress, index_type, ray=ray)
+            return import_shard_dir(self.parts, vectors_path, progress, index_type, ray)
+        return import_embeddings(
+            self.parts, vectors_path, metadata_path, modality, progress, index_type, ray=ray
+        )
 
     def reembed(
         self,
@@ -300,7 +260,7 @@ class Library(Searching):
         with no readable file make it refuse (ClipdexError, nothing changed) unless
         ``drop_unembeddable``: then they are deleted and counted in ``dropped``.
         """
-        from clipdex.reembed import reembed_all
+        from clipdex.library.reembed import reembed_all
 
         n = reembed_all(
             self.store, lm, drop_unembeddable=drop_unembeddable, problem=problem, progress=progress,
@@ -313,68 +273,25 @@ class Library(Searching):
         return n
 
     # ---- following other processes ------------------------------------------------------
-    def _follow_writers(self) -> int:
-        """The store's generation; when it moved, another process may have changed the model
-        (use-model, finetune --apply): then it is reloaded."""
-        gen = self.store.generation
-        if gen != self._seen_generation:
-            self._seen_generation = gen
-            spec = self.spec if self._model is not None else None
-            if spec is not None and self._model.spec != spec:
-                self._model = None
-        return gen
-
     def refresh(self) -> None:
         """Catch up with other processes (a long-running reader calls this per request): the next
         query loads the library's new model if another process changed it; the indexes catch up
         from the change log on their next search."""
-        self._follow_writers()
+        self.models.follow()
 
     # ---- reporting ------------------------------------------------------------------------
     def info(self) -> dict:
-        """Model, dimension, counts by kind, index types, paths and sizes on disk, the storage mode.
+        """Model, dimension, counts by kind, index types, paths and sizes on disk, the storage mode;
+        see `clipdex.library.info`."""
+        from clipdex.library.info import describe
 
-        Each index's ``bytes_per_vector`` is what it holds in RAM per vector; an on-disk index
-        (large-library mode) adds ``index_bytes_per_vector_on_disk`` (its mapped lists and ids) and
-        ``vector_bytes_per_vector_on_disk`` (the float16 vectors)."""
-        spec = self.spec
-        files = {p.name: p.stat().st_size for p in sorted(self.path.iterdir()) if p.is_file()}
-        models = self.path / "models"
-        model_bytes = (
-            sum(f.stat().st_size for f in models.rglob("*") if f.is_file()) if models.is_dir() else 0
-        )
-        counts = self.store.items.counts()
-        listed = self.store.vector_files.listed()
-        vector_bytes = sum(size for *_, size in listed)
-        indexes = {}
-        for kind in (IMAGE, TEXT):
-            idx = self.indexes.view(kind)
-            indexes[kind + "s"] = {**idx.info, "ntotal": idx.ntotal}
-        return {
-            "library": str(self.path),
-            "database": str(self.path / DB_NAME),
-            "model": spec.name if spec else None,
-            "pretrained": spec.pretrained if spec else None,
-            "dim": self.store.dim,
-            "images": counts["images"],
-            "texts": counts["texts"],
-            "failed_files": self.store.failures.count(),
-            "counts": counts,
-            "indexes": indexes,
-            "generation": self.store.generation,
-            "schema_version": int(self.store.meta.get("schema_version") or 0),
-            "bytes_on_disk": sum(files.values()) + model_bytes + vector_bytes,
-            "files": files,
-            # Large-library mode: vectors as float16 rows of files in vectors/ (clipdex.index.faiss.ondisk).
-            "mode": "large-library" if self.store.vector_files.large_mode else "normal",
-            "vector_files": {"count": len(listed), "bytes": vector_bytes},
-        }
+        return describe(self.parts)
 
     def check(self, repair: bool = False) -> dict:
-        """``{"healthy", "problems": [{"kind", "detail"}], "repaired"}``; see `clipdex.check`."""
-        from clipdex.check import check_library
+        """``{"healthy", "problems": [{"kind", "detail"}], "repaired"}``; see `clipdex.library.check`."""
+        from clipdex.library.check import check_library
 
-        return check_library(self, repair).to_dict()
+        return check_library(self.parts, repair).to_dict()
 
     def caption_pairs(self) -> list[tuple[str, str]]:
         """(image path, caption) pairs already in the library (sidecar captions), for fine-tuning."""
@@ -390,43 +307,143 @@ class Library(Searching):
         """
         spec = resolve_spec(model, pretrained)
         with self.writing():
-            lm = (
-                self._model
-                if self._model is not None and self._model.spec == spec
-                else load_model(spec, self.device)
-            )
+            lm = self.models.load(spec)
             n = self.reembed(lm, problem=problem, progress=progress, drop_unembeddable=drop_unembeddable)
-            self._model, self.requested = lm, None
+            self.models.keep(lm)
+            self.models.requested = None  # the library's own model now
         return n
 
     # ---- models: fine-tuning, explanations ------------------------------------------------
-    def finetune(self, pairs: Any = None, **options: Any) -> Any:
+    def finetune(
+        self, pairs: Any = None, *, apply: bool = False, drop_unembeddable: bool = False,
+        problem: Problem | None = None, **options: Any,
+    ) -> Any:  # fmt: skip
         """Fine-tune the library's model on image–caption pairs; returns a `FinetuneResult`.
 
         ``pairs``: a PAIRS file or folder, a list of ``(image, caption)``, or None for the library's
         own captioned images. Options: ``val`` (held-out pairs; default a seeded split of
         ``val_fraction``=0.1 of the images), ``test_fraction`` (0.1: ``before``/``after`` are measured
         on this split; ``result.report_split`` says "val" when it is too small), ``config`` (a
-        `clipdex.retrieval.finetune.FinetuneConfig`), ``out`` (default ``LIBRARY/models/finetune-…``),
-        ``apply`` (make it the library's model and re-embed; ``drop_unembeddable`` as in `use_model`),
-        ``progress``/``problem`` callbacks.
+        `FinetuneConfig`), ``out`` (default ``LIBRARY/models/finetune-…``), ``apply`` (make it the
+        library's model and re-embed; ``drop_unembeddable`` as in `use_model`), ``progress``
+        (called with each step's figures), ``on_start`` and ``problem`` callbacks.
         """
-        from clipdex.finetuning import finetune_library
+        from clipdex.library.finetuning import finetune_library
 
-        return finetune_library(self, pairs, **options)
+        result = finetune_library(self.parts, pairs, problem=problem, **options)
+        if apply:
+            done = self.use_model(result.model, problem=problem, drop_unembeddable=drop_unembeddable)
+            result.reembedded, result.dropped = done.total, done.dropped
+        return result
 
-    def explain(self, image: str | os.PathLike | bytes, text: str | None = None, vector: Any = None) -> Any:
-        """Occlusion heat map of ``image`` for a ``text`` (or query ``vector``) with the library's model.
+    def explain(
+        self, image: ImageArg | Any, text: str | None = None, vector: Any = None, *, model: str | None = None
+    ) -> Any:
+        """Occlusion heat map of ``image`` (a file, or a picture from `open_image`) for a ``text``
+        (or query ``vector``), with the library's model or ``model`` (any ``--model`` value).
 
         Returns a `clipdex.retrieval.explain.Explanation`: ``.score`` (the cosine search reports),
-        ``.heat`` and ``.png()``; see that module for the method.
+        ``.heat``, ``.png(original)``; see that module for the method.
         """
-        from clipdex.retrieval.explain import explain, open_for_explain
+        from clipdex.library.tools import explain_picture
 
-        if (text is None) == (vector is None):
-            raise ValueError("give exactly one of text=, vector=")
-        picture = open_for_explain(image)
-        query = (
-            self._vector_query(vector) if vector is not None else self._composed_query(Terms.of(text), None)
-        )
-        return explain(self.model, picture, query)
+        lm = self.models.load(resolve_spec(model)) if model else self.model
+        return explain_picture(image, text, vector, lm, self.store.dim)
+
+    # ---- encoding and pictures ----------------------------------------------------------
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts -> (N, D) unit vectors in the library's space."""
+        return encode_texts(self.model, texts)
+
+    def encode_images(self, images: Sequence[Any]) -> np.ndarray:
+        """Image files or pictures (from `open_image`) -> (N, D) unit vectors, in one batch."""
+        return encode_images(self.model, images)
+
+    @staticmethod
+    def open_image(path: ImageArg) -> Any:
+        """The picture at ``path`` as indexing decodes it (EXIF orientation applied, within the
+        pixel limits), a PIL RGB image; `clipdex.errors.DecodeError` when unreadable."""
+        from clipdex.retrieval.decode import open_image
+
+        return open_image(path)
+
+    @staticmethod
+    def image_size(path: ImageArg) -> tuple[int, int] | None:
+        """(width, height) as shown (EXIF orientation applied), from the header only; None when
+        the file is missing, unreadable or past the pixel limit."""
+        from clipdex.retrieval.decode import image_size
+
+        return image_size(path)
+
+    # ---- searching (see clipdex.library.search) -------------------------------------------
+    def search(
+        self,
+        text: str | Sequence[str] | None = None,
+        image: ImageArg | Sequence[ImageArg] | None = None,
+        vector: Sequence[float] | np.ndarray | None = None,
+        k: int = 10,
+        target: str = "images",
+        *,
+        not_text: str | Sequence[str] | None = None,
+        not_image: ImageArg | Sequence[ImageArg] | None = None,
+        weights: Weights = None,
+        filter: Filter | None = None,
+    ) -> list[SearchResult]:
+        """Best ``k`` items of ``target`` ("images" or "texts") for one query, best first.
+
+        The query is ``vector`` (an embedding in the library's space), or a composed query: any
+        number of ``text`` and ``image`` terms (a value or a list each), minus ``not_text`` and
+        ``not_image`` terms; its vector is the normalised weighted sum of the positive terms' unit
+        vectors minus the negative ones'. ``weights`` is one non-negative number per term in the
+        order text, image, not_text, not_image, or a mapping from those names to a number (all
+        terms of that name) or a list (default: all 1). ``filter`` (`clipdex.Filter`) keeps only
+        items under some folders, in a date range, with or without captions, above a score; the
+        result is still the best k among the items that match.
+        """
+        return self.searcher.search(
+            text, image, vector, k, target, not_text=not_text, not_image=not_image, weights=weights,
+            filter=filter,
+        )  # fmt: skip
+
+    def plan_query(self, text: Any = None, image: Any = None, not_text: Any = None, not_image: Any = None,
+                   weights: Weights = None) -> QueryPlan:  # fmt: skip
+        """A composed query's terms and weights, checked (ValueError) before anything is encoded."""
+        return QueryPlan.of(text, image, not_text, not_image, weights)
+
+    def query_vector(
+        self, plan: QueryPlan, encode_texts: Encode | None = None, encode_images: Encode | None = None
+    ) -> np.ndarray:
+        """``plan``'s unit vector, with the library's model or the encoders given (the server
+        batches texts across requests); `clipdex.errors.QueryError` when its terms cancel out."""
+        return self.searcher.query_vector(plan, encode_texts, encode_images)
+
+    def count(self, target: str = "images", filter: Filter | None = None) -> int:
+        """How many items of ``target`` a search can return now (with ``filter``: how many pass
+        its folder, date and caption conditions)."""
+        return self.searcher.count(target, filter)
+
+    def preload(self) -> None:
+        """Bring the indexes' pages into memory now (for a long-lived process)."""
+        self.searcher.preload()
+
+    def similar(self, item: int | str | os.PathLike | bytes, k: int = 10) -> list[SearchResult]:
+        """More like a stored item (an id or an image path), from its stored vector; itself first."""
+        return self.searcher.similar(item, k)
+
+    def duplicates(
+        self, threshold: float = 0.95, under: Sequence[str | os.PathLike | bytes] | str | None = None
+    ) -> list[list[DuplicateItem]]:
+        """Groups of near-identical images, largest first, best quality first in each."""
+        return self.searcher.duplicates(threshold, under)
+
+    def resolve_item(self, item: int | str | os.PathLike | bytes) -> int:
+        """An item id from an id or an image path of the library (ClipdexError otherwise)."""
+        return self.searcher.resolve_item(item)
+
+    def item(self, item_id: int) -> dict | None:
+        """The stored record of ``item_id`` (kind, source, path, size, mtime_ns, text, image_id), or None."""
+        return self.store.items.record(item_id) if 0 <= item_id < 2**63 else None
+
+    def captions(self, item_id: int) -> list[tuple[int, str]]:
+        """(id, text) of the captions linked to image ``item_id``."""
+        return self.store.items.captions_of(item_id)

@@ -27,11 +27,12 @@ if TYPE_CHECKING:
 
     from clipdex.index.store.database import Store
     from clipdex.index.store.rows import Merged
-    from clipdex.library import Library, Progress
+    from clipdex.library.facade import Progress
+    from clipdex.library.parts import Parts
 
 
 def import_embeddings(
-    lib: Library,
+    parts: Parts,
     vectors_path: str | os.PathLike,
     metadata_path: str | os.PathLike,
     modality: str | None = None,
@@ -50,25 +51,25 @@ def import_embeddings(
     data = read_embeddings(vectors_path, metadata_path, modality)
     kind = IMAGE if data.modality == "image" else TEXT
     counts = ImportCounts(missing_files=data.missing_files())
-    with lib.writing():
+    with parts.writing():
         if index_type is not None:
-            lib.indexes.set_index_type(index_type)
-        lib.check_model(reembed=False)
-        dim = lib.store.dim if lib.spec is not None else None
+            parts.indexes.set_index_type(index_type)
+        parts.models.check(reembed=False)
+        dim = parts.store.dim if parts.models.stored is not None else None
         if not dim:
-            dim = lib.writer_model().embed_dim
+            dim = parts.models.for_writing()[0].embed_dim  # records it: a new library
         if data.dim != dim:
             raise ClipdexError(
                 f"{Path(vectors_path).name} holds {data.dim}-d vectors; this library's model "
-                f"({lib.spec}) makes {dim}-d ones"
+                f"({parts.models.stored}) makes {dim}-d ones"
             )
         if data.count == 0:
             return counts
-        store = lib.store
-        if large_mode(lib, kind, data.count):
-            _import_large(lib, data, kind, vectors_path, counts, progress, deferred, ray)
+        store = parts.store
+        if large_mode(parts, kind, data.count):
+            _import_large(parts, data, kind, vectors_path, counts, progress, deferred, ray)
             return counts
-        indexes = {k: lib.indexes.get(k) for k in (IMAGE, TEXT)}
+        indexes = {k: parts.indexes.get(k) for k in (IMAGE, TEXT)}
         fresh = indexes[kind].ntotal == 0  # build once from all vectors (lets FAISS pick/train)
         all_ids = np.full(data.count, -1, np.int64)  # fresh: the new id of each row (-1: not new)
         all_vecs = np.empty((data.count, dim), np.float32) if fresh else None
@@ -78,26 +79,26 @@ def import_embeddings(
                     if fresh:  # all_vecs holds the rows: build once at the end
                         all_ids[start + merged.new_rows] = merged.new_ids
                     else:
-                        _follow(lib, kind, merged, vecs)
+                        _follow(parts, kind, merged, vecs)
         except BaseException:
-            lib.indexes.forget(kind)  # it may hold rows that were rolled back
+            parts.indexes.forget(kind)  # it may hold rows that were rolled back
             raise
         gen = store.generation
         if all_vecs is not None and counts.imported:
             keep = all_ids >= 0
             if keep.all():
-                indexes[kind] = lib.indexes.build(kind, all_ids, all_vecs, gen)
+                indexes[kind] = parts.indexes.build(kind, all_ids, all_vecs, gen)
             else:  # rows that repeated a key: only the first of each is stored
-                indexes[kind] = lib.indexes.build(kind, all_ids[keep], all_vecs[keep], gen)
+                indexes[kind] = parts.indexes.build(kind, all_ids[keep], all_vecs[keep], gen)
             del all_vecs
         for idx in indexes.values():  # the other kind is unchanged: still valid at this generation
             idx.generation = gen
-        lib.indexes.finish()
+        parts.indexes.finish()
     return counts
 
 
 def import_shard_dir(
-    lib: Library, folder: str | os.PathLike, progress: Progress | None = None,
+    parts: Parts, folder: str | os.PathLike, progress: Progress | None = None,
     index_type: str | None = None, ray: str | None = None,
 ) -> ImportCounts:  # fmt: skip
     """Import a SHARD_DIR (`clipdex embed`'s output or clip-retrieval's) shard by shard.
@@ -114,14 +115,14 @@ def import_shard_dir(
     pairs = list(iter_shard_pairs(folder))
     total = ImportCounts()
     deferred: set[str] = set()
-    with lib.writing():
+    with parts.writing():
         if index_type is not None:
-            lib.indexes.set_index_type(index_type)
+            parts.indexes.set_index_type(index_type)
         incoming = {IMAGE: 0, TEXT: 0}
         for vectors, _, modality in pairs:
             rows, dim = _shape(vectors)
             incoming[IMAGE if modality == "image" else TEXT] += rows
-        store, index_type = lib.store, lib.indexes.index_type
+        store, index_type = parts.store, parts.indexes.index_type
         goes_large = any(wanted(store, k, index_type, n, dim) for k, n in incoming.items() if n)
         if goes_large and not store.vector_files.large_mode:
             # decided on the whole folder: no shard goes in as blobs first
@@ -133,7 +134,7 @@ def import_shard_dir(
         try:
             for vectors, metadata, modality in pairs:
                 counts = import_embeddings(
-                    lib, vectors, metadata, modality, progress, deferred=deferred if big else None
+                    parts, vectors, metadata, modality, progress, deferred=deferred if big else None
                 )
                 total.imported += counts.imported
                 total.updated += counts.updated
@@ -141,43 +142,43 @@ def import_shard_dir(
                 total.missing_files += counts.missing_files
         finally:
             for kind in deferred:  # once, from the store, for everything imported before a failure too
-                lib.indexes.rebuild(kind, _fill(ray))
+                parts.indexes.rebuild(kind, _fill(ray))
             if deferred:
-                lib.indexes.finish()
+                parts.indexes.finish()
     return total
 
 
-def large_mode(lib: Library, kind: str, incoming: int) -> bool:
+def large_mode(parts: Parts, kind: str, incoming: int) -> bool:
     """Whether this import goes to large-library mode (entering it when it is not yet)."""
-    store = lib.store
+    store = parts.store
     if store.vector_files.large_mode:
         return True
-    if store.dim is None or not wanted(store, kind, lib.indexes.index_type, incoming):
+    if store.dim is None or not wanted(store, kind, parts.indexes.index_type, incoming):
         return False
     store.vector_files.enter_large_mode()  # the vectors already stored move into vector files
     return True
 
 
 def _import_large(
-    lib: Library, data: Embeddings, kind: str, vectors_path: str | os.PathLike, counts: ImportCounts,
+    parts: Parts, data: Embeddings, kind: str, vectors_path: str | os.PathLike, counts: ImportCounts,
     progress: Progress | None, deferred: set[str] | None, ray: str | None = None,
 ) -> None:  # fmt: skip
     """Large-library mode: the array is hard-linked (or copied as float16) into LIBRARY/vectors/ and
     its rows are the new items' vectors; no float32 copy of it is kept anywhere. The index
     follows the commit incrementally, or is rebuilt once when the import is big (or ``deferred``)."""
-    store = lib.store
+    store = parts.store
     before = store.items.count(kind)
     rebuild = data.count > CHURN * before
     if deferred is None and not rebuild:
-        lib.indexes.get(kind)  # loaded and caught up before the commit, then follows it
+        parts.indexes.get(kind)  # loaded and caught up before the commit, then follows it
     try:
         with store.bulk_load(), store.merge.session(), store.transaction():
             fid = store.vector_files.link(vectors_path)  # durable before the rows reference it
             for _, vecs, merged in _merged(store, data, kind, counts, progress, fid=fid):
                 if deferred is None and not rebuild:
-                    _follow(lib, kind, merged, vecs)
+                    _follow(parts, kind, merged, vecs)
     except BaseException:
-        lib.indexes.forget(kind)
+        parts.indexes.forget(kind)
         store.vector_files.remove_orphans()  # the linked file, unreferenced after the rollback
         raise
     if not (counts.imported or counts.updated):  # every row unchanged: no item references the link
@@ -186,8 +187,8 @@ def _import_large(
         deferred.add(kind)
         return
     if rebuild and (counts.imported or counts.updated):
-        lib.indexes.rebuild(kind, _fill(ray))
-    lib.indexes.finish()
+        parts.indexes.rebuild(kind, _fill(ray))
+    parts.indexes.finish()
 
 
 def _fill(ray: str | None) -> Any:
@@ -223,8 +224,8 @@ def _merged(
             progress(stop, data.count)
 
 
-def _follow(lib: Library, kind: str, merged: Merged, vecs: np.ndarray) -> None:
+def _follow(parts: Parts, kind: str, merged: Merged, vecs: np.ndarray) -> None:
     """The index follows one merged chunk: an update is a removal and an add of the same id."""
     ids = np.concatenate([merged.updated_ids, merged.new_ids])
     rows = np.concatenate([merged.updated_rows, merged.new_rows])
-    lib.indexes.apply(kind, (ids, vecs[rows]), merged.updated_ids.tolist())
+    parts.indexes.apply(kind, (ids, vecs[rows]), merged.updated_ids.tolist())

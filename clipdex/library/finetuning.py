@@ -1,7 +1,7 @@
-"""`Library.finetune`: pairs in, a fine-tuned model out (and, with ``apply``, the library's model).
+"""`Library.finetune`: pairs in, a fine-tuned model out (`Library.finetune` applies it when asked).
 
-Joins the pieces the CLI used to compose itself: reading PAIRS (or the library's own captions), the
-seeded train/validation/test split, training (`clipdex.retrieval.finetune`) and applying the result.
+Joins reading PAIRS (or the library's own captions), the seeded train/validation/test split and
+training (`clipdex.retrieval.finetune`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from clipdex.errors import ClipdexError
 from clipdex.retrieval.pairs import MIN_TEST_IMAGES, PairsArg, coerce_pairs, split_pairs
 
 if TYPE_CHECKING:
-    from clipdex.library import Library
+    from clipdex.library.parts import Parts
     from clipdex.retrieval.finetune import FinetuneConfig, FinetuneResult
 
 
@@ -31,7 +31,7 @@ def new_model_dir(parent: Path) -> Path:
 
 
 def finetune_library(
-    lib: Library,
+    parts: Parts,
     pairs: PairsArg = None,
     *,
     val: PairsArg = None,
@@ -39,8 +39,6 @@ def finetune_library(
     test_fraction: float = 0.1,
     config: FinetuneConfig | None = None,
     out: str | os.PathLike | None = None,
-    apply: bool = False,
-    drop_unembeddable: bool = False,
     progress: Callable[[dict[str, Any]], None] | None = None,
     problem: Callable[[str, str], None] | None = None,
     on_start: Callable[[str, int, int, int], None] | None = None,
@@ -50,10 +48,11 @@ def finetune_library(
 
     cfg = config or FinetuneConfig()
     if pairs is None:
-        train, empty = coerce_pairs(lib.caption_pairs())
+        captioned = [(os.fsdecode(p), t) for p, t in parts.store.items.caption_pairs()]
+        train, empty = coerce_pairs(captioned)
         if not train:
             raise ClipdexError(
-                f"the library at {lib.path} has no captioned images (sidecar .txt files); give PAIRS"
+                f"the library at {parts.path} has no captioned images (sidecar .txt files); give PAIRS"
             )
     else:
         train, empty = coerce_pairs(pairs)
@@ -68,8 +67,8 @@ def finetune_library(
             train, test = rest, []
     else:
         train, held, test = split_pairs(train, val_fraction, cfg.seed, test_fraction)
-    lm = lib.model
-    out_dir = Path(out).expanduser() if out is not None else new_model_dir(lib.path / "models")
+    lm = parts.models.model
+    out_dir = Path(out).expanduser() if out is not None else new_model_dir(parts.path / "models")
     if on_start is not None:
         on_start(str(lm.spec), len(train), len(held), len(test))
     result = finetune(lm, train, held, cfg, out_dir, progress=progress, test=test)
@@ -77,7 +76,4 @@ def finetune_library(
     if problem is not None:
         for path, reason in result.bad_images:
             problem(path, reason)
-    if apply:
-        done = lib.use_model(result.model, problem=problem, drop_unembeddable=drop_unembeddable)
-        result.reembedded, result.dropped = done.total, done.dropped
     return result

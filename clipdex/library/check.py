@@ -29,7 +29,7 @@ from clipdex.index.store.vector_files import VectorFileError, fingerprint, open_
 from clipdex.kinds import IMAGE, TEXT
 
 if TYPE_CHECKING:
-    from clipdex.library import Library
+    from clipdex.library.parts import Parts
 
 NORM_TOLERANCE = 1e-3
 CHUNK = 65536
@@ -51,15 +51,15 @@ class Report:
         return {"healthy": self.healthy, "problems": self.problems, "repaired": self.repaired}
 
 
-def check_library(lib: Library, repair: bool = False) -> Report:
-    """Check ``lib``; with ``repair``, fix what can be fixed (under the writer lock), then check again."""
-    report = _check(lib.path, lib.store)
+def check_library(parts: Parts, repair: bool = False) -> Report:
+    """Check ``parts``; with ``repair``, fix what can be fixed (under the writer lock), then check again."""
+    report = _check(parts.path, parts.store)
     if not repair or report.healthy:
         return report
-    with lib.writing():
-        repaired = _repair(lib, report)
-    lib.indexes.forget()
-    after = _check(lib.path, lib.store)
+    with parts.writing():
+        repaired = _repair(parts, report)
+    parts.indexes.forget()
+    after = _check(parts.path, parts.store)
     after.repaired = repaired
     return after
 
@@ -196,9 +196,9 @@ def _stray_pending(store: Store) -> list[int]:
     return store.pending.stray_ids()
 
 
-def _repair(lib: Library, report: Report) -> list[str]:
+def _repair(parts: Parts, report: Report) -> list[str]:
     """Fix what the report found; returns what was done (one line each)."""
-    store, done = lib.store, []
+    store, done = parts.store, []
     kinds = {p["kind"] for p in report.problems}
     if "schema" in kinds:
         done.append(f"upgraded the schema to version {SCHEMA_VERSION}")  # make_writable migrated it
@@ -211,7 +211,7 @@ def _repair(lib: Library, report: Report) -> list[str]:
             f"removed {len(sidecars)} orphan sidecar captions, unlinked {len(orphans) - len(sidecars)} texts"
         )
     if "leftover" in kinds:
-        for p in _leftovers(lib.path):
+        for p in _leftovers(parts.path):
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
             done.append(f"removed {p}")
     if "pending" in kinds:
@@ -224,10 +224,10 @@ def _repair(lib: Library, report: Report) -> list[str]:
     if "vector_file" in kinds:
         done.append("did not rebuild the indexes: vector files are missing or damaged (see problems)")
     elif "index" in kinds:
-        lib.indexes.forget()
+        parts.indexes.forget()
         for kind in (IMAGE, TEXT):
-            lib.indexes.path(kind).unlink(missing_ok=True)
-            lib.indexes.get(kind)  # rebuilt from the database and saved
+            parts.indexes.path(kind).unlink(missing_ok=True)
+            parts.indexes.get(kind)  # rebuilt from the database and saved
         done.append("rebuilt the FAISS indexes")
     return done
 

@@ -1,0 +1,81 @@
+"""The library's model: the one its vectors were made with (recorded in the store), the one a
+command asks for, and the one loaded (once, then kept)."""
+
+from __future__ import annotations
+
+from clipdex.errors import ModelError
+from clipdex.index.store.database import Store
+from clipdex.retrieval.models import LoadedModel, ModelSpec, load_model, resolve_spec
+
+
+class ModelSlot:
+    """Loads the model lazily and follows other processes that change it (use-model, finetune --apply)."""
+
+    def __init__(self, store: Store, requested: ModelSpec | None, device: str = "auto"):
+        self.store = store
+        self.requested = requested  # asked for by this process (None: the library's own)
+        self.device = device
+        self._loaded: LoadedModel | None = None
+        self._seen_generation: int | None = None
+
+    @property
+    def stored(self) -> ModelSpec | None:
+        """The model the library's vectors were made with (None until vectors are stored)."""
+        raw = self.store.meta.get("model")
+        return ModelSpec.from_json(raw) if raw else None
+
+    @property
+    def target(self) -> ModelSpec:
+        """The model a write uses: the one asked for, else the library's, else the default."""
+        return self.requested or self.stored or resolve_spec(None)
+
+    @property
+    def model(self) -> LoadedModel:
+        """The library's model (the target while none is recorded), loaded once."""
+        if self._loaded is None:
+            self._loaded = load_model(self.stored or self.target, self.device)
+        return self._loaded
+
+    def load(self, spec: ModelSpec) -> LoadedModel:
+        """``spec``'s model: the kept one when it is that, else freshly loaded (not kept)."""
+        if self._loaded is not None and self._loaded.spec == spec:
+            return self._loaded
+        return load_model(spec, self.device)
+
+    def keep(self, lm: LoadedModel) -> None:
+        """Keep ``lm`` loaded (the library's model after `use_model`, or a model loaded already)."""
+        self._loaded = lm
+
+    def check(self, reembed: bool) -> None:
+        """Refuse writing with another model than the stored one, unless re-embedding."""
+        stored, wanted = self.stored, self.requested
+        if stored and wanted and wanted != stored and not reembed:
+            raise ModelError(
+                f"this library uses model {stored}; refusing {wanted} "
+                "(use `clipdex index --reembed` to re-embed everything with it)"
+            )
+
+    def for_writing(self, reembed: bool = False) -> tuple[LoadedModel, bool]:
+        """The model a writing command uses, and whether the library must be re-embedded with it.
+        Checked (`check`) and loaded; recorded when the library has no model yet."""
+        self.check(reembed)
+        target, stored = self.target, self.stored
+        if self._loaded is None or self._loaded.spec != target:
+            self._loaded = load_model(target, self.device)
+        if stored is None:
+            with self.store.transaction():
+                self.store.meta.set("model", self._loaded.spec.to_json())
+                self.store.meta.set("dim", str(self._loaded.embed_dim))
+            return self._loaded, False
+        return self._loaded, target != stored or reembed
+
+    def follow(self) -> int:
+        """The store's generation; when it moved, another process may have changed the model:
+        then the next use reloads it."""
+        gen = self.store.generation
+        if gen != self._seen_generation:
+            self._seen_generation = gen
+            spec = self.stored if self._loaded is not None else None
+            if spec is not None and self._loaded.spec != spec:
+                self._loaded = None
+        return gen
