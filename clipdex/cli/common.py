@@ -26,11 +26,9 @@ class State:
 
     def database(self) -> str:
         """The library's database file (for error messages)."""
-        from clipdex.index.store.schema import DB_NAME
-        from clipdex.library import default_library_dir
+        from clipdex.library import database_path
 
-        folder = os.path.abspath(os.path.expanduser(self.library)) if self.library else default_library_dir()
-        return os.path.join(folder, DB_NAME)
+        return str(database_path(self.library or None))
 
 
 pass_state = click.make_pass_decorator(State)

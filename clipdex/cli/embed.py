@@ -45,10 +45,10 @@ def embed(state, sources, out, model, pretrained, ray_address, actors, shard_siz
       clipdex embed paths.parquet --out emb --ray --shard-size 50000
       clipdex embed s3://bucket/photos/ --out emb --ray auto
     """
-    from clipdex.scale.embed_job import run_embed
+    from clipdex.library import embed_sources
 
     with progress_bar("embedding", quiet) as bar:
-        stats = run_embed(
+        stats = embed_sources(
             list(sources), out, model=model, pretrained=pretrained, ray=ray_address, actors=actors,
             shard_size=shard_size, batch_size=batch_size, device=device, workers=workers, problem=problem,
             progress=bar, log=lambda msg: info(msg, quiet),

@@ -18,11 +18,9 @@ ROWS = [
 
 def _library_model(state) -> str | None:
     """The library's model as a ``--model`` value, or None when there is no library (or no model yet)."""
-    from clipdex.index.store.schema import DB_NAME
-    from clipdex.library import default_library_dir
+    from clipdex.library import database_path
 
-    path = Path(state.library).expanduser() if state.library else default_library_dir()
-    if not (path / DB_NAME).is_file():
+    if not database_path(state.library or None).is_file():
         return None
     with state.open() as lib:
         return lib.spec.to_arg() if lib.spec else None
@@ -52,7 +50,7 @@ def eval_cmd(state, pairs, models, device, batch_size, as_json):
       clipdex eval ~/Pictures/captioned --model ViT-B-32@laion2b_s34b_b79k --model ViT-B-16@dfn2b
       clipdex eval captions.csv --model ./my-finetuned-model --json
     """
-    from clipdex.retrieval.evaluate import evaluate
+    from clipdex import evaluate
 
     chosen = list(models) or [_library_model(state)]
     results = evaluate(pairs, chosen, device=device, batch_size=batch_size, problem=problem)
@@ -94,18 +92,12 @@ def explain_cmd(state, image, text, out, model, device, as_json):
     Example:
       clipdex explain beach.jpg "a dog on the beach" --out heat.png
     """
-    from clipdex.retrieval.embed import encode_texts
-    from clipdex.retrieval.explain import explain, open_for_explain, render
-    from clipdex.retrieval.models import load_model, resolve_spec
+    from clipdex.library import explain_file
 
-    query = " ".join(text)
-    spec = resolve_spec(model or _library_model(state))
-    picture = open_for_explain(image)
-    lm = load_model(spec, device)
-    result = explain(lm, picture, encode_texts(lm, [query])[0])
+    result, picture = explain_file(image, " ".join(text), model or _library_model(state), device)
     out_path = Path(out).expanduser()
     try:
-        render(result, picture).save(out_path, format="PNG")
+        out_path.write_bytes(result.png(picture))
     except OSError as e:
         from clipdex.errors import ClipdexError
 

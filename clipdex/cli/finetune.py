@@ -65,7 +65,7 @@ def finetune_cmd(state, pairs, val_pairs, val_fraction, test_fraction, epochs, b
       clipdex finetune ~/Pictures/captioned --lock-image --unlock-last 2 --apply
       clipdex finetune train.jsonl --val val.jsonl --wise 0.5 --json
     """
-    from clipdex.retrieval.finetune import FinetuneConfig
+    from clipdex.library import FinetuneConfig
 
     cfg = FinetuneConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,

@@ -16,7 +16,7 @@ from clipdex.cli.common import (
     quiet_option,
 )
 from clipdex.cli.output import check_output_mode, hit_output_options, human_size, print_hits
-from clipdex.index.faiss.policy import INDEX_TYPES, ONDISK  # only os: no torch/faiss for --help
+from clipdex.library import INDEX_TYPES, ONDISK  # stdlib only: no torch/faiss for --help
 
 _TYPES = ", ".join(f"{t} (large-library mode)" if t == ONDISK else t for t in INDEX_TYPES)
 index_type_option = click.option(
@@ -180,7 +180,7 @@ def add_texts(state, file, column, model, pretrained, device, as_json, quiet):
       clipdex add-texts products.csv --column title --json
       clipdex search --image photo.jpg --target texts
     """
-    from clipdex.textfiles import read_texts
+    from clipdex.library import read_texts
 
     texts = read_texts(file, column)
     lib = state.open(create=True, model=model, pretrained=pretrained, device=device)
@@ -243,9 +243,9 @@ def import_embeddings(
     if not shard_dir and metadata is None:
         raise click.UsageError("give METADATA with VECTORS.npy (or a SHARD_DIR alone)")
     if shard_dir and model is None and pretrained is None:
-        from clipdex.scale.shards import manifest_model
+        from clipdex.library import shard_model
 
-        model, pretrained = manifest_model(vectors) or (None, None)
+        model, pretrained = shard_model(vectors) or (None, None)
     lib = state.open(create=True, model=model, pretrained=pretrained, device=device)
     with lib, progress_bar("importing", quiet) as bar:
         c = lib.import_embeddings(

@@ -37,7 +37,7 @@ def init(arch_or_json: str, out: str, seed: int) -> None:
       clipdex model init ViT-B-32 --out ./vit-b-32-random
       clipdex model init tiny.json --out ./tiny --seed 1
     """
-    from clipdex.retrieval.models import init_model
+    from clipdex.library import init_model
 
     path = init_model(arch_or_json, out, seed=seed)
     click.echo(f"local-dir:{path}")

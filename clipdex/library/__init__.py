@@ -27,8 +27,10 @@ if TYPE_CHECKING:
         library_dir,
     )
     from clipdex.library.tools import embed_sources, explain_file, init_model, read_texts, shard_model
+    from clipdex.retrieval.finetune import FinetuneConfig
 
 _WHERE = {
+    "FinetuneConfig": "clipdex.retrieval.finetune",
     "Library": "facade",
     "INDEX_TYPES": "options",
     "ONDISK": "options",
@@ -43,6 +45,7 @@ _WHERE = {
     "shard_model": "tools",
 }
 __all__ = [
+    "FinetuneConfig",
     "INDEX_TYPES",
     "Library",
     "ONDISK",
@@ -61,4 +64,5 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
         raise AttributeError(name)
-    return getattr(import_module(f"clipdex.library.{_WHERE[name]}"), name)
+    where = _WHERE[name]
+    return getattr(import_module(where if "." in where else f"clipdex.library.{where}"), name)

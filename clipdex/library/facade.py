@@ -360,12 +360,13 @@ class Library:
         return encode_images(self.model, images)
 
     @staticmethod
-    def open_image(path: ImageArg) -> Any:
+    def open_image(path: ImageArg, draft_to: tuple[int, int] | None = None) -> Any:
         """The picture at ``path`` as indexing decodes it (EXIF orientation applied, within the
-        pixel limits), a PIL RGB image; `clipdex.errors.DecodeError` when unreadable."""
+        pixel limits), a PIL RGB image; `clipdex.errors.DecodeError` when unreadable. With
+        ``draft_to`` a large JPEG decodes at reduced scale (never below that size)."""
         from clipdex.retrieval.decode import open_image
 
-        return open_image(path)
+        return open_image(path, draft_to)
 
     @staticmethod
     def image_size(path: ImageArg) -> tuple[int, int] | None:

@@ -15,7 +15,8 @@ import tempfile
 import threading
 from pathlib import Path
 
-from clipdex.retrieval.decode import DecodeError, open_image
+from clipdex.errors import DecodeError
+from clipdex.library import Library
 
 MAX_SIDE = 256
 DEFAULT_BUDGET = 512 << 20
@@ -42,7 +43,7 @@ def make_thumbnail(path: bytes | str) -> bytes:
     Decoded by the indexing decoder: same pixel (bomb) limit, EXIF orientation, alpha over white;
     large JPEGs decode at reduced scale first.
     """
-    img = open_image(path, draft_to=(MAX_SIDE, MAX_SIDE))
+    img = Library.open_image(path, draft_to=(MAX_SIDE, MAX_SIDE))
     img.thumbnail((MAX_SIDE, MAX_SIDE))
     out = io.BytesIO()
     img.save(out, "JPEG", quality=85, optimize=True)
