@@ -1,4 +1,4 @@
-"""The `clipdex` command: a thin click layer over `clipdex.Library`.
+"""The `clipdex` command: click commands that parse, call the public API (`clipdex.library`) and print.
 
 Heavy libraries (torch, open_clip, faiss) are imported inside commands, never here, so that
 `clipdex --help` and usage errors are instant.
