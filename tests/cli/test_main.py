@@ -22,6 +22,7 @@ from helpers.corehelp import (
     run,
     stored,
 )
+from helpers.locks import hold_lock
 
 import clipdex
 
@@ -220,26 +221,6 @@ def test_a_cold_search_opens_no_more_than_it_needs(tmp_path, tiny_model_dir):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert len(json_lines(out.stdout.split("EXTRA")[0])) == 4 and "EXTRA []" in out.stdout
-
-
-HOLD = """
-import sys, time
-sys.argv = ["clipdex", "index", "/photos/holiday"]
-from clipdex.index.store.lock import WriterLock
-with WriterLock(sys.stdin.readline().strip(), timeout=0):
-    print("held", flush=True)
-    time.sleep(60)
-"""
-
-
-def hold_lock(lib: Path) -> subprocess.Popen:
-    """A real second process holding the library's writer lock (as `clipdex index` would)."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True)  # fmt: skip
-    proc.stdin.write(f"{lib}\n")
-    proc.stdin.flush()
-    assert proc.stdout.readline().strip() == "held"
-    return proc
 
 
 @pytest.mark.parametrize("writer", ["index", "add-texts"])
