@@ -276,7 +276,7 @@ def test_old_schema_is_read_without_migrating_and_upgraded_by_a_writer(lib):
 
 
 def test_migration_waits_for_the_writer_lock(lib, monkeypatch):
-    from test_cli_core import hold_lock
+    from helpers.locks import hold_lock
 
     conn = sqlite3.connect(lib / "clipdex.db")
     conn.execute("DROP TABLE changes")
