@@ -1,16 +1,9 @@
-"""Input files: non-regular files refused before opening; the readers round-trip any text (hypothesis)."""
+"""clipdex.cli.library_cmds: `search` hands any query string to the library unchanged (hypothesis)."""
 
 from __future__ import annotations
 
+from helpers.strategies import TEXT
 from hypothesis import given, settings
-from hypothesis import strategies as st
-
-# ---- readers: any text the standard writers write comes back (hypothesis) ----------------------
-# Texts as add-texts stores them: stripped, non-empty; any characters but NUL and surrogates,
-# including U+2028, U+2029, \x85, \x0c and \r inside (str.splitlines would split on those).
-TRICKY = st.sampled_from(["\u2028", "\u2029", "\x85", "\x0c", "\x0b", "\x1c", "\r", '"', ",", "\t"])
-CHARS = st.one_of(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), TRICKY)
-TEXT = st.text(CHARS, min_size=1, max_size=30).map(str.strip).filter(bool)
 
 
 @settings(max_examples=25, deadline=None)

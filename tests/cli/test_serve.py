@@ -1,4 +1,4 @@
-"""`clipdex similar` and the `clipdex serve` command (its process: URL, Ctrl-C, refusals)."""
+"""The `clipdex serve` command (its process: URL, Ctrl-C, refusals) and the demo ending by serving."""
 
 from __future__ import annotations
 

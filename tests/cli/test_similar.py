@@ -1,4 +1,4 @@
-"""`clipdex similar` and the `clipdex serve` command (its process: URL, Ctrl-C, refusals)."""
+"""`clipdex similar`: by path and by id, text items, digit-named files, errors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Input files: non-regular files refused before opening; the readers round-trip any text (hypothesis)."""
+"""Input files: non-regular files (a FIFO) are refused before opening, by every command taking a path."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GPU paths made right by construction, exercised on the CPU by simulating their limits."""
+"""clipdex.retrieval.device_decode: JPEGs decoded on the device (here the CPU) match the PIL path."""
 
 from __future__ import annotations
 

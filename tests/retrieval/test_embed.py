@@ -1,4 +1,4 @@
-"""GPU paths made right by construction, exercised on the CPU by simulating their limits."""
+"""clipdex.retrieval.embed: batch sizes and pipelined batches, made right by construction for the GPU."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """`clipdex eval` / `clipdex.evaluate`: every figure equals a brute-force computation from open_clip's
-own encode_* outputs, for each model compared; `--model ARCH@TAG` parsing."""
+own encode_* outputs, for each model compared."""
 
 from __future__ import annotations
 

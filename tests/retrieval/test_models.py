@@ -1,5 +1,4 @@
-"""`clipdex eval` / `clipdex.evaluate`: every figure equals a brute-force computation from open_clip's
-own encode_* outputs, for each model compared; `--model ARCH@TAG` parsing."""
+"""clipdex.retrieval.models: `--model ARCH@TAG` parsing, device choice, a timm-tower model's dimension."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Reading PAIRS files and folders, skip counting, and the deterministic image-disjoint split."""
+"""Reading PAIRS files and folders, skip counting, the deterministic image-disjoint split; any caption
+round-trips (hypothesis)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from helpers.strategies import SETTINGS, TEXT
+from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -84,17 +86,6 @@ def test_split_is_deterministic_image_disjoint_and_order_free(tmp_path: Path) ->
     assert split_pairs(pairs, 0.25, seed=4)[1] != val
     with pytest.raises(ClipdexError):
         split_pairs(pairs, 1.5)
-
-
-# ---- readers: any text the standard writers write comes back (hypothesis) ----------------------
-# Texts as add-texts stores them: stripped, non-empty; any characters but NUL and surrogates,
-# including U+2028, U+2029, \x85, \x0c and \r inside (str.splitlines would split on those).
-TRICKY = st.sampled_from(["\u2028", "\u2029", "\x85", "\x0c", "\x0b", "\x1c", "\r", '"', ",", "\t"])
-CHARS = st.one_of(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), TRICKY)
-TEXT = st.text(CHARS, min_size=1, max_size=30).map(str.strip).filter(bool)
-SETTINGS = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
 
 
 @SETTINGS

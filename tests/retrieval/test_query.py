@@ -1,4 +1,4 @@
-"""Composed queries and filtered search, checked against brute force on the stored vectors."""
+"""Composed queries (text/image terms, weights, NOT), checked against brute force on the stored vectors."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""GPU paths made right by construction, exercised on the CPU by simulating their limits."""
+"""clipdex.index.faiss GPU paths made right by construction, exercised on the CPU by simulating their
+limits."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""clipdex.index.faiss (ann, build, files, policy): index choice, tuned recall, exact re-ranking,
-updates, persistence."""
+"""clipdex.index.faiss.policy: which index kind a library gets, and the IVF list counts."""
 
 from __future__ import annotations
 
