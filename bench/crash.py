@@ -12,7 +12,7 @@ SQLite ids, vectors unit-norm, no leftovers), counts are exact (every expected p
 none lost, none duplicated) and the library's model is the expected one. Prints one line per
 command: kills, runs that failed verification, items lost, items duplicated.
 
-Uses a tiny random-init model made by clipdex itself (no download). tests/test_crash.py runs a
+Uses a tiny random-init model made by clipdex itself (no download). tests/e2e/test_crash.py runs a
 few kills of `index` and `import-embeddings` through the same functions.
 """
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corehelp import indexed_sample, ok, run, stored
+from helpers.corehelp import indexed_sample, ok, run, stored
 
 from clipdex.index.faiss.vector_index import VectorIndex
 from clipdex.kinds import IMAGE, TEXT

@@ -6,7 +6,7 @@ import errno
 import sqlite3
 
 import pytest
-from corehelp import assert_one_error_line, make_images, ok, run
+from helpers.corehelp import assert_one_error_line, make_images, ok, run
 
 from clipdex.index.store.items import ItemsTable
 

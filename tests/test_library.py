@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from corehelp import assert_one_error_line, blocks_image, json_lines, make_images, ok, path_ids, run
-from oddfiles import BAD, make_odd_files
+from helpers.corehelp import assert_one_error_line, blocks_image, json_lines, make_images, ok, path_ids, run
+from helpers.oddfiles import BAD, make_odd_files
 
 from clipdex.index.store.database import Store
 from clipdex.kinds import IMAGE

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from corehelp import make_images
+from helpers.corehelp import make_images
 
 from clipdex import Library
 from clipdex.index.store.pending import PendingTable
