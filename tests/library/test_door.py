@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from corehelp import brute_force, json_lines, make_images, ok, stored
+from helpers.corehelp import brute_force, json_lines, make_images, ok, stored
 
 from clipdex import Filter, Library
 from clipdex.errors import ClipdexError, DecodeError, QueryError
