@@ -122,11 +122,11 @@ def main() -> int:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from clipdex import library as library_mod
-    from clipdex.index import vector_files
     from clipdex.index.faiss import vector_index
     from clipdex.index.store.database import Store
     from clipdex.index.store.items import ItemsTable
     from clipdex.index.store.merge import KeyedMerge
+    from clipdex.inputs import embeddings as vector_files
     from clipdex.library import model_slot
     from clipdex.retrieval.models import init_model
 

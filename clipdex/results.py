@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import base64
 import os
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from clipdex.inputs.paths import path_b64, shown_path
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,27 +51,6 @@ def exact_path(path: str | None, raw: bytes | None) -> bytes | None:
     if raw is not None:
         return raw
     return os.fsencode(path) if path is not None else None
-
-
-def shown_path(raw: bytes | None) -> str | None:
-    """A path for people and JSON: valid UTF-8 as is, other bytes as U+FFFD."""
-    return raw.decode("utf-8", "replace") if raw is not None else None
-
-
-def path_b64(raw: bytes | None) -> dict[str, str]:
-    """``{"path_b64": …}`` (the exact bytes, base64) for a name that is not valid UTF-8, else ``{}``:
-    what every JSON output that carries a ``path`` adds beside it."""
-    if raw is None or _is_utf8(raw):
-        return {}
-    return {"path_b64": base64.b64encode(raw).decode("ascii")}
-
-
-def _is_utf8(raw: bytes) -> bool:
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 @dataclass(slots=True)

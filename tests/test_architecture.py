@@ -29,8 +29,6 @@ FRONT_ENDS = ("clipdex.cli", "clipdex.serve")
 FRONT_END_USES = {"clipdex.cli": ("clipdex.serve",)}
 
 KNOWN_VIOLATIONS: set[str] = {
-    # retrieval -> index
-    "clipdex.retrieval.pairs -> clipdex.index.scan",
     # the cycle embed_job -> ray_job -> embed_job (both directions are imports inside functions)
     "clipdex.scale.embed_job -> clipdex.scale.ray_job",
 }

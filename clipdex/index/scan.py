@@ -1,6 +1,8 @@
 """The folder walker behind `clipdex index FOLDER...`: finds image files (and sidecar captions).
 
-Stat-only: nothing is opened here, no model, no database. Paths are bytes end to end so that
+The walk itself only lists and stats (no model, no database); the one file read here is
+`content_hash`, which the indexing run calls to recognise a moved file. Sidecar captions are read
+by `clipdex.inputs.sidecars`. Paths are bytes end to end so that
 file names that are not valid UTF-8 survive a round trip to the library and back. The rules
 are docs/reference.md's "Scanning rules for `index`".
 """
@@ -13,12 +15,12 @@ import hashlib
 import importlib.util
 import os
 import stat
-import sys
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from clipdex.errors import ClipdexError
+from clipdex.inputs.paths import display_path
 
 PathArg = str | bytes | os.PathLike
 OnError = Callable[[bytes, str], None]
@@ -26,7 +28,6 @@ OnError = Callable[[bytes, str], None]
 _SEP = os.sep.encode()
 _DOT = ord(".")
 _TXT = (b".txt", b".TXT")
-SIDECAR_MAX = 64 * 1024  # a larger .txt beside a photo is not a caption
 HASH_BLOCK = 64 * 1024
 
 # Always scanned: the formats docs/reference.md promises, whatever Pillow's registry says.
@@ -79,16 +80,6 @@ def _byte_extensions() -> frozenset[bytes]:
     return frozenset(e.encode() for e in image_extensions())
 
 
-def display_path(path: bytes | str) -> str:
-    """A printable path: valid UTF-8 unchanged, undecodable bytes escaped (`caf\\xe9.jpg`)."""
-    if isinstance(path, str):
-        try:
-            path = os.fsencode(path)  # undo surrogateescape so the bytes can be escaped visibly
-        except UnicodeEncodeError:
-            return path.encode("utf-8", "backslashreplace").decode("utf-8")
-    return path.decode(sys.getfilesystemencoding(), "backslashreplace")
-
-
 def check_folders(folders: Sequence[PathArg]) -> None:
     """Raise ClipdexError for the first FOLDER that does not exist or is not a directory."""
     for folder in folders:
@@ -108,41 +99,6 @@ def is_under(path: bytes, roots: list[bytes]) -> bool:
         if path == root or path.startswith(root if root.endswith(_SEP) else root + _SEP):
             return True
     return False
-
-
-class SidecarError(ClipdexError):
-    """A sidecar that cannot be a caption (binary, oversized, unreadable); the message says why."""
-
-
-def read_sidecar(path: bytes | str) -> str | None:
-    """The whole sidecar text (UTF-8, BOM dropped), stripped; None when empty.
-
-    Raises SidecarError for a file over ``SIDECAR_MAX`` bytes, one that is not UTF-8 text, or one
-    that cannot be read: such a file is skipped with one line rather than becoming a caption.
-    """
-    try:
-        with open(path, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise SidecarError("sidecar caption is not a regular file; ignored")
-            data = f.read(SIDECAR_MAX + 1)
-    except FileNotFoundError:
-        return None  # deleted since the scan
-    except OSError as e:
-        raise SidecarError(f"cannot read sidecar caption ({e.strerror or e}); ignored") from e
-    return sidecar_text(data)
-
-
-def sidecar_text(data: bytes) -> str | None:
-    """A sidecar's caption from its first ``SIDECAR_MAX + 1`` bytes (the rules of `read_sidecar`)."""
-    if len(data) > SIDECAR_MAX:
-        raise SidecarError(f"sidecar caption larger than {SIDECAR_MAX // 1024} KB; ignored")
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise SidecarError(f"sidecar caption is not UTF-8 text (byte {e.start}); ignored") from e
-    if "\0" in text:
-        raise SidecarError("sidecar caption is binary (NUL bytes); ignored")
-    return text.strip() or None
 
 
 def content_hash(path: bytes, size: int) -> bytes | None:

@@ -18,7 +18,7 @@ import numpy as np
 from clipdex.errors import ClipdexError
 from clipdex.index.faiss.ondisk import CHURN
 from clipdex.index.faiss.ondisk_build import wanted
-from clipdex.index.vector_files import Embeddings, read_embeddings
+from clipdex.inputs.embeddings import Embeddings, read_embeddings
 from clipdex.kinds import IMAGE, TEXT
 from clipdex.results import ImportCounts
 

@@ -14,19 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from clipdex.index.scan import (
-    FileStat,
-    ScannedImage,
-    SidecarError,
-    content_hash,
-    display_path,
-    is_under,
-    read_sidecar,
-    scan,
-    scan_roots,
-)
+from clipdex.index.scan import FileStat, ScannedImage, content_hash, is_under, scan, scan_roots
 from clipdex.index.store.database import Store
 from clipdex.index.store.rows import Caption, FileRecord, PhotoMeta
+from clipdex.inputs.paths import display_path
+from clipdex.inputs.sidecars import SidecarError, read_sidecar
 from clipdex.kinds import IMAGE, TEXT
 from clipdex.results import IndexStats
 from clipdex.retrieval.decode import default_workers

@@ -69,10 +69,10 @@ def encode_images(lm: LoadedModel, images: Sequence[Any]) -> np.ndarray:
     A file is decoded as indexing decodes it; an unreadable one is a one-line ClipdexError."""
     import torch
 
-    from clipdex.index.scan import display_path
+    from clipdex.inputs.paths import display_path
+    from clipdex.inputs.tables import require_file
     from clipdex.retrieval.decode import load_and_preprocess
     from clipdex.retrieval.embed import encode_image_batch
-    from clipdex.textfiles import require_file
 
     pixels = []
     for image in images:

@@ -8,8 +8,8 @@ from collections.abc import Callable
 import numpy as np
 
 from clipdex.errors import ClipdexError
-from clipdex.index.scan import display_path
 from clipdex.index.store.database import Store
+from clipdex.inputs.paths import display_path
 from clipdex.kinds import IMAGE, TEXT
 from clipdex.results import Reembedded
 from clipdex.retrieval.decode import default_workers

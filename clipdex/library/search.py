@@ -167,7 +167,7 @@ class Searcher:
     def resolve_item(self, item: int | str | os.PathLike | bytes) -> int:
         """An item id from an id or an image path: all digits and not an existing file is an id;
         a path must be an image in the library. Raises ClipdexError otherwise."""
-        from clipdex.index.scan import display_path
+        from clipdex.inputs.paths import display_path
 
         if isinstance(item, str) and item.isascii() and item.isdigit() and not os.path.isfile(item):
             item = int(item)

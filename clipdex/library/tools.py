@@ -18,7 +18,7 @@ def init_model(arch_or_json: str, out: str | os.PathLike, seed: int = 0) -> Path
 
 def read_texts(path: str | os.PathLike, column: str | None = None) -> list[str]:
     """Non-empty, stripped texts of a text, .csv/.tsv or .jsonl file (``column``, default ``text``)."""
-    from clipdex.textfiles import read_texts as read
+    from clipdex.inputs.tables import read_texts as read
 
     return read(path, column)
 

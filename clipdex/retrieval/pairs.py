@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from clipdex.errors import ClipdexError
-from clipdex.index.scan import SidecarError, read_sidecar
-from clipdex.textfiles import JSONL_SUFFIXES, TABLE_SUFFIXES, read_records, require_file
+from clipdex.inputs.sidecars import SidecarError, read_sidecar
+from clipdex.inputs.tables import JSONL_SUFFIXES, TABLE_SUFFIXES, read_records, require_file
 
 IMAGE_EXTS = {
     ".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff",

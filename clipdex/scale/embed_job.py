@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from clipdex.errors import ClipdexError
-from clipdex.index.scan import display_path
+from clipdex.inputs.paths import display_path
 from clipdex.retrieval.models import ModelSpec
 from clipdex.scale.load import Loaded
 from clipdex.scale.shards import FORMAT, ShardDir, digest

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clipdex.errors import ClipdexError
-from clipdex.index.scan import SIDECAR_MAX, SidecarError, read_sidecar, sidecar_text
+from clipdex.inputs.sidecars import SIDECAR_MAX, SidecarError, read_sidecar, sidecar_text
 from clipdex.retrieval.decode import DecodeError, image_size, open_image
 from clipdex.scale.sources import Entry, filesystem, is_url
 

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from clipdex.errors import ClipdexError
-from clipdex.index.scan import display_path, image_extensions, scan
-from clipdex.textfiles import pick_column
+from clipdex.index.scan import image_extensions, scan
+from clipdex.inputs.paths import display_path
+from clipdex.inputs.tables import pick_column
 
 LIST_SUFFIXES = (".txt", ".csv", ".tsv", ".parquet")
 LIST_COLUMNS = ("path", "image_path", "url")

@@ -13,7 +13,7 @@ import pytest
 from helpers.corehelp import assert_one_error_line, make_images, ok, run
 
 from clipdex.errors import ClipdexError
-from clipdex.index.vector_files import read_metadata
+from clipdex.inputs.embeddings import read_metadata
 from clipdex.retrieval.decode import DecodeError, open_image
 from clipdex.retrieval.pairs import read_pairs
 

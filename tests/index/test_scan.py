@@ -10,18 +10,8 @@ import pytest
 
 from clipdex.errors import ClipdexError
 from clipdex.index import scan as scan_mod
-from clipdex.index.scan import (
-    SIDECAR_MAX,
-    FileStat,
-    SidecarError,
-    check_folders,
-    display_path,
-    image_extensions,
-    is_under,
-    read_sidecar,
-    scan,
-    scan_roots,
-)
+from clipdex.index.scan import FileStat, check_folders, image_extensions, is_under, scan, scan_roots
+from clipdex.inputs.paths import display_path
 
 
 def touch(path: Path, data: bytes = b"") -> Path:
@@ -128,22 +118,6 @@ def test_sidecars(tmp_path: Path) -> None:
     assert got[b"c.JPG"] is not None and got[b"c.JPG"].path == os.fsencode(tmp_path / "c.TXT")
     assert got[b"d.jpg"] is None
     assert got[b"e.txt.jpg"] is None
-
-
-def test_read_sidecar(tmp_path: Path) -> None:
-    p = touch(tmp_path / "a.txt", "\ufeff  a red bus\n\n\u2028x\n".encode())
-    assert read_sidecar(os.fsencode(p)) == "a red bus\n\n\u2028x"
-    assert read_sidecar(os.fsencode(touch(tmp_path / "e.txt", b" \n\t"))) is None
-    assert read_sidecar(os.fsencode(tmp_path / "missing.txt")) is None
-    # Binary, not UTF-8, or oversized: refused with a reason, never turned into a caption.
-    for name, data, word in [
-        ("bad.txt", b"caption\xff\n", "not UTF-8"),
-        ("bin.txt", b"\x00\x01\x02 PK", "binary"),
-        ("big.txt", b"word " * (SIDECAR_MAX // 5 + 1), "larger than 64 KB"),
-    ]:
-        with pytest.raises(SidecarError, match=word):
-            read_sidecar(os.fsencode(touch(tmp_path / name, data)))
-    assert read_sidecar(os.fsencode(touch(tmp_path / "max.txt", b"a" * SIDECAR_MAX))) == "a" * SIDECAR_MAX
 
 
 def test_non_utf8_name(tmp_path: Path) -> None:

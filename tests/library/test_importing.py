@@ -280,8 +280,8 @@ def test_another_model_is_refused(imported, tmp_path, tiny_model_dir2):
 
 
 def test_a_failure_halfway_undoes_the_whole_import(imported, tmp_path, monkeypatch):
-    from clipdex.index import vector_files
     from clipdex.index.store.items import ItemsTable
+    from clipdex.inputs import embeddings as vector_files
 
     monkeypatch.setattr(vector_files, "CHUNK", 4)
     real = ItemsTable.insert_many
@@ -373,8 +373,8 @@ def test_a_scanned_file_adopts_the_imported_item_at_its_path(tmp_path, tiny_mode
 
 
 def test_a_failure_halfway_undoes_updates_too(imported, tmp_path, monkeypatch):
-    from clipdex.index import vector_files
     from clipdex.index.store.items import ItemsTable
+    from clipdex.inputs import embeddings as vector_files
 
     monkeypatch.setattr(vector_files, "CHUNK", 4)
     vecs = imported["vecs"].copy()

@@ -18,15 +18,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from clipdex.errors import ClipdexError
+from clipdex.inputs.paths import display_path
 
 TABLE_SUFFIXES = (".csv", ".tsv")
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
-
-
-def shown(path: str | bytes | os.PathLike) -> str:
-    """A path for a message (undecodable bytes escaped)."""
-    raw = os.fsencode(path)
-    return raw.decode(sys.getfilesystemencoding(), "backslashreplace")
 
 
 def require_file(path: str | bytes | os.PathLike, what: str = "file") -> None:
@@ -35,13 +30,13 @@ def require_file(path: str | bytes | os.PathLike, what: str = "file") -> None:
     try:
         st = os.stat(path)
     except FileNotFoundError as e:
-        raise ClipdexError(f"{what} not found: {shown(path)}") from e
+        raise ClipdexError(f"{what} not found: {display_path(path)}") from e
     except OSError as e:
-        raise ClipdexError(f"cannot read {what} {shown(path)}: {e.strerror or e}") from e
+        raise ClipdexError(f"cannot read {what} {display_path(path)}: {e.strerror or e}") from e
     if stat.S_ISDIR(st.st_mode):
-        raise ClipdexError(f"{what} {shown(path)} is a folder, not a file")
+        raise ClipdexError(f"{what} {display_path(path)} is a folder, not a file")
     if not stat.S_ISREG(st.st_mode):
-        raise ClipdexError(f"{what} {shown(path)} is not a regular file (a pipe or device?)")
+        raise ClipdexError(f"{what} {display_path(path)} is not a regular file (a pipe or device?)")
 
 
 def _open(path: Path, newline: str) -> Iterator:

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from clipdex.errors import ClipdexError
+from clipdex.inputs.tables import JSONL_SUFFIXES, pick_column, read_csv, read_records, require_file
 from clipdex.kinds import IMAGE, TEXT
-from clipdex.textfiles import JSONL_SUFFIXES, pick_column, read_csv, read_records, require_file
 
 COLUMNS = {IMAGE: ("path", "image_path"), TEXT: ("text", "caption")}
 CHUNK = 100_000

@@ -1,4 +1,4 @@
-"""clipdex.textfiles: the readers round-trip any text the standard writers write (hypothesis)."""
+"""clipdex.inputs.tables: the readers round-trip any text the standard writers write (hypothesis)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from helpers.strategies import ONE_LINE, SETTINGS, TEXTS
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clipdex.textfiles import read_jsonl, read_lines, read_texts
+from clipdex.inputs.tables import read_jsonl, read_lines, read_texts
 
 
 @SETTINGS
