@@ -32,8 +32,8 @@ def shard_model(folder: str | os.PathLike) -> tuple[str, str | None] | None:
 
 def embed_sources(sources: list[str | bytes], out: str | os.PathLike, **options: Any) -> Any:
     """`clipdex embed`: embed images into a SHARD_DIR, in-process or on Ray; ``options`` and the
-    returned stats as `clipdex.scale.embed_job.run_embed`'s."""
-    from clipdex.scale.embed_job import run_embed
+    returned stats as `clipdex.scale.run.run_embed`'s."""
+    from clipdex.scale.run import run_embed
 
     return run_embed(sources, out, **options)
 

@@ -1,8 +1,9 @@
 """Embedding at scale: `clipdex embed` (in-process or on a Ray cluster) into clip-retrieval's shard layout.
 
 ``sources`` lists the input files, ``load`` reads one file (local or fsspec URL) into model input,
-``shards`` owns the folder layout (atomic shard writes, manifest, reading shards back), ``embed_job``
-plans a job and runs it in-process, ``ray_job`` runs the same plan as a Ray Data pipeline.
+``shards`` owns the folder layout (atomic shard writes, manifest, reading shards back), ``job``
+plans a job and runs it in-process, ``ray_job`` runs the same plan as a Ray Data pipeline, and
+``run`` (`clipdex embed`) picks one.
 """
 
 from __future__ import annotations

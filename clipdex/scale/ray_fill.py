@@ -31,9 +31,9 @@ class RayFill:
         import faiss
         import ray
 
-        from clipdex.scale.ray_job import _connect
+        from clipdex.scale.ray_job import connect
 
-        started = _connect(self.address)
+        started = connect(self.address)
         try:
             task = ray.remote(num_cpus=1)(_fill_block)
             trained_ref = ray.put(faiss.serialize_index(trained))

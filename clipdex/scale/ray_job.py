@@ -20,7 +20,7 @@ from clipdex.scale.load import Loaded
 
 if TYPE_CHECKING:
     from clipdex.retrieval.models import LoadedModel
-    from clipdex.scale.embed_job import EmbedJob, Shard
+    from clipdex.scale.job import EmbedJob, Shard
 
 # Fault injection for the test suite: the encoder actor that manages to delete this file dies
 # (hard, mid-run) on its next batch, once for the whole job.
@@ -124,7 +124,7 @@ def _collect(job: EmbedJob, builder: Any, batch: dict, i: int, pos: int) -> None
         job.report_failure(builder.shard.entries[pos], error)
 
 
-def _connect(address: str) -> bool:
+def connect(address: str) -> bool:
     """Join or start a cluster; True when this call started Ray (and should shut it down)."""
     import ray
 
@@ -148,9 +148,9 @@ def run_ray(job: EmbedJob, todo: list[Shard], lm: LoadedModel, address: str, act
     import ray
     import ray.data
 
-    from clipdex.scale.embed_job import ShardBuilder
+    from clipdex.scale.job import ShardBuilder
 
-    started = _connect(address)
+    started = connect(address)
     try:
         resources = ray.cluster_resources()
         gpus = int(resources.get("GPU", 0))

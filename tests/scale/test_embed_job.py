@@ -121,7 +121,7 @@ def _shard_files(out: Path) -> dict[str, tuple[int, int]]:
 
 
 def test_resume_writes_only_the_missing_shards(tmp_path, tiny_model_dir):
-    from clipdex.scale.embed_job import run_embed
+    from clipdex.scale.run import run_embed
 
     folder = tmp_path / "imgs"
     make_images(folder, [f"i{n:02d}.png" for n in range(10)])

@@ -41,7 +41,7 @@ def ray_cluster(tmp_path_factory):
 def test_ray_embed_equals_index_and_resumes_an_in_process_job(
     ray_cluster, tmp_path, tiny_model_dir, monkeypatch
 ):
-    from clipdex.scale.embed_job import run_embed
+    from clipdex.scale.run import run_embed
 
     photos = photo_folder(tmp_path)
     ref = index_vectors(tmp_path / "lib", photos, tiny_model_dir)
@@ -70,7 +70,7 @@ def test_ray_embed_equals_index_and_resumes_an_in_process_job(
 
 def test_a_killed_actor_loses_and_duplicates_nothing(ray_cluster, tmp_path, tiny_model_dir, monkeypatch):
     from clipdex.retrieval.models import load_model, resolve_spec
-    from clipdex.scale.embed_job import run_embed
+    from clipdex.scale.run import run_embed
 
     folder = tmp_path / "imgs"
     from helpers.corehelp import make_images
