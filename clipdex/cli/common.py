@@ -84,6 +84,28 @@ def problem(path: str, reason: str) -> None:
 
 
 @contextmanager
+def step_bar(quiet: bool) -> Iterator[Callable[[int, int, dict], None] | None]:
+    """A tqdm bar of optimizer steps on stderr (epoch, loss, lr beside it), only on a terminal and
+    unless quiet; yields an on_step(step, total, figures) callback."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(file=sys.stderr, unit="step", leave=False)
+
+    def update(step: int, total: int, figures: dict) -> None:
+        bar.total = total
+        bar.n = step
+        bar.set_postfix(epoch=figures["epoch"], loss=f"{figures['loss']:.3f}", lr=f"{figures['lr']:.2e}")
+
+    try:
+        yield update
+    finally:
+        bar.close()
+
+
+@contextmanager
 def progress_bar(desc: str, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
     """A tqdm bar on stderr, only on a terminal and unless quiet; yields an update(done, total)."""
     if quiet or not sys.stderr.isatty():

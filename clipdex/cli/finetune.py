@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import click
 
-from clipdex.cli.common import drop_option, emit_json, info, json_option, pass_state, problem, quiet_option
+from clipdex.cli.common import (
+    drop_option,
+    emit_json,
+    info,
+    json_option,
+    pass_state,
+    problem,
+    quiet_option,
+    step_bar,
+)  # fmt: skip
 
 
 @click.command("finetune")
@@ -70,7 +79,7 @@ def finetune_cmd(state, pairs, val_pairs, val_fraction, test_fraction, epochs, b
     cfg = FinetuneConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
         accum_steps=accum_steps, lock_image=lock_image, lock_text=lock_text, unlock_last=unlock_last,
-        patience=patience, wise=wise, seed=seed, quiet=quiet, cache_mb=cache_mb,
+        patience=patience, wise=wise, seed=seed, cache_mb=cache_mb,
         grad_checkpointing=grad_checkpointing,
     )  # fmt: skip
     quiet_text = quiet or as_json
@@ -83,11 +92,11 @@ def finetune_cmd(state, pairs, val_pairs, val_fraction, test_fraction, epochs, b
     def on_start(model: str, n_train: int, n_val: int, n_test: int) -> None:
         info(f"fine-tuning {model} on {n_train} pairs; {n_val} validation, {n_test} test pairs", quiet_text)
 
-    with state.open(device=device) as lib:
+    with state.open(device=device) as lib, step_bar(quiet) as on_step:
         result = lib.finetune(
             pairs, val=val_pairs, val_fraction=val_fraction, test_fraction=test_fraction, config=cfg,
             out=out, apply=apply, drop_unembeddable=drop_unembeddable, progress=epoch_line,
-            problem=problem, on_start=on_start,
+            problem=problem, on_start=on_start, on_step=on_step,
         )  # fmt: skip
     if result.report_split == "val":
         info("note: too few images for a separate test split; before/after are measured on the "

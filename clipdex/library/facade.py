@@ -325,8 +325,9 @@ class Library:
         ``val_fraction``=0.1 of the images), ``test_fraction`` (0.1: ``before``/``after`` are measured
         on this split; ``result.report_split`` says "val" when it is too small), ``config`` (a
         `FinetuneConfig`), ``out`` (default ``LIBRARY/models/finetune-…``), ``apply`` (make it the
-        library's model and re-embed; ``drop_unembeddable`` as in `use_model`), ``progress``
-        (called with each step's figures), ``on_start`` and ``problem`` callbacks.
+        library's model and re-embed; ``drop_unembeddable`` as in `use_model`), and callbacks:
+        ``progress`` (each epoch's figures), ``on_step`` (step, total, {epoch, loss, lr}),
+        ``on_start`` and ``problem``.
         """
         from clipdex.library.finetuning import finetune_library
 

@@ -42,6 +42,7 @@ def finetune_library(
     progress: Callable[[dict[str, Any]], None] | None = None,
     problem: Callable[[str, str], None] | None = None,
     on_start: Callable[[str, int, int, int], None] | None = None,
+    on_step: Callable[[int, int, dict[str, Any]], None] | None = None,
 ) -> FinetuneResult:
     """See `Library.finetune`."""
     from clipdex.retrieval.finetune import FinetuneConfig, finetune
@@ -71,7 +72,7 @@ def finetune_library(
     out_dir = Path(out).expanduser() if out is not None else new_model_dir(parts.path / "models")
     if on_start is not None:
         on_start(str(lm.spec), len(train), len(held), len(test))
-    result = finetune(lm, train, held, cfg, out_dir, progress=progress, test=test)
+    result = finetune(lm, train, held, cfg, out_dir, progress=progress, test=test, on_step=on_step)
     result.empty_captions = empty
     if problem is not None:
         for path, reason in result.bad_images:

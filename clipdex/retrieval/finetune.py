@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,6 +38,7 @@ from clipdex.retrieval.models import (
 from clipdex.retrieval.pairs import Pair, decode_pairs
 
 RECORD_NAME = "clipdex_finetune.json"
+Step = Callable[[int, int, dict[str, Any]], None]  # (step, total steps, {"epoch", "loss", "lr"})
 
 
 @dataclass
@@ -57,7 +57,6 @@ class FinetuneConfig:
     seed: int = 0
     augment: bool = True
     workers: int | None = None  # DataLoader workers; None = 0 on CPU (torch uses every core), 4 on GPU
-    quiet: bool = False
     # Decoded training views kept in memory (MiB; None = all). A 224 px view is 147 KiB, so 100k
     # pairs would need ~15 GB; past the bound, views are decoded again from their files per use.
     cache_mb: int | None = 1024
@@ -193,13 +192,15 @@ def finetune(
     out_dir: str | Path,
     progress: Callable[[dict[str, Any]], None] | None = None,
     test: Sequence[Pair] | None = None,
+    on_step: Step | None = None,
 ) -> FinetuneResult:
     """Fine-tune ``lm`` on ``train``, select the best epoch on ``val``, save to ``out_dir``.
 
     ``before``/``after`` are measured on ``test`` when given (else on ``val``). An image in ``val``
     or ``test`` never enters training, and a ``test`` image also in ``val`` is dropped from ``test``.
 
-    ``progress`` is called after every epoch with that epoch's history entry. ``lm.model`` is given
+    ``progress`` is called after every epoch with that epoch's history entry, ``on_step`` after
+    every optimizer step with (step, total steps, {epoch, loss, lr}). ``lm.model`` is given
     back with its starting weights; the tuned model lives only in ``out_dir``.
     """
     t0 = time.perf_counter()
@@ -210,24 +211,9 @@ def finetune(
     _seed_everything(cfg.seed)
 
     to_view, to_tensor = _split_transform(lm.preprocess)
-    # held-out images first: they are evaluated every epoch, so they are the ones worth caching
-    cache = None if cfg.cache_mb is None else cfg.cache_mb << 20
-    decoded = decode_pairs([*val, *(test or []), *train], prepare=to_view, cache_bytes=cache)
+    decoded, train, val, test = _decode_splits(train, val, test or [], to_view, cfg)
     views = decoded.images
-    val = [p for p in val if p.image in views]
-    val_images = {p.image for p in val}
-    test = [p for p in test or [] if p.image in views and p.image not in val_images]
-    held_out = val_images | {p.image for p in test}
-    # a held-out image never enters training, even when --val repeats some of the training images
-    train = [p for p in train if p.image in views and p.image not in held_out]
-    if not val:
-        raise ClipdexError("no usable validation pairs")
     report = test or val
-    need = cfg.batch_size * cfg.accum_steps
-    if len(train) < need:
-        raise ClipdexError(
-            f"only {len(train)} training pairs, fewer than one batch of {need}; use a smaller --batch-size"
-        )
 
     model, device = lm.model, lm.device
     start = tu.cpu_state(model)
@@ -240,7 +226,7 @@ def finetune(
     before = _recall(lm, to_tensor, views, report, amp_dtype)
     try:
         history, best_state, best_epoch, train_seconds = _train(
-            lm, train, val, views, to_tensor, cfg, amp_dtype, scaler, progress
+            lm, train, val, views, to_tensor, cfg, amp_dtype, scaler, progress, on_step
         )
         model.load_state_dict(tu.wise_blend(start, best_state, cfg.wise))
         save_local_dir(model, model_cfg, preprocess_cfg, out)
@@ -275,6 +261,113 @@ def finetune(
     return result
 
 
+def _decode_splits(
+    train: Sequence[Pair], val: Sequence[Pair], test: Sequence[Pair], to_view: Callable, cfg: FinetuneConfig
+) -> tuple[Any, list[Pair], list[Pair], list[Pair]]:
+    """Decode every split's images once; keep the pairs whose image decoded, held-out images apart."""
+    # held-out images first: they are evaluated every epoch, so they are the ones worth caching
+    cache = None if cfg.cache_mb is None else cfg.cache_mb << 20
+    decoded = decode_pairs([*val, *test, *train], prepare=to_view, cache_bytes=cache)
+    views = decoded.images
+    val = [p for p in val if p.image in views]
+    val_images = {p.image for p in val}
+    test = [p for p in test if p.image in views and p.image not in val_images]
+    held_out = val_images | {p.image for p in test}
+    # a held-out image never enters training, even when --val repeats some of the training images
+    train = [p for p in train if p.image in views and p.image not in held_out]
+    if not val:
+        raise ClipdexError("no usable validation pairs")
+    need = cfg.batch_size * cfg.accum_steps
+    if len(train) < need:
+        raise ClipdexError(
+            f"only {len(train)} training pairs, fewer than one batch of {need}; use a smaller --batch-size"
+        )
+    return decoded, train, val, test
+
+
+def _loader(
+    lm: LoadedModel, train: Sequence[Pair], views: Any, to_tensor: Callable, cfg: FinetuneConfig
+) -> Any:
+    """Shuffled (seeded) full batches of (augmented image, tokens)."""
+    device = lm.device
+    workers = cfg.workers if cfg.workers is not None else (4 if device.startswith("cuda") else 0)
+    dataset = _PairDataset(
+        train, views, lm.tokenizer([p.caption for p in train]), _train_transform(lm, to_tensor, cfg.augment)
+    )
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=True,
+        drop_last=True,  # a contrastive batch must be full: its size sets the number of negatives
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.startswith("cuda"),
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+
+
+@dataclass
+class _Optimizing:
+    """The optimizer and what changes between its steps (the step count, checkpointing)."""
+
+    model: Any
+    optimizer: Any
+    loss_fn: Any
+    cfg: FinetuneConfig
+    amp_dtype: torch.dtype | None
+    scaler: Any
+    warmup: int
+    total: int
+    checkpointing: bool
+    step: int = 0
+    lr: float = 0.0
+
+    def update(self, micro: list) -> float:
+        """One optimizer step over the ``micro`` batches; returns the loss."""
+        model, cfg = self.model, self.cfg
+        self.lr = tu.cosine_lr(cfg.lr, self.warmup, self.total, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr
+        self.optimizer.zero_grad(set_to_none=True)
+        try:
+            loss = tu.contrastive_step(model, self.loss_fn, micro, self.amp_dtype, self.scaler)
+        except torch.cuda.OutOfMemoryError:
+            # memory requires checkpointing (unless it was refused or is already on): retry
+            if (
+                self.checkpointing
+                or cfg.grad_checkpointing is False
+                or not hasattr(model, "set_grad_checkpointing")
+            ):
+                raise
+            self.optimizer.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            model.set_grad_checkpointing(True)
+            self.checkpointing = True
+            loss = tu.contrastive_step(model, self.loss_fn, micro, self.amp_dtype, self.scaler)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        tu.clamp_logit_scale(model)
+        self.step += 1
+        return loss
+
+
+def _epoch(opt: _Optimizing, loader: Any, device: str, epoch: int, on_step: Step | None) -> list[float]:
+    """One pass over ``loader`` (``accum_steps`` batches per optimizer step); the step losses."""
+    losses, micro = [], []
+    for images, texts in loader:
+        micro.append((images.to(device, non_blocking=True), texts.to(device, non_blocking=True)))
+        if len(micro) < opt.cfg.accum_steps:
+            continue
+        losses.append(opt.update(micro))
+        micro = []
+        if on_step is not None:
+            on_step(opt.step, opt.total, {"epoch": epoch, "loss": losses[-1], "lr": opt.lr})
+    return losses
+
+
 def _train(
     lm: LoadedModel,
     train: Sequence[Pair],
@@ -285,42 +378,25 @@ def _train(
     amp_dtype: torch.dtype | None,
     scaler: Any,
     progress: Callable[[dict[str, Any]], None] | None,
+    on_step: Step | None = None,
 ) -> tuple[list[dict], dict, int, float]:
     """The epoch loop: (history, best state on CPU, best epoch, seconds spent training)."""
-    from tqdm import tqdm
-
     model, device = lm.model, lm.device
     tu.freeze_towers(model, cfg.lock_image, cfg.lock_text, cfg.unlock_last)
     optimizer = torch.optim.AdamW(
         tu.param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.98), eps=1e-6
     )
-    loss_fn = tu.make_loss(model)
     checkpointing = bool(cfg.grad_checkpointing) and hasattr(model, "set_grad_checkpointing")
     if checkpointing:
         model.set_grad_checkpointing(True)
-
-    workers = cfg.workers if cfg.workers is not None else (4 if device.startswith("cuda") else 0)
-    dataset = _PairDataset(
-        train, views, lm.tokenizer([p.caption for p in train]), _train_transform(lm, to_tensor, cfg.augment)
-    )
-    loader = torch.utils.data.DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=True,  # a contrastive batch must be full: its size sets the number of negatives
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        pin_memory=device.startswith("cuda"),
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
-    steps_per_epoch = len(loader) // cfg.accum_steps
-    total = steps_per_epoch * cfg.epochs
+    loader = _loader(lm, train, views, to_tensor, cfg)
+    total = len(loader) // cfg.accum_steps * cfg.epochs
     warmup = cfg.warmup if cfg.warmup is not None else round(0.05 * total)
-    bar = tqdm(
-        total=total, disable=cfg.quiet or not sys.stderr.isatty(), file=sys.stderr, unit="step", leave=False
+    opt = _Optimizing(
+        model, optimizer, tu.make_loss(model), cfg, amp_dtype, scaler, warmup, total, checkpointing
     )
     history: list[dict] = []
-    best_state, best_score, best_epoch, step, train_seconds = None, -1.0, 0, 0, 0.0
+    best_state, best_score, best_epoch, train_seconds = None, -1.0, 0, 0.0
     # Denormal floats appear within a few steps and make CPU math several times slower (measured
     # 4x on the bench model); flushing them to zero does not change what the model learns.
     flush = device == "cpu" and torch.set_flush_denormal(True)
@@ -328,47 +404,16 @@ def _train(
         for epoch in range(1, cfg.epochs + 1):
             t_epoch, cpu_epoch = time.perf_counter(), time.process_time()
             model.train()
-            losses, micro = [], []
-            for images, texts in loader:
-                micro.append((images.to(device, non_blocking=True), texts.to(device, non_blocking=True)))
-                if len(micro) < cfg.accum_steps:
-                    continue
-                lr = tu.cosine_lr(cfg.lr, warmup, total, step)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.zero_grad(set_to_none=True)
-                try:
-                    losses.append(tu.contrastive_step(model, loss_fn, micro, amp_dtype, scaler))
-                except torch.cuda.OutOfMemoryError:
-                    # memory requires checkpointing (unless it was refused or is already on): retry
-                    if checkpointing or cfg.grad_checkpointing is False:
-                        raise
-                    if not hasattr(model, "set_grad_checkpointing"):
-                        raise
-                    optimizer.zero_grad(set_to_none=True)
-                    torch.cuda.empty_cache()
-                    model.set_grad_checkpointing(True)
-                    checkpointing = True
-                    losses.append(tu.contrastive_step(model, loss_fn, micro, amp_dtype, scaler))
-                if scaler is not None:
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    optimizer.step()
-                tu.clamp_logit_scale(model)
-                micro, step = [], step + 1
-                bar.update()
-                bar.set_postfix(epoch=epoch, loss=f"{losses[-1]:.3f}", lr=f"{lr:.2e}")
+            losses = _epoch(opt, loader, device, epoch, on_step)
             seconds, cpu_seconds = time.perf_counter() - t_epoch, time.process_time() - cpu_epoch
             train_seconds += seconds
             model.eval()
             metrics = _recall(lm, to_tensor, views, val, amp_dtype)
             score = mean_recall(metrics)
-            loss = float(np.mean(losses))
             entry = dict(
                 epoch=epoch,
-                loss=loss,
-                lr=lr,
+                loss=float(np.mean(losses)),
+                lr=opt.lr,
                 seconds=seconds,
                 cpu_seconds=cpu_seconds,
                 val=metrics,
@@ -382,7 +427,6 @@ def _train(
             elif cfg.patience is not None and epoch - best_epoch >= cfg.patience:
                 break
     finally:
-        bar.close()
         if flush:
             torch.set_flush_denormal(False)  # torch's default; it has no getter to restore from
     return history, best_state, best_epoch, train_seconds

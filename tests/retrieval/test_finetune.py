@@ -19,7 +19,7 @@ from clipdex.retrieval.finetune import FinetuneConfig, finetune
 from clipdex.retrieval.models import WEIGHTS_NAME, load_model, read_local_config, resolve_spec
 from clipdex.retrieval.pairs import read_pairs, split_pairs
 
-FAST = dict(epochs=1, batch_size=16, lr=1e-3, quiet=True)
+FAST = dict(epochs=1, batch_size=16, lr=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def trained(tiny_model_dir: Path, scenes, tmp_path_factory: pytest.TempPathFacto
     train, val = scenes
     lm = load_model(resolve_spec(str(tiny_model_dir)), "cpu")
     out = tmp_path_factory.mktemp("tuned") / "model"
-    cfg = FinetuneConfig(epochs=8, batch_size=32, lr=1e-3, seed=0, quiet=True)
+    cfg = FinetuneConfig(epochs=8, batch_size=32, lr=1e-3, seed=0)
     return finetune(lm, train, val, cfg, out), val, out
 
 
@@ -325,3 +325,19 @@ def test_bounded_cache_trains_exactly_like_the_unbounded_one(tiny_model_dir, sce
         and ra["after"] == rb["after"]
         and ra["history"][0]["loss"] == rb["history"][0]["loss"]
     )
+
+
+def test_on_step_reports_every_optimizer_step(tiny_model_dir: Path, scenes, tmp_path: Path) -> None:
+    """The engine draws nothing: a caller (the CLI's bar) gets each step's figures."""
+    train, val = scenes
+    lm = load_model(resolve_spec(str(tiny_model_dir)), "cpu")
+    steps = []
+    cfg = FinetuneConfig(**{**FAST, "epochs": 2, "accum_steps": 2})
+    result = finetune(lm, train[:96], val[:24], cfg, tmp_path / "m", on_step=lambda *a: steps.append(a))
+    per_epoch = 96 // 16 // 2  # full batches of 16, two per optimizer step
+    assert [s for s, _, _ in steps] == list(range(1, 2 * per_epoch + 1))
+    assert {t for _, t, _ in steps} == {2 * per_epoch}
+    assert [f["epoch"] for *_, f in steps] == [1] * per_epoch + [2] * per_epoch
+    losses = [f["loss"] for *_, f in steps[:per_epoch]]
+    assert np.isclose(np.mean(losses), result.history[0]["loss"])
+    assert steps[-1][2]["lr"] == result.history[-1]["lr"]
