@@ -29,9 +29,9 @@ import torch
 
 from clipdex import evaluate
 from clipdex.demo import make_scenes, split_descriptions
-from clipdex.retrieval.finetune import FinetuneConfig, finetune
 from clipdex.retrieval.models import init_model, load_model, resolve_spec
-from clipdex.retrieval.pairs import read_pairs, split_pairs
+from clipdex.retrieval.training.finetune import FinetuneConfig, finetune
+from clipdex.retrieval.training.pairs import read_pairs, split_pairs
 
 # The demo's model: a small ResNet image tower (it learns positions; a ViT of this budget did not).
 BENCH_CFG = {

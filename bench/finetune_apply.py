@@ -75,7 +75,7 @@ def main() -> None:
 
     from clipdex.demo import make_scenes
     from clipdex.retrieval.models import init_model
-    from clipdex.retrieval.pairs import read_pairs, split_pairs
+    from clipdex.retrieval.training.pairs import read_pairs, split_pairs
 
     work = Path(tempfile.mkdtemp(prefix="clipdex-bench-ftapply-"))
     make_scenes(work / "scenes", args.scenes, seed=1, size=64)

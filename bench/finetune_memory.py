@@ -43,8 +43,8 @@ def child(pairs_file: str, cache_mb: int | None) -> None:
     import open_clip
     import torch  # noqa: F401 (its import is part of the baseline, not of the per-pair growth)
 
-    from clipdex.retrieval.finetune import _split_transform
-    from clipdex.retrieval.pairs import Pair, decode_pairs
+    from clipdex.retrieval.training.finetune import _split_transform
+    from clipdex.retrieval.training.pairs import Pair, decode_pairs
 
     to_view = _split_transform(open_clip.image_transform(224, is_train=False))[0]
     tokenizer = open_clip.get_tokenizer("ViT-B-32")

@@ -163,8 +163,8 @@ def bench_faiss(n: int, dim: int, queries: int) -> list[Row]:
 def bench_finetune(model_dir: Path, device: str, batch: int, steps: int) -> list[Row]:
     import torch
 
-    from clipdex.retrieval import train_utils as tu
     from clipdex.retrieval.models import load_model, resolve_spec
+    from clipdex.retrieval.training import steps as tu
 
     lm = load_model(resolve_spec(str(model_dir)), device)
     model = lm.model

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from clipdex.errors import ClipdexError
     from clipdex.index.filters import Filter
     from clipdex.library import Library
-    from clipdex.retrieval.evaluate import evaluate
+    from clipdex.retrieval.training.evaluate import evaluate
 
 
 def __getattr__(name: str) -> Any:
@@ -25,7 +25,7 @@ def __getattr__(name: str) -> Any:
 
         return Filter
     if name == "evaluate":
-        from clipdex.retrieval.evaluate import evaluate
+        from clipdex.retrieval.training.evaluate import evaluate
 
         return evaluate
     if name == "ClipdexError":

@@ -27,10 +27,10 @@ if TYPE_CHECKING:
         library_dir,
     )
     from clipdex.library.tools import embed_sources, explain_file, init_model, read_texts, shard_model
-    from clipdex.retrieval.finetune import FinetuneConfig
+    from clipdex.retrieval.training.finetune import FinetuneConfig
 
 _WHERE = {
-    "FinetuneConfig": "clipdex.retrieval.finetune",
+    "FinetuneConfig": "clipdex.retrieval.training.finetune",
     "Library": "facade",
     "INDEX_TYPES": "options",
     "ONDISK": "options",

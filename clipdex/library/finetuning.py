@@ -1,7 +1,7 @@
 """`Library.finetune`: pairs in, a fine-tuned model out (`Library.finetune` applies it when asked).
 
 Joins reading PAIRS (or the library's own captions), the seeded train/validation/test split and
-training (`clipdex.retrieval.finetune`).
+training (`clipdex.retrieval.training.finetune`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from clipdex.errors import ClipdexError
-from clipdex.retrieval.pairs import MIN_TEST_IMAGES, PairsArg, coerce_pairs, split_pairs
+from clipdex.retrieval.training.pairs import MIN_TEST_IMAGES, PairsArg, coerce_pairs, split_pairs
 
 if TYPE_CHECKING:
     from clipdex.library.parts import Parts
-    from clipdex.retrieval.finetune import FinetuneConfig, FinetuneResult
+    from clipdex.retrieval.training.finetune import FinetuneConfig, FinetuneResult
 
 
 def new_model_dir(parent: Path) -> Path:
@@ -45,7 +45,7 @@ def finetune_library(
     on_step: Callable[[int, int, dict[str, Any]], None] | None = None,
 ) -> FinetuneResult:
     """See `Library.finetune`."""
-    from clipdex.retrieval.finetune import FinetuneConfig, finetune
+    from clipdex.retrieval.training.finetune import FinetuneConfig, finetune
 
     cfg = config or FinetuneConfig()
     if pairs is None:

@@ -15,7 +15,7 @@ from helpers.corehelp import assert_one_error_line, make_images, ok, run
 from clipdex.errors import ClipdexError
 from clipdex.inputs.embeddings import read_metadata
 from clipdex.retrieval.decode import DecodeError, open_image
-from clipdex.retrieval.pairs import read_pairs
+from clipdex.retrieval.training.pairs import read_pairs
 
 
 @contextmanager

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from clipdex.errors import ClipdexError
-from clipdex.retrieval.pairs import Pair, decode_pairs, read_pairs, split_pairs
+from clipdex.retrieval.training.pairs import Pair, decode_pairs, read_pairs, split_pairs
 
 
 def _img(path: Path, colour=(200, 10, 10)) -> Path:

@@ -19,7 +19,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from clipdex.retrieval.pairs import Pair
+from clipdex.retrieval.training.pairs import Pair
 
 KS = (1, 5, 10)
 KEYS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")

@@ -2,7 +2,7 @@
 
 Every image is decoded once and the same decoded pixels go to every model (each applies its own
 preprocess), so the models are compared on identical input. Images stream through in batches,
-so memory holds the models and one batch, not the whole set. Metrics: `clipdex.retrieval.metrics`
+so memory holds the models and one batch, not the whole set. Metrics: `clipdex.retrieval.training.metrics`
 (the same code fine-tuning reports with).
 """
 
@@ -17,9 +17,9 @@ import torch
 from clipdex.errors import ClipdexError
 from clipdex.retrieval.decode import default_workers, open_image, ordered_prefetch
 from clipdex.retrieval.embed import encode_image_batch, encode_texts
-from clipdex.retrieval.metrics import group_pairs, retrieval_metrics
 from clipdex.retrieval.models import LoadedModel, ModelSpec, load_model, resolve_spec
-from clipdex.retrieval.pairs import MAX_BAD_FRACTION, PairsArg, coerce_pairs
+from clipdex.retrieval.training.metrics import group_pairs, retrieval_metrics
+from clipdex.retrieval.training.pairs import MAX_BAD_FRACTION, PairsArg, coerce_pairs
 
 
 def evaluate(

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from helpers.metrics import brute_force
 
-from clipdex.retrieval.metrics import group_pairs, retrieval_metrics
-from clipdex.retrieval.pairs import Pair
+from clipdex.retrieval.training.metrics import group_pairs, retrieval_metrics
+from clipdex.retrieval.training.pairs import Pair
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -14,10 +14,10 @@ from safetensors.torch import load_file
 
 from clipdex.demo import make_scenes
 from clipdex.errors import ClipdexError
-from clipdex.retrieval import train_utils as tu
-from clipdex.retrieval.finetune import FinetuneConfig, finetune
 from clipdex.retrieval.models import WEIGHTS_NAME, load_model, read_local_config, resolve_spec
-from clipdex.retrieval.pairs import read_pairs, split_pairs
+from clipdex.retrieval.training import steps as tu
+from clipdex.retrieval.training.finetune import FinetuneConfig, finetune
+from clipdex.retrieval.training.pairs import read_pairs, split_pairs
 
 FAST = dict(epochs=1, batch_size=16, lr=1e-3)
 
@@ -200,7 +200,7 @@ def test_out_dir_that_is_not_a_model_is_refused(tiny_model_dir, scenes, tmp_path
 
 
 def test_recall_counts_any_caption_of_an_image_for_image_to_text() -> None:
-    from clipdex.retrieval.metrics import recall_at_k
+    from clipdex.retrieval.training.metrics import recall_at_k
 
     images = np.eye(3, dtype=np.float32)
     # image 2 has two captions: one good, one closer to image 1
@@ -295,8 +295,8 @@ def test_val_file_chooses_the_epoch_and_the_test_split_comes_from_pairs(tiny_mod
 def test_view_cache_never_holds_more_than_its_bound(scenes) -> None:
     from open_clip import image_transform
 
-    from clipdex.retrieval.finetune import _split_transform
-    from clipdex.retrieval.pairs import decode_pairs, view_nbytes
+    from clipdex.retrieval.training.finetune import _split_transform
+    from clipdex.retrieval.training.pairs import decode_pairs, view_nbytes
 
     train, val = scenes
     pairs = [*val, *train][:80]

@@ -23,9 +23,7 @@ import numpy as np
 import torch
 
 from clipdex.errors import ClipdexError
-from clipdex.retrieval import train_utils as tu
 from clipdex.retrieval.embed import encode_image_batch, encode_texts
-from clipdex.retrieval.metrics import group_pairs, mean_recall, recall_at_k
 from clipdex.retrieval.models import (
     CONFIG_NAME,
     LOCAL_DIR,
@@ -35,7 +33,9 @@ from clipdex.retrieval.models import (
     read_local_config,
     save_local_dir,
 )
-from clipdex.retrieval.pairs import Pair, decode_pairs
+from clipdex.retrieval.training import steps as tu
+from clipdex.retrieval.training.metrics import group_pairs, mean_recall, recall_at_k
+from clipdex.retrieval.training.pairs import Pair, decode_pairs
 
 RECORD_NAME = "clipdex_finetune.json"
 Step = Callable[[int, int, dict[str, Any]], None]  # (step, total steps, {"epoch", "loss", "lr"})
