@@ -35,8 +35,8 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     from PIL import Image
 
-    from clipdex.retrieval.decode import default_workers
     from clipdex.retrieval.models import init_model
+    from clipdex.retrieval.prefetch import default_workers
 
     work = Path(tempfile.mkdtemp(prefix="clipdex-bench-mem-"))
     try:

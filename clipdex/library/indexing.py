@@ -21,8 +21,8 @@ from clipdex.inputs.paths import display_path
 from clipdex.inputs.sidecars import SidecarError, read_sidecar
 from clipdex.kinds import IMAGE, TEXT
 from clipdex.results import IndexStats
-from clipdex.retrieval.decode import default_workers
 from clipdex.retrieval.models import LoadedModel
+from clipdex.retrieval.prefetch import default_workers
 
 Problem = Callable[[str, str], None]  # (display path, reason) -> report it on stderr
 

@@ -12,9 +12,9 @@ from clipdex.index.store.database import Store
 from clipdex.inputs.paths import display_path
 from clipdex.kinds import IMAGE, TEXT
 from clipdex.results import Reembedded
-from clipdex.retrieval.decode import default_workers
 from clipdex.retrieval.embed import default_batch_size, embed_image_files, encode_texts
 from clipdex.retrieval.models import LoadedModel
+from clipdex.retrieval.prefetch import default_workers
 
 SHOWN = 3  # paths named in a refusal
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from clipdex.errors import ClipdexError
 from clipdex.index.filters import Filter
-from clipdex.kinds import IMAGE, TEXT
+from clipdex.kinds import IMAGE, TEXT, kind_of
 from clipdex.library.queries import Encode, ImageArg, QueryPlan, encode_images, encode_texts, vector_query
 from clipdex.results import DuplicateItem, SearchResult
 from clipdex.retrieval.query import Terms, Weights
@@ -25,14 +25,6 @@ if TYPE_CHECKING:
     from clipdex.index.store.database import Store
     from clipdex.index.store.rows import Item
     from clipdex.library.model_slot import ModelSlot
-
-
-def kind_of(target: str) -> str:
-    """The stored kind ("image"/"text") a search ``target`` ("images"/"texts") names."""
-    kind = {"images": IMAGE, "texts": TEXT, "image": IMAGE, "text": TEXT}.get(target)
-    if kind is None:
-        raise ValueError(f"target must be 'images' or 'texts', not {target!r}")
-    return kind
 
 
 def _result(

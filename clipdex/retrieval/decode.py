@@ -1,8 +1,8 @@
 """Image decoding for the indexing pipeline (scan -> decode -> encode).
 
 ``open_image`` turns any file the installed Pillow can read into a fully decoded RGB image, or raises
-``DecodeError`` with a one-line reason; ``ordered_prefetch`` runs decoding in a bounded thread pool
-while keeping input order. Threads suffice: Pillow's decoders and resizers release the GIL.
+``DecodeError`` with a one-line reason; `clipdex.retrieval.prefetch` runs it in a bounded thread
+pool while keeping input order.
 """
 
 from __future__ import annotations
@@ -11,9 +11,7 @@ import io
 import os
 import stat
 import threading
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, nullcontext
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, BinaryIO, TypeVar
@@ -397,53 +395,3 @@ def load_and_preprocess(
     (the full-size image's pixels stay reserved until its tensor is made)."""
     with ExitStack() as hold:
         return preprocess(open_image(path, draft_to, on_info, hold))
-
-
-def default_workers() -> int:
-    """Decode threads to use: every CPU this process may run on (not capped: feeding a GPU takes
-    all of them, and on CPU alone the encoder's threads share the same cores anyway)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))  # respects container / taskset limits
-    except (AttributeError, OSError):
-        cpus = os.cpu_count() or 1
-    return max(1, cpus)
-
-
-def _outcome(future: Future) -> object:
-    exc = future.exception()
-    return exc if exc is not None else future.result()
-
-
-def ordered_prefetch(
-    fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int | None = None
-) -> Iterator[tuple[T, R | BaseException]]:
-    """Yield ``(item, fn(item) or the exception it raised)`` in input order, computed by a thread pool.
-
-    At most ``ahead`` (default ``4 * workers``) items are submitted and not yet yielded, and ``items``
-    is consumed lazily, so memory stays bounded on huge inputs. ``workers <= 1`` runs inline. Closing
-    the generator early cancels queued work and waits only for the calls already running.
-    """
-    if workers <= 1:
-        for item in items:
-            try:
-                result: R | BaseException = fn(item)
-            except Exception as exc:  # handed to the consumer as a value
-                result = exc
-            yield item, result
-        return
-    ahead = max(1, 4 * workers if ahead is None else ahead)
-    pending: deque[tuple[T, Future]] = deque()
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="clipdex-decode")
-    try:
-        for item in items:
-            pending.append((item, pool.submit(fn, item)))
-            if len(pending) >= ahead:
-                done_item, future = pending.popleft()
-                yield done_item, _outcome(future)  # type: ignore[misc]
-        while pending:
-            done_item, future = pending.popleft()
-            yield done_item, _outcome(future)  # type: ignore[misc]
-    finally:
-        for _, future in pending:
-            future.cancel()
-        pool.shutdown(wait=True, cancel_futures=True)

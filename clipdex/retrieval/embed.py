@@ -12,8 +12,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from clipdex.retrieval.decode import DecodeError, PhotoInfo, load_and_preprocess, ordered_prefetch
+from clipdex.retrieval.decode import DecodeError, PhotoInfo, load_and_preprocess
 from clipdex.retrieval.models import LoadedModel
+from clipdex.retrieval.prefetch import ordered_prefetch
 
 T = TypeVar("T")
 

@@ -209,8 +209,8 @@ class EmbedJob:
         """Embed ``todo`` shards in this process with `index`'s decode/encode pipeline."""
         import torch
 
-        from clipdex.retrieval.decode import default_workers, ordered_prefetch
         from clipdex.retrieval.embed import encode_image_batch
+        from clipdex.retrieval.prefetch import default_workers, ordered_prefetch
         from clipdex.scale.load import load_entry
 
         draft_to = lm.image_size

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException
 
 from clipdex.errors import DecodeError, QueryError
 from clipdex.index.filters import Filter
+from clipdex.kinds import TARGETS, kind_of
 from clipdex.library import Library
 from clipdex.results import path_b64, shown_path
 from clipdex.serve.batching import TextBatcher
@@ -49,9 +50,9 @@ class Served:
 
     # ---- queries --------------------------------------------------------------------------
     def _kind(self, target: str) -> str:
-        if target not in ("images", "texts"):
+        if target not in TARGETS:
             raise fail(400, "target must be 'images' or 'texts'")
-        return target[:-1]
+        return kind_of(target)
 
     def _page(self, kind: str, k: int, offset: int, vector_of, filt: Filter | None = None) -> dict:
         started = time.perf_counter()

@@ -15,9 +15,10 @@ import numpy as np
 import torch
 
 from clipdex.errors import ClipdexError
-from clipdex.retrieval.decode import default_workers, open_image, ordered_prefetch
+from clipdex.retrieval.decode import open_image
 from clipdex.retrieval.embed import encode_image_batch, encode_texts
 from clipdex.retrieval.models import LoadedModel, ModelSpec, load_model, resolve_spec
+from clipdex.retrieval.prefetch import default_workers, ordered_prefetch
 from clipdex.retrieval.training.metrics import group_pairs, retrieval_metrics
 from clipdex.retrieval.training.pairs import MAX_BAD_FRACTION, PairsArg, coerce_pairs
 

@@ -188,7 +188,7 @@ def decode_pairs(
     are skipped and counted; more than ``max_bad`` of them is an error, since that usually means a
     wrong base folder rather than a few bad files.
     """
-    from clipdex.retrieval.decode import ordered_prefetch
+    from clipdex.retrieval.prefetch import ordered_prefetch
 
     if opener is None:
         from clipdex.retrieval.decode import open_image as opener
