@@ -67,12 +67,10 @@ class IndexStats:
     texts_removed: int = 0
     moved: int = 0
     skipped_failed: int = 0  # remembered failures, not retried (the file has not changed)
-    reembedded: int = field(default=0)
     dropped: int | None = None  # set when the run re-embedded: images dropped (--drop-unembeddable)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d.pop("reembedded")
         if self.dropped is None:
             d.pop("dropped")
         return d

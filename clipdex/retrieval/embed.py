@@ -109,14 +109,6 @@ def iter_encode_texts(
             yield start, feats.cpu().numpy().astype(np.float32, copy=False)
 
 
-def encode_images(lm: LoadedModel, images: Iterable[Any], batch_size: int = 64) -> np.ndarray:
-    """PIL RGB images -> (N, D) unit vectors (preprocessed with the model's own transform)."""
-    out = [np.zeros((0, lm.embed_dim), np.float32)]
-    for batch in _chunks(images, batch_size):
-        out.append(encode_image_batch(lm, torch.stack([lm.preprocess(im) for im in batch])))
-    return np.concatenate(out)
-
-
 def embed_image_files(
     lm: LoadedModel,
     items: Iterable[T],
@@ -210,14 +202,3 @@ def embed_image_files(
         ok, batch = assemble(ok, pixels, failed) if ok else ([], None)
         vecs = to_numpy(encode_image_async(lm, batch)) if batch is not None else []
         yield list(zip(ok, vecs)), failed, done
-
-
-def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

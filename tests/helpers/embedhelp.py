@@ -91,3 +91,17 @@ def assert_f16_close(a: np.ndarray, b: np.ndarray) -> None:
     a32, b32 = a.astype(np.float32), b.astype(np.float32)
     step = np.spacing(np.maximum(np.abs(a), np.abs(b)).astype(np.float16)).astype(np.float32)
     assert a.shape == b.shape and (np.abs(a32 - b32) <= step).all()
+
+
+def encode_images(lm, images, batch_size: int = 64) -> np.ndarray:
+    """PIL RGB images -> (N, D) unit vectors with the model's own transform: the tests' reference."""
+    import torch
+
+    from clipdex.retrieval.embed import encode_image_batch
+
+    out = [np.zeros((0, lm.embed_dim), np.float32)]
+    images = list(images)
+    for start in range(0, len(images), batch_size):
+        batch = images[start : start + batch_size]
+        out.append(encode_image_batch(lm, torch.stack([lm.preprocess(im) for im in batch])))
+    return np.concatenate(out)

@@ -40,9 +40,10 @@ def test_batch_defaults_by_device_and_env(monkeypatch):
 def test_pipelined_batches_keep_order_failures_and_vectors(tiny_model_dir: Path, tmp_path: Path):
     """One batch in flight while the next decodes: every vector still lands on its own item."""
     from helpers.corehelp import make_images
+    from helpers.embedhelp import encode_images
     from PIL import Image
 
-    from clipdex.retrieval.embed import embed_image_files, encode_images
+    from clipdex.retrieval.embed import embed_image_files
 
     files = make_images(tmp_path / "imgs", [f"im{i}.png" for i in range(10)], seed=4)
     paths = [files[f"im{i}.png"] for i in range(10)]

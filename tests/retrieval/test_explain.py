@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 import torch
 from helpers.corehelp import assert_one_error_line, ok
+from helpers.embedhelp import encode_images
 from PIL import Image, ImageDraw
 
 from clipdex import Library
 from clipdex.demo.__main__ import DEMO_MODEL
-from clipdex.retrieval.embed import encode_images, encode_texts
+from clipdex.retrieval.embed import encode_texts
 from clipdex.retrieval.explain import explain
 from clipdex.retrieval.models import init_model, load_model, resolve_spec
 

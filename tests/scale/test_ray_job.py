@@ -87,9 +87,8 @@ def test_a_killed_actor_loses_and_duplicates_nothing(ray_cluster, tmp_path, tiny
     assert len({r["path"] for r in rows}) == 12  # every file exactly once
     # And the retried batch's vectors are the right ones.
     import numpy as np
+    from helpers.embedhelp import encode_images
     from PIL import Image
-
-    from clipdex.retrieval.embed import encode_images
 
     lm = load_model(resolve_spec(str(tiny_model_dir)), "cpu")
     paths = sorted(folder.iterdir())

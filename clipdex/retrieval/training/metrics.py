@@ -23,7 +23,6 @@ from clipdex.retrieval.training.pairs import Pair
 
 KS = (1, 5, 10)
 KEYS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")
-ALL_KEYS = (*KEYS, "t2i_median_rank", "i2t_median_rank", "t2i_map", "i2t_map")
 TIE_EPS = 1e-6  # scores closer than this count as tied (float32 cosines of identical vectors)
 
 

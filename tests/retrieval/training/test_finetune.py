@@ -103,8 +103,10 @@ def test_reported_recall_equals_an_independent_computation(trained) -> None:
 
 
 def test_saved_model_is_plain_open_clip_and_matches_clipdex_embeddings(trained, tiny_model_dir: Path) -> None:
+    from helpers.embedhelp import encode_images
+
     from clipdex.retrieval.decode import open_image
-    from clipdex.retrieval.embed import encode_images, encode_texts
+    from clipdex.retrieval.embed import encode_texts
 
     _, val, out = trained
     assert read_local_config(out)["preprocess_cfg"] == read_local_config(tiny_model_dir)["preprocess_cfg"]
