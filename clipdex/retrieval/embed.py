@@ -109,6 +109,34 @@ def iter_encode_texts(
             yield start, feats.cpu().numpy().astype(np.float32, copy=False)
 
 
+def _assemble(
+    lm: LoadedModel, transform: Any, draft_to: tuple[int, int] | None,
+    batch: list[T], pixels: list[Any], failed: list[tuple[T, BaseException]],
+) -> tuple[list[T], torch.Tensor | None]:  # fmt: skip
+    """The batch as one tensor (JPEG bytes decoded on the device); drops what fails to ``failed``."""
+    from clipdex.retrieval import device_decode as dd
+
+    jpegs = [p for p in pixels if isinstance(p, dd.JpegBytes)]
+    if not jpegs:
+        return batch, stack_pixels(pixels, lm.device)
+    on_dev = iter(dd.decode_on_device(jpegs, lm.device, transform))
+    kept, out = [], []
+    for item, p in zip(batch, pixels):
+        if isinstance(p, dd.JpegBytes):
+            t = next(on_dev)
+            if t is None:  # the device decoder refused it: the CPU path decides
+                try:
+                    t = load_and_preprocess(p.path, lm.preprocess, draft_to).to(lm.device)
+                except Exception as e:
+                    failed.append((item, e))
+                    continue
+        else:
+            t = p.to(lm.device, non_blocking=True)
+        kept.append(item)
+        out.append(t)
+    return kept, torch.stack(out) if out else None
+
+
 def embed_image_files(
     lm: LoadedModel,
     items: Iterable[T],
@@ -145,30 +173,6 @@ def embed_image_files(
                 return jpeg
         return load_and_preprocess(path, lm.preprocess, draft_to, report)
 
-    def assemble(
-        batch: list[T], pixels: list[Any], failed: list[tuple[T, BaseException]]
-    ) -> tuple[list[T], torch.Tensor | None]:
-        """The batch as one tensor (JPEG bytes decoded on the device); drops what fails to ``failed``."""
-        jpegs = [p for p in pixels if isinstance(p, dd.JpegBytes)]
-        if not jpegs:
-            return batch, stack_pixels(pixels, lm.device)
-        on_dev = iter(dd.decode_on_device(jpegs, lm.device, transform))
-        kept, out = [], []
-        for item, p in zip(batch, pixels):
-            if isinstance(p, dd.JpegBytes):
-                t = next(on_dev)
-                if t is None:  # the device decoder refused it: the CPU path decides
-                    try:
-                        t = load_and_preprocess(p.path, lm.preprocess, draft_to).to(lm.device)
-                    except Exception as e:
-                        failed.append((item, e))
-                        continue
-            else:
-                t = p.to(lm.device, non_blocking=True)
-            kept.append(item)
-            out.append(t)
-        return kept, torch.stack(out) if out else None
-
     ok: list[T] = []
     pixels: list[torch.Tensor] = []
     failed: list[tuple[T, BaseException]] = []
@@ -189,7 +193,7 @@ def embed_image_files(
         ok.append(item)
         pixels.append(result)
         if len(ok) >= batch_size:
-            ok, batch = assemble(ok, pixels, failed)
+            ok, batch = _assemble(lm, transform, draft_to, ok, pixels, failed)
             feats = encode_image_async(lm, batch) if batch is not None else torch.zeros(0, lm.embed_dim)
             started = (ok, feats, failed, done)
             if in_flight is not None:
@@ -199,6 +203,6 @@ def embed_image_files(
     if in_flight is not None:
         yield finish()
     if ok or failed:
-        ok, batch = assemble(ok, pixels, failed) if ok else ([], None)
+        ok, batch = _assemble(lm, transform, draft_to, ok, pixels, failed) if ok else ([], None)
         vecs = to_numpy(encode_image_async(lm, batch)) if batch is not None else []
         yield list(zip(ok, vecs)), failed, done
