@@ -146,7 +146,7 @@ class Library:
         no file to re-embed from, unless ``drop_unembeddable``.
         """
         from clipdex.index.scan import check_folders
-        from clipdex.library.indexing import IndexRun
+        from clipdex.library.indexing import index_folders
 
         folders = [folders] if isinstance(folders, (str, bytes, os.PathLike)) else list(folders)
         folders = [os.path.expanduser(f) if isinstance(f, str) else f for f in folders]
@@ -162,29 +162,10 @@ class Library:
                 self.last_reembed = None
                 self.writer_model(reembed, problem, drop_unembeddable)  # load now: it records or re-embeds
                 dropped = self.last_reembed.dropped if self.last_reembed else None
-            indexes: dict[str, Any] = {}
-
-            def load_indexes() -> None:
-                # Only a run that writes needs them (a big index takes seconds to load); they are
-                # loaded before its first commit, so the changes then apply to them incrementally.
-                indexes.update({kind: self.indexes.get(kind) for kind in (IMAGE, TEXT)})
-
-            run = IndexRun(
-                self.store, lambda: self.model, batch_size=batch_size, workers=workers,
-                exact_decode=exact_decode, problem=problem, progress=progress, before_write=load_indexes,
-                retry_failed=retry_failed,
+            return index_folders(
+                self.parts, folders, include_hidden, dropped, batch_size=batch_size, workers=workers,
+                exact_decode=exact_decode, problem=problem, progress=progress, retry_failed=retry_failed,
             )  # fmt: skip
-            run.stats.dropped = dropped
-            try:
-                for change in run.run(folders, include_hidden, exclude=[self.path]):
-                    for kind in indexes:
-                        self.indexes.apply(kind, change.added.get(kind), change.removed)
-                    self.indexes.maybe_save()
-            except BaseException:
-                self.indexes.save_all()  # what was committed stays findable without a catch-up
-                raise
-            self.indexes.finish()
-            return run.stats
 
     def add_texts(self, texts: Sequence[str], source: str = "add-texts", batch_size: int = 256) -> list[int]:
         """Store and index free texts (searchable with ``target="texts"``); returns the new ids.
@@ -194,25 +175,9 @@ class Library:
         encoded ``batch_size`` at a time (the next batch tokenised meanwhile), each batch stored
         in one transaction with one bulk insert.
         """
-        from clipdex.retrieval.embed import iter_encode_texts
+        from clipdex.library.texts import add_texts
 
-        texts = list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
-        with self.writing():
-            if texts and self.store.dim is not None:
-                known = self.store.merge.known_texts(texts)
-                texts = [t for t in texts if t not in known]
-            if not texts:
-                return []
-            lm = self.writer_model()
-            self.indexes.get(TEXT)
-            ids: list[int] = []
-            for start, vecs in iter_encode_texts(lm, texts, batch_size):
-                new = self.store.items.insert_many(TEXT, source, vecs, texts=texts[start : start + len(vecs)])
-                self.indexes.apply(TEXT, (new.tolist(), vecs), [])
-                self.indexes.maybe_save()
-                ids += new.tolist()
-            self.indexes.finish()
-        return ids
+        return add_texts(self.parts, texts, source, batch_size)
 
     def import_embeddings(
         self,

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from clipdex.kinds import IMAGE, TEXT
 from clipdex.results import IndexStats
 from clipdex.retrieval.models import LoadedModel
 from clipdex.retrieval.prefetch import default_workers
+
+if TYPE_CHECKING:
+    from clipdex.library.parts import Parts
 
 Problem = Callable[[str, str], None]  # (display path, reason) -> report it on stderr
 
@@ -347,3 +351,29 @@ def _sidecar_changed(had: Caption | None, now: FileStat | None) -> bool:
     if now is None:
         return True
     return had.path != now.path or had.mtime_ns != now.mtime_ns or had.size != now.size
+
+
+def index_folders(
+    parts: Parts, folders: list, include_hidden: bool, dropped: int | None, **options: Any
+) -> IndexStats:
+    """`Library.index`'s run, under the writer lock its caller holds, with the model already
+    checked (and recorded, or re-embedded: ``dropped`` images then). ``options`` as `IndexRun`'s."""
+    indexes: dict[str, Any] = {}
+
+    def load_indexes() -> None:
+        # Only a run that writes needs them (a big index takes seconds to load); they are
+        # loaded before its first commit, so the changes then apply to them incrementally.
+        indexes.update({kind: parts.indexes.get(kind) for kind in (IMAGE, TEXT)})
+
+    run = IndexRun(parts.store, lambda: parts.models.model, before_write=load_indexes, **options)
+    run.stats.dropped = dropped
+    try:
+        for change in run.run(folders, include_hidden, exclude=[parts.path]):
+            for kind in indexes:
+                parts.indexes.apply(kind, change.added.get(kind), change.removed)
+            parts.indexes.maybe_save()
+    except BaseException:
+        parts.indexes.save_all()  # what was committed stays findable without a catch-up
+        raise
+    parts.indexes.finish()
+    return run.stats
