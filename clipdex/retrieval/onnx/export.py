@@ -154,6 +154,9 @@ def _export_tower(lm: Any, tower: str, example: np.ndarray, folder: Path) -> Non
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the tracer's warnings are about shapes we make dynamic
             _trace(torch, _tower_module(model, tower), example[:2], folder / graph_name(tower, "fp32"), name)
+    except Exception as e:  # an operator without an ONNX form, mostly: the user needs one line
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ExportError(f"model {lm.spec}: the {tower} tower cannot be exported to ONNX: {first}") from e
     finally:
         if mha:
             mha.set_fastpath_enabled(fast)

@@ -101,11 +101,28 @@ def test_unsupported_preprocess_is_one_line(tiny_lm, tmp_path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_export_failure_is_one_line(tiny_lm, tmp_path, monkeypatch) -> None:
+    import torch
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Exporting the operator 'aten::odd' to ONNX is not supported\nmore detail")
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    with pytest.raises(ExportError) as excinfo:
+        export_model(tiny_lm, tmp_path / "out")
+    _one_line_error(excinfo, "image tower cannot be exported", "aten::odd")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_reexport_replaces_the_folder(tiny_lm, tmp_path) -> None:
+    import copy
+
     folder = tmp_path / "graphs"
     folder.mkdir()
     (folder / "stale.onnx").write_text("old")
-    manifest = export_model(tiny_lm, folder, int8=False)
+    # frozen weights: nn.MultiheadAttention would take its fused fast path, which has no ONNX op
+    frozen = dataclasses.replace(tiny_lm, model=copy.deepcopy(tiny_lm.model).requires_grad_(False))
+    manifest = export_model(frozen, folder, int8=False)
     assert manifest["precisions"] == ["fp32"] and "int8" not in manifest
     assert sorted(p.name for p in folder.iterdir()) == ["image.onnx", MANIFEST, "text.onnx", "tokenizer.json"]
     assert [p.name for p in tmp_path.iterdir()] == ["graphs"]
