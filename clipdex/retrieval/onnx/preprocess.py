@@ -52,6 +52,9 @@ def describe(transform: Any) -> list[dict]:
             raise UnsupportedPreprocess(f"transform step {name}")
     if not steps or steps[-1]["op"] not in ("normalize", "to_array"):
         raise UnsupportedPreprocess("a transform that does not end in a tensor")
+    ops = [s["op"] for s in steps]
+    if "rgb" not in ops or ops.index("rgb") > ops.index("to_array"):  # to_array reads 8-bit RGB only
+        raise UnsupportedPreprocess("a transform that does not convert to RGB before the tensor")
     return steps
 
 

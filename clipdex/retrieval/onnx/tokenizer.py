@@ -82,7 +82,9 @@ class ClipTokenizer:
         self.eot = self.backend.token_to_id(EOT)
         self.pattern = split_pattern(list(self.specials))
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
+    def __call__(self, texts: str | list[str]) -> np.ndarray:
+        if isinstance(texts, str):  # as open_clip's: one text is a batch of one
+            texts = [texts]
         pieces = [self.pattern.findall(clean(t, self.clean_mode)) for t in texts]
         encoded = self.backend.encode_batch(pieces, is_pretokenized=True, add_special_tokens=False)
         out = np.zeros((len(texts), self.context_length), np.int64)

@@ -69,3 +69,5 @@ def test_unknown_steps_are_refused() -> None:
         describe(T.Compose([T.Resize(64, max_size=100), *base[1:]]))
     with pytest.raises(UnsupportedPreprocess, match="tensor"):
         describe(T.Compose(base[:2]))
+    with pytest.raises(UnsupportedPreprocess, match="RGB"):
+        describe(T.Compose([*base[:2], *base[3:]]))

@@ -58,6 +58,10 @@ def test_random_strings_match(b32) -> None:
     np.testing.assert_array_equal(twin_of(b32)(texts), b32(texts).numpy())
 
 
+def test_one_string_is_a_batch_of_one(b32) -> None:
+    np.testing.assert_array_equal(twin_of(b32)("a dog"), b32("a dog").numpy())
+
+
 def test_saved_tokenizer_reloads_identically(b32, tmp_path) -> None:
     twin = twin_of(b32)
     desc = twin.save(tmp_path)
