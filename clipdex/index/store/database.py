@@ -198,7 +198,7 @@ class Store:
         table or column says how to upgrade instead of failing on a missing column."""
         # Kept though nothing calls it yet (decision D1): DESIGN's contract is that a feature
         # needing a newer column says "run `clipdex check --repair` to upgrade", and the coming
-        # OCR and video columns call this; tests/test_readers.py pins its message.
+        # OCR and video columns call this; tests/e2e/test_readers.py pins its message.
         if self.schema_version < version:
             raise ClipdexError(
                 f"{feature} needs a newer library format (version {version}; this library is at "

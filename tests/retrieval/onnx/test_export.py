@@ -7,10 +7,11 @@ import json
 
 import numpy as np
 import pytest
-from onnxhelp import probe_pictures
+from helpers.embedhelp import encode_images
+from helpers.onnxhelp import probe_pictures
 
 from clipdex.errors import ClipdexError, ModelError
-from clipdex.retrieval.embed import encode_images, encode_texts
+from clipdex.retrieval.embed import encode_texts
 from clipdex.retrieval.onnx.encoder import FORMAT, MANIFEST, OnnxEncoder, read_manifest
 from clipdex.retrieval.onnx.export import MIN_COSINE, ExportError, export_model
 

@@ -9,9 +9,10 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
-from onnxhelp import probe_pictures
+from helpers.embedhelp import encode_images
+from helpers.onnxhelp import probe_pictures
 
-from clipdex.retrieval.embed import encode_images, encode_texts
+from clipdex.retrieval.embed import encode_texts
 
 TEXTS = ["a red square", "two dogs", "", "東京 🐶 &amp;", " ".join(["long"] * 50)]
 REPO = Path(__file__).resolve().parents[3]
@@ -22,7 +23,7 @@ CHILD = textwrap.dedent(
     for name in ("torch", "torchvision", "open_clip"):
         sys.modules[name] = None  # any import of them now raises ImportError
     import numpy as np
-    from onnxhelp import probe_pictures
+    from helpers.onnxhelp import probe_pictures
     from clipdex.retrieval.onnx.encoder import OnnxEncoder
 
     folder, texts_out, images_out = sys.argv[1:4]
@@ -38,7 +39,7 @@ CHILD = textwrap.dedent(
 
 
 def test_encoder_without_torch_matches_torch(exported, tiny_lm, tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(Path(__file__).parent)])}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
     texts_out, images_out = tmp_path / "texts.npy", tmp_path / "images.npy"
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, str(exported[0]), str(texts_out), str(images_out)],
