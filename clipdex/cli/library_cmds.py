@@ -16,7 +16,7 @@ from clipdex.cli.common import (
     quiet_option,
 )
 from clipdex.cli.output import check_output_mode, hit_output_options, human_size, print_hits
-from clipdex.library import INDEX_TYPES, ONDISK  # stdlib only: no torch/faiss for --help
+from clipdex.library import INDEX_TYPES, ONDISK, RUNTIMES  # stdlib only: no torch/faiss for --help
 
 _TYPES = ", ".join(f"{t} (large-library mode)" if t == ONDISK else t for t in INDEX_TYPES)
 index_type_option = click.option(
@@ -120,9 +120,12 @@ class DateParam(click.ParamType):
 @hit_output_options
 @click.option("--device", default="auto", show_default=True,
               help="Model device: auto, cpu, cuda or mps (auto: $CLIPDEX_DEVICE if set).")  # fmt: skip
+@click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
+              help="Query encoder: auto (ONNX Runtime when `clipdex model export-onnx` made graphs, "
+                   "else torch; default, or $CLIPDEX_RUNTIME), onnx or torch.")  # fmt: skip
 @pass_state
 def search(state, text, images, not_texts, not_images, k, target, under, after, before, min_score,
-           captioned, as_json, paths, null, device):  # fmt: skip
+           captioned, as_json, paths, null, device, runtime):  # fmt: skip
     """Search by TEXT and/or --image: the best matching images (or --target texts).
 
     Terms combine: the query is the normalised sum of TEXT's and each --image's vector minus
@@ -154,7 +157,7 @@ def search(state, text, images, not_texts, not_images, k, target, under, after, 
     if captioned is not None and target == "texts":
         raise click.UsageError("--captioned/--uncaptioned apply to image searches")
     filt = Filter(under=list(under), after=after, before=before, captioned=captioned, min_score=min_score)
-    with state.open(device=device) as lib:  # one query: the FAISS index stays on the CPU
+    with state.open(device=device, runtime=runtime) as lib:  # one query: the FAISS index stays on the CPU
         results = lib.search(
             text=query or None, image=list(images), not_text=list(not_texts), not_image=list(not_images),
             k=k, target=target, filter=filt,
@@ -287,6 +290,7 @@ def info_cmd(state, as_json):
         vf = data["vector_files"]
         click.echo(f"mode:      {data['mode']} ({vf['count']} vector files, {human_size(vf['bytes'])})")
     click.echo(f"on disk:   {human_size(data['bytes_on_disk'])}")
+    click.echo(f"runtime:   {data['runtime']} (query encoding)")
 
 
 @click.command("check")

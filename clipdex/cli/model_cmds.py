@@ -1,4 +1,4 @@
-"""Model commands: `model init` and `use-model`."""
+"""Model commands: `model init`, `model export-onnx` and `use-model`."""
 
 from __future__ import annotations
 
@@ -41,6 +41,31 @@ def init(arch_or_json: str, out: str, seed: int) -> None:
 
     path = init_model(arch_or_json, out, seed=seed)
     click.echo(f"local-dir:{path}")
+
+
+@model_group.command("export-onnx")
+@click.option("--int8", is_flag=True, help="Also write int8 (dynamically quantised) graphs.")
+@json_option
+@pass_state
+def export_onnx(state, int8: bool, as_json: bool) -> None:
+    """Export the library's model to ONNX graphs, so that searches run on ONNX Runtime without torch.
+
+    The graphs go to LIBRARY/models/onnx-<fingerprint>/ and are checked against torch before they
+    are kept (cosine >= 0.99999 on probe images and texts); searches then use them by default
+    (`search --runtime torch` does not).
+
+    \b
+    Example:
+      clipdex model export-onnx
+    """
+    with state.open() as lib:
+        manifest = lib.export_onnx(int8=int8, progress=lambda msg: info(msg, as_json))
+    if as_json:
+        emit_json({k: manifest[k] for k in ("folder", "model", "precisions", "fp32_min_cosine")})
+        return
+    click.echo(manifest["folder"])
+    worst = min(manifest["fp32_min_cosine"].values())
+    info(f"ONNX graphs ({', '.join(manifest['precisions'])}) agree with torch: cosine >= {worst:.6f}")
 
 
 @click.command("use-model")

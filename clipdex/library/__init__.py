@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from clipdex.library.options import (
         INDEX_TYPES,
         ONDISK,
+        RUNTIMES,
         check_index_type,
         database_path,
         default_library_dir,
@@ -34,6 +35,7 @@ _WHERE = {
     "Library": "facade",
     "INDEX_TYPES": "options",
     "ONDISK": "options",
+    "RUNTIMES": "options",
     "check_index_type": "options",
     "database_path": "options",
     "default_library_dir": "options",
@@ -49,6 +51,7 @@ __all__ = [
     "INDEX_TYPES",
     "Library",
     "ONDISK",
+    "RUNTIMES",
     "check_index_type",
     "database_path",
     "default_library_dir",

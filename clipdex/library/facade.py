@@ -24,7 +24,7 @@ from clipdex.kinds import IMAGE, TEXT
 from clipdex.library.model_slot import ModelSlot
 from clipdex.library.options import check_index_type, library_dir
 from clipdex.library.parts import Parts
-from clipdex.library.queries import Encode, ImageArg, QueryPlan, encode_images, encode_texts
+from clipdex.library.queries import Encode, ImageArg, QueryPlan, encode_images
 from clipdex.library.search import Searcher
 from clipdex.results import DuplicateItem, ImportCounts, IndexStats, Reembedded, SearchResult
 from clipdex.retrieval.models import LoadedModel, ModelSpec, resolve_spec
@@ -48,12 +48,12 @@ class Library:
 
     def __init__(
         self, path: Path, store: Store, requested: ModelSpec | None, device: str = "auto",
-        warn: Warn | None = None, gpu_index: bool = False,
+        warn: Warn | None = None, gpu_index: bool = False, runtime: str | None = None,
     ):  # fmt: skip
         self.path = path
         self.store = store
         self.indexes = IndexSet(path, store, warn or log.warning)
-        self.models = ModelSlot(store, requested, device)
+        self.models = ModelSlot(store, requested, device, path, runtime)
         self.parts = Parts(path, store, self.indexes, self.models)
         self.searcher = Searcher(path, store, self.indexes, self.models, gpu_index)
         self.last_reembed: Reembedded | None = None  # what the last re-embedding did
@@ -69,6 +69,7 @@ class Library:
         device: str = "auto",
         warn: Warn | None = None,
         gpu_index: bool = False,
+        runtime: str | None = None,
     ) -> Library:
         """Open the library at ``path`` (default: ``default_library_dir()``).
 
@@ -80,13 +81,15 @@ class Library:
         the stored model is refused unless it re-embeds (``index(..., reembed=True)``). The library
         is opened for reading (it works on a read-only folder); writing methods take the writer
         lock and reopen it for writing. ``warn`` receives one-line warnings (default: logging).
+        ``runtime`` encodes queries: auto (ONNX Runtime when `export_onnx` made graphs for the
+        library's model, else torch; or ``$CLIPDEX_RUNTIME``), onnx or torch.
         """
         lib_dir = library_dir(path)
         if lib_dir.exists() and not lib_dir.is_dir():
             raise ClipdexError(f"library path {lib_dir} exists and is not a directory")
         store = Store(lib_dir, create=create, write=False)
         requested = resolve_spec(model, pretrained) if (model or pretrained) else None
-        return cls(lib_dir, store, requested, device, warn, gpu_index)
+        return cls(lib_dir, store, requested, device, warn, gpu_index, runtime)
 
     @contextmanager
     def writing(self) -> Iterator[None]:
@@ -316,14 +319,28 @@ class Library:
         lm = self.models.load(resolve_spec(model)) if model else self.model
         return explain_picture(image, text, vector, lm, self.store.dim)
 
+    def export_onnx(self, int8: bool = False, progress: Callable[[str], None] | None = None) -> dict:
+        """Export the library's model to ONNX graphs in ``LIBRARY/models/onnx-…/`` (checked against
+        torch first), so that queries are encoded by ONNX Runtime without torch; returns the
+        manifest with its ``folder``. ``int8`` adds quantised graphs (with their agreement)."""
+        from clipdex.library.runtime import graphs_dir
+        from clipdex.retrieval.onnx.export import export_model
+
+        with self.writing():
+            lm = self.model
+            folder = graphs_dir(self.path, lm.spec)
+            manifest = export_model(lm, folder, int8=int8, on_progress=progress)
+        return {**manifest, "folder": str(folder)}
+
     # ---- encoding and pictures ----------------------------------------------------------
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
-        """Texts -> (N, D) unit vectors in the library's space."""
-        return encode_texts(self.model, texts)
+        """Texts -> (N, D) unit vectors in the library's space (by the query runtime: ONNX when the
+        library has graphs for its model, see `clipdex.library.runtime`)."""
+        return self.models.encode_texts(list(texts))
 
     def encode_images(self, images: Sequence[Any]) -> np.ndarray:
         """Image files or pictures (from `open_image`) -> (N, D) unit vectors, in one batch."""
-        return encode_images(self.model, images)
+        return encode_images(images, self.models.encode_pictures, self.models.image_size)
 
     @staticmethod
     def open_image(path: ImageArg, draft_to: tuple[int, int] | None = None) -> Any:

@@ -42,4 +42,5 @@ def describe(parts: Parts) -> dict:
         # Large-library mode: vectors as float16 rows of files in vectors/ (clipdex.index.faiss.ondisk).
         "mode": "large-library" if parts.store.vector_files.large_mode else "normal",
         "vector_files": {"count": len(listed), "bytes": vector_bytes},
+        "runtime": parts.models.runtime_name,  # what encodes queries (clipdex.library.runtime)
     }

@@ -3,19 +3,31 @@ command asks for, and the one loaded (once, then kept)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
 from clipdex.errors import ModelError
 from clipdex.index.store.database import Store
+from clipdex.library.runtime import graphs_dir, runtime_choice
 from clipdex.retrieval.models import LoadedModel, ModelSpec, load_model, resolve_spec
 
 
 class ModelSlot:
     """Loads the model lazily and follows other processes that change it (use-model, finetune --apply)."""
 
-    def __init__(self, store: Store, requested: ModelSpec | None, device: str = "auto"):
+    def __init__(
+        self, store: Store, requested: ModelSpec | None, device: str = "auto", folder: Path | None = None,
+        runtime: str | None = None,
+    ):  # fmt: skip
         self.store = store
         self.requested = requested  # asked for by this process (None: the library's own)
         self.device = device
+        self.folder = folder  # the library's (where its ONNX graphs are kept)
+        self.runtime = runtime_choice(runtime)
         self._loaded: LoadedModel | None = None
+        self._onnx: Any = None  # an OnnxEncoder, once used
         self._seen_generation: int | None = None
 
     @property
@@ -68,6 +80,67 @@ class ModelSlot:
                 self.store.meta.set("dim", str(self._loaded.embed_dim))
             return self._loaded, False
         return self._loaded, target != stored or reembed
+
+    # ---- query encoding: torch or ONNX Runtime (clipdex.library.runtime) ----------------------
+    def onnx(self) -> Any:
+        """The ONNX encoder of the library's model when the runtime uses it, else None (torch).
+
+        Reads the stored model each time (cheap): another process may have changed it."""
+        if self.runtime == "torch" or self.folder is None:
+            return None
+        spec = self.stored or self.target
+        folder = graphs_dir(self.folder, spec)
+        if self._onnx is not None and self._onnx.folder == folder:
+            return self._onnx
+        from clipdex.retrieval.onnx.encoder import OnnxEncoder, read_manifest
+
+        if read_manifest(folder) is None:
+            if self.runtime == "onnx":
+                raise ModelError(
+                    f"no ONNX graphs for model {spec} in this library: run `clipdex model export-onnx` "
+                    "(or use --runtime torch)"
+                )
+            return None
+        self._onnx = OnnxEncoder(folder, device="cuda" if self.device.startswith("cuda") else "cpu")
+        return self._onnx
+
+    @property
+    def runtime_name(self) -> str:
+        """What encodes queries now: ``torch`` or e.g. ``onnx (CPUExecutionProvider, fp32)``."""
+        try:
+            enc = self.onnx()
+        except ModelError:  # runtime onnx without graphs: queries are refused, say so
+            return "onnx (no graphs for this model)"
+        return enc.runtime if enc is not None else "torch"
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Query texts -> (N, D) unit vectors, by the runtime in use."""
+        enc = self.onnx()
+        if enc is not None:
+            return enc.encode_texts(texts)
+        from clipdex.retrieval.embed import encode_texts
+
+        return encode_texts(self.model, texts)
+
+    def encode_pictures(self, pictures: list) -> np.ndarray:
+        """Decoded query pictures (PIL) -> (N, D) unit vectors, by the runtime in use."""
+        enc = self.onnx()
+        if enc is not None:
+            return enc.encode_images(pictures)
+        lm = self.model
+        if not pictures:
+            return np.zeros((0, lm.embed_dim), np.float32)
+        import torch
+
+        from clipdex.retrieval.embed import encode_image_batch
+
+        return encode_image_batch(lm, torch.stack([lm.preprocess(p) for p in pictures]))
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """The model's input size (a large JPEG query decodes at reduced scale, never below it)."""
+        enc = self.onnx()
+        return tuple(enc.image_size) if enc is not None else tuple(self.model.image_size)
 
     def follow(self) -> int:
         """The store's generation; when it moved, another process may have changed the model:

@@ -9,7 +9,11 @@ from clipdex.errors import ClipdexError
 from clipdex.index.faiss.policy import INDEX_TYPES, ONDISK
 from clipdex.index.store.schema import DB_NAME
 
-__all__ = ["INDEX_TYPES", "ONDISK", "check_index_type", "database_path", "default_library_dir", "library_dir"]
+__all__ = [
+    "INDEX_TYPES", "ONDISK", "RUNTIMES", "check_index_type", "database_path", "default_library_dir",
+    "library_dir",
+]  # fmt: skip
+RUNTIMES = ("auto", "torch", "onnx")  # clipdex.library.runtime: which encodes a library's queries
 
 
 def default_library_dir() -> Path:

@@ -63,30 +63,25 @@ def encode_texts(lm: LoadedModel, texts: Sequence[str]) -> np.ndarray:
     return encode(lm, texts)
 
 
-def encode_images(lm: LoadedModel, images: Sequence[Any]) -> np.ndarray:
-    """Image files or decoded PIL images -> (N, D) unit vectors with ``lm``, in one batch.
-
-    A file is decoded as indexing decodes it; an unreadable one is a one-line ClipdexError."""
-    import torch
-
+def encode_images(images: Sequence[Any], encode_pictures: Encode, draft_to: tuple[int, int]) -> np.ndarray:
+    """Image files or decoded PIL images -> (N, D) unit vectors through ``encode_pictures``, in one
+    batch. A file is decoded as indexing decodes it (a large JPEG at reduced scale, never below
+    ``draft_to``); an unreadable one is a one-line ClipdexError."""
     from clipdex.inputs.paths import display_path
     from clipdex.inputs.tables import require_file
-    from clipdex.retrieval.decode import load_and_preprocess
-    from clipdex.retrieval.embed import encode_image_batch
+    from clipdex.retrieval.decode import open_image
 
-    pixels = []
+    pictures = []
     for image in images:
         if hasattr(image, "convert"):  # already decoded (a PIL image)
-            pixels.append(lm.preprocess(image))
+            pictures.append(image)
             continue
         require_file(image, "query image")  # before opening: a FIFO would block
         try:
-            pixels.append(load_and_preprocess(image, lm.preprocess, lm.image_size))
+            pictures.append(open_image(image, draft_to))
         except DecodeError as e:
             raise ClipdexError(f"cannot read query image {display_path(os.fsencode(image))}: {e}") from e
-    if not pixels:
-        return np.zeros((0, lm.embed_dim), np.float32)
-    return encode_image_batch(lm, torch.stack(pixels))
+    return encode_pictures(pictures)
 
 
 def vector_query(vector: Any, dim: int | None) -> np.ndarray:

@@ -16,7 +16,7 @@ import numpy as np
 from clipdex.errors import ClipdexError
 from clipdex.index.filters import Filter
 from clipdex.kinds import IMAGE, TEXT, kind_of
-from clipdex.library.queries import Encode, ImageArg, QueryPlan, encode_images, encode_texts, vector_query
+from clipdex.library.queries import Encode, ImageArg, QueryPlan, encode_images, vector_query
 from clipdex.results import DuplicateItem, SearchResult
 from clipdex.retrieval.query import Terms, Weights
 
@@ -116,9 +116,10 @@ class Searcher:
         self, plan: QueryPlan, encode_text: Encode | None = None, encode_image: Encode | None = None
     ) -> np.ndarray:
         """``plan``'s vector with the library's model (or the encoders given, e.g. batched ones)."""
+        models = self.models
         return plan.vector(
-            encode_text or (lambda texts: encode_texts(self.models.model, texts)),
-            encode_image or (lambda images: encode_images(self.models.model, images)),
+            encode_text or models.encode_texts,
+            encode_image or (lambda images: encode_images(images, models.encode_pictures, models.image_size)),
         )
 
     def duplicates(
