@@ -108,3 +108,27 @@ def test_search_needs_no_torch_with_graphs(lib_dir):
     assert done.returncode == 0, done.stderr[-2000:]
     with Library.open(lib_dir, runtime="torch") as lib:
         assert json.loads(done.stdout) == [h.id for h in lib.search(text="a red square", k=5)]
+
+
+CLI_CHILD = """
+import sys
+for name in ("torch", "torchvision", "open_clip"):
+    sys.modules[name] = None
+from clipdex.cli.main import cli
+cli(["--library", sys.argv[1], sys.argv[2], *sys.argv[3:]])
+"""
+
+
+@pytest.mark.parametrize("command", [["search", "a red square", "-k", "3", "--json"], ["info", "--json"]])
+def test_the_cli_searches_and_reports_without_torch(lib_dir, command):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    done = subprocess.run(
+        [sys.executable, "-c", CLI_CHILD, str(lib_dir), *command], capture_output=True, text=True, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json_lines(done.stdout)
+    if command[0] == "search":
+        with Library.open(lib_dir, runtime="torch") as lib:
+            assert [r["id"] for r in rows] == [h.id for h in lib.search(text="a red square", k=3)]
+    else:
+        assert rows[0]["runtime"].startswith("onnx (")
