@@ -9,18 +9,8 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
-import pytest
-from helpers.corehelp import assert_one_error_line, make_images, ok, run
-
-
-@pytest.fixture
-def library(tmp_path: Path, tiny_model_dir: Path) -> Path:
-    make_images(tmp_path / "pics", [f"s{i}.png" for i in range(6)])
-    (tmp_path / "pics" / "s0.txt").write_text("caption zero\n", encoding="utf-8")
-    ok("--library", tmp_path / "lib", "index", tmp_path / "pics", "--model", tiny_model_dir, "--quiet")
-    return tmp_path / "lib"
+from helpers.corehelp import assert_one_error_line, run
 
 
 def test_serve_refuses_a_public_address_without_token(library, monkeypatch):

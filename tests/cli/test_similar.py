@@ -2,18 +2,8 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from helpers.corehelp import assert_one_error_line, brute_force, json_lines, make_images, ok, run, stored
-
-
-@pytest.fixture
-def library(tmp_path: Path, tiny_model_dir: Path) -> Path:
-    make_images(tmp_path / "pics", [f"s{i}.png" for i in range(6)])
-    (tmp_path / "pics" / "s0.txt").write_text("caption zero\n", encoding="utf-8")
-    ok("--library", tmp_path / "lib", "index", tmp_path / "pics", "--model", tiny_model_dir, "--quiet")
-    return tmp_path / "lib"
 
 
 def test_similar_by_path_and_by_id(library, tmp_path):
