@@ -46,8 +46,8 @@ def serve(state, host, port, open_browser, token, allow_host, device, max_upload
     lib = state.open(device=device, gpu_index=True)  # long-running: a GPU copy pays off
     with lib:
         if lib.spec is not None:
-            info(f"clipdex: loading model {lib.spec} …")
-            _ = lib.model  # loaded now, so the first query does not pay for it
+            info(f"clipdex: loading model {lib.spec} ({lib.query_runtime}) …")
+            lib.encode_texts(["warm up"])  # loaded now (ONNX or torch): the first query does not pay
         sock = _bind(host, port, ClipdexError)
         url = _url(host, sock.getsockname()[1])
         _run(lib, sock, url, token=token, host=host, allow_host=allow_host, max_upload_mb=max_upload_mb,

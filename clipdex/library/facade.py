@@ -332,6 +332,11 @@ class Library:
             manifest = export_model(lm, folder, int8=int8, on_progress=progress)
         return {**manifest, "folder": str(folder)}
 
+    @property
+    def query_runtime(self) -> str:
+        """What encodes queries: ``torch``, or e.g. ``onnx (CPUExecutionProvider, fp32)``."""
+        return self.models.runtime_name
+
     # ---- encoding and pictures ----------------------------------------------------------
     def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
         """Texts -> (N, D) unit vectors in the library's space (by the query runtime: ONNX when the
