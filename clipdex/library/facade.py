@@ -28,7 +28,7 @@ from clipdex.library.queries import Encode, ImageArg, QueryPlan, encode_images
 from clipdex.library.search import Searcher
 from clipdex.results import DuplicateItem, ImportCounts, IndexStats, Reembedded, SearchResult
 from clipdex.retrieval.models import LoadedModel, ModelSpec, resolve_spec
-from clipdex.retrieval.query import Weights
+from clipdex.retrieval.query import Terms, Weights
 
 Problem = Callable[[str, str], None]
 Progress = Callable[[int, int], None]
@@ -389,10 +389,8 @@ class Library:
         items under some folders, in a date range, with or without captions, above a score; the
         result is still the best k among the items that match.
         """
-        return self.searcher.search(
-            text, image, vector, k, target, not_text=not_text, not_image=not_image, weights=weights,
-            filter=filter,
-        )  # fmt: skip
+        terms = Terms.of(text, image, not_text, not_image)
+        return self.searcher.search(terms, vector, k, target, weights, filter)
 
     def plan_query(self, text: Any = None, image: Any = None, not_text: Any = None, not_image: Any = None,
                    weights: Weights = None) -> QueryPlan:  # fmt: skip

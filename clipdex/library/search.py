@@ -9,14 +9,14 @@ import os
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from clipdex.errors import ClipdexError
 from clipdex.index.filters import Filter
 from clipdex.kinds import IMAGE, TEXT, kind_of
-from clipdex.library.queries import Encode, ImageArg, QueryPlan, encode_images, vector_query
+from clipdex.library.queries import Encode, QueryPlan, encode_images, vector_query
 from clipdex.results import DuplicateItem, SearchResult
 from clipdex.retrieval.query import Terms, Weights
 
@@ -47,22 +47,11 @@ class Searcher:
         self.gpu_index = gpu_index
 
     def search(
-        self,
-        text: str | Sequence[str] | None = None,
-        image: ImageArg | Sequence[ImageArg] | None = None,
-        vector: Sequence[float] | np.ndarray | None = None,
-        k: int = 10,
-        target: str = "images",
-        *,
-        not_text: str | Sequence[str] | None = None,
-        not_image: ImageArg | Sequence[ImageArg] | None = None,
-        weights: Weights = None,
-        filter: Filter | None = None,
+        self, terms: Terms, vector: Any, k: int, target: str, weights: Weights, filter: Filter | None
     ) -> list[SearchResult]:
-        """See `Library.search`."""
+        """`Library.search` once its arguments are sorted into ``terms`` (or a ``vector``)."""
         from clipdex.index import filters
 
-        terms = Terms.of(text, image, not_text, not_image)
         if vector is not None and terms.count:
             raise ValueError("give vector= alone, or text=/image= terms (with not_text=/not_image=)")
         if vector is None and not terms.positives:
@@ -150,7 +139,7 @@ class Searcher:
         item_id = self.resolve_item(item)
         it = self.store.items.get([item_id])[item_id]
         vec = self.store.vectors.get([item_id])[0]
-        hits = self.search(vector=vec, k=k + 1, target=it.kind + "s")
+        hits = self.search(Terms.of(), vec, k + 1, it.kind + "s", None, None)
         # Built here rather than found among the hits: exact duplicates with lower ids may fill them.
         linked = self.store.items.get([it.image_id]) if it.image_id is not None else {}
         first = _result(1, float(np.dot(vec, vec) / np.linalg.norm(vec)), it.kind, item_id, it, linked)

@@ -49,7 +49,8 @@ def explain_picture(image: Any, text: str | None, vector: Any, lm: Any, dim: int
     if vector is not None:
         query = vector_query(vector, dim)
     else:
-        query = QueryPlan.of(text).vector(lambda texts: encode_texts(lm, texts), lambda images: None)
+        QueryPlan.of(text)  # an empty text is refused as a search refuses it
+        query = encode_texts(lm, [text])[0]  # one term of weight 1: its own unit vector
     return explain(lm, picture, query)
 
 
