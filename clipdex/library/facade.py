@@ -261,10 +261,6 @@ class Library:
 
         return check_library(self.parts, repair).to_dict()
 
-    def caption_pairs(self) -> list[tuple[str, str]]:
-        """(image path, caption) pairs already in the library (sidecar captions), for fine-tuning."""
-        return [(os.fsdecode(p), t) for p, t in self.store.items.caption_pairs()]
-
     def use_model(
         self, model: str, pretrained: str | None = None, problem: Problem | None = None,
         progress: Progress | None = None, drop_unembeddable: bool = False,

@@ -30,7 +30,6 @@ from clipdex.serve.heatmaps import HeatMaps
 from clipdex.serve.thumbs import ThumbCache
 
 MAX_RESULTS = 1000  # k + offset
-MAX_ID = 2**63 - 1
 
 
 def fail(status: int, message: str) -> HTTPException:
@@ -121,7 +120,7 @@ class Served:
 
     # ---- items ----------------------------------------------------------------------------
     def _record(self, item_id: int) -> dict:
-        rec = self.lib.item(item_id) if 0 <= item_id <= MAX_ID else None
+        rec = self.lib.item(item_id)  # None for an id out of SQLite's range too
         if rec is None:
             raise fail(404, f"no item with id {item_id}")
         return rec
