@@ -326,6 +326,7 @@ class Library:
             lm = self.model
             folder = graphs_dir(self.path, lm.spec)
             manifest = export_model(lm, folder, int8=int8, on_progress=progress)
+        self.models.forget_runtime()
         return {**manifest, "folder": str(folder)}
 
     @property

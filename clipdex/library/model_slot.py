@@ -27,7 +27,8 @@ class ModelSlot:
         self.folder = folder  # the library's (where its ONNX graphs are kept)
         self.runtime = runtime_choice(runtime)
         self._loaded: LoadedModel | None = None
-        self._onnx: Any = None  # an OnnxEncoder, once used
+        self._onnx: Any = None  # the OnnxEncoder queries use (None: torch) ...
+        self._onnx_decided = False  # ... once decided: again after another process's write
         self._seen_generation: int | None = None
 
     @property
@@ -57,6 +58,7 @@ class ModelSlot:
     def keep(self, lm: LoadedModel) -> None:
         """Keep ``lm`` loaded (the library's model after `use_model`, or a model loaded already)."""
         self._loaded = lm
+        self._onnx_decided = False  # another model: maybe other graphs
 
     def check(self, reembed: bool) -> None:
         """Refuse writing with another model than the stored one, unless re-embedding."""
@@ -85,24 +87,34 @@ class ModelSlot:
     def onnx(self) -> Any:
         """The ONNX encoder of the library's model when the runtime uses it, else None (torch).
 
-        Reads the stored model each time (cheap): another process may have changed it."""
+        Decided on first use and kept: no store read or file check per query (the server encodes
+        outside its store lock). `follow` (another process wrote: maybe a new model) and
+        `forget_runtime` (graphs exported here) make the next use decide again."""
+        if not self._onnx_decided:
+            self._onnx = self._find_onnx()
+            self._onnx_decided = True
+        if self._onnx is None and self.runtime == "onnx":
+            raise ModelError(
+                f"no ONNX graphs for model {self.stored or self.target} in this library: run "
+                "`clipdex model export-onnx` (or use --runtime torch)"
+            )
+        return self._onnx
+
+    def _find_onnx(self) -> Any:
         if self.runtime == "torch" or self.folder is None:
             return None
-        spec = self.stored or self.target
-        folder = graphs_dir(self.folder, spec)
+        folder = graphs_dir(self.folder, self.stored or self.target)
         if self._onnx is not None and self._onnx.folder == folder:
-            return self._onnx
+            return self._onnx  # the same graphs: keep their sessions
         from clipdex.retrieval.onnx.encoder import OnnxEncoder, read_manifest
 
         if read_manifest(folder) is None:
-            if self.runtime == "onnx":
-                raise ModelError(
-                    f"no ONNX graphs for model {spec} in this library: run `clipdex model export-onnx` "
-                    "(or use --runtime torch)"
-                )
             return None
-        self._onnx = OnnxEncoder(folder, device="cuda" if self.device.startswith("cuda") else "cpu")
-        return self._onnx
+        return OnnxEncoder(folder, device="cuda" if self.device.startswith("cuda") else "cpu")
+
+    def forget_runtime(self) -> None:
+        """Decide again on next use which runtime encodes queries (after exporting graphs)."""
+        self._onnx_decided = False
 
     @property
     def runtime_name(self) -> str:
@@ -151,4 +163,5 @@ class ModelSlot:
             spec = self.stored if self._loaded is not None else None
             if spec is not None and self._loaded.spec != spec:
                 self._loaded = None
+            self._onnx_decided = False  # the model (so its graphs) may have changed too
         return gen

@@ -132,3 +132,17 @@ def test_the_cli_searches_and_reports_without_torch(lib_dir, command):
             assert [r["id"] for r in rows] == [h.id for h in lib.search(text="a red square", k=3)]
     else:
         assert rows[0]["runtime"].startswith("onnx (")
+
+
+def test_one_library_object_follows_its_own_export_and_model_change(
+    tiny_model_dir, tiny_model_dir2, tmp_path
+):
+    make_images(tmp_path / "pics", ["a.png", "b.png", "c.png"])
+    with Library.open(tmp_path / "lib", create=True, model=str(tiny_model_dir)) as lib:
+        lib.index(tmp_path / "pics")
+        assert lib.query_runtime == "torch"
+        lib.export_onnx()
+        assert lib.query_runtime.startswith("onnx (")  # decided again after the export
+        lib.use_model(str(tiny_model_dir2))
+        assert lib.query_runtime == "torch"  # the new model has no graphs
+        assert len(lib.search("x", k=3)) == 3
