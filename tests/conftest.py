@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+# Writers under the default runtime (auto) export ONNX graphs once per library (1-2 s for the tiny
+# model): the tests of that path ask for it (the `auto_runtime` fixture, or CLIPDEX_RUNTIME=auto in
+# a command's env); the rest encode with torch. Set here, so module-scoped fixtures see it too.
+os.environ["CLIPDEX_RUNTIME"] = "torch"
+
 # A very small ViT CLIP: fast on 2 CPU cores, but real open_clip code end to end.
 TINY_CFG = {
     "embed_dim": 64,
@@ -46,6 +51,12 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CLIPDEX_MODEL", raising=False)
     monkeypatch.delenv("CLIPDEX_DEBUG", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+
+
+@pytest.fixture
+def auto_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default runtime (auto): writers export ONNX graphs and encode with ONNX Runtime."""
+    monkeypatch.delenv("CLIPDEX_RUNTIME", raising=False)
 
 
 @pytest.fixture

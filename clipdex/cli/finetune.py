@@ -12,6 +12,7 @@ from clipdex.cli.common import (
     pass_state,
     problem,
     quiet_option,
+    runtime_option,
     step_bar,
 )  # fmt: skip
 
@@ -52,12 +53,14 @@ from clipdex.cli.common import (
 @click.option("--grad-checkpointing/--no-grad-checkpointing", default=None,
               help="Trade compute for memory (default: only after a CUDA out-of-memory).")  # fmt: skip
 @drop_option
+@runtime_option
 @json_option
 @quiet_option
 @pass_state
 def finetune_cmd(state, pairs, val_pairs, val_fraction, test_fraction, epochs, batch_size, lr, weight_decay,
                  warmup, accum_steps, lock_image, lock_text, unlock_last, patience, wise, seed, out, apply,
-                 device, cache_mb, grad_checkpointing, drop_unembeddable, as_json, quiet):  # fmt: skip
+                 device, cache_mb, grad_checkpointing, drop_unembeddable, runtime, as_json,
+                 quiet):  # fmt: skip
     """Fine-tune the library's model on image–caption PAIRS and report held-out recall.
 
     PAIRS is a .csv/.tsv (with a header) or .jsonl with columns `image` and `caption` (image paths
@@ -92,7 +95,7 @@ def finetune_cmd(state, pairs, val_pairs, val_fraction, test_fraction, epochs, b
     def on_start(model: str, n_train: int, n_val: int, n_test: int) -> None:
         info(f"fine-tuning {model} on {n_train} pairs; {n_val} validation, {n_test} test pairs", quiet_text)
 
-    with state.open(device=device) as lib, step_bar(quiet) as on_step:
+    with state.open(device=device, runtime=runtime) as lib, step_bar(quiet) as on_step:
         result = lib.finetune(
             pairs, val=val_pairs, val_fraction=val_fraction, test_fraction=test_fraction, config=cfg,
             out=out, apply=apply, drop_unembeddable=drop_unembeddable, progress=epoch_line,

@@ -11,12 +11,14 @@ from clipdex.cli.common import (
     json_option,
     model_options,
     pass_state,
+    precision_options,
     problem,
     progress_bar,
     quiet_option,
+    runtime_option,
 )
 from clipdex.cli.output import check_output_mode, hit_output_options, human_size, print_hits
-from clipdex.library import INDEX_TYPES, ONDISK, RUNTIMES  # stdlib only: no torch/faiss for --help
+from clipdex.library import INDEX_TYPES, ONDISK  # stdlib only: no torch/faiss for --help
 
 _TYPES = ", ".join(f"{t} (large-library mode)" if t == ONDISK else t for t in INDEX_TYPES)
 index_type_option = click.option(
@@ -48,11 +50,14 @@ index_type_option = click.option(
 )
 @click.option("--exact-decode", is_flag=True, help="Never decode large JPEGs at reduced scale.")
 @index_type_option
+@runtime_option
+@precision_options
 @json_option
 @quiet_option
 @pass_state
 def index(state, folders, model, pretrained, device, batch_size, workers, include_hidden, reembed,
-          drop_unembeddable, retry_failed, exact_decode, index_type, as_json, quiet):  # fmt: skip
+          drop_unembeddable, retry_failed, exact_decode, index_type, runtime, precision, force_int8, as_json,
+          quiet):  # fmt: skip
     """Index image FOLDERS: add new files, re-embed changed ones, drop deleted ones.
 
     Sidecar captions (photo.jpg + photo.txt) become searchable texts. A changed file keeps its id;
@@ -65,8 +70,10 @@ def index(state, folders, model, pretrained, device, batch_size, workers, includ
       clipdex index ~/Pictures /mnt/archive --json
       clipdex index ~/Pictures --model ViT-B-16 --pretrained laion2b_s34b_b88k --reembed
       clipdex index scans --model local-dir:./my-finetuned-model
+      clipdex index ~/Pictures --precision int8 --reembed   # ~2.7x faster encoding on a CPU
     """
-    lib = state.open(create=True, model=model, pretrained=pretrained, device=device)
+    lib = state.open(create=True, model=model, pretrained=pretrained, device=device, runtime=runtime,
+                     precision=precision, force_int8=force_int8)  # fmt: skip
     with lib, progress_bar("indexing", quiet) as bar:
         stats = lib.index(
             list(folders), include_hidden=include_hidden, reembed=reembed, batch_size=batch_size,
@@ -120,9 +127,7 @@ class DateParam(click.ParamType):
 @hit_output_options
 @click.option("--device", default="auto", show_default=True,
               help="Model device: auto, cpu, cuda or mps (auto: $CLIPDEX_DEVICE if set).")  # fmt: skip
-@click.option("--runtime", type=click.Choice(RUNTIMES), default=None,
-              help="Query encoder: auto (ONNX Runtime when `clipdex model export-onnx` made graphs, "
-                   "else torch; default, or $CLIPDEX_RUNTIME), onnx or torch.")  # fmt: skip
+@runtime_option
 @pass_state
 def search(state, text, images, not_texts, not_images, k, target, under, after, before, min_score,
            captioned, as_json, paths, null, device, runtime):  # fmt: skip
@@ -169,10 +174,11 @@ def search(state, text, images, not_texts, not_images, k, target, under, after, 
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 @click.option("--column", default=None, help="Column holding the text in .csv/.tsv/.jsonl (default: text).")
 @model_options
+@runtime_option
 @json_option
 @quiet_option
 @pass_state
-def add_texts(state, file, column, model, pretrained, device, as_json, quiet):
+def add_texts(state, file, column, model, pretrained, device, runtime, as_json, quiet):
     """Add texts from FILE (.txt one per line, or .csv/.tsv/.jsonl with --column).
 
     A text already in the library (exact content) is not added again: re-running is safe.
@@ -186,7 +192,7 @@ def add_texts(state, file, column, model, pretrained, device, as_json, quiet):
     from clipdex.library import read_texts
 
     texts = read_texts(file, column)
-    lib = state.open(create=True, model=model, pretrained=pretrained, device=device)
+    lib = state.open(create=True, model=model, pretrained=pretrained, device=device, runtime=runtime)
     with lib:
         ids = lib.add_texts(texts)
     unchanged = len(texts) - len(ids)  # already stored, or a repeated line
@@ -290,7 +296,7 @@ def info_cmd(state, as_json):
         vf = data["vector_files"]
         click.echo(f"mode:      {data['mode']} ({vf['count']} vector files, {human_size(vf['bytes'])})")
     click.echo(f"on disk:   {human_size(data['bytes_on_disk'])}")
-    click.echo(f"runtime:   {data['runtime']} (query encoding)")
+    click.echo(f"runtime:   {data['runtime']} (query encoding); vectors: {data['precision']}")
 
 
 @click.command("check")

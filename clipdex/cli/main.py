@@ -60,7 +60,7 @@ class ClipdexGroup(click.Group):
     default=None,
     help="Library directory (default: $CLIPDEX_LIBRARY or the platform data dir).",
 )
-@click.option("--debug", is_flag=True, help="Show tracebacks (also CLIPDEX_DEBUG=1).")
+@click.option("--debug", is_flag=True, help="Show tracebacks and what encodes (also CLIPDEX_DEBUG=1).")
 @click.pass_context
 def cli(ctx: click.Context, library: str | None, debug: bool) -> None:
     """clipdex: search your own images by text or by image, with CLIP.
@@ -76,6 +76,13 @@ def cli(ctx: click.Context, library: str | None, debug: bool) -> None:
     # Pillow's DecompressionBombWarning about it would be a second, Python-formatted one.
     warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit", category=Warning)
     ctx.obj = State(library, debug)
+    if ctx.obj.debug:  # clipdex's debug log (which runtime encodes, …) on stderr
+        import logging
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("clipdex: debug: %(message)s"))
+        logging.getLogger("clipdex").addHandler(handler)
+        logging.getLogger("clipdex").setLevel(logging.DEBUG)
 
 
 def _register() -> None:

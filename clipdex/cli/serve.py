@@ -7,7 +7,7 @@ import socket
 
 import click
 
-from clipdex.cli.common import info, pass_state
+from clipdex.cli.common import info, pass_state, runtime_option
 
 
 @click.command()
@@ -22,8 +22,9 @@ from clipdex.cli.common import info, pass_state
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
 @click.option("--max-upload-mb", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Largest accepted query image upload.")  # fmt: skip
+@runtime_option
 @pass_state
-def serve(state, host, port, open_browser, token, allow_host, device, max_upload_mb):
+def serve(state, host, port, open_browser, token, allow_host, device, max_upload_mb, runtime):
     """Serve a search page and a JSON API for the library (Ctrl-C stops).
 
     The model and indexes stay loaded, so a query costs its encoding plus the search. Loopback by
@@ -43,7 +44,7 @@ def serve(state, host, port, open_browser, token, allow_host, device, max_upload
         raise click.UsageError(f"binding {host} (not loopback) needs --token TOKEN or CLIPDEX_TOKEN")
     from clipdex.errors import ClipdexError
 
-    lib = state.open(device=device, gpu_index=True)  # long-running: a GPU copy pays off
+    lib = state.open(device=device, gpu_index=True, runtime=runtime)  # long-running: a GPU copy pays off
     with lib:
         if lib.spec is not None:
             info(f"clipdex: loading model {lib.spec} ({lib.query_runtime}) …")

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from clipdex.library.options import (
         INDEX_TYPES,
         ONDISK,
+        PRECISIONS,
         RUNTIMES,
         check_index_type,
         database_path,
@@ -35,6 +36,7 @@ _WHERE = {
     "Library": "facade",
     "INDEX_TYPES": "options",
     "ONDISK": "options",
+    "PRECISIONS": "options",
     "RUNTIMES": "options",
     "check_index_type": "options",
     "database_path": "options",
@@ -51,6 +53,7 @@ __all__ = [
     "INDEX_TYPES",
     "Library",
     "ONDISK",
+    "PRECISIONS",
     "RUNTIMES",
     "check_index_type",
     "database_path",

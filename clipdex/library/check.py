@@ -52,16 +52,46 @@ class Report:
 
 
 def check_library(parts: Parts, repair: bool = False) -> Report:
-    """Check ``parts``; with ``repair``, fix what can be fixed (under the writer lock), then check again."""
+    """Check ``parts``; with ``repair``, fix what can be fixed (under the writer lock), then check
+    again, and export the model's ONNX graphs where they are missing (derived files, like the
+    FAISS ones: their absence is not a problem, a reader encodes with torch meanwhile)."""
     report = _check(parts.path, parts.store)
-    if not repair or report.healthy:
+    if not repair:
         return report
+    repaired: list[str] = []
+    if not report.healthy:
+        with parts.writing():
+            repaired = _repair(parts, report)
+        parts.indexes.forget()
+        report = _check(parts.path, parts.store)
+    report.repaired = repaired + _export_graphs(parts)
+    return report
+
+
+def _export_graphs(parts: Parts) -> list[str]:
+    from clipdex.errors import ModelError
+    from clipdex.library.runtime import graphs_dir
+    from clipdex.retrieval.encoders import TorchEncoder
+    from clipdex.retrieval.onnx.encoder import read_manifest
+
+    models = parts.models
+    spec, precision = models.stored, models.precision
+    if models.runtime == "torch" or spec is None:
+        return []
+    manifest = read_manifest(graphs_dir(parts.path, spec))
+    if manifest is not None and precision in manifest.get("precisions", []):
+        return []
     with parts.writing():
-        repaired = _repair(parts, report)
-    parts.indexes.forget()
-    after = _check(parts.path, parts.store)
-    after.repaired = repaired
-    return after
+        with parts.store.transaction():
+            parts.store.meta.set("onnx_failed", None)  # a repair tries again
+        try:
+            enc = models.writer_encoder()
+        except ModelError as e:
+            return [f"did not export ONNX graphs: {e}"]
+    if isinstance(enc, TorchEncoder):
+        return ["did not export ONNX graphs: the model cannot run on ONNX Runtime (said above)"]
+    models.forget_runtime()
+    return [f"exported ONNX graphs for model {spec} ({precision})"]
 
 
 def _check(folder: Path, store: Store) -> Report:

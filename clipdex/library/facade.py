@@ -49,11 +49,12 @@ class Library:
     def __init__(
         self, path: Path, store: Store, requested: ModelSpec | None, device: str = "auto",
         warn: Warn | None = None, gpu_index: bool = False, runtime: str | None = None,
+        precision: str | None = None, notice: Warn | None = None,
     ):  # fmt: skip
         self.path = path
         self.store = store
         self.indexes = IndexSet(path, store, warn or log.warning)
-        self.models = ModelSlot(store, requested, device, path, runtime)
+        self.models = ModelSlot(store, requested, device, path, runtime, precision, notice)
         self.parts = Parts(path, store, self.indexes, self.models)
         self.searcher = Searcher(path, store, self.indexes, self.models, gpu_index)
         self.last_reembed: Reembedded | None = None  # what the last re-embedding did
@@ -70,6 +71,9 @@ class Library:
         warn: Warn | None = None,
         gpu_index: bool = False,
         runtime: str | None = None,
+        precision: str | None = None,
+        notice: Warn | None = None,
+        force_int8: bool = False,
     ) -> Library:
         """Open the library at ``path`` (default: ``default_library_dir()``).
 
@@ -81,15 +85,20 @@ class Library:
         the stored model is refused unless it re-embeds (``index(..., reembed=True)``). The library
         is opened for reading (it works on a read-only folder); writing methods take the writer
         lock and reopen it for writing. ``warn`` receives one-line warnings (default: logging).
-        ``runtime`` encodes queries: auto (ONNX Runtime when `export_onnx` made graphs for the
-        library's model, else torch; or ``$CLIPDEX_RUNTIME``), onnx or torch.
+        ``runtime`` encodes: auto (ONNX Runtime where it has a provider for the device, else torch;
+        or ``$CLIPDEX_RUNTIME``), onnx or torch; see `clipdex.library.runtime`. ``precision``
+        (fp32, int8) for a new library, or a re-embedding at another one, like ``model``.
+        ``notice`` receives what a command says on stderr (an ONNX export, its figures).
+        ``force_int8``: export int8 graphs even where they keep under 90% of the pictures' top-10.
         """
         lib_dir = library_dir(path)
         if lib_dir.exists() and not lib_dir.is_dir():
             raise ClipdexError(f"library path {lib_dir} exists and is not a directory")
         store = Store(lib_dir, create=create, write=False)
         requested = resolve_spec(model, pretrained) if (model or pretrained) else None
-        return cls(lib_dir, store, requested, device, warn, gpu_index, runtime)
+        lib = cls(lib_dir, store, requested, device, warn, gpu_index, runtime, precision, notice)
+        lib.models.force_int8 = force_int8
+        return lib
 
     @contextmanager
     def writing(self) -> Iterator[None]:
@@ -159,9 +168,11 @@ class Library:
         with self.writing():
             if index_type is not None:
                 self.indexes.set_index_type(index_type)
-            stored = self.spec
+            stored, models = self.spec, self.models
+            models.check(reembed)  # before anything is written, even where nothing needs encoding
             dropped = None
-            if stored is None or reembed or self.models.target != stored:
+            new_precision = models.target_precision != models.precision
+            if stored is None or reembed or models.target != stored or new_precision:
                 self.last_reembed = None
                 self.writer_model(reembed, problem, drop_unembeddable)  # load now: it records or re-embeds
                 dropped = self.last_reembed.dropped if self.last_reembed else None
@@ -230,9 +241,11 @@ class Library:
         """
         from clipdex.library.reembed import reembed_all
 
+        precision = self.models.target_precision
+        enc = self.models.writer_encoder(lm, precision)
         n = reembed_all(
-            self.store, lm, drop_unembeddable=drop_unembeddable, problem=problem, progress=progress,
-            batch_size=batch_size,
+            self.store, enc, lm.spec, precision=precision, drop_unembeddable=drop_unembeddable,
+            problem=problem, progress=progress, batch_size=batch_size,
         )  # fmt: skip
         self.indexes.forget()
         for kind in (IMAGE, TEXT):
@@ -263,18 +276,21 @@ class Library:
 
     def use_model(
         self, model: str, pretrained: str | None = None, problem: Problem | None = None,
-        progress: Progress | None = None, drop_unembeddable: bool = False,
+        progress: Progress | None = None, drop_unembeddable: bool = False, precision: str | None = None,
     ) -> Reembedded:  # fmt: skip
-        """Make ``model`` (e.g. a fine-tuned local-dir) the library's model; re-embeds everything.
+        """Make ``model`` (e.g. a fine-tuned local-dir) the library's model, at ``precision`` (default:
+        the library's); re-embeds everything. Returns the counts (``total`` re-embedded,
+        ``dropped``); see `reembed`."""
+        from clipdex.library.runtime import precision_choice
 
-        Returns the counts (``total`` re-embedded, ``dropped``); see `reembed`.
-        """
         spec = resolve_spec(model, pretrained)
+        models = self.models
         with self.writing():
-            lm = self.models.load(spec)
+            models.requested_precision = precision_choice(precision) or models.requested_precision
+            lm = models.load(spec)
             n = self.reembed(lm, problem=problem, progress=progress, drop_unembeddable=drop_unembeddable)
-            self.models.keep(lm)
-            self.models.requested = None  # the library's own model now
+            models.keep(lm)
+            models.requested, models.requested_precision = None, None  # the library's own now
         return n
 
     # ---- models: fine-tuning, explanations ------------------------------------------------
@@ -318,14 +334,19 @@ class Library:
     def export_onnx(self, int8: bool = False, progress: Callable[[str], None] | None = None) -> dict:
         """Export the library's model to ONNX graphs in ``LIBRARY/models/onnx-…/`` (checked against
         torch first), so that queries are encoded by ONNX Runtime without torch; returns the
-        manifest with its ``folder``. ``int8`` adds quantised graphs (with their agreement)."""
-        from clipdex.library.runtime import graphs_dir
+        manifest with its ``folder``. ``int8`` adds quantised graphs, with their agreement on a
+        sample of the library's pictures (refused below 90% top-10 overlap unless forced)."""
+        from clipdex.library.runtime import graphs_dir, sample_pictures
         from clipdex.retrieval.onnx.export import export_model
 
         with self.writing():
             lm = self.model
             folder = graphs_dir(self.path, lm.spec)
-            manifest = export_model(lm, folder, int8=int8, on_progress=progress)
+            paths = [p for _, p, _ in self.store.items.iter(IMAGE) if p] if int8 else []
+            manifest = export_model(
+                lm, folder, int8=int8, pictures=sample_pictures(paths, lm.image_size), on_progress=progress,
+                force_int8=self.models.force_int8,
+            )  # fmt: skip
         self.models.forget_runtime()
         return {**manifest, "folder": str(folder)}
 

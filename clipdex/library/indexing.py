@@ -22,11 +22,14 @@ from clipdex.inputs.paths import display_path
 from clipdex.inputs.sidecars import SidecarError, read_sidecar
 from clipdex.kinds import IMAGE, TEXT
 from clipdex.results import IndexStats
-from clipdex.retrieval.models import LoadedModel
 from clipdex.retrieval.prefetch import default_workers
 
 if TYPE_CHECKING:
     from clipdex.library.parts import Parts
+    from clipdex.retrieval.encoders import Encoder
+
+# The encoder a run writes with, given where to sample pictures from (for an int8 export's figures).
+EncoderFor = Callable[[Callable[[], list[bytes]] | None], "Encoder"]
 
 Problem = Callable[[str, str], None]  # (display path, reason) -> report it on stderr
 
@@ -66,13 +69,13 @@ class _Todo:
 class IndexRun:
     """Brings the store in line with FOLDERs; yields one Change per committed batch.
 
-    ``model`` is a getter: a run with nothing new to embed never loads the model (nor torch's weights).
+    ``encoder`` is a getter: a run with nothing new to embed never loads the model (nor a runtime).
     """
 
     def __init__(
         self,
         store: Store,
-        model: Callable[[], LoadedModel],
+        encoder: EncoderFor,
         *,
         batch_size: int | None = None,
         workers: int | None = None,
@@ -82,7 +85,7 @@ class IndexRun:
         progress: Callable[[int, int], None] | None = None,
         before_write: Callable[[], None] | None = None,
     ):
-        self.store, self._model = store, model
+        self.store, self._encoder = store, encoder
         self._before_write = before_write  # called once, before the first commit
         self.batch_size = max(1, batch_size) if batch_size else None  # None: by device, see embed
         self.workers = workers or default_workers()
@@ -141,9 +144,8 @@ class IndexRun:
         if forget:
             self.store.failures.forget(forget)
 
-    @property
-    def lm(self) -> LoadedModel:
-        return self._model()
+    def encoder(self, sample: Callable[[], list[bytes]] | None = None) -> Encoder:
+        return self._encoder(sample)
 
     # ---- moves ----------------------------------------------------------------------------
     def _move(self, moves: list[tuple[FileRecord, ScannedImage]], captions: dict, fixes: list) -> None:
@@ -162,13 +164,11 @@ class IndexRun:
     def _embed_images(self, todo: list[_Todo], captions: dict) -> Iterator[Change]:
         if not todo:
             return
-        from clipdex.retrieval.embed import default_batch_size, embed_image_files  # torch: only now
-
-        lm = self.lm
-        batch_size = self.batch_size or default_batch_size(lm.device)
-        batches = embed_image_files(
-            lm, todo, lambda t: t.scanned.image.path, batch_size=batch_size, workers=self.workers,
-            draft_to=None if self.exact_decode else lm.image_size, on_info=self._remember_photo,
+        enc = self.encoder(lambda: [t.scanned.image.path for t in todo])  # the model: only now
+        batches = enc.embed_files(
+            todo, lambda t: t.scanned.image.path, batch_size=self.batch_size or enc.default_batch_size(),
+            workers=self.workers, draft_to=None if self.exact_decode else enc.image_size,
+            on_info=self._remember_photo,
         )  # fmt: skip
         for encoded, failed, done in batches:
             failed_old, failures = [], []
@@ -278,9 +278,7 @@ class IndexRun:
         insert, update = plan.insert, plan.update
         if not insert and not update:
             return
-        from clipdex.retrieval.embed import encode_texts
-
-        tvecs = encode_texts(self.lm, [t for _, _, t in insert + update])
+        tvecs = self.encoder().encode_texts([t for _, _, t in insert + update])
         new_ids = store.items.insert(
             TEXT, "sidecar", tvecs[: len(insert)], paths=[sc.path for _, sc, _ in insert],
             stats=[(sc.mtime_ns, sc.size) for _, sc, _ in insert], texts=[t for _, _, t in insert],
@@ -365,7 +363,8 @@ def index_folders(
         # loaded before its first commit, so the changes then apply to them incrementally.
         indexes.update({kind: parts.indexes.get(kind) for kind in (IMAGE, TEXT)})
 
-    run = IndexRun(parts.store, lambda: parts.models.model, before_write=load_indexes, **options)
+    run = IndexRun(parts.store, lambda sample: parts.models.writer_encoder(sample=sample),
+                   before_write=load_indexes, **options)  # fmt: skip
     run.stats.dropped = dropped
     try:
         for change in run.run(folders, include_hidden, exclude=[parts.path]):

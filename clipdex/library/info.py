@@ -43,4 +43,5 @@ def describe(parts: Parts) -> dict:
         "mode": "large-library" if parts.store.vector_files.large_mode else "normal",
         "vector_files": {"count": len(listed), "bytes": vector_bytes},
         "runtime": parts.models.runtime_name,  # what encodes queries (clipdex.library.runtime)
+        "precision": parts.models.precision,  # of the stored vectors: fp32, or int8 (ONNX Runtime)
     }

@@ -10,10 +10,11 @@ from clipdex.index.faiss.policy import INDEX_TYPES, ONDISK
 from clipdex.index.store.schema import DB_NAME
 
 __all__ = [
-    "INDEX_TYPES", "ONDISK", "RUNTIMES", "check_index_type", "database_path", "default_library_dir",
-    "library_dir",
+    "INDEX_TYPES", "ONDISK", "PRECISIONS", "RUNTIMES", "check_index_type", "database_path",
+    "default_library_dir", "library_dir",
 ]  # fmt: skip
-RUNTIMES = ("auto", "torch", "onnx")  # clipdex.library.runtime: which encodes a library's queries
+RUNTIMES = ("auto", "torch", "onnx")  # clipdex.library.runtime: which encodes
+PRECISIONS = ("fp32", "int8")  # the library's vectors: int8 is ONNX Runtime's dynamic quantisation
 
 
 def default_library_dir() -> Path:

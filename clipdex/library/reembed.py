@@ -12,8 +12,8 @@ from clipdex.index.store.database import Store
 from clipdex.inputs.paths import display_path
 from clipdex.kinds import IMAGE, TEXT
 from clipdex.results import Reembedded
-from clipdex.retrieval.embed import default_batch_size, embed_image_files, encode_texts
-from clipdex.retrieval.models import LoadedModel
+from clipdex.retrieval.encoders import Encoder
+from clipdex.retrieval.models import ModelSpec
 from clipdex.retrieval.prefetch import default_workers
 
 SHOWN = 3  # paths named in a refusal
@@ -39,22 +39,26 @@ def _refuse(what: str, items: list[tuple[int, bytes | None]]) -> ClipdexError:
 
 def reembed_all(
     store: Store,
-    lm: LoadedModel,
+    enc: Encoder,
+    spec: ModelSpec,
     *,
+    precision: str = "fp32",
     drop_unembeddable: bool = False,
     problem: Callable[[str, str], None] | None = None,
     progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
     batch_size: int | None = None,
 ) -> Reembedded:
-    """Write new vectors to the pending table, then swap them in (and record the model) at once.
+    """Write new vectors (``enc``'s, of model ``spec`` at ``precision``) to the pending table, then
+    swap them in (and record the model and precision) at once.
 
     Pending vectors of the same target model survive an interruption and are not recomputed.
     Images that cannot be re-embedded (file missing, or unreadable) make it refuse before the swap
     unless ``drop_unembeddable``; then they are deleted at the swap and counted in ``dropped``.
     """
-    target = lm.spec.to_json()
-    resuming = store.meta.get("pending_model") == target
+    target = spec.to_json()
+    pending_key = target if precision == "fp32" else f"{target} {precision}"
+    resuming = store.meta.get("pending_model") == pending_key
     done = store.pending.ids() if resuming else set()
     missing = unembeddable(store, done)
     if missing and not drop_unembeddable:  # checked before anything is written
@@ -62,17 +66,16 @@ def reembed_all(
     if not resuming:
         with store.transaction():
             store.pending.clear()
-            store.meta.set("pending_model", target)
+            store.meta.set("pending_model", pending_key)
     skip = done | {i for i, _ in missing}
     images = [(i, p) for i, p, _ in store.items.iter(IMAGE) if i not in skip]
     texts = [(i, t) for i, _, t in store.items.iter(TEXT) if i not in done]
     total, count = len(images) + len(texts), 0
 
     unreadable: list[tuple[int, bytes | None]] = []
-    batches = embed_image_files(
-        lm, images, lambda item: item[1], batch_size=batch_size or default_batch_size(lm.device),
-        workers=workers or default_workers(),
-        draft_to=lm.image_size,
+    batches = enc.embed_files(
+        images, lambda item: item[1], batch_size=batch_size or enc.default_batch_size(),
+        workers=workers or default_workers(), draft_to=enc.image_size,
     )  # fmt: skip
     for encoded, failed, consumed in batches:
         for (item_id, path), error in failed:
@@ -87,7 +90,7 @@ def reembed_all(
             progress(count, total)
     for start in range(0, len(texts), 256):
         chunk = texts[start : start + 256]
-        store.pending.put([i for i, _ in chunk], encode_texts(lm, [t or "" for _, t in chunk]))
+        store.pending.put([i for i, _ in chunk], enc.encode_texts([t or "" for _, t in chunk]))
         count += len(chunk)
         if progress:
             progress(count, total)
@@ -96,7 +99,8 @@ def reembed_all(
     with store.transaction():
         dropped = store.pending.swap_in()
         store.meta.set("model", target)
-        store.meta.set("dim", str(lm.embed_dim))
+        store.meta.set("dim", str(enc.embed_dim))
+        store.meta.set("precision", precision)
         store.meta.set("pending_model", None)
         # A no-op when the swap logged rows (one generation per transaction); it bumps one when
         # it logged none (an empty library): the model change alone is a new generation then.

@@ -10,8 +10,6 @@ from clipdex.library.parts import Parts
 
 def add_texts(parts: Parts, texts: Sequence[str], source: str, batch_size: int) -> list[int]:
     """See `Library.add_texts`."""
-    from clipdex.retrieval.embed import iter_encode_texts
-
     texts = list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
     with parts.writing():
         if texts and parts.store.dim is not None:
@@ -19,10 +17,10 @@ def add_texts(parts: Parts, texts: Sequence[str], source: str, batch_size: int) 
             texts = [t for t in texts if t not in known]
         if not texts:
             return []
-        lm, _ = parts.models.for_writing()  # a model change is refused here: no re-embedding
+        enc = parts.models.adding()  # a model change is refused here: no re-embedding
         parts.indexes.get(TEXT)
         ids: list[int] = []
-        for start, vecs in iter_encode_texts(lm, texts, batch_size):
+        for start, vecs in enc.iter_encode_texts(texts, batch_size):
             new = parts.store.items.insert_many(TEXT, source, vecs, texts=texts[start : start + len(vecs)])
             parts.indexes.apply(TEXT, (new.tolist(), vecs), [])
             parts.indexes.maybe_save()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -25,18 +24,6 @@ def _autocast(device: str, dtype: torch.dtype | None = None) -> Any:
     if device.startswith("cuda"):
         return torch.autocast("cuda", dtype=dtype or torch.float16)
     return nullcontext()
-
-
-CPU_BATCH, CUDA_BATCH = 32, 256
-
-
-def default_batch_size(device: str) -> int:
-    """Images per encoder batch: ``$CLIPDEX_BATCH_SIZE`` if set, else 32 on CPU and MPS (bigger
-    batches gain nothing there) and 256 on CUDA (a GPU needs large batches to be kept busy)."""
-    raw = os.environ.get("CLIPDEX_BATCH_SIZE", "").strip()
-    if raw.isdigit() and int(raw) > 0:
-        return int(raw)
-    return CUDA_BATCH if device.startswith("cuda") else CPU_BATCH
 
 
 def stack_pixels(pixels: Sequence[torch.Tensor], device: str) -> torch.Tensor:

@@ -38,14 +38,18 @@ def indexed(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     for stem, text in CAPTIONS.items():
         (imgs / f"{stem}.txt").write_text(text + "\n")
     lib = root / "lib"
-    res = ok("--library", lib, "index", imgs, "--model", tiny_model_dir, "--json", "--batch-size", "4")
+    # The default runtime (auto): on a CPU, ONNX Runtime through graphs the first write exports.
+    auto = {"CLIPDEX_RUNTIME": "auto"}
+    res = ok("--library", lib, "index", imgs, "--model", tiny_model_dir, "--json", "--batch-size", "4",
+             env=auto)  # fmt: skip
+    assert len(list((lib / "models").glob("onnx-*/image.onnx"))) == 1 and "exporting model" in res.stderr
     assert json_lines(res.stdout) == [
         {"added": len(files), "updated": 0, "removed": 0, "unchanged": 0, "failed": 0,
          "texts_added": len(CAPTIONS), "texts_updated": 0, "texts_removed": 0, "moved": 0,
          "skipped_failed": 0}
     ]  # fmt: skip
     (root / "texts.txt").write_text("\n".join(ADDED) + "\n\n")
-    assert json_lines(ok("--library", lib, "add-texts", root / "texts.txt", "--json").stdout) == [
+    assert json_lines(ok("--library", lib, "add-texts", root / "texts.txt", "--json", env=auto).stdout) == [
         {"added": len(ADDED), "unchanged": 0}
     ]
     return {"lib": lib, "imgs": imgs, "files": files}

@@ -8,7 +8,8 @@ from helpers.corehelp import make_images
 
 from clipdex import Library
 from clipdex.index.store.pending import PendingTable
-from clipdex.retrieval.embed import default_batch_size, encode_texts
+from clipdex.retrieval.embed import encode_texts
+from clipdex.retrieval.encoders import default_batch_size
 from clipdex.retrieval.models import load_model, resolve_spec
 
 

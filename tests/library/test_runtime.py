@@ -17,6 +17,7 @@ from clipdex import Library
 from clipdex.errors import ClipdexError, ModelError
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.usefixtures("auto_runtime")
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,8 @@ def test_info_reports_the_runtime(lib_dir):
 
 def test_runtime_onnx_without_graphs_is_one_clear_line(tiny_model_dir, tmp_path):
     make_images(tmp_path / "pics", ["a.png", "b.png"])
-    ok("--library", tmp_path / "lib", "index", tmp_path / "pics", "--model", tiny_model_dir, "--quiet")
+    ok("--library", tmp_path / "lib", "index", tmp_path / "pics", "--model", tiny_model_dir, "--quiet",
+       "--runtime", "torch")  # fmt: skip
     assert_one_error_line(
         run("--library", tmp_path / "lib", "search", "x", "--runtime", "onnx"),
         "no ONNX graphs",
@@ -84,9 +86,16 @@ def test_graphs_belong_to_one_model(lib_dir, tiny_model_dir2, tmp_path):
 
     copy = tmp_path / "lib"
     shutil.copytree(lib_dir, copy)
-    ok("--library", copy, "use-model", tiny_model_dir2, "--quiet")
+    ok("--library", copy, "use-model", tiny_model_dir2, "--quiet", "--runtime", "torch")
     with Library.open(copy) as lib:  # the old model's graphs are not this model's
         assert lib.models.runtime_name == "torch"
+    report = json_lines(ok("--library", copy, "check", "--repair", "--json").stdout)[0]
+    want = f"exported ONNX graphs for model local-dir:{tiny_model_dir2} (fp32)"
+    assert report["healthy"] and report["repaired"] == [want]
+    with Library.open(copy) as lib:
+        assert lib.models.runtime_name.startswith("onnx")
+    assert len(list((copy / "models").glob("onnx-*"))) == 2  # each model its own
+    assert json_lines(ok("--library", copy, "check", "--repair", "--json").stdout)[0]["repaired"] == []
 
 
 CHILD = """
@@ -139,10 +148,9 @@ def test_one_library_object_follows_its_own_export_and_model_change(
 ):
     make_images(tmp_path / "pics", ["a.png", "b.png", "c.png"])
     with Library.open(tmp_path / "lib", create=True, model=str(tiny_model_dir)) as lib:
-        lib.index(tmp_path / "pics")
-        assert lib.query_runtime == "torch"
-        lib.export_onnx()
-        assert lib.query_runtime.startswith("onnx (")  # decided again after the export
-        lib.use_model(str(tiny_model_dir2))
-        assert lib.query_runtime == "torch"  # the new model has no graphs
+        lib.index(tmp_path / "pics")  # the first write exports the graphs ...
+        assert lib.query_runtime.startswith("onnx (")  # ... and queries use them at once
+        first = lib.models.onnx().folder
+        lib.use_model(str(tiny_model_dir2))  # the re-embedding exports the new model's
+        assert lib.query_runtime.startswith("onnx (") and lib.models.onnx().folder != first
         assert len(lib.search("x", k=3)) == 3

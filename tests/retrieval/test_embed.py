@@ -29,7 +29,7 @@ def test_add_texts_in_small_batches_equals_one_encoding(tiny_model_dir: Path, tm
 
 
 def test_batch_defaults_by_device_and_env(monkeypatch):
-    from clipdex.retrieval.embed import default_batch_size
+    from clipdex.retrieval.encoders import default_batch_size
 
     monkeypatch.delenv("CLIPDEX_BATCH_SIZE", raising=False)
     assert default_batch_size("cpu") == 32 and default_batch_size("cuda:0") == 256

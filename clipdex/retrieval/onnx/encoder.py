@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from clipdex.errors import ModelError
+from clipdex.retrieval.encoders import Batches, TextBatches, default_batch_size, prefetched_batches
 from clipdex.retrieval.onnx.preprocess import Preprocess
 from clipdex.retrieval.onnx.tokenizer import ClipTokenizer, UnsupportedTokenizer
 
@@ -116,3 +117,32 @@ class OnnxEncoder:
         for start in range(0, len(images), batch_size):
             out.append(self.encode_pixels(self.preprocess.batch(list(images[start : start + batch_size]))))
         return np.concatenate(out)
+
+    # ---- the `clipdex.retrieval.encoders.Encoder` interface (the pipelines' view) ----------
+    encode_pictures = encode_images
+
+    def default_batch_size(self) -> int:
+        return default_batch_size("cuda" if self.providers[0].startswith("CUDA") else "cpu")
+
+    def iter_encode_texts(self, texts: Sequence[str], batch_size: int = 256) -> TextBatches:
+        for start in range(0, len(texts), batch_size):
+            yield start, self.encode_tokens(self.tokenizer(list(texts[start : start + batch_size])))
+
+    def embed_files(
+        self, items: Iterable, path_of: Callable[[Any], bytes | str | None], *, batch_size: int,
+        workers: int, draft_to: tuple[int, int] | None, on_info: Callable | None = None,
+    ) -> Batches:  # fmt: skip
+        """Files -> ``(encoded, failed, done)`` per batch (see `clipdex.retrieval.encoders`)."""
+        from clipdex.retrieval.decode import DecodeError, load_and_preprocess
+
+        def decode(item: Any) -> np.ndarray:
+            path = path_of(item)
+            if path is None:
+                raise DecodeError("no file to decode (imported vector)")
+            report = (lambda info: on_info(item, info)) if on_info is not None else None
+            return load_and_preprocess(path, self.preprocess, draft_to, report)
+
+        return prefetched_batches(
+            items, decode, lambda pixels: self.encode_pixels(np.stack(pixels)), batch_size=batch_size,
+            workers=workers,
+        )  # fmt: skip

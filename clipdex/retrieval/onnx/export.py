@@ -28,6 +28,7 @@ from clipdex.retrieval.onnx.encoder import FORMAT, MANIFEST, graph_name
 OPSET = 17
 MIN_COSINE = 0.99999  # the contract: fp32 vectors from either runtime are interchangeable
 MAX_PIXEL_DIFF = 1e-5
+MIN_INT8_OVERLAP = 0.9  # top-10 neighbours on the user's pictures that int8 must keep, unless forced
 PROBE_TEXTS = [
     "a photo of a dog on a beach", "", "Naïve CAFÉ — déjà vu!!", "東京の夜景と富士山",
     "emoji 🐶🏖️ and <end_of_text>", "(<end_of_text>)", "&amp; html &lt;b&gt;",
@@ -41,6 +42,10 @@ class ExportError(ModelError):
     """The model cannot be run by ONNX Runtime here (said in one line; the caller may use torch)."""
 
 
+class Int8Refused(ModelError):
+    """int8 changes too many of the user's nearest neighbours (said with the figures)."""
+
+
 def probe_images(size: tuple[int, int]) -> list[Image.Image]:
     """Seeded pictures of odd shapes, around the model's input size, for checking transforms and graphs."""
     rng = np.random.default_rng(0)
@@ -51,12 +56,15 @@ def probe_images(size: tuple[int, int]) -> list[Image.Image]:
 
 def export_model(
     lm: Any, folder: str | os.PathLike, int8: bool = False, pictures: Sequence[Image.Image] = (),
-    on_progress: Progress | None = None,
+    on_progress: Progress | None = None, force_int8: bool = False,
 ) -> dict:  # fmt: skip
     """Write ``folder`` (image/text graphs, tokenizer, manifest) for loaded model ``lm``; return the manifest.
 
     ``pictures`` (the user's own, optional) join the seeded probes in every check. ``int8`` adds
-    dynamically quantised graphs beside the fp32 ones, with their agreement figures in the manifest.
+    dynamically quantised graphs beside the fp32 ones, with their agreement figures in the manifest:
+    on ``pictures``, the mean cosine to fp32 and how many of each picture's 10 nearest neighbours
+    (among the pictures) int8 keeps; below `MIN_INT8_OVERLAP` it refuses (`Int8Refused`) unless
+    ``force_int8``. Nothing is written when it refuses.
     """
     say = on_progress or (lambda _msg: None)
     folder = Path(folder)
@@ -89,6 +97,21 @@ def export_model(
         if int8:
             say("quantising both towers to int8")
             manifest["int8"] = _quantise(lm, tmp, pixels, tokens)
+            user = pixels[len(pixels) - len(pictures) :] if pictures else pixels
+            manifest["int8"]["pictures"] = figures = int8_agreement(
+                _run(tmp / graph_name("image", "fp32"), user), _run(tmp / graph_name("image", "int8"), user)
+            )
+            whose = "of your pictures" if pictures else "probe pictures"
+            say(
+                f"int8 against fp32 on {figures['n']} {whose}: top-{figures['k']} overlap "
+                f"{figures['overlap']:.3f}, mean cosine {figures['mean_cosine']:.5f}"
+            )
+            if figures["overlap"] < MIN_INT8_OVERLAP and not force_int8:
+                raise Int8Refused(
+                    f"int8 keeps only {figures['overlap']:.0%} of the top-{figures['k']} neighbours of your "
+                    f"pictures (< {MIN_INT8_OVERLAP:.0%}); nothing was changed (keep fp32, or force it "
+                    "with --force-int8)"
+                )
             manifest["precisions"].append("int8")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         os.chmod(tmp, 0o755)
@@ -204,6 +227,26 @@ def _quantise(lm: Any, folder: Path, pixels: np.ndarray, tokens: np.ndarray) -> 
         cos = np.sum(_run(dst, x) * _run(src, x), axis=1)
         out[tower] = {"mean_cosine": float(cos.mean()), "min_cosine": float(cos.min())}
     return out
+
+
+def int8_agreement(fp32: np.ndarray, int8: np.ndarray, k: int = 10) -> dict:
+    """How close int8 vectors stay to fp32 ones of the same pictures: the mean cosine, and the mean
+    share of each picture's ``k`` nearest neighbours among the others (fewer when there are fewer
+    pictures) that int8 keeps (1.0 with a single picture: nothing to rank)."""
+    n = len(fp32)
+    k = max(0, min(k, n - 1))
+    cos = float(np.mean(np.sum(fp32 * int8, axis=1))) if n else 1.0
+    if k == 0:
+        return {"n": n, "k": k, "overlap": 1.0, "mean_cosine": cos}
+
+    def neighbours(v: np.ndarray) -> np.ndarray:
+        sims = v @ v.T
+        np.fill_diagonal(sims, -np.inf)
+        return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+
+    a, b = neighbours(fp32), neighbours(int8)
+    overlap = float(np.mean([len(set(x) & set(y)) / k for x, y in zip(a, b)]))
+    return {"n": n, "k": k, "overlap": overlap, "mean_cosine": cos}
 
 
 def _replace_dir(tmp: Path, folder: Path) -> None:
