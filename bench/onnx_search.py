@@ -10,7 +10,8 @@ load hits all alike:
 - cold `clipdex search --runtime torch`,
 - a bare `python -c "import torch, open_clip"`,
 
-and prints medians and the ratios onnx ÷ import and onnx ÷ torch search. Then warm text-query
+and prints medians and the ratios onnx ÷ import and onnx ÷ torch search, with each process's peak
+RSS (the onnx search should be smaller by about the size of torch). Then warm text-query
 encoding through `Library.encode_texts` (one query at a time, the path `serve` and `Library.search`
 take): ONNX p50 ÷ torch p50.
 """
@@ -18,6 +19,7 @@ take): ONNX p50 ÷ torch p50.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -26,10 +28,14 @@ import time
 from pathlib import Path
 
 
-def timed(cmd: list[str], env: dict | None = None) -> float:
+def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of one process running ``cmd``."""
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    return time.perf_counter() - t
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, cmd
+    return time.perf_counter() - t, usage.ru_maxrss / 1024  # KiB on Linux
 
 
 def main() -> int:
@@ -53,14 +59,15 @@ def main() -> int:
         Image.new("RGB", (256, 256), (15 * i, 90, 240 - 15 * i)).save(imgs / f"{i}.png")
     model = init_model(args.arch, work / "model", seed=0)
     lib = str(work / "lib")
-    cli.main(["--library", lib, "index", str(imgs), "--model", str(model), "--quiet"], standalone_mode=False)
+    index = ["--library", lib, "index", str(imgs), "--model", str(model), "--quiet", "--runtime", "torch"]
+    cli.main(index, standalone_mode=False)  # torch: the export is timed on its own below
     t = time.perf_counter()
     cli.main(["--library", lib, "model", "export-onnx"], standalone_mode=False)
     print(f"export-onnx ({args.arch}): {time.perf_counter() - t:.1f} s")
 
     py = sys.executable
     clipdex = [py, "-m", "clipdex.cli.main", "--library", lib, "search", "a photo of a dog", "-k", "3"]
-    runs: dict[str, list[float]] = {
+    runs: dict[str, list[tuple[float, float]]] = {
         "search (onnx)": [],
         "search --runtime torch": [],
         "import torch, open_clip": [],
@@ -69,11 +76,13 @@ def main() -> int:
         runs["search (onnx)"].append(timed(clipdex))
         runs["search --runtime torch"].append(timed([*clipdex, "--runtime", "torch"]))
         runs["import torch, open_clip"].append(timed([py, "-c", "import torch, open_clip"]))
-    med = {k: statistics.median(v) for k, v in runs.items()}
+    med = {k: statistics.median(s for s, _ in v) for k, v in runs.items()}
+    rss = {k: statistics.median(r for _, r in v) for k, v in runs.items()}
     for name, value in med.items():
-        print(f"cold {name:26} {value:6.2f} s (median of {args.repeat})")
+        print(f"cold {name:26} {value:6.2f} s, peak RSS {rss[name]:6.0f} MiB (medians of {args.repeat})")
     print(f"ratio onnx search / import torch: {med['search (onnx)'] / med['import torch, open_clip']:.2f}")
     print(f"ratio onnx search / torch search: {med['search (onnx)'] / med['search --runtime torch']:.2f}")
+    print(f"peak RSS onnx search / torch search: {rss['search (onnx)'] / rss['search --runtime torch']:.2f}")
 
     texts = [f"a photo number {i} of something" for i in range(args.queries)]
     warm: dict[str, list[float]] = {"onnx": [], "torch": []}
