@@ -19,7 +19,6 @@ take): ONNX p50 ÷ torch p50.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -29,13 +28,15 @@ from pathlib import Path
 
 
 def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of one process running ``cmd``."""
+    """Wall seconds and peak RSS (MiB) of one process running ``cmd``.
+
+    The process is started by GNU time, not forked from this one: a child forked from this big
+    process would report this process's RSS as its own peak.
+    """
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    assert proc.returncode == 0, cmd
-    return time.perf_counter() - t, usage.ru_maxrss / 1024  # KiB on Linux
+    out = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE, env=env, text=True, check=True)  # fmt: skip
+    return time.perf_counter() - t, int(out.stderr.strip().splitlines()[-1]) / 1024  # KiB
 
 
 def main() -> int:
