@@ -68,11 +68,14 @@ class IndexStats:
     moved: int = 0
     skipped_failed: int = 0  # remembered failures, not retried (the file has not changed)
     dropped: int | None = None  # set when the run re-embedded: images dropped (--drop-unembeddable)
+    ocr_read: int | None = None  # set when the library reads text: pictures read in this run
+    ocr_failed: int | None = None  # ... and those whose text could not be read (still indexed)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if self.dropped is None:
-            d.pop("dropped")
+        for key in ("dropped", "ocr_read", "ocr_failed"):
+            if d[key] is None:
+                d.pop(key)
         return d
 
 
@@ -132,3 +135,20 @@ class DuplicateItem:
              "height": self.height, "size": self.size}  # fmt: skip
         d.update(path_b64(self.path_bytes))
         return d
+
+
+@dataclass(frozen=True, slots=True)
+class TextLine:
+    """One line of text in a picture: its corners as fractions of width and height (clockwise
+    from top left, as the reader gives them) and the reader's confidence (0–1)."""
+
+    text: str
+    box: tuple[tuple[float, float], ...]
+    confidence: float
+
+    def as_dict(self) -> dict:
+        return {
+            "text": self.text,
+            "box": [list(p) for p in self.box],
+            "confidence": round(self.confidence, 4),
+        }

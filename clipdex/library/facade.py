@@ -148,6 +148,7 @@ class Library:
         index_type: str | None = None,
         retry_failed: bool = False,
         drop_unembeddable: bool = False,
+        ocr: bool | None = None,
         problem: Problem | None = None,
         progress: Progress | None = None,
     ) -> IndexStats:
@@ -155,7 +156,9 @@ class Library:
 
         Files that failed to decode before are not retried until they change (``retry_failed``
         retries them). A re-embedding (``reembed``, or another model) refuses when some images have
-        no file to re-embed from, unless ``drop_unembeddable``.
+        no file to re-embed from, unless ``drop_unembeddable``. ``ocr=True`` reads the text in the
+        pictures (RapidOCR) from now on, pictures already indexed included; ``ocr=False`` stops
+        reading (the text read so far stays); None: as the library remembers.
         """
         from clipdex.index.scan import check_folders
         from clipdex.library.indexing import index_folders
@@ -179,6 +182,7 @@ class Library:
             return index_folders(
                 self.parts, folders, include_hidden, dropped, batch_size=batch_size, workers=workers,
                 exact_decode=exact_decode, problem=problem, progress=progress, retry_failed=retry_failed,
+                ocr=ocr,
             )  # fmt: skip
 
     def add_texts(self, texts: Sequence[str], source: str = "add-texts", batch_size: int = 256) -> list[int]:

@@ -26,12 +26,14 @@ from clipdex.retrieval.prefetch import default_workers
 
 if TYPE_CHECKING:
     from clipdex.library.parts import Parts
+    from clipdex.library.reading import TextReading
     from clipdex.retrieval.encoders import Encoder
 
 # The encoder a run writes with, given where to sample pictures from (for an int8 export's figures).
 EncoderFor = Callable[[Callable[[], list[bytes]] | None], "Encoder"]
 
 Problem = Callable[[str, str], None]  # (display path, reason) -> report it on stderr
+OCR_KEY = "ocr"  # meta: "on" when the library reads the text in its pictures (index --ocr)
 
 
 @dataclass(slots=True)
@@ -84,8 +86,10 @@ class IndexRun:
         problem: Problem | None = None,
         progress: Callable[[int, int], None] | None = None,
         before_write: Callable[[], None] | None = None,
+        reading: TextReading | None = None,
     ):
         self.store, self._encoder = store, encoder
+        self.reading = reading  # --ocr: the text in the pictures is read beside the encoding
         self._before_write = before_write  # called once, before the first commit
         self.batch_size = max(1, batch_size) if batch_size else None  # None: by device, see embed
         self.workers = workers or default_workers()
@@ -96,6 +100,7 @@ class IndexRun:
         self.stats = IndexStats()
         self._failed_now: set[bytes] = set()  # paths that failed to decode in this run
         self._photos: dict[bytes, PhotoMeta] = {}  # path -> date and size, from the decode threads
+        self._ids: list[int] = []  # the ids of the last batch stored, in its order
 
     def run(
         self, folders: Sequence[str | bytes], include_hidden: bool, exclude: Sequence
@@ -143,6 +148,9 @@ class IndexRun:
             yield Change(removed=self.store_delete([r.id for r in gone.values()]))
         if forget:
             self.store.failures.forget(forget)
+        if self.reading is not None:  # pictures indexed before --ocr, or left unread by a killed run
+            self.reading.catch_up(roots, self._failed_now, self.workers)
+            self.stats.ocr_read, self.stats.ocr_failed = self.reading.read, self.reading.failed
 
     def encoder(self, sample: Callable[[], list[bytes]] | None = None) -> Encoder:
         return self._encoder(sample)
@@ -165,11 +173,26 @@ class IndexRun:
         if not todo:
             return
         enc = self.encoder(lambda: [t.scanned.image.path for t in todo])  # the model: only now
+        reading, draft = self.reading, None if self.exact_decode else enc.image_size
+        if reading is not None and draft is not None:  # one decode serves CLIP and OCR
+            from clipdex.retrieval.ocr import OCR_DRAFT
+
+            draft = (max(draft[0], OCR_DRAFT[0]), max(draft[1], OCR_DRAFT[1]))
         batches = enc.embed_files(
             todo, lambda t: t.scanned.image.path, batch_size=self.batch_size or enc.default_batch_size(),
-            workers=self.workers, draft_to=None if self.exact_decode else enc.image_size,
-            on_info=self._remember_photo,
+            workers=self.workers, draft_to=draft, on_info=self._remember_photo,
+            on_image=(lambda t, picture: reading.submit(t.scanned.image.path, picture)) if reading else None,
         )  # fmt: skip
+        try:
+            yield from self._store_batches(batches, todo, captions)
+        except BaseException:
+            if reading is not None:
+                reading.abandon()
+            raise
+        if reading is not None:
+            reading.finish()
+
+    def _store_batches(self, batches: Any, todo: list[_Todo], captions: dict) -> Iterator[Change]:
         for encoded, failed, done in batches:
             failed_old, failures = [], []
             for t, error in failed:
@@ -184,6 +207,8 @@ class IndexRun:
                 self.store.failures.record(failures)
             if encoded or failed_old:
                 yield self._store_images(encoded, captions, failed_old)
+                if self.reading is not None:
+                    self.reading.committed({t.scanned.image.path: i for (t, _), i in zip(encoded, self._ids)})
             if self.progress:
                 self.progress(done, len(todo))
 
@@ -223,6 +248,8 @@ class IndexRun:
                 )  # fmt: skip
                 change.removed += upd_ids
             ids = dict(zip(new, new_ids)) | dict(zip(upd, upd_ids))
+            self._ids = [ids[n] for n in range(len(batch))]
+            store.texts.forget(upd_ids)  # text read in the old content is stale
             if batch:
                 change.add(IMAGE, [ids[n] for n in range(len(batch))], vecs)
             plan = self._plan_captions([(ids[n], t.scanned) for n, (t, _) in enumerate(batch)], captions)
@@ -352,11 +379,24 @@ def _sidecar_changed(had: Caption | None, now: FileStat | None) -> bool:
 
 
 def index_folders(
-    parts: Parts, folders: list, include_hidden: bool, dropped: int | None, **options: Any
-) -> IndexStats:
+    parts: Parts, folders: list, include_hidden: bool, dropped: int | None, ocr: bool | None = None,
+    **options: Any,
+) -> IndexStats:  # fmt: skip
     """`Library.index`'s run, under the writer lock its caller holds, with the model already
-    checked (and recorded, or re-embedded: ``dropped`` images then). ``options`` as `IndexRun`'s."""
+    checked (and recorded, or re-embedded: ``dropped`` images then). ``ocr``: turn reading text on
+    or off for good (None: as the library remembers). ``options`` as `IndexRun`'s."""
     indexes: dict[str, Any] = {}
+    reading = None
+    if ocr if ocr is not None else parts.store.meta.get(OCR_KEY) == "on":
+        from clipdex.library.reading import TextReading
+        from clipdex.retrieval.ocr import TextReader
+
+        reading = TextReading(
+            parts.store, TextReader(), options.get("problem") or (lambda path, reason: None)
+        )
+    if ocr is not None:  # remembered once the reader could be made
+        with parts.store.transaction():
+            parts.store.meta.set(OCR_KEY, "on" if ocr else "off")
 
     def load_indexes() -> None:
         # Only a run that writes needs them (a big index takes seconds to load); they are
@@ -364,7 +404,7 @@ def index_folders(
         indexes.update({kind: parts.indexes.get(kind) for kind in (IMAGE, TEXT)})
 
     run = IndexRun(parts.store, lambda sample: parts.models.writer_encoder(sample=sample),
-                   before_write=load_indexes, **options)  # fmt: skip
+                   before_write=load_indexes, reading=reading, **options)  # fmt: skip
     run.stats.dropped = dropped
     try:
         for change in run.run(folders, include_hidden, exclude=[parts.path]):

@@ -390,8 +390,13 @@ def load_and_preprocess(
     preprocess: Callable[[Image.Image], torch.Tensor],
     draft_to: tuple[int, int] | None = None,
     on_info: Callable[[PhotoInfo], None] | None = None,
+    on_image: Callable[[Image.Image], None] | None = None,
 ) -> torch.Tensor:
     """``open_image`` then the model's ``preprocess``: one unit of work for a prefetch worker
-    (the full-size image's pixels stay reserved until its tensor is made)."""
+    (the full-size image's pixels stay reserved until its tensor is made). ``on_image`` sees the
+    decoded picture first (in this thread), for another consumer of the same decode (OCR)."""
     with ExitStack() as hold:
-        return preprocess(open_image(path, draft_to, on_info, hold))
+        picture = open_image(path, draft_to, on_info, hold)
+        if on_image is not None:
+            on_image(picture)
+        return preprocess(picture)

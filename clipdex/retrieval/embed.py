@@ -133,6 +133,7 @@ def embed_image_files(
     workers: int,
     draft_to: tuple[int, int] | None,
     on_info: Callable[[T, PhotoInfo], None] | None = None,
+    on_image: Callable[[T, Any], None] | None = None,
     device_decode: bool | None = None,
 ) -> Iterator[tuple[list[tuple[T, np.ndarray]], list[tuple[T, BaseException]], int]]:
     """Decode files in parallel (ordered, bounded prefetch) and encode them in batches.
@@ -143,10 +144,12 @@ def embed_image_files(
     (taken_at, width, height))`` is called (from a decode thread) for each item that decoded.
     ``device_decode`` (default: `device_decode.enabled`, i.e. on CUDA) decodes JPEGs on the
     model's device, batch by batch; other files, and JPEGs it refuses, take the CPU path.
+    ``on_image(item, picture)`` sees each decoded picture (a decode thread; no device decode then).
     """
     from clipdex.retrieval import device_decode as dd
 
     on_device = dd.enabled(lm.device) if device_decode is None else device_decode
+    on_device = on_device and on_image is None  # the picture is needed on the CPU too
     transform = dd.device_transform(lm.preprocess) if on_device else None
 
     def decode(item: T) -> torch.Tensor | dd.JpegBytes:
@@ -158,7 +161,8 @@ def embed_image_files(
             jpeg = dd.read_jpeg(path, report)
             if jpeg is not None:
                 return jpeg
-        return load_and_preprocess(path, lm.preprocess, draft_to, report)
+        see = (lambda picture: on_image(item, picture)) if on_image is not None else None
+        return load_and_preprocess(path, lm.preprocess, draft_to, report, see)
 
     ok: list[T] = []
     pixels: list[torch.Tensor] = []

@@ -55,9 +55,10 @@ class Encoder(Protocol):
     def embed_files(
         self, items: Iterable[T], path_of: Callable[[T], bytes | str | None], *, batch_size: int,
         workers: int, draft_to: tuple[int, int] | None, on_info: Callable[[T, PhotoInfo], None] | None = None,
+        on_image: Callable[[T, Any], None] | None = None,
     ) -> Batches:  # fmt: skip
         """Decode files in parallel and encode them in batches: ``(encoded, failed, done)`` per
-        batch, as `clipdex.retrieval.embed.embed_image_files` documents."""
+        batch, as `clipdex.retrieval.embed.embed_image_files` documents (``on_image`` too)."""
         ...
 
 
@@ -96,12 +97,13 @@ class TorchEncoder:
     def embed_files(
         self, items: Iterable[T], path_of: Callable[[T], bytes | str | None], *, batch_size: int,
         workers: int, draft_to: tuple[int, int] | None, on_info: Callable[[T, PhotoInfo], None] | None = None,
+        on_image: Callable[[T, Any], None] | None = None,
     ) -> Batches:  # fmt: skip
         from clipdex.retrieval.embed import embed_image_files
 
         return embed_image_files(
             self.lm, items, path_of, batch_size=batch_size, workers=workers, draft_to=draft_to,
-            on_info=on_info,
+            on_info=on_info, on_image=on_image,
         )  # fmt: skip
 
 

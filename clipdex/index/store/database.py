@@ -25,7 +25,9 @@ from clipdex.index.store.merge import KeyedMerge
 from clipdex.index.store.meta import MetaTable
 from clipdex.index.store.pending import PendingTable
 from clipdex.index.store.schema import DB_NAME, PAGE_SIZE
+from clipdex.index.store.texts import TextLinesTable
 from clipdex.index.store.vector_files import VectorFiles
+from clipdex.index.store.words import WordsTable
 
 if TYPE_CHECKING:
     import sqlite_utils
@@ -65,6 +67,9 @@ class Store:
         self.merge = KeyedMerge(self, self.items, self.vector_files)
         self.failures = FailuresTable(self)
         self.pending = PendingTable(self, self.items, self.changes, self.vector_files)
+        self.texts = TextLinesTable(self)
+        self.words = WordsTable(self)
+        self._has_words: bool | None = None  # whether the schema has the words table (cached)
         if not self.path.exists():
             if not create:
                 raise ClipdexError(f"no library at {library_dir} (run `clipdex index FOLDER` to create one)")
@@ -215,6 +220,7 @@ class Store:
             with self.transaction():
                 migration(self.db)
                 self.meta.set("schema_version", str(number))
+                self._has_words = None
 
     def has_columns(self, table: str, *names: str) -> bool:
         """Whether ``table`` has every column in ``names`` (an older schema may lack new ones)."""
@@ -245,7 +251,18 @@ class Store:
             self.conn.execute("ROLLBACK")
             raise
         self._txn_gen = None
+        try:
+            if self._words_kept():  # the word documents of what this transaction changed
+                self.words.flush()
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
         self.conn.execute("COMMIT")
+
+    def _words_kept(self) -> bool:
+        if self._has_words is None:
+            self._has_words = self.has_table("words_dirty")
+        return self._has_words
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:

@@ -119,6 +119,61 @@ def _m6_vector_files(db: sqlite_utils.Database) -> None:
             db.execute(f"ALTER TABLE items ADD COLUMN {name} INTEGER")
 
 
+def _m7_text_and_words(db: sqlite_utils.Database) -> None:
+    # Text found in pictures (OCR today; `source` leaves room for others): one row per line, in
+    # reading order, with its box (four corners, each as a fraction of the picture's width and
+    # height, so the box fits any rendering of it) and confidence. `text_reads` says which items a
+    # source has read (with no row in `text_lines` when it found no text, an error when it failed),
+    # so a run that was killed resumes where it stopped.
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS text_lines (
+            item_id INTEGER NOT NULL,
+            source TEXT NOT NULL,
+            ord INTEGER NOT NULL,
+            text TEXT NOT NULL,
+            box TEXT,                      -- JSON [[x, y] x 4], fractions of width and height
+            confidence REAL,
+            PRIMARY KEY (item_id, source, ord)
+        )"""
+    )
+    db.execute(
+        """CREATE TABLE IF NOT EXISTS text_reads (
+            item_id INTEGER NOT NULL,
+            source TEXT NOT NULL,
+            error TEXT,
+            read_at REAL NOT NULL,
+            PRIMARY KEY (item_id, source)
+        )"""
+    )
+    # Word search: one FTS5 document per item (rowid = item id) holding its file name, its
+    # caption(s) (a text item: its own text) and the text read in it, in the searchable form of
+    # `clipdex.index.store.words` (each CJK character its own token). Triggers note which items
+    # changed in `words_dirty`; the store rewrites their documents before each commit, so the
+    # words follow every write path (index, moves, deletes, imports, captions) in its transaction.
+    db.execute(
+        "CREATE VIRTUAL TABLE IF NOT EXISTS words USING fts5"
+        "(name, caption, ocr, tokenize = 'unicode61 remove_diacritics 2')"
+    )
+    db.execute("CREATE TABLE IF NOT EXISTS words_dirty (id INTEGER PRIMARY KEY)")
+    dirty = "INSERT OR IGNORE INTO words_dirty (id) SELECT value FROM (SELECT {} AS value)"
+    dirty += " WHERE value IS NOT NULL"
+    triggers = {
+        "words_item_added": ("AFTER INSERT ON items", ["new.id", "new.image_id"]),
+        "words_item_changed": ("AFTER UPDATE OF path, text, image_id ON items",
+                               ["new.id", "old.image_id", "new.image_id"]),
+        "words_item_removed": ("AFTER DELETE ON items", ["old.id", "old.image_id"]),
+        "words_lines_added": ("AFTER INSERT ON text_lines", ["new.item_id"]),
+        "words_lines_removed": ("AFTER DELETE ON text_lines", ["old.item_id"]),
+    }  # fmt: skip
+    for name, (when, ids) in triggers.items():
+        body = " ".join(dirty.format(i) + ";" for i in ids)
+        if name == "words_item_removed":  # an item's text goes with it
+            body += " DELETE FROM text_lines WHERE item_id = old.id;"
+            body += " DELETE FROM text_reads WHERE item_id = old.id;"
+        db.execute(f"CREATE TRIGGER IF NOT EXISTS {name} {when} BEGIN {body} END")
+    db.execute("INSERT OR IGNORE INTO words_dirty (id) SELECT id FROM items")  # built at the next commit
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial,
     _m2_pending,
@@ -126,5 +181,6 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m4_photo_meta,
     _m5_change_log,
     _m6_vector_files,
+    _m7_text_and_words,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

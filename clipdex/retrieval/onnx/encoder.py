@@ -131,6 +131,7 @@ class OnnxEncoder:
     def embed_files(
         self, items: Iterable, path_of: Callable[[Any], bytes | str | None], *, batch_size: int,
         workers: int, draft_to: tuple[int, int] | None, on_info: Callable | None = None,
+        on_image: Callable | None = None,
     ) -> Batches:  # fmt: skip
         """Files -> ``(encoded, failed, done)`` per batch (see `clipdex.retrieval.encoders`)."""
         from clipdex.retrieval.decode import DecodeError, load_and_preprocess
@@ -140,7 +141,8 @@ class OnnxEncoder:
             if path is None:
                 raise DecodeError("no file to decode (imported vector)")
             report = (lambda info: on_info(item, info)) if on_info is not None else None
-            return load_and_preprocess(path, self.preprocess, draft_to, report)
+            see = (lambda picture: on_image(item, picture)) if on_image is not None else None
+            return load_and_preprocess(path, self.preprocess, draft_to, report, see)
 
         return prefetched_batches(
             items, decode, lambda pixels: self.encode_pixels(np.stack(pixels)), batch_size=batch_size,
