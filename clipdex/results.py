@@ -24,6 +24,7 @@ class SearchResult:
     path: str | None  # an image's path; a text's linked image, or None
     text: str | None = None
     raw_path: bytes | None = field(default=None, repr=False, compare=False)
+    ocr: str | None = None  # the text read in the picture (lines joined by newlines), if any
 
     @property
     def path_bytes(self) -> bytes | None:
@@ -43,6 +44,8 @@ class SearchResult:
         if self.modality == "text":
             d["text"] = self.text
         d.update(path_b64(self.path_bytes))
+        if self.ocr is not None:
+            d["ocr"] = self.ocr
         return d
 
 

@@ -49,6 +49,8 @@ index_type_option = click.option(
     help="Retry files that failed to decode before (default: only once changed).",
 )
 @click.option("--exact-decode", is_flag=True, help="Never decode large JPEGs at reduced scale.")
+@click.option("--ocr/--no-ocr", default=None,
+              help="Read the text in pictures (Chinese, English; remembered); --no-ocr stops.")  # fmt: skip
 @index_type_option
 @runtime_option
 @precision_options
@@ -56,8 +58,8 @@ index_type_option = click.option(
 @quiet_option
 @pass_state
 def index(state, folders, model, pretrained, device, batch_size, workers, include_hidden, reembed,
-          drop_unembeddable, retry_failed, exact_decode, index_type, runtime, precision, force_int8, as_json,
-          quiet):  # fmt: skip
+          drop_unembeddable, retry_failed, exact_decode, ocr, index_type, runtime, precision, force_int8,
+          as_json, quiet):  # fmt: skip
     """Index image FOLDERS: add new files, re-embed changed ones, drop deleted ones.
 
     Sidecar captions (photo.jpg + photo.txt) become searchable texts. A changed file keeps its id;
@@ -70,7 +72,8 @@ def index(state, folders, model, pretrained, device, batch_size, workers, includ
       clipdex index ~/Pictures /mnt/archive --json
       clipdex index ~/Pictures --model ViT-B-16 --pretrained laion2b_s34b_b88k --reembed
       clipdex index scans --model local-dir:./my-finetuned-model
-      clipdex index ~/Pictures --precision int8 --reembed   # ~2.7x faster encoding on a CPU
+      clipdex index ~/Pictures --precision int8 --reembed   # faster encoding on a CPU
+      clipdex index ~/Screenshots --ocr    # read the text in them: search --words finds it
     """
     lib = state.open(create=True, model=model, pretrained=pretrained, device=device, runtime=runtime,
                      precision=precision, force_int8=force_int8)  # fmt: skip
@@ -78,7 +81,7 @@ def index(state, folders, model, pretrained, device, batch_size, workers, includ
         stats = lib.index(
             list(folders), include_hidden=include_hidden, reembed=reembed, batch_size=batch_size,
             workers=workers, exact_decode=exact_decode, index_type=index_type, retry_failed=retry_failed,
-            drop_unembeddable=drop_unembeddable, problem=problem, progress=bar,
+            drop_unembeddable=drop_unembeddable, ocr=ocr, problem=problem, progress=bar,
         )  # fmt: skip
     if as_json:
         emit_json(stats.to_dict())
@@ -88,7 +91,8 @@ def index(state, folders, model, pretrained, device, batch_size, workers, includ
         f"{s.unchanged} unchanged, "
         f"{s.failed} failed, {s.skipped_failed} skipped as failed before; texts: {s.texts_added} added, "
         f"{s.texts_updated} updated, {s.texts_removed} removed"
-        + (f"; {s.dropped} dropped (no file to re-embed)" if s.dropped else ""),
+        + (f"; {s.dropped} dropped (no file to re-embed)" if s.dropped else "")
+        + (f"; text read in {s.ocr_read} pictures ({s.ocr_failed} failed)" if s.ocr_read is not None else ""),
         quiet or as_json,
     )
 
@@ -124,19 +128,24 @@ class DateParam(click.ParamType):
 @click.option("--before", type=DateParam(), help="Only photos taken before DATE (ISO 8601).")
 @click.option("--min-score", type=float, default=None, help="Only results scoring at least S.")
 @click.option("--captioned/--uncaptioned", default=None, help="Only images with (without) a caption.")
+@click.option("--words", multiple=True,
+              help="Only items whose text, caption or file name match (FTS5; repeatable).")  # fmt: skip
+@click.option("--by", type=click.Choice(["meaning", "words", "both"]), default=None,
+              help="Rank by meaning, words (BM25) or both (RRF; default where text is read).")  # fmt: skip
 @hit_output_options
 @click.option("--device", default="auto", show_default=True,
               help="Model device: auto, cpu, cuda or mps (auto: $CLIPDEX_DEVICE if set).")  # fmt: skip
 @runtime_option
 @pass_state
 def search(state, text, images, not_texts, not_images, k, target, under, after, before, min_score,
-           captioned, as_json, paths, null, device, runtime):  # fmt: skip
+           captioned, words, by, as_json, paths, null, device, runtime):  # fmt: skip
     """Search by TEXT and/or --image: the best matching images (or --target texts).
 
     Terms combine: the query is the normalised sum of TEXT's and each --image's vector minus
     each --not's and --not-image's. Filters keep the best k among the images that match.
     Dates are the photo's EXIF date (else its file's mtime); --after is inclusive, --before
-    exclusive, a date alone is local midnight.
+    exclusive, a date alone is local midnight. --words keeps only items whose text (read in the
+    picture by `index --ocr`, a caption, the file name) matches; alone, it is also the query.
 
     \b
     Examples:
@@ -146,10 +155,16 @@ def search(state, text, images, not_texts, not_images, k, target, under, after, 
       clipdex search --image query.jpg --target texts     # image -> captions
       clipdex search "beach at sunset" --image ref.jpg --not people --not-image crowd.jpg
       clipdex search dog --under ~/Pictures/2024 --after 2024-06-01 --before 2024-07-01
+      clipdex search --words "INVOICE 4471"             # the pictures with those words in them
+      clipdex search receipt --words 北京 --by both
     """
     from clipdex.index.filters import Filter
 
     query = " ".join(text).strip()
+    if not query and not images and words:  # the words alone: they are the query too
+        query, by = " ".join(words), by or "words"
+    if by == "words" and not query:
+        raise click.UsageError("--by words ranks by the words of TEXT: give a TEXT")
     if not query and not images:
         if not_texts or not_images:
             raise click.UsageError("negative terms need a TEXT or --image to steer from")
@@ -161,11 +176,12 @@ def search(state, text, images, not_texts, not_images, k, target, under, after, 
     check_output_mode(as_json, paths, null)
     if captioned is not None and target == "texts":
         raise click.UsageError("--captioned/--uncaptioned apply to image searches")
-    filt = Filter(under=list(under), after=after, before=before, captioned=captioned, min_score=min_score)
+    filt = Filter(under=list(under), after=after, before=before, captioned=captioned, min_score=min_score,
+                  words=list(words))  # fmt: skip
     with state.open(device=device, runtime=runtime) as lib:  # one query: the FAISS index stays on the CPU
         results = lib.search(
             text=query or None, image=list(images), not_text=list(not_texts), not_image=list(not_images),
-            k=k, target=target, filter=filt,
+            k=k, target=target, filter=filt, by=by,
         )  # fmt: skip
     print_hits(results, as_json, paths, null)
 

@@ -61,7 +61,9 @@ class Filter:
     """What a search keeps: items under any of ``under`` (folders, path prefixes by component),
     taken at or after ``after`` and before ``before`` (ISO 8601 strings, datetimes or unix
     seconds; the photo's EXIF date, else its file's mtime), with or without a caption
-    (``captioned`` True/False; None: either), scoring at least ``min_score``.
+    (``captioned`` True/False; None: either), scoring at least ``min_score``, and matching every
+    one of ``words`` (word queries over the text read in the picture, its caption and file name;
+    FTS5 syntax, see `clipdex.index.store.words.match_query`).
 
     For ``target="texts"`` the folder and date conditions apply to a text's linked image (free
     texts have none, so they never match them).
@@ -72,8 +74,15 @@ class Filter:
     before: DateLike | None = None
     captioned: bool | None = None
     min_score: float | None = None
+    words: Sequence[str] = ()
 
     def __post_init__(self) -> None:
+        from clipdex.index.store.words import match_query
+
+        words = (self.words,) if isinstance(self.words, str) else tuple(self.words)
+        object.__setattr__(self, "words", tuple(dict.fromkeys(words)))
+        for w in self.words:
+            match_query(w)  # a bad query fails here, with one clear line
         under = [self.under] if isinstance(self.under, (str, bytes, os.PathLike)) else list(self.under)
         roots = tuple(os.path.abspath(os.fsencode(os.path.expanduser(u) if isinstance(u, str) else u))
                       for u in under)  # fmt: skip
@@ -88,7 +97,7 @@ class Filter:
     def restricts_items(self) -> bool:
         """Whether some items are excluded whatever their score."""
         bounds = (self.after, self.before, self.captioned)
-        return bool(self.under) or any(b is not None for b in bounds)
+        return bool(self.under or self.words) or any(b is not None for b in bounds)
 
 
 def exact_top_k(store: Store, ids: np.ndarray, query: np.ndarray, k: int) -> list[tuple[int, float]]:

@@ -26,7 +26,7 @@ from clipdex.library.options import check_index_type, library_dir
 from clipdex.library.parts import Parts
 from clipdex.library.queries import Encode, ImageArg, QueryPlan, encode_images
 from clipdex.library.search import Searcher
-from clipdex.results import DuplicateItem, ImportCounts, IndexStats, Reembedded, SearchResult
+from clipdex.results import DuplicateItem, ImportCounts, IndexStats, Reembedded, SearchResult, TextLine
 from clipdex.retrieval.models import LoadedModel, ModelSpec, resolve_spec
 from clipdex.retrieval.query import Terms, Weights
 
@@ -399,6 +399,9 @@ class Library:
         not_image: ImageArg | Sequence[ImageArg] | None = None,
         weights: Weights = None,
         filter: Filter | None = None,
+        words: str | Sequence[str] | None = None,
+        by: str | None = None,
+        rank_text: str | None = None,
     ) -> list[SearchResult]:
         """Best ``k`` items of ``target`` ("images" or "texts") for one query, best first.
 
@@ -409,10 +412,41 @@ class Library:
         order text, image, not_text, not_image, or a mapping from those names to a number (all
         terms of that name) or a list (default: all 1). ``filter`` (`clipdex.Filter`) keeps only
         items under some folders, in a date range, with or without captions, above a score; the
-        result is still the best k among the items that match.
+        result is still the best k among the items that match. ``words`` keeps only items whose
+        text read in the picture, caption or file name match every one of them (FTS5 syntax).
+        ``by``: "meaning" ranks by the vectors, "words" by BM25 over the query's words, "both"
+        fuses the two (RRF, k = 60); default "both" in a library that reads text (``index(ocr=
+        True)``) when the query has text, else "meaning". The words ranked are the ``text`` terms,
+        or ``rank_text`` (a ``vector`` query's text, as the server encodes it separately).
+        Scores are always the cosines.
         """
+        from dataclasses import replace
+
+        from clipdex.library.fusion import BY
+
         terms = Terms.of(text, image, not_text, not_image)
-        return self.searcher.search(terms, vector, k, target, weights, filter)
+        if words:
+            more = (words,) if isinstance(words, str) else tuple(words)
+            filter = replace(filter or Filter(), words=(*(filter.words if filter else ()), *more))
+        rank_text = rank_text or " ".join(terms.text) or None
+        if by is None:
+            by = "both" if rank_text and self.reads_text else "meaning"
+        if by not in BY:
+            raise ValueError(f"by must be one of {', '.join(BY)}, not {by!r}")
+        if by == "words" and not rank_text:
+            raise ValueError("by='words' ranks by the query's words: give text=")
+        return self.searcher.search(terms, vector, k, target, weights, filter, by, rank_text)
+
+    @property
+    def reads_text(self) -> bool:
+        """Whether this library reads the text in its pictures (``index(ocr=True)``, remembered)."""
+        from clipdex.library.indexing import OCR_KEY
+
+        return self.store.meta.get(OCR_KEY) == "on"
+
+    def text_lines(self, item_id: int) -> list[TextLine]:
+        """The lines of text read in picture ``item_id`` (reading order, boxes, confidence)."""
+        return self.store.texts.lines([item_id]).get(item_id, [])
 
     def plan_query(self, text: Any = None, image: Any = None, not_text: Any = None, not_image: Any = None,
                    weights: Weights = None) -> QueryPlan:  # fmt: skip

@@ -47,10 +47,13 @@ class Searcher:
         self.gpu_index = gpu_index
 
     def search(
-        self, terms: Terms, vector: Any, k: int, target: str, weights: Weights, filter: Filter | None
-    ) -> list[SearchResult]:
-        """`Library.search` once its arguments are sorted into ``terms`` (or a ``vector``)."""
+        self, terms: Terms, vector: Any, k: int, target: str, weights: Weights, filter: Filter | None,
+        by: str = "meaning", rank_text: str | None = None,
+    ) -> list[SearchResult]:  # fmt: skip
+        """`Library.search` once its arguments are sorted into ``terms`` (or a ``vector``); ``by``
+        words or both ranks (also) by ``rank_text``'s words (see `clipdex.library.fusion`)."""
         from clipdex.index import filters
+        from clipdex.library.fusion import fused_search
 
         if vector is not None and terms.count:
             raise ValueError("give vector= alone, or text=/image= terms (with not_text=/not_image=)")
@@ -72,17 +75,29 @@ class Searcher:
         index.use_gpu = self.gpu_index
         items: dict[int, Item] = {}  # the rows of the candidates re-ranked (read with their vectors)
         fetch = partial(self.store.vectors.get, items=items)
-        hits = filters.search(index, self.store, kind, query, k, filter, fetch)
+        if by != "meaning" and rank_text:
+            ranked = partial(filters.search, index, self.store, kind, query, get_vectors=fetch)
+            hits = fused_search(ranked, self.store, kind, query, k, filter, by, rank_text)
+        else:
+            hits = filters.search(index, self.store, kind, query, k, filter, fetch)
         items.update(self.store.items.get([i for i, _ in hits if i not in items]))
         linked = {}  # a caption's image, whose path a text result shows
         if kind == TEXT:
             linked = self.store.items.get(
                 [items[i].image_id for i, _ in hits if items[i].image_id is not None]
             )
-        return [
+        results = [
             _result(rank, score, kind, item_id, items[item_id], linked)
             for rank, (item_id, score) in enumerate(hits, start=1)
         ]
+        return self.with_text_read(results)
+
+    def with_text_read(self, results: list[SearchResult]) -> list[SearchResult]:
+        """``results`` with the text read in each picture (``ocr``), where there is any."""
+        from dataclasses import replace
+
+        found = self.store.texts.text([r.id for r in results if r.modality == IMAGE])
+        return [replace(r, ocr=found[r.id]) if r.id in found else r for r in results]
 
     def count(self, target: str = "images", filter: Filter | None = None) -> int:
         """How many items of ``target`` a search can return now: from the caught-up index (the same

@@ -169,7 +169,8 @@ class ItemsTable:
     # ---- filters (the SQL of `clipdex.index.filters`) -----------------------------------------
     def where(self, kind: str, filt: Filter) -> Where:
         """The SQL selecting the items of ``kind`` that ``filt`` keeps (see `where.where`)."""
-        return where(kind, filt, has_dates=self._store.has_columns("items", "taken_at"))
+        return where(kind, filt, has_dates=self._store.has_columns("items", "taken_at"),
+                     has_words=not filt.words or self._store.has_table("words"))  # fmt: skip
 
     def matching_ids(self, kind: str, filt: Filter) -> np.ndarray:
         """Ids (ascending) of the items of ``kind`` that ``filt`` keeps, scores aside."""

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from clipdex.index.filters import Filter
 
 UPGRADE = "this library's schema has no photo dates yet; run `clipdex check --repair` to upgrade"
+WORDS_UPGRADE = "this library's schema has no word index yet; run `clipdex check --repair` to upgrade"
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,16 @@ class Where:
     args: tuple
 
 
-def where(kind: str, filt: Filter, has_dates: bool) -> Where:
-    """The `Where` selecting the items of ``kind`` that ``filt`` keeps; ``has_dates``: whether the
-    schema has ``items.taken_at`` (a date condition on an older one says how to upgrade)."""
+def where(kind: str, filt: Filter, has_dates: bool, has_words: bool = True) -> Where:
+    """The `Where` selecting the items of ``kind`` that ``filt`` keeps; ``has_dates``/``has_words``:
+    whether the schema has ``items.taken_at`` and the ``words`` table (a condition on an older one
+    says how to upgrade)."""
+    from clipdex.index.store.words import match_query
+
     if (filt.after is not None or filt.before is not None) and not has_dates:
         raise ClipdexError(UPGRADE)
+    if filt.words and not has_words:
+        raise ClipdexError(WORDS_UPGRADE)
     if kind == IMAGE:
         sql, img = "FROM items x WHERE x.kind = 'image'", "x"
     else:
@@ -61,4 +67,7 @@ def where(kind: str, filt: Filter, has_dates: bool) -> Where:
     if filt.captioned is not None:
         exists = "EXISTS (SELECT 1 FROM items c WHERE c.image_id = x.id)"
         sql += " AND " + (exists if filt.captioned else "NOT " + exists)
+    for words in filt.words:  # each its own MATCH: all must hold
+        sql += " AND x.id IN (SELECT rowid FROM words WHERE words MATCH ?)"
+        args.append(match_query(words))
     return Where(sql, tuple(args))

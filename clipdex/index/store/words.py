@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import threading
 import unicodedata
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -42,7 +43,7 @@ def searchable(text: str) -> str:
 
 
 def _phrase(text: str) -> str | None:
-    words = searchable(text).split()
+    words = [w for w in searchable(text).split() if re.search(r"\w", w)]  # punctuation is no word
     return '"' + " ".join(w.replace('"', '""') for w in words) + '"' if words else None
 
 
@@ -73,7 +74,28 @@ def match_query(words: str) -> str:
             out.pop()
     if not any(t.startswith('"') for t in out):
         raise ClipdexError(f"no words to search for in {words!r}")
-    return " ".join(out)
+    query = " ".join(out)
+    _check_syntax(words, query)
+    return query
+
+
+def _check_syntax(words: str, query: str) -> None:
+    """FTS5's own parser on an empty table: a malformed query fails before any search runs."""
+    import sqlite3
+
+    global _PROBE
+    with _PROBE_LOCK:
+        if _PROBE is None:
+            _PROBE = sqlite3.connect(":memory:", check_same_thread=False)
+            _PROBE.execute("CREATE VIRTUAL TABLE w USING fts5(name, caption, ocr)")
+        try:
+            _PROBE.execute("SELECT rowid FROM w WHERE w MATCH ?", (query,)).fetchall()
+        except sqlite3.OperationalError as e:
+            raise ClipdexError(f"not a valid word query: {words!r} ({e})") from None
+
+
+_PROBE = None
+_PROBE_LOCK = threading.Lock()
 
 
 def ranking_query(text: str) -> str | None:
