@@ -120,6 +120,10 @@ def _check(folder: Path, store: Store) -> Report:
     pending = _stray_pending(store)
     if pending:
         report.add("pending", f"{len(pending)} re-embedded vectors no re-embedding will use")
+    if store.has_table("words"):
+        stale = store.words.stale()
+        if stale:
+            report.add("words", f"the word index is out of step with {stale} items")
     return report
 
 
@@ -251,6 +255,10 @@ def _repair(parts: Parts, report: Report) -> list[str]:
     if "orphan_vector_file" in kinds:
         gone = store.vector_files.remove_orphans()
         done.append(f"removed {len(gone)} unlisted files from {store.vector_files.folder}")
+    if "words" in kinds or "schema" in kinds:
+        with store.transaction():
+            n = store.words.rebuild()
+        done.append(f"rebuilt the word index ({n} items)")
     if "vector_file" in kinds:
         done.append("did not rebuild the indexes: vector files are missing or damaged (see problems)")
     elif "index" in kinds:

@@ -425,7 +425,7 @@ class Library:
         from clipdex.library.fusion import BY
 
         terms = Terms.of(text, image, not_text, not_image)
-        if words:
+        if words is not None:
             more = (words,) if isinstance(words, str) else tuple(words)
             filter = replace(filter or Filter(), words=(*(filter.words if filter else ()), *more))
         rank_text = rank_text or " ".join(terms.text) or None

@@ -44,4 +44,5 @@ def describe(parts: Parts) -> dict:
         "vector_files": {"count": len(listed), "bytes": vector_bytes},
         "runtime": parts.models.runtime_name,  # what encodes queries (clipdex.library.runtime)
         "precision": parts.models.precision,  # of the stored vectors: fp32, or int8 (ONNX Runtime)
+        "ocr": {"on": parts.store.meta.get("ocr") == "on", **parts.store.texts.counts()},
     }

@@ -26,7 +26,7 @@ READ_SIDE = 1600
 # A JPEG may decode at reduced scale down to this box when OCR needs the picture too (the CLIP
 # input is made from the same decode, so no file is decoded twice).
 OCR_DRAFT = (READ_SIDE // 2, READ_SIDE // 2)
-MIN_CONFIDENCE = 0.5
+MIN_CONFIDENCE = 0.65  # below it, RapidOCR reads round shapes as "O" and the like
 INSTALL = "reading text in pictures needs RapidOCR: pip install rapidocr-onnxruntime"
 
 

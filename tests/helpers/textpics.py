@@ -22,6 +22,21 @@ def cjk_font() -> str | None:
     return next((f for f in FONT_CANDIDATES if Path(f).exists()), None)
 
 
+def require_cjk_font() -> str:
+    """The font, or a skip (a failure with CLIPDEX_REQUIRE_FONTS=1, as `.ci/run` sets)."""
+    import os
+
+    import pytest
+
+    font = cjk_font()
+    if font is None:
+        reason = "no CJK font: apt-get install fonts-wqy-zenhei"
+        if os.environ.get("CLIPDEX_REQUIRE_FONTS", "") not in ("", "0"):
+            pytest.fail(reason + " (CLIPDEX_REQUIRE_FONTS=1)")
+        pytest.skip(reason)
+    return font
+
+
 def text_picture(path: Path, lines: list[str], size: tuple[int, int] = (640, 320), seed: int = 0) -> Path:
     """``lines`` in black on a light, slightly noisy background (a picture, not a blank page)."""
     rng = random.Random(seed)
