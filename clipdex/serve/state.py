@@ -53,7 +53,8 @@ class Served:
             raise fail(400, "target must be 'images' or 'texts'")
         return kind_of(target)
 
-    def _page(self, kind: str, k: int, offset: int, vector_of, filt: Filter | None = None) -> dict:
+    def _page(self, kind: str, k: int, offset: int, vector_of, filt: Filter | None = None,
+              by: str | None = None, rank_text: str | None = None) -> dict:  # fmt: skip
         started = time.perf_counter()
         with self.store_lock:
             available = self.lib.count(kind, filt)  # follows other writers (a new model) itself
@@ -62,7 +63,8 @@ class Served:
         if available > offset:
             vector = vector_of()  # encoded outside the store lock
             with self.store_lock:
-                hits = self.lib.search(vector=vector, k=k + offset, target=kind + "s", filter=filt)
+                hits = self.lib.search(vector=vector, k=k + offset, target=kind + "s", filter=filt, by=by,
+                                       rank_text=rank_text or None)  # fmt: skip
             results = hits[offset:]
             if len(hits) < k + offset:  # every result there is (a min_score may cut the list)
                 total = len(hits)
@@ -84,6 +86,8 @@ class Served:
         Terms are encoded one by one (texts through the batcher) and composed as the CLI does.
         """
         kind = self._kind(target)
+        if query.by == "words" and not query.q:
+            raise fail(400, "by=words ranks by the words of q: give q=TEXT")
         img = None
         if file is not None:
             try:
@@ -108,7 +112,7 @@ class Served:
             except QueryError as e:  # the terms cancel out: the request's fault
                 raise fail(400, str(e)) from None
 
-        return self._page(kind, k, offset, encode, query.filter)
+        return self._page(kind, k, offset, encode, query.filter, query.by, query.q)
 
     def similar(self, item_id: int, k: int) -> dict:
         started = time.perf_counter()
@@ -129,6 +133,7 @@ class Served:
         with self.store_lock:
             rec = self._record(item_id)
             captions = self.lib.captions(item_id) if rec["kind"] == "image" else []
+            lines = self.lib.text_lines(item_id) if rec["kind"] == "image" else []
             linked = self.lib.item(rec["image_id"]) if rec["image_id"] is not None else None
         out: dict[str, Any] = {
             "id": rec["id"],
@@ -142,6 +147,9 @@ class Served:
         if rec["kind"] == "image":
             out.update(_dimensions(rec["path"]))
             out["captions"] = [{"id": i, "text": t} for i, t in captions]
+            if lines:  # the text read in the picture, and each line with its box (fractions)
+                out["ocr"] = "\n".join(line.text for line in lines)
+                out["lines"] = [line.as_dict() for line in lines]
             out["thumbnail"] = f"/api/items/{item_id}/thumbnail"
             out["file"] = f"/api/items/{item_id}/file"
         else:
@@ -227,24 +235,31 @@ class QueryOptions:
     nots: list[str] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
     filter: Filter | None = None
+    by: str | None = None
 
     @classmethod
     def parse(
         cls, q: str | None, nots: list[str], weights: list[float], under: list[str], after: str | None,
-        before: str | None, min_score: float | None, captioned: bool | None,
+        before: str | None, min_score: float | None, captioned: bool | None, words: list[str] | None = None,
+        by: str | None = None,
     ) -> QueryOptions:  # fmt: skip
+        from clipdex.errors import ClipdexError
+        from clipdex.library.fusion import BY
+
         nots = [n.strip() for n in nots]
         if any(not n for n in nots):
             raise fail(400, "empty `not` term")
+        if by is not None and by not in BY:
+            raise fail(400, f"by must be one of {', '.join(BY)}")
         try:
             filt = Filter(
                 under=[u for u in under if u], after=after or None, before=before or None,
-                min_score=min_score, captioned=captioned,
+                min_score=min_score, captioned=captioned, words=[w for w in words or [] if w.strip()],
             )  # fmt: skip
-        except ValueError as e:
+        except (ValueError, ClipdexError) as e:
             raise fail(400, str(e)) from None
         active = filt.restricts_items or filt.min_score is not None
-        return cls((q or "").strip(), nots, weights, filt if active else None)
+        return cls((q or "").strip(), nots, weights, filt if active else None, by)
 
 
 def _result(r) -> dict:

@@ -29,12 +29,23 @@ def search_text(
     before: str | None = Query(None, description="Taken before (ISO 8601)."),
     min_score: float | None = Query(None, description="Only results scoring at least this."),
     captioned: bool | None = Query(None, description="Only images with (true) or without captions."),
+    words: list[str] = Query(
+        [],
+        description="Only items whose read text, caption or file name match "
+        "(FTS5 syntax; repeatable: all must). Alone, also the query.",
+    ),
+    by: str | None = Query(
+        None, description="meaning, words (BM25) or both (RRF); default: both in a library that reads text."
+    ),
 ) -> dict:
     """Text -> images (or texts): `q` minus the `not` texts, with optional filters."""
     check_page(k, offset)
+    words = [w for w in words if w.strip()]
+    if not q.strip() and words:  # the words alone are the query too, ranked by them
+        q, by = " ".join(words), by or "words"
     if not q.strip():
         raise fail(400, "empty query: give q=TEXT")
-    query = QueryOptions.parse(q, not_, weights, under, after, before, min_score, captioned)
+    query = QueryOptions.parse(q, not_, weights, under, after, before, min_score, captioned, words, by)
     return served(request).search(query, k, offset, target)
 
 
@@ -64,7 +75,8 @@ async def search_image(request: Request) -> dict:
     query = QueryOptions.parse(
         str(form.get("q") or ""), [str(n) for n in form.getlist("not")], weights,
         [str(u) for u in form.getlist("under")], str(form.get("after") or ""),
-        str(form.get("before") or ""), min_score, captioned,
+        str(form.get("before") or ""), min_score, captioned, [str(w) for w in form.getlist("words")],
+        str(form.get("by")) if form.get("by") else None,
     )  # fmt: skip
     upload = form.get("image")
     if upload is None or isinstance(upload, str):
