@@ -11,8 +11,8 @@ const els = {
 // The current query: {kind: "text", q} | {kind: "image", file} | {kind: "similar", id, label}
 let query = null;
 let target = "images";
-// Filters of text and image queries (the API's `not`, `under`, `after`, `before`, `min_score`, `captioned`)
-const NO_FILTERS = { not: [], under: [], after: "", before: "", min_score: "", captioned: "" };
+// Filters of text and image queries (the API's `not`, `under`, `words`, `after`, `before`, `min_score`, `captioned`)
+const NO_FILTERS = { not: [], under: [], words: [], after: "", before: "", min_score: "", captioned: "" };
 let filters = { ...NO_FILTERS };
 let results = [];
 let total = 0;
@@ -73,14 +73,14 @@ function login() {
 
 // ---- filters ------------------------------------------------------------------------------------
 const fields = {
-  not: $("f-not"), under: $("f-under"), after: $("f-after"), before: $("f-before"),
+  not: $("f-not"), under: $("f-under"), words: $("f-words"), after: $("f-after"), before: $("f-before"),
   min_score: $("f-min-score"), captioned: $("f-captioned"),
 };
 const split = (text, sep) => text.split(sep).map((t) => t.trim()).filter(Boolean);
 
 function readFilters() {
   return {
-    not: split(fields.not.value, ","), under: split(fields.under.value, ";"),
+    not: split(fields.not.value, ","), under: split(fields.under.value, ";"), words: split(fields.words.value, ","),
     after: fields.after.value, before: fields.before.value,
     min_score: fields.min_score.value.trim(), captioned: fields.captioned.value,
   };
@@ -89,6 +89,7 @@ function readFilters() {
 function showFilters() {
   fields.not.value = filters.not.join(", ");
   fields.under.value = filters.under.join("; ");
+  fields.words.value = filters.words.join(", ");
   for (const name of ["after", "before", "min_score", "captioned"]) fields[name].value = filters[name];
   const active = Object.values(filters).filter((v) => v.length).length;
   $("filter-count").textContent = active ? ` (${active})` : "";
@@ -97,7 +98,7 @@ function showFilters() {
 
 // Append the filters to URLSearchParams or FormData (both have `append`).
 function addFilters(params) {
-  for (const name of ["not", "under"]) for (const v of filters[name]) params.append(name, v);
+  for (const name of ["not", "under", "words"]) for (const v of filters[name]) params.append(name, v);
   for (const name of ["after", "before", "min_score", "captioned"]) if (filters[name]) params.append(name, filters[name]);
   return params;
 }
@@ -106,6 +107,7 @@ function filtersFrom(params) {
   const date = (v) => (/^\d{4}-\d{2}-\d{2}$/.test(v || "") ? v : "");
   return {
     not: params.getAll("not").filter(Boolean), under: params.getAll("under").filter(Boolean),
+    words: params.getAll("words").filter(Boolean),
     after: date(params.get("after")), before: date(params.get("before")),
     min_score: Number.isFinite(parseFloat(params.get("min_score"))) ? params.get("min_score") : "",
     captioned: ["true", "false"].includes(params.get("captioned")) ? params.get("captioned") : "",
@@ -129,7 +131,8 @@ function fromUrl() {
   document.querySelector(`input[name=target][value=${target}]`).checked = true;
   filters = filtersFrom(params);
   showFilters();
-  if (params.get("q")) return { kind: "text", q: params.get("q") };
+  // Words alone are a query too: the server ranks the pictures holding them.
+  if (params.get("q") || filters.words.length) return { kind: "text", q: params.get("q") || "" };
   if (/^\d+$/.test(params.get("similar") || "")) return { kind: "similar", id: params.get("similar") };
   return null;
 }
@@ -247,6 +250,47 @@ function card(r, index) {
 }
 
 // ---- the large view -------------------------------------------------------------------------
+// The words to highlight in the text read in a picture: the words filter's and the query's.
+function matchTerms() {
+  const split = (text) => text.replace(/"|\*|\b(AND|OR|NOT|NEAR)\b|\w+:/g, " ").split(/\s+/).filter(Boolean);
+  // The query's short Latin words ("a", "of") would light up half of every line: left out.
+  const asked = query && query.kind === "text" ? split(query.q).filter((t) => t.length >= 3 || /[^\x00-\x7f]/.test(t)) : [];
+  return [...new Set(split(filters.words.join(" ")).concat(asked).map((t) => t.toLowerCase()))];
+}
+
+// Lines with the matched words marked, and each line's box drawn over the picture.
+function showTextRead(lines) {
+  const terms = matchTerms();
+  $("ocr-title").hidden = lines.length === 0;
+  const svg = $("ocr-boxes");
+  for (const line of lines) {
+    const li = document.createElement("li");
+    const lower = line.text.toLowerCase();
+    let at = 0;
+    let matched = false;
+    while (at < line.text.length) {  // the earliest match of any term from here, marked
+      let best = null;
+      for (const t of terms) {
+        const i = lower.indexOf(t, at);
+        if (i >= 0 && (best === null || i < best[0])) best = [i, t.length];
+      }
+      if (best === null) break;
+      li.append(line.text.slice(at, best[0]));
+      const mark = document.createElement("mark");
+      mark.textContent = line.text.slice(best[0], best[0] + best[1]);
+      li.append(mark);
+      matched = true;
+      at = best[0] + best[1];
+    }
+    li.append(line.text.slice(at));
+    $("viewer-ocr").append(li);
+    const polygon = document.createElementNS("http://www.w3.org/2000/svg", "polygon");
+    polygon.setAttribute("points", line.box.map(([x, y]) => `${x},${y}`).join(" "));
+    if (matched) polygon.classList.add("match");
+    svg.append(polygon);
+  }
+}
+
 async function openHit(index) {
   if (index < 0 || index >= results.length) return;
   current = index;
@@ -255,6 +299,9 @@ async function openHit(index) {
   $("viewer-title").textContent = r.modality === "image" ? basename(r.path) : r.text;
   $("viewer-meta").replaceChildren();
   $("viewer-captions").replaceChildren();
+  $("viewer-ocr").replaceChildren();
+  $("ocr-boxes").replaceChildren();
+  $("ocr-title").hidden = true;
   $("viewer-img").removeAttribute("src");
   showExplain(false);
   $("explain-btn").dataset.id = ""; // set again once the item is known (the button keeps any focus)
@@ -287,6 +334,7 @@ async function openHit(index) {
       const li = document.createElement("li"); li.textContent = c.text;
       $("viewer-captions").append(li);
     }
+    showTextRead(item.lines || []);
     $("similar-btn").dataset.id = item.id;
     // The heat map needs an image and a text to explain: the current text query.
     const explain = $("explain-btn");
@@ -347,7 +395,8 @@ els.form.addEventListener("submit", (event) => {
   const q = els.q.value.trim();
   filters = readFilters();
   showFilters();
-  go(q ? { kind: "text", q } : query && query.kind === "image" ? query : null);
+  const image = query && query.kind === "image" ? query : null;
+  go(q || (!image && filters.words.length) ? { kind: "text", q } : image);
 });
 document.querySelectorAll("input[name=target]").forEach((radio) => radio.addEventListener("change", () => {
   target = radio.value;
