@@ -163,8 +163,9 @@ class WordsTable:
             "SELECT count(*) FROM items WHERE id NOT IN (SELECT rowid FROM words)"
             " AND id NOT IN (SELECT id FROM words_dirty)"
         ).fetchone()[0]
-        extra = conn.execute(
+        extra = conn.execute(  # a dirty id is not stale: its document is rewritten at the next commit
             "SELECT count(*) FROM words WHERE rowid NOT IN (SELECT id FROM items)"
+            " AND rowid NOT IN (SELECT id FROM words_dirty)"
         ).fetchone()[0]
         return missing + extra
 
