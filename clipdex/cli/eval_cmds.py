@@ -27,7 +27,13 @@ def _library_model(state) -> str | None:
 
 
 @click.command("eval")
-@click.argument("pairs", type=click.Path(exists=True))
+@click.argument("pairs", type=click.Path(exists=True), required=False)
+@click.option(
+    "--captions-from",
+    type=click.Choice(["sidecars", "ocr", "all"]),
+    default=None,
+    help="Instead of PAIRS: the library's sidecar captions, its text read (index --ocr), or all.",
+)
 @click.option("--model", "models", multiple=True,
               help="A model to compare (repeatable): ARCH@TAG, hf-hub:ORG/REPO, local-dir:PATH or a "
                    "model dir. Default: the library's model (or the default model).")  # fmt: skip
@@ -35,7 +41,7 @@ def _library_model(state) -> str | None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @json_option
 @pass_state
-def eval_cmd(state, pairs, models, device, batch_size, as_json):
+def eval_cmd(state, pairs, captions_from, models, device, batch_size, as_json):
     """Compare models on your own image–caption PAIRS before indexing with one.
 
     PAIRS is read like `clipdex finetune` reads it (.csv/.tsv/.jsonl with `image` and `caption`
@@ -49,8 +55,15 @@ def eval_cmd(state, pairs, models, device, batch_size, as_json):
       clipdex eval captions.csv
       clipdex eval ~/Pictures/captioned --model ViT-B-32@laion2b_s34b_b79k --model ViT-B-16@dfn2b
       clipdex eval captions.csv --model ./my-finetuned-model --json
+      clipdex eval --captions-from ocr --model ViT-B-32@laion2b_s34b_b79k   # on your screenshots
     """
     from clipdex import evaluate
+
+    if (pairs is None) == (captions_from is None):
+        raise click.UsageError("give PAIRS or --captions-from (the library's own captions)")
+    if captions_from is not None:
+        with state.open() as lib:
+            pairs = lib.caption_pairs(captions_from)
 
     chosen = list(models) or [_library_model(state)]
     results = evaluate(pairs, chosen, device=device, batch_size=batch_size, problem=problem)

@@ -25,6 +25,9 @@ from clipdex.cli.common import (
               show_default=True, help="Share of unique images held out to choose the epoch.")  # fmt: skip
 @click.option("--test-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.1, show_default=True,
               help="Share of unique images held out to report before/after on (0: none).")  # fmt: skip
+@click.option("--captions-from", type=click.Choice(["sidecars", "ocr", "all"]), default=None,
+              help="Without PAIRS: the library's sidecar captions (default), the text read in its "
+                   "pictures (index --ocr), or all.")  # fmt: skip
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
               help="Pairs per contrastive batch (every other pair in it is a negative).")  # fmt: skip
@@ -57,9 +60,9 @@ from clipdex.cli.common import (
 @json_option
 @quiet_option
 @pass_state
-def finetune_cmd(state, pairs, val_pairs, val_fraction, test_fraction, epochs, batch_size, lr, weight_decay,
-                 warmup, accum_steps, lock_image, lock_text, unlock_last, patience, wise, seed, out, apply,
-                 device, cache_mb, grad_checkpointing, drop_unembeddable, runtime, as_json,
+def finetune_cmd(state, pairs, val_pairs, val_fraction, test_fraction, captions_from, epochs, batch_size, lr,
+                 weight_decay, warmup, accum_steps, lock_image, lock_text, unlock_last, patience, wise, seed,
+                 out, apply, device, cache_mb, grad_checkpointing, drop_unembeddable, runtime, as_json,
                  quiet):  # fmt: skip
     """Fine-tune the library's model on image–caption PAIRS and report held-out recall.
 
@@ -76,8 +79,12 @@ def finetune_cmd(state, pairs, val_pairs, val_fraction, test_fraction, epochs, b
       clipdex finetune captions.csv --epochs 5
       clipdex finetune ~/Pictures/captioned --lock-image --unlock-last 2 --apply
       clipdex finetune train.jsonl --val val.jsonl --wise 0.5 --json
+      clipdex finetune --captions-from ocr --apply   # screenshots teach it their words
     """
     from clipdex.library import FinetuneConfig
+
+    if pairs is not None and captions_from is not None:
+        raise click.UsageError("--captions-from chooses the library's own captions: give it or PAIRS")
 
     cfg = FinetuneConfig(
         epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
@@ -99,7 +106,7 @@ def finetune_cmd(state, pairs, val_pairs, val_fraction, test_fraction, epochs, b
         result = lib.finetune(
             pairs, val=val_pairs, val_fraction=val_fraction, test_fraction=test_fraction, config=cfg,
             out=out, apply=apply, drop_unembeddable=drop_unembeddable, progress=epoch_line,
-            problem=problem, on_start=on_start, on_step=on_step,
+            problem=problem, on_start=on_start, on_step=on_step, captions_from=captions_from or "sidecars",
         )  # fmt: skip
     if result.report_split == "val":
         info("note: too few images for a separate test split; before/after are measured on the "

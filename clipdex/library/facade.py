@@ -311,7 +311,8 @@ class Library:
         `FinetuneConfig`), ``out`` (default ``LIBRARY/models/finetune-…``), ``apply`` (make it the
         library's model and re-embed; ``drop_unembeddable`` as in `use_model`), and callbacks:
         ``progress`` (each epoch's figures), ``on_step`` (step, total, {epoch, loss, lr}),
-        ``on_start`` and ``problem``.
+        ``on_start`` and ``problem``. ``captions_from`` (without ``pairs``): "sidecars" (default),
+        "ocr" (the text read in the pictures) or "all".
         """
         from clipdex.library.finetuning import finetune_library
 
@@ -443,6 +444,13 @@ class Library:
         from clipdex.library.indexing import OCR_KEY
 
         return self.store.meta.get(OCR_KEY) == "on"
+
+    def caption_pairs(self, captions_from: str = "sidecars") -> list[tuple[str, str]]:
+        """The library's (image path, caption) pairs: sidecar captions, text read (``"ocr"``) or
+        ``"all"``; what ``finetune`` trains on without PAIRS, and ``evaluate`` can measure."""
+        from clipdex.library.finetuning import library_pairs
+
+        return library_pairs(self.parts, captions_from)
 
     def text_lines(self, item_id: int) -> list[TextLine]:
         """The lines of text read in picture ``item_id`` (reading order, boxes, confidence)."""

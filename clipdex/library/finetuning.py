@@ -30,6 +30,27 @@ def new_model_dir(parent: Path) -> Path:
     return path
 
 
+CAPTION_SOURCES = ("sidecars", "ocr", "all")
+
+
+def library_pairs(parts: Parts, captions_from: str = "sidecars") -> list[tuple[str, str]]:
+    """The library's own (image, caption) pairs: its sidecar captions, the text read in its
+    pictures (``index --ocr``: a screenshot's words teach the model their vocabulary), or both."""
+    if captions_from not in CAPTION_SOURCES:
+        raise ValueError(f"captions_from must be one of {', '.join(CAPTION_SOURCES)}, not {captions_from!r}")
+    found: list[tuple[bytes, str]] = []
+    if captions_from in ("sidecars", "all"):
+        found += parts.store.items.caption_pairs()
+    if captions_from in ("ocr", "all"):
+        found += parts.store.texts.pairs()
+    if not found:
+        what = {"sidecars": "captioned images (sidecar .txt files)",
+                "ocr": "pictures with text read in them (`clipdex index FOLDER --ocr` reads it)",
+                "all": "captioned images nor pictures with text read in them"}[captions_from]  # fmt: skip
+        raise ClipdexError(f"the library at {parts.path} has no {what}; give PAIRS")
+    return [(os.fsdecode(p), t) for p, t in found]
+
+
 def finetune_library(
     parts: Parts,
     pairs: PairsArg = None,
@@ -43,18 +64,14 @@ def finetune_library(
     problem: Callable[[str, str], None] | None = None,
     on_start: Callable[[str, int, int, int], None] | None = None,
     on_step: Callable[[int, int, dict[str, Any]], None] | None = None,
+    captions_from: str = "sidecars",
 ) -> FinetuneResult:
     """See `Library.finetune`."""
     from clipdex.retrieval.training.finetune import FinetuneConfig, finetune
 
     cfg = config or FinetuneConfig()
     if pairs is None:
-        captioned = [(os.fsdecode(p), t) for p, t in parts.store.items.caption_pairs()]
-        train, empty = coerce_pairs(captioned)
-        if not train:
-            raise ClipdexError(
-                f"the library at {parts.path} has no captioned images (sidecar .txt files); give PAIRS"
-            )
+        train, empty = coerce_pairs(library_pairs(parts, captions_from))
     else:
         train, empty = coerce_pairs(pairs)
     if val is not None:

@@ -98,6 +98,18 @@ class TextLinesTable:
         """The text of each of ``ids`` that has any: its lines joined by newlines."""
         return {i: "\n".join(line.text for line in lines) for i, lines in self.lines(ids, source).items()}
 
+    def pairs(self, source: str = OCR) -> list[tuple[bytes, str]]:
+        """(image path, its text read as one line) for every picture with text, by id."""
+        if not self.available:
+            return []
+        rows = self._store.conn.execute(
+            "SELECT i.path, group_concat(l.text, ' ') FROM (SELECT * FROM text_lines WHERE source = ?"
+            " ORDER BY item_id, ord) l JOIN items i ON i.id = l.item_id WHERE i.path IS NOT NULL"
+            " GROUP BY l.item_id ORDER BY l.item_id",
+            (source,),
+        )
+        return [(bytes(p), t) for p, t in rows if t and t.strip()]
+
     def counts(self, source: str = OCR) -> dict[str, int]:
         """For ``info``: pictures read, with text, failed; lines stored."""
         if not self.available:
