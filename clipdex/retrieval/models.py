@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from clipdex.errors import ModelError
+from clipdex.retrieval import hf_text
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
@@ -203,12 +204,18 @@ def load_model(spec: ModelSpec, device: str = "auto") -> LoadedModel:
     open_clip = _open_clip()
     if spec.local_dir is not None and not (spec.local_dir / CONFIG_NAME).is_file():
         raise ModelError(f"model directory {spec.local_dir} is missing or has no {CONFIG_NAME}")
-    _check_reachable_or_cached(spec)
+    model_cfg = _model_config(spec)
+    if spec.local_dir is not None and model_cfg is not None:
+        hf_text.check_local_dir(spec.local_dir, model_cfg)
+    elif hf_text.hf_names(model_cfg):
+        hf_text.require_transformers()
+    _check_reachable_or_cached(spec, model_cfg)
     try:
         with quiet_logging(), skip_random_init() if _has_weights(spec) else nullcontext():
             model, _, val_pp = open_clip.create_model_and_transforms(
-                spec.name, pretrained=spec.pretrained, device=device
-            )
+                spec.name, pretrained=spec.pretrained, device=device,
+                **hf_text.load_kwargs(spec.local_dir, model_cfg),
+            )  # fmt: skip
             tokenizer = open_clip.get_tokenizer(spec.name)
     except ModelError:
         raise
@@ -229,6 +236,18 @@ def load_model(spec: ModelSpec, device: str = "auto") -> LoadedModel:
         embed_dim=_embed_dim(model),
         image_size=size,
     )
+
+
+def _model_config(spec: ModelSpec) -> dict | None:
+    """The model config open_clip will build from, where it can be read without a download."""
+    if spec.local_dir is not None:
+        try:
+            return read_local_config(spec.local_dir).get("model_cfg")
+        except (OSError, ValueError):
+            return None  # open_clip says what is wrong with it
+    if spec.name.startswith(HF_HUB):
+        return None
+    return _open_clip().get_model_config(spec.name)
 
 
 def _embed_dim(model: Any) -> int:
@@ -265,20 +284,25 @@ def _offline(host: str = "huggingface.co") -> bool:
         socket.setdefaulttimeout(None)
 
 
-def _check_reachable_or_cached(spec: ModelSpec) -> None:
-    """Fail fast with one line when weights must be downloaded but the hub is unreachable.
+def _check_reachable_or_cached(spec: ModelSpec, model_cfg: dict | None = None) -> None:
+    """Fail fast with one line when weights (or a Hugging Face text tower's config and tokenizer)
+    must be downloaded but the hub is unreachable.
 
     Without this, huggingface_hub retries for most of a minute before giving up.
     """
-    if spec.local_dir is not None:
-        return
-    if spec.pretrained and os.path.isfile(spec.pretrained):
-        return
-    if _is_cached(spec) or not _offline():
-        return
-    raise ModelError(
-        f"model {spec} is not in the local cache and the model hub is unreachable; {OFFLINE_HINT}"
-    )
+    weights = spec.local_dir is not None or (spec.pretrained and os.path.isfile(spec.pretrained))
+    if not weights and not _is_cached(spec) and _offline():
+        raise ModelError(
+            f"model {spec} is not in the local cache and the model hub is unreachable; {OFFLINE_HINT}"
+        )
+    missing = hf_text.missing_hub_files(model_cfg)
+    if missing and _offline():
+        repos = ", ".join(missing)
+        raise ModelError(
+            f"model {spec} needs the text tower's config and tokenizer of {repos} from Hugging Face, not "
+            f"in the local cache, and the hub is unreachable; download once online "
+            f"(`huggingface-cli download {missing[0]}`) or use a local-dir model"
+        )
 
 
 def _is_cached(spec: ModelSpec) -> bool:
@@ -301,8 +325,14 @@ def _is_cached(spec: ModelSpec) -> bool:
     return False
 
 
-def save_local_dir(model: Any, model_cfg: dict, preprocess_cfg: dict, out: str | Path) -> Path:
-    """Write ``model`` in open_clip's local-dir format, atomically (temp dir, then rename)."""
+def save_local_dir(
+    model: Any, model_cfg: dict, preprocess_cfg: dict, out: str | Path, tokenizer: Any = None
+) -> Path:
+    """Write ``model`` in open_clip's local-dir format, atomically (temp dir, then rename).
+
+    A Hugging Face text tower's config and ``tokenizer`` (the model's open_clip tokenizer) are
+    written into the folder too, so it is self-contained.
+    """
     from safetensors.torch import save_file
 
     out = Path(out).expanduser().resolve()
@@ -314,10 +344,15 @@ def save_local_dir(model: Any, model_cfg: dict, preprocess_cfg: dict, out: str |
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME))
+        if hf_text.is_hf_tower(model):
+            if tokenizer is None:
+                raise ModelError("saving a model with a Hugging Face text tower needs its tokenizer")
+            model_cfg = hf_text.write_text_files(model, tokenizer, tmp, model_cfg)
         config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model dir is an ordinary folder
-        os.chmod(tmp / WEIGHTS_NAME, 0o644)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -332,51 +367,8 @@ def read_local_config(path: str | Path) -> dict:
     return json.loads((Path(path) / CONFIG_NAME).read_text(encoding="utf-8"))
 
 
-def init_model(arch_or_json: str, out: str | Path, seed: int = 0) -> Path:
-    """Create a randomly initialised model (fixed seed) in local-dir format.
+def init_model(arch_or_json: str, out: str | Path, seed: int = 0, **text_tower: Any) -> Path:
+    """A randomly initialised model in local-dir format (see `clipdex.retrieval.model_init`)."""
+    from clipdex.retrieval.model_init import init_model as _init
 
-    ``arch_or_json`` is an open_clip architecture name, or a JSON file holding either a bare
-    model config or ``{"model_cfg": …, "preprocess_cfg": …}``.
-    """
-    import torch
-
-    if Path(out).expanduser().exists() and any(Path(out).expanduser().iterdir()):
-        raise ModelError(f"{out} already exists and is not empty; choose another --out")
-    open_clip = _open_clip()
-    preprocess_cfg: dict = {}
-    if arch_or_json.endswith(".json") or os.path.isfile(arch_or_json):
-        try:
-            cfg = json.loads(Path(arch_or_json).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise ModelError(f"cannot read model config {arch_or_json}: {e}") from e
-        if "model_cfg" in cfg:
-            preprocess_cfg = dict(cfg.get("preprocess_cfg") or {})
-            cfg = cfg["model_cfg"]
-        if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "text_cfg" not in cfg:
-            raise ModelError(f"{arch_or_json}: a model config needs 'embed_dim', 'vision_cfg' and 'text_cfg'")
-        model_cfg = cfg
-    else:
-        model_cfg = open_clip.get_model_config(arch_or_json.replace("/", "-"))
-        if model_cfg is None:
-            raise ModelError(f"unknown architecture '{arch_or_json}' (see open_clip.list_models())")
-    torch.manual_seed(seed)
-    cfg_dir = _write_cfg_only(model_cfg, preprocess_cfg)
-    try:
-        with quiet_logging():
-            model = open_clip.create_model(LOCAL_DIR + cfg_dir, pretrained=None, load_weights=False)
-    except Exception as e:
-        raise ModelError(f"cannot build model from config: {e}") from e
-    finally:
-        shutil.rmtree(cfg_dir, ignore_errors=True)
-    full_pp = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
-    full_pp.update(preprocess_cfg)
-    return save_local_dir(model, model_cfg, full_pp, out)
-
-
-def _write_cfg_only(model_cfg: dict, preprocess_cfg: dict) -> str:
-    # open_clip builds from a local-dir config; a weightless temp dir gives a random init
-    # through the very code path that later loads the saved weights.
-    tmp = tempfile.mkdtemp(prefix="clipdex-cfg-")
-    cfg = {"model_cfg": json.loads(json.dumps(model_cfg)), "preprocess_cfg": preprocess_cfg}
-    Path(tmp, CONFIG_NAME).write_text(json.dumps(cfg), encoding="utf-8")
-    return tmp
+    return _init(arch_or_json, out, seed=seed, **text_tower)
