@@ -9,7 +9,6 @@ randomly initialised by open_clip's own factory with a fixed seed.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -27,8 +26,9 @@ TEXT_CFG = {"hf_pooler_type": "mean_pooler", "hf_proj_type": "mlp"}  # as xlm-ro
 
 _COLOURS = [("red", "红色"), ("green", "绿色"), ("blue", "蓝色"), ("yellow", "黄色"), ("purple", "紫色"),
             ("orange", "橙色"), ("white", "白色"), ("black", "黑色"), ("gray", "灰色")]  # fmt: skip
-_THINGS = [("dog", "狗"), ("cat", "猫"), ("circle", "圆形"), ("square", "正方形"), ("triangle", "三角形"),
-           ("cross", "十字"), ("car", "汽车"), ("flower", "花"), ("bird", "鸟"), ("mountain", "山")]  # fmt: skip
+_THINGS = [("dog", "狗"), ("cat", "猫"), ("circle", "圆形"), ("square", "正方形"),
+           ("triangle", "三角形"), ("cross", "十字"), ("car", "汽车"), ("flower", "花"), ("bird", "鸟"),
+           ("mountain", "山")]  # fmt: skip
 _PLACES = [("on the beach", "在海边"), ("on the left", "在左边"), ("on the right", "在右边"),
            ("at the top", "在上方"), ("at the bottom", "在下方"), ("in the center", "在中间"),
            ("in the snow", "在雪地里"), ("at night", "在夜里"), ("in the city", "在城市里")]  # fmt: skip
@@ -106,7 +106,9 @@ def load_given_tokenizer(path: str | Path) -> Any:
     except Exception as e:
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise ModelError(f"cannot read the tokenizer {path}: {first}") from e
-    raise ModelError(f"tokenizer not found: {path} (give a tokenizer.json file or a folder of tokenizer files)")
+    raise ModelError(
+        f"tokenizer not found: {path} (give a tokenizer.json file or a folder of tokenizer files)"
+    )
 
 
 def read_corpus(path: str | Path) -> list[str]:
@@ -146,4 +148,7 @@ def write_text_tower(
     text_cfg = {"hf_model_name": SELF, "hf_tokenizer_name": SELF, **TEXT_CFG, "context_length": context}
     text_cfg.update({k: v for k, v in old_text.items() if k.startswith("hf_") and k in TEXT_CFG})
     assert (folder / HF_CONFIG).is_file()
-    return {**{k: v for k, v in model_cfg.items() if k not in ("text_cfg", "custom_text")}, "text_cfg": text_cfg}
+    return {
+        **{k: v for k, v in model_cfg.items() if k not in ("text_cfg", "custom_text")},
+        "text_cfg": text_cfg,
+    }

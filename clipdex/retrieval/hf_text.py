@@ -174,3 +174,13 @@ def tokenizer_record(tokenizer: Any) -> dict:
                 "context_length": context, "sha256": digest}  # fmt: skip
     vocab = getattr(tokenizer, "vocab_size", None) or len(getattr(tokenizer, "encoder", {}) or {})
     return {"kind": type(tokenizer).__name__, "vocab_size": int(vocab or 0), "context_length": context}
+
+
+def encoder_tokenizer_record(enc: Any) -> str:
+    """`tokenizer_record` (as JSON, for the library's meta table) of an Encoder's model: a torch
+    encoder's own tokenizer, or what an ONNX graph folder recorded at export."""
+    lm = getattr(enc, "lm", None)
+    if lm is not None:
+        return json.dumps(tokenizer_record(lm.tokenizer), sort_keys=True)
+    record = (getattr(enc, "manifest", None) or {}).get("tokenizer_record")
+    return json.dumps(record, sort_keys=True) if record else ""

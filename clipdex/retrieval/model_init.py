@@ -65,7 +65,9 @@ def init_model(
         except ModelError:
             raise
         except Exception as e:
-            raise ModelError(f"cannot build model from config: {str(e).splitlines()[0] if str(e) else e}") from e
+            raise ModelError(
+                f"cannot build model from config: {str(e).splitlines()[0] if str(e) else e}"
+            ) from e
         full_pp = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
         full_pp.update(preprocess_cfg)
         return save_local_dir(model, model_cfg, full_pp, out, tokenizer=hf_tok)
@@ -88,7 +90,9 @@ def _read_config(arch_or_json: str, need_text: bool) -> tuple[dict, dict, dict |
         if "model_cfg" in cfg:
             preprocess_cfg = dict(cfg.get("preprocess_cfg") or {})
             cfg = cfg["model_cfg"]
-            text_config = _pop_text_config(cfg) if isinstance(cfg, dict) and text_config is None else text_config
+            text_config = (
+                _pop_text_config(cfg) if isinstance(cfg, dict) and text_config is None else text_config
+            )
         needed = ("vision_cfg", "text_cfg") if need_text else ("vision_cfg",)
         if not isinstance(cfg, dict) or any(k not in cfg for k in needed):
             raise ModelError(f"{arch_or_json}: a model config needs 'embed_dim', 'vision_cfg' and 'text_cfg'")
