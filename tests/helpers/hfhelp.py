@@ -26,7 +26,6 @@ def tiny_hf_model(root: Path, name: str = "tiny-hf", seed: int = 0, **kw) -> Pat
     return init_model(str(cfg), root / name, seed=seed, text_tower="hf", **kw)
 
 
-
 # Chinese, emoji and mixed texts: what the multilingual path must encode exactly as open_clip does
 TEXTS = ["海边奔跑的狗", "🐶🏖️🌸", "a dog 在海边 running 🐶", "东京の夜景 & 한국어", "", "狗 " * 40,
          "Naïve CAFÉ — déjà vu", "<s></s><pad> [SEP]", "  tabs\tand\nnew   lines  "]  # fmt: skip

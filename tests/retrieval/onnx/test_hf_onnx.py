@@ -47,7 +47,9 @@ def test_export_agrees_with_torch_and_records_the_tokenizer(hf_exported, hf_lm) 
 
     folder, manifest = hf_exported
     assert manifest["tokenizer"]["kind"] == "hf-tokenizers"
-    assert manifest["tokenizer_record"]["kind"] == "hf" and manifest["tokenizer_record"]["context_length"] == 32
+    assert (
+        manifest["tokenizer_record"]["kind"] == "hf" and manifest["tokenizer_record"]["context_length"] == 32
+    )
     assert min(manifest["fp32_min_cosine"].values()) >= 0.99999
     cos = np.sum(OnnxEncoder(folder).encode_texts(TEXTS) * encode_texts(hf_lm, TEXTS), axis=1)
     assert cos.min() >= 0.99999, cos
