@@ -1,7 +1,8 @@
 """`model init --text-tower hf`: a small transformer text tower and its tokenizer, made offline.
 
-The tokenizer is trained with the ``tokenizers`` library (a Unigram model as XLM-R's SentencePiece,
-NFKC normalisation, ``<s> … </s>`` around each text) on a corpus the user gives or on a small
+The tokenizer is trained with the ``tokenizers`` library (BPE on "▁"-marked words as SentencePiece
+writes them, each CJK character a word of its own as multilingual BERT splits them, NFKC, XLM-R's
+special tokens and ``<s> … </s>`` around each text) on a corpus the user gives or on a small
 built-in multilingual one, or it is copied from one the user hands over (a ``tokenizer.json`` or a
 folder of tokenizer files). The transformer is an XLM-RoBERTa configuration sized by the caller,
 randomly initialised by open_clip's own factory with a fixed seed.
@@ -16,6 +17,8 @@ from typing import Any
 from clipdex.errors import ModelError
 from clipdex.retrieval.hf_text import HF_CONFIG, SELF, require_transformers, save_tokenizer
 
+# CJK ideographs (with extension A and compatibility forms), kana and hangul syllables
+CJK = "[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af]"
 SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")  # XLM-R's order: ids 0..4
 DEFAULT_VOCAB = 8000
 # A small transformer: seconds to build, trainable on a CPU. Any key of the transformers config
@@ -54,14 +57,29 @@ def builtin_corpus() -> list[str]:
 
 
 def train_tokenizer(corpus: Iterable[str], vocab_size: int = DEFAULT_VOCAB) -> Any:
-    """A ``tokenizers.Tokenizer`` trained on ``corpus`` (XLM-R style: Unigram, NFKC, ``<s> … </s>``)."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """A ``tokenizers.Tokenizer`` trained on ``corpus`` (see the module's docstring)."""
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
 
-    tok = Tokenizer(models.Unigram())
+    # BPE, not SentencePiece's Unigram as XLM-R: the Unigram trainer here is not reproducible
+    # (scores and ties vary from run to run), and a fixed seed must give the same model
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.normalizer = normalizers.NFKC()
-    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    # without spaces between Chinese words, BPE would learn whole captions as single tokens
+    cjk = Regex(CJK)
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Metaspace(), pre_tokenizers.Split(cjk, behavior="isolated")]
+    )
     tok.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), unk_token="<unk>")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIALS), show_progress=False)
     lines = [line.strip() for line in corpus if line.strip()]
     if not lines:
         raise ModelError("the tokenizer corpus is empty")

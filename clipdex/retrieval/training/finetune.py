@@ -189,7 +189,7 @@ def finetune(
         for n, p in model.named_parameters():
             p.requires_grad_(requires_grad[n])
         if hasattr(model, "set_grad_checkpointing"):
-            model.set_grad_checkpointing(False)
+            tu.set_grad_checkpointing(model, False)
         model.eval()
 
     saved = load_model(ModelSpec(LOCAL_DIR + str(out)), device)

@@ -94,6 +94,21 @@ def freeze_towers(model: nn.Module, lock_image: bool, lock_text: bool, unlock_la
                     p.requires_grad_(True)
 
 
+def set_grad_checkpointing(model: nn.Module, enable: bool) -> None:
+    """open_clip's ``set_grad_checkpointing``, except for a Hugging Face text tower, whose open_clip
+    wrapper turns checkpointing on whatever ``enable`` says: there the transformer is told directly."""
+    text = getattr(model, "text", None)
+    transformer = getattr(text, "transformer", None)
+    if transformer is None or not hasattr(transformer, "gradient_checkpointing_disable"):
+        model.set_grad_checkpointing(enable)
+        return
+    model.visual.set_grad_checkpointing(enable)
+    if enable:
+        transformer.gradient_checkpointing_enable()
+    else:
+        transformer.gradient_checkpointing_disable()
+
+
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """AdamW groups as open_clip's main.py: no decay on gains, biases, norms and the logit scale."""
 
