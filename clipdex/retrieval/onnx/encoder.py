@@ -20,7 +20,8 @@ from PIL import Image
 from clipdex.errors import ModelError
 from clipdex.retrieval.encoders import Batches, TextBatches, default_batch_size, prefetched_batches
 from clipdex.retrieval.onnx.preprocess import Preprocess
-from clipdex.retrieval.onnx.tokenizer import UnsupportedTokenizer, load_tokenizer
+from clipdex.retrieval.onnx.tokenizer import UnsupportedTokenizer
+from clipdex.retrieval.onnx.twins import load_tokenizer
 
 FORMAT = 1
 MANIFEST = "onnx.json"

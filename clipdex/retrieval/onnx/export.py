@@ -24,6 +24,7 @@ from clipdex.retrieval.hf_text import tokenizer_record
 from clipdex.retrieval.models import quiet_logging
 from clipdex.retrieval.onnx import preprocess as pp
 from clipdex.retrieval.onnx import tokenizer as tk
+from clipdex.retrieval.onnx import twins
 from clipdex.retrieval.onnx.encoder import FORMAT, MANIFEST, graph_name
 
 OPSET = 17
@@ -127,7 +128,7 @@ def export_model(
 
 def _twins(lm: Any) -> tuple[Any, list[dict]]:
     try:
-        return tk.twin_of(lm.tokenizer), pp.describe(lm.preprocess)
+        return twins.twin_of(lm.tokenizer), pp.describe(lm.preprocess)
     except (tk.UnsupportedTokenizer, pp.UnsupportedPreprocess) as e:
         raise ExportError(f"model {lm.spec} cannot run on ONNX Runtime: {e}") from e
 

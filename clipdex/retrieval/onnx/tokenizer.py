@@ -113,22 +113,10 @@ class ClipTokenizer:
         return cls(backend, int(desc["context_length"]), desc.get("clean", "lower"), specials)
 
 
-def load_tokenizer(folder: Path, desc: dict) -> Any:
-    """The torch-free tokenizer a graph folder's manifest describes (open_clip's CLIP BPE or an HF one)."""
-    if desc.get("kind") == "hf-tokenizers":
-        from clipdex.retrieval.onnx.hf_tokenizer import HfTokenizer
-
-        return HfTokenizer.load(folder, desc)
-    return ClipTokenizer.load(folder, desc)
-
-
-def twin_of(tokenizer: Any) -> Any:
-    """The torch-free twin of a loaded open_clip tokenizer, or UnsupportedTokenizer saying why not."""
+def twin_of(tokenizer: Any) -> ClipTokenizer:
+    """The torch-free twin of a loaded open_clip SimpleTokenizer, or UnsupportedTokenizer saying why
+    not (`clipdex.retrieval.onnx.twins` picks the twin of any tokenizer)."""
     name = type(tokenizer).__name__
-    if name == "HFTokenizer":
-        from clipdex.retrieval.onnx.hf_tokenizer import twin_of_hf
-
-        return twin_of_hf(tokenizer)
     if name != "SimpleTokenizer":
         raise UnsupportedTokenizer(f"{name} has no torch-free twin yet")
     if getattr(tokenizer, "reduction_fn", None) is not None:

@@ -14,7 +14,7 @@ import pytest
 from helpers.hfhelp import TEXTS
 
 from clipdex.retrieval.embed import encode_texts
-from clipdex.retrieval.onnx import tokenizer as tk
+from clipdex.retrieval.onnx import twins as tk
 from clipdex.retrieval.onnx.export import PROBE_TEXTS, export_model
 
 REPO = Path(__file__).resolve().parents[3]
