@@ -78,7 +78,9 @@ def twin_of_hf(tokenizer: Any) -> HfTokenizer:
 
     if getattr(tokenizer, "tokenizer_mode", "") == "clips":
         raise UnsupportedTokenizer("the 'clips' tokenizer mode has no torch-free twin yet")
-    inner = tokenizer.tokenizer
+    inner = getattr(tokenizer, "tokenizer", None)
+    if inner is None:
+        raise UnsupportedTokenizer(f"{type(tokenizer).__name__} holds no transformers tokenizer: no twin")
     backend = getattr(inner, "backend_tokenizer", None)
     if backend is None:
         raise UnsupportedTokenizer(f"{type(inner).__name__} is not a fast (tokenizers) tokenizer")

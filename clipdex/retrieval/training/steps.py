@@ -103,10 +103,11 @@ def set_grad_checkpointing(model: nn.Module, enable: bool) -> None:
         model.set_grad_checkpointing(enable)
         return
     model.visual.set_grad_checkpointing(enable)
-    if enable:
-        transformer.gradient_checkpointing_enable()
-    else:
-        transformer.gradient_checkpointing_disable()
+    verb = "enable" if enable else "disable"  # transformers 5 renamed it (the old name warns)
+    fn = getattr(transformer, f"activation_checkpointing_{verb}", None) or getattr(
+        transformer, f"gradient_checkpointing_{verb}"
+    )
+    fn()
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:

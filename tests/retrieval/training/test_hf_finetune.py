@@ -31,8 +31,8 @@ def tuned(tiny_hf_model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
 def test_chinese_finetuning_lifts_held_out_recall_far_above_chance(tuned) -> None:
     result, val, _ = tuned
     chance_r5 = 5 / len(val)
-    print("before", result.before, "after", result.after)
-    assert all("\u4e00" <= val[0].caption[0] <= "\u9fff" for _ in [0])  # the captions are Chinese
+    assert "\u4e00" <= val[0].caption[0] <= "\u9fff"  # the captions are Chinese
+    # measured: t2i R@5 0.11 before, 0.43 after (chance 5/56 ~ 0.09); margins for platform noise
     assert result.before["t2i_r5"] < 0.25
     assert result.after["t2i_r5"] >= 3 * chance_r5 and result.after["t2i_r5"] > result.before["t2i_r5"] + 0.15
 
