@@ -44,6 +44,14 @@ def tiny_model_dir2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _tiny_model(tmp_path_factory, "tiny-b", seed=1)
 
 
+@pytest.fixture(scope="session")
+def tiny_hf_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tests' tiny model with a Hugging Face text tower (seed 0)."""
+    from helpers.hfhelp import tiny_hf_model
+
+    return tiny_hf_model(tmp_path_factory.mktemp("tiny-hf"))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never touch the user's real data dir or model caches; no hub access in tests."""

@@ -29,19 +29,38 @@ def model_group() -> None:
     "--out", required=True, type=click.Path(file_okay=False), help="Directory to write the model to."
 )
 @click.option("--seed", default=0, show_default=True, type=int, help="Random seed for the initial weights.")
-def init(arch_or_json: str, out: str, seed: int) -> None:
+@click.option("--text-tower", type=click.Choice(["clip", "hf"]), default="clip", show_default=True,
+              help="clip: open_clip's own text transformer; hf: a small Hugging Face transformer "
+                   "(XLM-R style) with its own tokenizer, for any language.")  # fmt: skip
+@click.option("--corpus", type=click.Path(exists=True, dir_okay=False),
+              help="With --text-tower hf: train the tokenizer on this UTF-8 file (one text a line) "
+                   "instead of the built-in multilingual corpus.")  # fmt: skip
+@click.option("--tokenizer", "tokenizer", type=click.Path(exists=True),
+              help="With --text-tower hf: use this tokenizer (a tokenizer.json file or a folder of "
+                   "Hugging Face tokenizer files) instead of training one.")  # fmt: skip
+@click.option("--vocab-size", type=click.IntRange(min=16), help="With --text-tower hf: the trained "
+              "tokenizer's largest vocabulary (default 8000; a small corpus gives fewer).")  # fmt: skip
+def init(
+    arch_or_json: str, out: str, seed: int, text_tower: str, corpus: str | None, tokenizer: str | None,
+    vocab_size: int | None,
+) -> None:  # fmt: skip
     """Write a randomly initialised model (local-dir format) for ARCH_OR_JSON.
 
-    ARCH_OR_JSON is an open_clip architecture name (e.g. ViT-B-32) or a JSON model config.
+    ARCH_OR_JSON is an open_clip architecture name (e.g. ViT-B-32) or a JSON model config. With
+    --text-tower hf the folder also holds the transformer's config.json and the tokenizer files, and
+    a JSON config may size the transformer with an "hf_text_config" object (transformers config
+    keys, e.g. {"hidden_size": 128, "num_hidden_layers": 2}). Everything is made offline.
 
     \b
     Examples:
       clipdex model init ViT-B-32 --out ./vit-b-32-random
       clipdex model init tiny.json --out ./tiny --seed 1
+      clipdex model init ViT-B-32 --text-tower hf --corpus captions-zh.txt --out ./zh-model
     """
     from clipdex.library import init_model
 
-    path = init_model(arch_or_json, out, seed=seed)
+    extra = {"text_tower": text_tower, "corpus": corpus, "tokenizer": tokenizer, "vocab_size": vocab_size}
+    path = init_model(arch_or_json, out, seed=seed, **extra)
     click.echo(f"local-dir:{path}")
 
 

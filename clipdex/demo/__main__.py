@@ -26,6 +26,15 @@ DEMO_MODEL = {
     "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 16, "head_width": 32},
     "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 128, "heads": 4, "layers": 3},
 }
+# --lang zh: the same model with a Hugging Face (XLM-R style) text tower of the same size, its
+# tokenizer trained offline on clipdex's built-in multilingual corpus (`model init --text-tower hf`).
+DEMO_MODEL_HF = {
+    "embed_dim": 128,
+    "vision_cfg": DEMO_MODEL["vision_cfg"],
+    "text_cfg": {"context_length": 24},
+    "hf_text_config": {"hidden_size": 128, "num_hidden_layers": 3, "num_attention_heads": 4,
+                       "intermediate_size": 256},
+}  # fmt: skip
 QUERIES = 100  # new pictures per query set (seen / unseen descriptions)
 
 
@@ -62,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         "--serve", action="store_true", help="End by serving the demo library (clipdex serve)."
     )
     parser.add_argument("--port", type=int, default=8765, help="Port for --serve.")
+    parser.add_argument("--lang", choices=["en", "zh"], default="en",
+                        help="Caption language: en, or zh (Chinese; a multilingual text tower).")  # fmt: skip
     args = parser.parse_args(argv)
 
     from clipdex.demo.scenes import make_scenes, split_descriptions, write_pairs
@@ -71,22 +82,24 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     lib = str(out / "library")
-    (out / "demo-model.json").write_text(json.dumps(DEMO_MODEL))
+    (out / "demo-model.json").write_text(json.dumps(DEMO_MODEL if args.lang == "en" else DEMO_MODEL_HF))
+    tower = [] if args.lang == "en" else ["--text-tower", "hf"]
 
     seen, unseen = split_descriptions(0.2, seed=0)
     print(f"clipdex demo in {out}: generating {args.scenes} scenes; {len(unseen)} of the 360 descriptions "
           "are held out of training (their pictures get no caption file)")  # fmt: skip
-    scenes = make_scenes(out / "scenes", args.scenes, seed=0, size=64, captioned=seen)
+    scenes = make_scenes(out / "scenes", args.scenes, seed=0, size=64, captioned=seen, lang=args.lang)
     truth = {str(path): caption for path, caption in scenes}
     # query pictures are never indexed or trained on; "unseen" ones show held-out descriptions. The
     # seen ones come from as many descriptions as there are unseen ones, so both sets are as hard.
     seen_pool = random.Random(1).sample(seen, len(unseen))
-    queries_seen = make_scenes(out / "queries-seen", QUERIES, seed=99, size=64, keys=seen_pool)
-    queries = make_scenes(out / "queries-unseen", QUERIES, seed=98, size=64, keys=unseen)
+    lang = args.lang
+    queries_seen = make_scenes(out / "queries-seen", QUERIES, seed=99, size=64, keys=seen_pool, lang=lang)
+    queries = make_scenes(out / "queries-unseen", QUERIES, seed=98, size=64, keys=unseen, lang=lang)
     write_pairs(out / "queries-seen.csv", queries_seen)
     write_pairs(out / "queries-unseen.csv", queries)
 
-    clipdex("model", "init", str(out / "demo-model.json"), "--out", str(out / "model"), "--seed", "0")
+    clipdex("model", "init", str(out / "demo-model.json"), *tower, "--out", str(out / "model"), "--seed", "0")
     clipdex("--library", lib, "index", str(out / "scenes"), "--model", str(out / "model"))
     clipdex("--library", lib, "info")
     caption = queries[0][1]

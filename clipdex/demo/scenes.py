@@ -36,6 +36,14 @@ POSITIONS = {
     "center": ("in the center", (0.5, 0.5)),
 }
 BACKGROUNDS = {"white": (250, 250, 250), "black": (15, 15, 15), "gray": (128, 128, 128)}
+# The same descriptions in Chinese ("红色圆形在白色背景的左边": red circle, white background's left)
+ZH = {
+    "red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色", "purple": "紫色", "orange": "橙色",
+    "circle": "圆形", "square": "正方形", "triangle": "三角形", "cross": "十字",
+    "left": "左边", "right": "右边", "top": "上方", "bottom": "下方", "center": "中间",
+    "white": "白色", "black": "黑色", "gray": "灰色",
+}  # fmt: skip
+LANGUAGES = ("en", "zh")
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,14 @@ class Scene:
     def caption(self) -> str:
         phrase = POSITIONS[self.position][0]
         return f"a {self.colour} {self.shape} {phrase} on a {self.background} background"
+
+    def caption_in(self, lang: str = "en") -> str:
+        """The caption in English (``en``) or Chinese (``zh``)."""
+        if lang == "zh":
+            return f"{ZH[self.colour]}{ZH[self.shape]}在{ZH[self.background]}背景的{ZH[self.position]}"
+        if lang != "en":
+            raise ValueError(f"unknown caption language {lang!r} (use {', '.join(LANGUAGES)})")
+        return self.caption
 
     @property
     def key(self) -> str:
@@ -131,11 +147,13 @@ def make_scenes(
     size: int = 128,
     keys: Collection[str] | None = None,
     captioned: Collection[str] | None = None,
+    lang: str = "en",
 ) -> list[tuple[Path, str]]:
     """Write ``scene_00001.png`` + ``scene_00001.txt`` (its caption) for ``n`` scenes; return (path, caption).
 
     ``keys`` limits the descriptions drawn; only scenes whose description is in ``captioned`` (default:
-    all) get the sidecar ``.txt``. The same arguments give the same files, pixel for pixel.
+    all) get the sidecar ``.txt``, in ``lang`` (``en`` or ``zh``). The same arguments give the same
+    files, pixel for pixel.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -145,9 +163,10 @@ def make_scenes(
     for i, scene in enumerate(random_scenes(n, seed, keys), start=1):
         path = folder / f"scene_{i:05d}.png"
         scene.draw(size, jitter).save(path)
+        caption = scene.caption_in(lang)
         if captioned is None or scene.key in captioned:
-            path.with_suffix(".txt").write_text(scene.caption + "\n", encoding="utf-8")
-        out.append((path, scene.caption))
+            path.with_suffix(".txt").write_text(caption + "\n", encoding="utf-8")
+        out.append((path, caption))
     return out
 
 
@@ -163,7 +182,14 @@ def write_pairs(path: str | Path, scenes: Sequence[tuple[Path, str]]) -> Path:
 
 def scene_key(caption: str) -> str:
     """The description key of a scene caption (captions are a pure function of the description)."""
-    words = caption.strip().split()
+    caption = caption.strip()
+    if caption and not caption.isascii():  # Chinese: "{colour}{shape}在{background}背景的{position}"
+        back = {v: k for k, v in ZH.items()}
+        head, _, tail = caption.partition("在")
+        background, _, position = tail.partition("背景的")
+        colour = next(k for k in COLOURS if head.startswith(ZH[k]))
+        return f"{colour}/{back[head[len(ZH[colour]) :]]}/{back[position]}/{back[background]}"
+    words = caption.split()
     # "a {colour} {shape} {on the left | at the top | in the center ...} on a {background} background"
     colour, shape, background = words[1], words[2], words[-2]
     position = words[5]

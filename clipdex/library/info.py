@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from clipdex.index.store.schema import DB_NAME
 from clipdex.kinds import IMAGE, TEXT
 from clipdex.library.parts import Parts
@@ -30,6 +32,8 @@ def describe(parts: Parts) -> dict:
         "model": spec.name if spec else None,
         "pretrained": spec.pretrained if spec else None,
         "dim": parts.store.dim,
+        # the model's tokenizer as recorded with its vectors (kind, vocabulary, context length, hash)
+        "tokenizer": json.loads(parts.store.meta.get("tokenizer") or "null"),
         "images": counts["images"],
         "texts": counts["texts"],
         "failed_files": parts.store.failures.count(),

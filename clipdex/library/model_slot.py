@@ -3,6 +3,7 @@ command asks for, and the one loaded (once, then kept)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ from clipdex.errors import ModelError
 from clipdex.index.store.database import Store
 from clipdex.kinds import IMAGE
 from clipdex.library.runtime import fingerprint, gpu_runtime, graphs_dir, precision_choice, runtime_choice
+from clipdex.retrieval.hf_text import tokenizer_record
 from clipdex.retrieval.models import LoadedModel, ModelSpec, load_model, resolve_spec
 
 log = logging.getLogger("clipdex")
@@ -111,6 +113,9 @@ class ModelSlot:
             with self.store.transaction():
                 self.store.meta.set("model", self._loaded.spec.to_json())
                 self.store.meta.set("dim", str(self._loaded.embed_dim))
+                self.store.meta.set(
+                    "tokenizer", json.dumps(tokenizer_record(self._loaded.tokenizer), sort_keys=True)
+                )
                 self.store.meta.set("precision", self.target_precision)
             return self._loaded, False
         return self._loaded, target != stored or self.target_precision != self.precision or reembed

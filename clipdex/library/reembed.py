@@ -13,6 +13,7 @@ from clipdex.inputs.paths import display_path
 from clipdex.kinds import IMAGE, TEXT
 from clipdex.results import Reembedded
 from clipdex.retrieval.encoders import Encoder
+from clipdex.retrieval.hf_text import encoder_tokenizer_record
 from clipdex.retrieval.models import ModelSpec
 from clipdex.retrieval.prefetch import default_workers
 
@@ -100,6 +101,7 @@ def reembed_all(
         dropped = store.pending.swap_in()
         store.meta.set("model", target)
         store.meta.set("dim", str(enc.embed_dim))
+        store.meta.set("tokenizer", encoder_tokenizer_record(enc) or None)
         store.meta.set("precision", precision)
         store.meta.set("pending_model", None)
         # A no-op when the swap logged rows (one generation per transaction); it bumps one when

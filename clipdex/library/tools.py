@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 
-def init_model(arch_or_json: str, out: str | os.PathLike, seed: int = 0) -> Path:
-    """A randomly initialised model (fixed ``seed``) in local-dir format at ``out``; see
+def init_model(arch_or_json: str, out: str | os.PathLike, seed: int = 0, **text_tower: Any) -> Path:
+    """A randomly initialised model (fixed ``seed``) in local-dir format at ``out``; ``text_tower``
+    (``text_tower="hf"``, ``corpus``, ``tokenizer``, ``vocab_size``): see
     `clipdex.retrieval.models.init_model`."""
     from clipdex.retrieval.models import init_model as make
 
-    return make(arch_or_json, out, seed=seed)
+    return make(arch_or_json, out, seed=seed, **text_tower)
 
 
 def read_texts(path: str | os.PathLike, column: str | None = None) -> list[str]:

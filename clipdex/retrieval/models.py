@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from clipdex.errors import ModelError
+from clipdex.retrieval import hf_text
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "laion2b_s34b_b79k"
@@ -203,12 +204,18 @@ def load_model(spec: ModelSpec, device: str = "auto") -> LoadedModel:
     open_clip = _open_clip()
     if spec.local_dir is not None and not (spec.local_dir / CONFIG_NAME).is_file():
         raise ModelError(f"model directory {spec.local_dir} is missing or has no {CONFIG_NAME}")
-    _check_reachable_or_cached(spec)
+    model_cfg = _model_config(spec)
+    if spec.local_dir is not None and model_cfg is not None:
+        hf_text.check_local_dir(spec.local_dir, model_cfg)
+    elif hf_text.hf_names(model_cfg):
+        hf_text.require_transformers()
+    _check_reachable_or_cached(spec, model_cfg)
     try:
         with quiet_logging(), skip_random_init() if _has_weights(spec) else nullcontext():
             model, _, val_pp = open_clip.create_model_and_transforms(
-                spec.name, pretrained=spec.pretrained, device=device
-            )
+                spec.name, pretrained=spec.pretrained, device=device,
+                **hf_text.load_kwargs(spec.local_dir, model_cfg),
+            )  # fmt: skip
             tokenizer = open_clip.get_tokenizer(spec.name)
     except ModelError:
         raise
@@ -229,6 +236,18 @@ def load_model(spec: ModelSpec, device: str = "auto") -> LoadedModel:
         embed_dim=_embed_dim(model),
         image_size=size,
     )
+
+
+def _model_config(spec: ModelSpec) -> dict | None:
+    """The model config open_clip will build from, where it can be read without a download."""
+    if spec.local_dir is not None:
+        try:
+            return read_local_config(spec.local_dir).get("model_cfg")
+        except (OSError, ValueError):
+            return None  # open_clip says what is wrong with it
+    if spec.name.startswith(HF_HUB):
+        return None
+    return _open_clip().get_model_config(spec.name)
 
 
 def _embed_dim(model: Any) -> int:
@@ -265,20 +284,25 @@ def _offline(host: str = "huggingface.co") -> bool:
         socket.setdefaulttimeout(None)
 
 
-def _check_reachable_or_cached(spec: ModelSpec) -> None:
-    """Fail fast with one line when weights must be downloaded but the hub is unreachable.
+def _check_reachable_or_cached(spec: ModelSpec, model_cfg: dict | None = None) -> None:
+    """Fail fast with one line when weights (or a Hugging Face text tower's config and tokenizer)
+    must be downloaded but the hub is unreachable.
 
     Without this, huggingface_hub retries for most of a minute before giving up.
     """
-    if spec.local_dir is not None:
-        return
-    if spec.pretrained and os.path.isfile(spec.pretrained):
-        return
-    if _is_cached(spec) or not _offline():
-        return
-    raise ModelError(
-        f"model {spec} is not in the local cache and the model hub is unreachable; {OFFLINE_HINT}"
-    )
+    weights = spec.local_dir is not None or (spec.pretrained and os.path.isfile(spec.pretrained))
+    if not weights and not _is_cached(spec) and _offline():
+        raise ModelError(
+            f"model {spec} is not in the local cache and the model hub is unreachable; {OFFLINE_HINT}"
+        )
+    missing = hf_text.missing_hub_files(model_cfg)
+    if missing and _offline():
+        repos = ", ".join(missing)
+        raise ModelError(
+            f"model {spec} needs the text tower's config and tokenizer of {repos} from Hugging Face, not "
+            f"in the local cache, and the hub is unreachable; download once online "
+            f"(`huggingface-cli download {missing[0]}`) or use a local-dir model"
+        )
 
 
 def _is_cached(spec: ModelSpec) -> bool:
@@ -301,8 +325,14 @@ def _is_cached(spec: ModelSpec) -> bool:
     return False
 
 
-def save_local_dir(model: Any, model_cfg: dict, preprocess_cfg: dict, out: str | Path) -> Path:
-    """Write ``model`` in open_clip's local-dir format, atomically (temp dir, then rename)."""
+def save_local_dir(
+    model: Any, model_cfg: dict, preprocess_cfg: dict, out: str | Path, tokenizer: Any = None
+) -> Path:
+    """Write ``model`` in open_clip's local-dir format, atomically (temp dir, then rename).
+
+    A Hugging Face text tower's config and ``tokenizer`` (the model's open_clip tokenizer) are
+    written into the folder too, so it is self-contained.
+    """
     from safetensors.torch import save_file
 
     out = Path(out).expanduser().resolve()
@@ -314,10 +344,15 @@ def save_local_dir(model: Any, model_cfg: dict, preprocess_cfg: dict, out: str |
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_NAME))
+        if hf_text.is_hf_tower(model):
+            if tokenizer is None:
+                raise ModelError("saving a model with a Hugging Face text tower needs its tokenizer")
+            model_cfg = hf_text.write_text_files(model, tokenizer, tmp, model_cfg)
         config = {"model_cfg": model_cfg, "preprocess_cfg": preprocess_cfg}
         (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; a model dir is an ordinary folder
-        os.chmod(tmp / WEIGHTS_NAME, 0o644)
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -332,51 +367,97 @@ def read_local_config(path: str | Path) -> dict:
     return json.loads((Path(path) / CONFIG_NAME).read_text(encoding="utf-8"))
 
 
-def init_model(arch_or_json: str, out: str | Path, seed: int = 0) -> Path:
+TEXT_TOWERS = ("clip", "hf")
+
+
+def init_model(
+    arch_or_json: str, out: str | Path, seed: int = 0, text_tower: str = "clip", corpus: str | None = None,
+    tokenizer: str | None = None, vocab_size: int | None = None,
+) -> Path:  # fmt: skip
     """Create a randomly initialised model (fixed seed) in local-dir format.
 
     ``arch_or_json`` is an open_clip architecture name, or a JSON file holding either a bare
-    model config or ``{"model_cfg": …, "preprocess_cfg": …}``.
+    model config or ``{"model_cfg": …, "preprocess_cfg": …}``. With ``text_tower="hf"`` the text
+    tower is a small transformer (sized by an optional "hf_text_config" object in the JSON) with a
+    tokenizer trained on ``corpus`` (a UTF-8 file, one text a line; default: a built-in
+    multilingual corpus) or copied from ``tokenizer`` (a tokenizer.json or a tokenizer folder).
     """
     import torch
 
+    if text_tower not in TEXT_TOWERS:
+        raise ModelError(f"unknown text tower '{text_tower}' (use {' or '.join(TEXT_TOWERS)})")
+    if text_tower != "hf" and (corpus or tokenizer or vocab_size):
+        raise ModelError("--corpus, --tokenizer and --vocab-size only apply with --text-tower hf")
     if Path(out).expanduser().exists() and any(Path(out).expanduser().iterdir()):
         raise ModelError(f"{out} already exists and is not empty; choose another --out")
+    model_cfg, preprocess_cfg, text_config = _read_config(arch_or_json, need_text=text_tower == "clip")
     open_clip = _open_clip()
+    cfg_dir = Path(tempfile.mkdtemp(prefix="clipdex-cfg-"))
+    try:
+        hf_tok = None
+        if text_tower == "hf":
+            from clipdex.retrieval import hf_init
+
+            lines = hf_init.read_corpus(corpus) if corpus else None
+            model_cfg = hf_init.write_text_tower(
+                cfg_dir, model_cfg, text_config, lines, tokenizer, vocab_size or hf_init.DEFAULT_VOCAB
+            )
+        # open_clip builds from a local-dir config; a weightless temp dir gives a random init
+        # through the very code path that later loads the saved weights.
+        cfg = {"model_cfg": json.loads(json.dumps(model_cfg)), "preprocess_cfg": preprocess_cfg}
+        (cfg_dir / CONFIG_NAME).write_text(json.dumps(cfg), encoding="utf-8")
+        torch.manual_seed(seed)
+        try:
+            with quiet_logging():
+                model = open_clip.create_model(
+                    LOCAL_DIR + str(cfg_dir), pretrained=None, load_weights=False, pretrained_text=False,
+                    **hf_text.load_kwargs(cfg_dir, model_cfg),
+                )  # fmt: skip
+                if text_tower == "hf":
+                    hf_tok = open_clip.get_tokenizer(LOCAL_DIR + str(cfg_dir))
+        except ModelError:
+            raise
+        except Exception as e:
+            raise ModelError(
+                f"cannot build model from config: {str(e).splitlines()[0] if str(e) else e}"
+            ) from e
+        full_pp = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
+        full_pp.update(preprocess_cfg)
+        return save_local_dir(model, model_cfg, full_pp, out, tokenizer=hf_tok)
+    finally:
+        shutil.rmtree(cfg_dir, ignore_errors=True)
+
+
+def _read_config(arch_or_json: str, need_text: bool) -> tuple[dict, dict, dict | None]:
+    """(model_cfg, preprocess_cfg, hf_text_config) of an architecture name or a JSON file."""
     preprocess_cfg: dict = {}
+    text_config = None
     if arch_or_json.endswith(".json") or os.path.isfile(arch_or_json):
         try:
             cfg = json.loads(Path(arch_or_json).read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
             raise ModelError(f"cannot read model config {arch_or_json}: {e}") from e
+        if not isinstance(cfg, dict):
+            raise ModelError(f"{arch_or_json}: a model config is a JSON object")
+        text_config = _pop_text_config(cfg)
         if "model_cfg" in cfg:
             preprocess_cfg = dict(cfg.get("preprocess_cfg") or {})
             cfg = cfg["model_cfg"]
-        if not isinstance(cfg, dict) or "vision_cfg" not in cfg or "text_cfg" not in cfg:
+            text_config = (
+                _pop_text_config(cfg) if isinstance(cfg, dict) and text_config is None else text_config
+            )
+        needed = ("vision_cfg", "text_cfg") if need_text else ("vision_cfg",)
+        if not isinstance(cfg, dict) or any(k not in cfg for k in needed):
             raise ModelError(f"{arch_or_json}: a model config needs 'embed_dim', 'vision_cfg' and 'text_cfg'")
-        model_cfg = cfg
-    else:
-        model_cfg = open_clip.get_model_config(arch_or_json.replace("/", "-"))
-        if model_cfg is None:
-            raise ModelError(f"unknown architecture '{arch_or_json}' (see open_clip.list_models())")
-    torch.manual_seed(seed)
-    cfg_dir = _write_cfg_only(model_cfg, preprocess_cfg)
-    try:
-        with quiet_logging():
-            model = open_clip.create_model(LOCAL_DIR + cfg_dir, pretrained=None, load_weights=False)
-    except Exception as e:
-        raise ModelError(f"cannot build model from config: {e}") from e
-    finally:
-        shutil.rmtree(cfg_dir, ignore_errors=True)
-    full_pp = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
-    full_pp.update(preprocess_cfg)
-    return save_local_dir(model, model_cfg, full_pp, out)
+        return cfg, preprocess_cfg, text_config
+    model_cfg = _open_clip().get_model_config(arch_or_json.replace("/", "-"))
+    if model_cfg is None:
+        raise ModelError(f"unknown architecture '{arch_or_json}' (see open_clip.list_models())")
+    return model_cfg, preprocess_cfg, None
 
 
-def _write_cfg_only(model_cfg: dict, preprocess_cfg: dict) -> str:
-    # open_clip builds from a local-dir config; a weightless temp dir gives a random init
-    # through the very code path that later loads the saved weights.
-    tmp = tempfile.mkdtemp(prefix="clipdex-cfg-")
-    cfg = {"model_cfg": json.loads(json.dumps(model_cfg)), "preprocess_cfg": preprocess_cfg}
-    Path(tmp, CONFIG_NAME).write_text(json.dumps(cfg), encoding="utf-8")
-    return tmp
+def _pop_text_config(cfg: dict) -> Any:
+    section = cfg.pop("hf_text_config", None)
+    if section is not None and not isinstance(section, dict):
+        raise ModelError("'hf_text_config' must be an object of transformers config keys")
+    return section

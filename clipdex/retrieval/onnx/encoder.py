@@ -20,7 +20,8 @@ from PIL import Image
 from clipdex.errors import ModelError
 from clipdex.retrieval.encoders import Batches, TextBatches, default_batch_size, prefetched_batches
 from clipdex.retrieval.onnx.preprocess import Preprocess
-from clipdex.retrieval.onnx.tokenizer import ClipTokenizer, UnsupportedTokenizer
+from clipdex.retrieval.onnx.tokenizer import UnsupportedTokenizer
+from clipdex.retrieval.onnx.twins import load_tokenizer
 
 FORMAT = 1
 MANIFEST = "onnx.json"
@@ -68,8 +69,8 @@ class OnnxEncoder:
         self.image_size = tuple(manifest["image_size"])
         self.preprocess = Preprocess(manifest["preprocess"])
         try:
-            self.tokenizer = ClipTokenizer.load(self.folder, manifest["tokenizer"])
-        except UnsupportedTokenizer as e:
+            self.tokenizer = load_tokenizer(self.folder, manifest["tokenizer"])
+        except (UnsupportedTokenizer, OSError, ValueError, KeyError) as e:
             raise ModelError(f"{self.folder}: {e}") from e
         self._sessions: dict[str, Any] = {}
         self._lock = threading.Lock()

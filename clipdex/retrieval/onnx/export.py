@@ -20,9 +20,11 @@ import numpy as np
 from PIL import Image
 
 from clipdex.errors import ModelError
+from clipdex.retrieval.hf_text import tokenizer_record
 from clipdex.retrieval.models import quiet_logging
 from clipdex.retrieval.onnx import preprocess as pp
 from clipdex.retrieval.onnx import tokenizer as tk
+from clipdex.retrieval.onnx import twins
 from clipdex.retrieval.onnx.encoder import FORMAT, MANIFEST, graph_name
 
 OPSET = 17
@@ -31,7 +33,8 @@ MAX_PIXEL_DIFF = 1e-5
 MIN_INT8_OVERLAP = 0.9  # top-10 neighbours on the user's pictures that int8 must keep, unless forced
 PROBE_TEXTS = [
     "a photo of a dog on a beach", "", "Naïve CAFÉ — déjà vu!!", "東京の夜景と富士山",
-    "emoji 🐶🏖️ and <end_of_text>", "(<end_of_text>)", "&amp; html &lt;b&gt;",
+    "emoji 🐶🏖️ and <end_of_text>", "(<end_of_text>)", "&amp; html &lt;b&gt;", "海边奔跑的狗 a dog 🐶",
+    "<s> </s> <pad> [SEP] [CLS] <mask>", "ｆｕｌｌ ｗｉｄｔｈ １２３ 한국어",
     "tabs\tand\nnew lines", "It'S 123,456.78 they'RE", " ".join(["long"] * 120),
 ]  # fmt: skip
 
@@ -92,6 +95,7 @@ def export_model(
         manifest = {
             "format": FORMAT, "model": str(lm.spec), "embed_dim": int(lm.embed_dim),
             "image_size": list(lm.image_size), "preprocess": steps, "tokenizer": twin_tok.save(tmp),
+            "tokenizer_record": tokenizer_record(lm.tokenizer),
             "opset": OPSET, "fp32_min_cosine": checks, "precisions": ["fp32"],
         }  # fmt: skip
         if int8:
@@ -122,9 +126,9 @@ def export_model(
     return manifest
 
 
-def _twins(lm: Any) -> tuple[tk.ClipTokenizer, list[dict]]:
+def _twins(lm: Any) -> tuple[Any, list[dict]]:
     try:
-        return tk.twin_of(lm.tokenizer), pp.describe(lm.preprocess)
+        return twins.twin_of(lm.tokenizer), pp.describe(lm.preprocess)
     except (tk.UnsupportedTokenizer, pp.UnsupportedPreprocess) as e:
         raise ExportError(f"model {lm.spec} cannot run on ONNX Runtime: {e}") from e
 
@@ -137,7 +141,7 @@ def _check_preprocess(lm: Any, steps: list[dict], images: Sequence[Image.Image])
             raise ExportError(f"model {lm.spec}: torch-free preprocessing differs by {diff:.2g}")
 
 
-def _check_tokenizer(lm: Any, twin: tk.ClipTokenizer) -> None:
+def _check_tokenizer(lm: Any, twin: Any) -> None:
     if not np.array_equal(lm.tokenizer(PROBE_TEXTS).numpy(), twin(PROBE_TEXTS)):
         raise ExportError(f"model {lm.spec}: the torch-free tokenizer's ids differ from open_clip's")
 

@@ -114,7 +114,8 @@ class ClipTokenizer:
 
 
 def twin_of(tokenizer: Any) -> ClipTokenizer:
-    """The torch-free twin of a loaded open_clip tokenizer, or UnsupportedTokenizer saying why not."""
+    """The torch-free twin of a loaded open_clip SimpleTokenizer, or UnsupportedTokenizer saying why
+    not (`clipdex.retrieval.onnx.twins` picks the twin of any tokenizer)."""
     name = type(tokenizer).__name__
     if name != "SimpleTokenizer":
         raise UnsupportedTokenizer(f"{name} has no torch-free twin yet")

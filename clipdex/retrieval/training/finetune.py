@@ -183,13 +183,13 @@ def finetune(
             lm, train, val, views, to_tensor, cfg, amp_dtype, scaler, progress, on_step
         )
         model.load_state_dict(tu.wise_blend(start, best_state, cfg.wise))
-        save_local_dir(model, model_cfg, preprocess_cfg, out)
+        save_local_dir(model, model_cfg, preprocess_cfg, out, tokenizer=lm.tokenizer)
     finally:
         model.load_state_dict(start)
         for n, p in model.named_parameters():
             p.requires_grad_(requires_grad[n])
         if hasattr(model, "set_grad_checkpointing"):
-            model.set_grad_checkpointing(False)
+            tu.set_grad_checkpointing(model, False)
         model.eval()
 
     saved = load_model(ModelSpec(LOCAL_DIR + str(out)), device)

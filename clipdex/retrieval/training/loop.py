@@ -123,7 +123,7 @@ class _Optimizing:
                 raise
             self.optimizer.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
-            model.set_grad_checkpointing(True)
+            tu.set_grad_checkpointing(model, True)
             self.checkpointing = True
             loss = tu.contrastive_step(model, self.loss_fn, micro, self.amp_dtype, self.scaler)
         if self.scaler is not None:
@@ -170,7 +170,7 @@ def train_epochs(
     )
     checkpointing = bool(cfg.grad_checkpointing) and hasattr(model, "set_grad_checkpointing")
     if checkpointing:
-        model.set_grad_checkpointing(True)
+        tu.set_grad_checkpointing(model, True)
     loader = _loader(lm, train, views, to_tensor, cfg)
     total = len(loader) // cfg.accum_steps * cfg.epochs
     warmup = cfg.warmup if cfg.warmup is not None else round(0.05 * total)

@@ -43,13 +43,29 @@ def _image_modules(model: nn.Module) -> tuple[Any, list[nn.Module | nn.Parameter
     return getattr(visual, "transformer", None), heads
 
 
+def _blocks(transformer: Any) -> Any:
+    """The tower's sequence of transformer blocks: open_clip's ``resblocks``, or a Hugging Face
+    encoder's layers (``encoder.layer`` for BERT/XLM-R, ``encoder.layers`` for NLLB, ``block`` for
+    mT5: the ``layer_attr`` open_clip's own ``HFTextEncoder.lock`` uses)."""
+    blocks = getattr(transformer, "resblocks", None)
+    if blocks is not None or transformer is None:
+        return blocks
+    encoder = getattr(transformer, "encoder", transformer)
+    for attr in ("layer", "layers", "block"):
+        blocks = getattr(encoder, attr, None)
+        if isinstance(blocks, nn.ModuleList):
+            return blocks
+    return None
+
+
 def _params(obj: nn.Module | nn.Parameter) -> list[nn.Parameter]:
     return [obj] if isinstance(obj, nn.Parameter) else list(obj.parameters())
 
 
 def freeze_towers(model: nn.Module, lock_image: bool, lock_text: bool, unlock_last: int = 0) -> None:
     """Freeze the chosen towers; ``unlock_last`` N re-enables the last N blocks plus the output head
-    (ln_post/proj for the image tower, ln_final/text_projection for the text tower)."""
+    (ln_post/proj for the image tower, ln_final/text_projection for the text tower; for a Hugging
+    Face text tower the last N transformer layers and open_clip's projection ``proj``)."""
     visual_ids = {id(p) for p in model.visual.parameters()}
     scale_ids = {
         id(getattr(model, n)) for n in ("logit_scale", "logit_bias") if getattr(model, n, None) is not None
@@ -66,7 +82,7 @@ def freeze_towers(model: nn.Module, lock_image: bool, lock_text: bool, unlock_la
         for p in params:
             p.requires_grad_(False)
         if unlock_last > 0:
-            blocks = getattr(transformer, "resblocks", None)
+            blocks = _blocks(transformer)
             if blocks is None:
                 raise ClipdexError(f"--unlock-last is not supported for this model's {name} tower")
             if unlock_last > len(blocks):
@@ -76,6 +92,22 @@ def freeze_towers(model: nn.Module, lock_image: bool, lock_text: bool, unlock_la
             for module in [*blocks[-unlock_last:], *heads]:
                 for p in _params(module):
                     p.requires_grad_(True)
+
+
+def set_grad_checkpointing(model: nn.Module, enable: bool) -> None:
+    """open_clip's ``set_grad_checkpointing``, except for a Hugging Face text tower, whose open_clip
+    wrapper turns checkpointing on whatever ``enable`` says: there the transformer is told directly."""
+    text = getattr(model, "text", None)
+    transformer = getattr(text, "transformer", None)
+    if transformer is None or not hasattr(transformer, "gradient_checkpointing_disable"):
+        model.set_grad_checkpointing(enable)
+        return
+    model.visual.set_grad_checkpointing(enable)
+    verb = "enable" if enable else "disable"  # transformers 5 renamed it (the old name warns)
+    fn = getattr(transformer, f"activation_checkpointing_{verb}", None) or getattr(
+        transformer, f"gradient_checkpointing_{verb}"
+    )
+    fn()
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
