@@ -421,27 +421,17 @@ class Library:
         or ``rank_text`` (a ``vector`` query's text, as the server encodes it separately).
         Scores are always the cosines.
         """
-        from dataclasses import replace
-
-        from clipdex.library.fusion import BY
+        from clipdex.library.fusion import ranking
 
         terms = Terms.of(text, image, not_text, not_image)
-        if words is not None:
-            more = (words,) if isinstance(words, str) else tuple(words)
-            filter = replace(filter or Filter(), words=(*(filter.words if filter else ()), *more))
         rank_text = rank_text or " ".join(terms.text) or None
-        if by is None:
-            by = "both" if rank_text and self.reads_text else "meaning"
-        if by not in BY:
-            raise ValueError(f"by must be one of {', '.join(BY)}, not {by!r}")
-        if by == "words" and not rank_text:
-            raise ValueError("by='words' ranks by the query's words: give text=")
+        filter, by = ranking(filter, words, by, rank_text, self.reads_text)
         return self.searcher.search(terms, vector, k, target, weights, filter, by, rank_text)
 
     @property
     def reads_text(self) -> bool:
         """Whether this library reads the text in its pictures (``index(ocr=True)``, remembered)."""
-        from clipdex.library.indexing import OCR_KEY
+        from clipdex.library.reading import OCR_KEY
 
         return self.store.meta.get(OCR_KEY) == "on"
 

@@ -26,6 +26,22 @@ DEPTH = 100  # each ranking contributes at least its best DEPTH items to the fus
 BY = ("meaning", "words", "both")
 
 
+def ranking(
+    filt: Filter | None, words: str | Sequence[str] | None, by: str | None, text: str | None, reads_text: bool
+) -> tuple[Filter | None, str]:
+    """`Library.search`'s filter with ``words`` added, and its ranking: ``by``, else "both" where
+    the library reads text and the query has ``text``, else "meaning"."""
+    if words is not None:
+        more = (words,) if isinstance(words, str) else tuple(words)
+        filt = replace(filt or Filter(), words=(*(filt.words if filt else ()), *more))
+    by = by or ("both" if text and reads_text else "meaning")
+    if by not in BY:
+        raise ValueError(f"by must be one of {', '.join(BY)}, not {by!r}")
+    if by == "words" and not text:
+        raise ValueError("by='words' ranks by the query's words: give text=")
+    return filt, by
+
+
 def rrf(rankings: Sequence[Sequence[int]], k: int = RRF_K) -> list[int]:
     """Ids by fused score, best first; ties by the first ranking they appear in, then by id."""
     score: dict[int, float] = {}

@@ -21,19 +21,18 @@ from clipdex.index.store.rows import Caption, FileRecord, PhotoMeta
 from clipdex.inputs.paths import display_path
 from clipdex.inputs.sidecars import SidecarError, read_sidecar
 from clipdex.kinds import IMAGE, TEXT
+from clipdex.library.reading import TextReading
 from clipdex.results import IndexStats
 from clipdex.retrieval.prefetch import default_workers
 
 if TYPE_CHECKING:
     from clipdex.library.parts import Parts
-    from clipdex.library.reading import TextReading
     from clipdex.retrieval.encoders import Encoder
 
 # The encoder a run writes with, given where to sample pictures from (for an int8 export's figures).
 EncoderFor = Callable[[Callable[[], list[bytes]] | None], "Encoder"]
 
 Problem = Callable[[str, str], None]  # (display path, reason) -> report it on stderr
-OCR_KEY = "ocr"  # meta: "on" when the library reads the text in its pictures (index --ocr)
 
 
 @dataclass(slots=True)
@@ -386,17 +385,7 @@ def index_folders(
     checked (and recorded, or re-embedded: ``dropped`` images then). ``ocr``: turn reading text on
     or off for good (None: as the library remembers). ``options`` as `IndexRun`'s."""
     indexes: dict[str, Any] = {}
-    reading = None
-    if ocr if ocr is not None else parts.store.meta.get(OCR_KEY) == "on":
-        from clipdex.library.reading import TextReading
-        from clipdex.retrieval.ocr import TextReader
-
-        reading = TextReading(
-            parts.store, TextReader(), options.get("problem") or (lambda path, reason: None)
-        )
-    if ocr is not None:  # remembered once the reader could be made
-        with parts.store.transaction():
-            parts.store.meta.set(OCR_KEY, "on" if ocr else "off")
+    reading = TextReading.for_run(parts.store, ocr, options.get("problem"))
 
     def load_indexes() -> None:
         # Only a run that writes needs them (a big index takes seconds to load); they are

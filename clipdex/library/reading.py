@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from clipdex.index.store.database import Store
     from clipdex.retrieval.ocr import TextReader
 
+OCR_KEY = "ocr"  # meta: "on" when the library reads the text in its pictures (index --ocr)
 QUEUE = 8  # decoded pictures waiting for the reader (each at most READ_SIDE long: ~8 MB)
 WRITE_EVERY = 16  # read pictures per transaction in the catch-up pass
 _STOP = object()
@@ -33,6 +34,19 @@ Problem = Callable[[str, str], None]
 
 class TextReading:
     """One run's OCR: a reader thread fed by the decode threads, and the writes of its results."""
+
+    @classmethod
+    def for_run(cls, store: Store, ocr: bool | None, problem: Problem | None) -> TextReading | None:
+        """The reading of an `index` run: ``ocr`` True/False turns it on or off for good (remembered
+        once the reader could be made), None does as the library remembers."""
+        from clipdex.retrieval.ocr import TextReader
+
+        on = ocr if ocr is not None else store.meta.get(OCR_KEY) == "on"
+        reading = cls(store, TextReader(), problem or (lambda path, reason: None)) if on else None
+        if ocr is not None:
+            with store.transaction():
+                store.meta.set(OCR_KEY, "on" if ocr else "off")
+        return reading
 
     def __init__(self, store: Store, reader: TextReader, problem: Problem):
         self.store, self.reader, self.problem = store, reader, problem
