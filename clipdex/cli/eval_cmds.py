@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from clipdex.cli.common import emit_json, info, json_option, pass_state, problem
+from clipdex.cli.common import emit_json, info, json_option, notice, pass_state, problem, runtime_option
 
 ROWS = [
     ("text->image R@1", "t2i_r1"), ("text->image R@5", "t2i_r5"), ("text->image R@10", "t2i_r10"),
@@ -39,9 +39,10 @@ def _library_model(state) -> str | None:
                    "model dir. Default: the library's model (or the default model).")  # fmt: skip
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@runtime_option
 @json_option
 @pass_state
-def eval_cmd(state, pairs, captions_from, models, device, batch_size, as_json):
+def eval_cmd(state, pairs, captions_from, models, device, batch_size, runtime, as_json):
     """Compare models on your own image–caption PAIRS before indexing with one.
 
     PAIRS is read like `clipdex finetune` reads it (.csv/.tsv/.jsonl with `image` and `caption`
@@ -66,7 +67,8 @@ def eval_cmd(state, pairs, captions_from, models, device, batch_size, as_json):
             pairs = lib.caption_pairs(captions_from)
 
     chosen = list(models) or [_library_model(state)]
-    results = evaluate(pairs, chosen, device=device, batch_size=batch_size, problem=problem)
+    results = evaluate(pairs, chosen, device=device, batch_size=batch_size, problem=problem, runtime=runtime,
+                       notice=notice)  # fmt: skip
     if as_json:
         for row in results:
             emit_json(row)

@@ -13,14 +13,14 @@ with its model; a change of precision is a re-embedding.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 from pathlib import Path
 
 from clipdex.errors import ClipdexError
 from clipdex.library.options import PRECISIONS, RUNTIMES
-from clipdex.retrieval.models import WEIGHTS_NAME, ModelSpec
+from clipdex.retrieval.models import ModelSpec
+from clipdex.retrieval.onnx.cache import fingerprint
 
 
 def runtime_choice(runtime: str | None = None) -> str:
@@ -29,18 +29,6 @@ def runtime_choice(runtime: str | None = None) -> str:
     if chosen not in RUNTIMES:
         raise ClipdexError(f"unknown runtime '{chosen}' (choose {', '.join(RUNTIMES)})")
     return chosen
-
-
-def fingerprint(spec: ModelSpec) -> str:
-    """16 hex digits naming exactly this model (a local-dir's weights by size and mtime)."""
-    h = hashlib.sha256(spec.to_json().encode())
-    if spec.local_dir is not None:
-        try:
-            st = (spec.local_dir / WEIGHTS_NAME).stat()
-            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
-        except OSError:
-            h.update(b"no-weights")
-    return h.hexdigest()[:16]
 
 
 def graphs_dir(library: Path, spec: ModelSpec) -> Path:

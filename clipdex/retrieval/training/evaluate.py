@@ -12,12 +12,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import torch
 
 from clipdex.errors import ClipdexError
 from clipdex.retrieval.decode import open_image
-from clipdex.retrieval.embed import encode_image_batch, encode_texts
-from clipdex.retrieval.models import LoadedModel, ModelSpec, load_model, resolve_spec
+from clipdex.retrieval.encoders import Encoder
+from clipdex.retrieval.models import ModelSpec, load_model, resolve_spec
 from clipdex.retrieval.prefetch import default_workers, ordered_prefetch
 from clipdex.retrieval.training.metrics import group_pairs, retrieval_metrics
 from clipdex.retrieval.training.pairs import MAX_BAD_FRACTION, PairsArg, coerce_pairs
@@ -31,6 +30,8 @@ def evaluate(
     batch_size: int = 32,
     workers: int | None = None,
     problem: Callable[[str, str], None] | None = None,
+    runtime: str | None = None,
+    notice: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Text->image and image->text Recall@1/5/10, median rank and mAP of each model on ``pairs``.
 
@@ -38,7 +39,12 @@ def evaluate(
     ``models``: model specs (``ARCH@TAG``, ``local-dir:PATH``, ``hf-hub:…``); None = the default
     model. Returns one dict per model, in order: ``{"model", "pairs", "t2i_r1", …, "i2t_map"}``.
     Pairs whose image cannot be read are skipped (reported via ``problem``) and not counted.
+    ``runtime`` (auto, onnx, torch; default ``$CLIPDEX_RUNTIME`` or auto) encodes as the library
+    does: with ONNX Runtime on the CPU, each model's graphs exported once into the user's cache
+    (`clipdex.retrieval.onnx.cache`; ``notice`` hears of it), else with torch.
     """
+    from clipdex.retrieval.onnx.cache import eval_encoder
+
     pair_list, _ = coerce_pairs(pairs)
     if not pair_list:
         raise ClipdexError("no image–caption pairs to evaluate")
@@ -46,10 +52,10 @@ def evaluate(
         models = [models]  # type: ignore[list-item]
     specs = [m if isinstance(m, ModelSpec) else resolve_spec(m) for m in models]
     lms = [load_model(spec, device) for spec in dict.fromkeys(specs)]
-    by_spec = {lm.spec: lm for lm in lms}
+    encoders = {lm.spec: eval_encoder(lm, runtime, notice) for lm in lms}
 
     paths = list(dict.fromkeys(p.image for p in pair_list))
-    vectors, bad = _embed_images(lms, paths, batch_size, workers or default_workers())
+    vectors, bad = _embed_images(encoders, paths, batch_size, workers or default_workers())
     for path, reason in bad:
         if problem is not None:
             problem(path, reason)
@@ -62,25 +68,24 @@ def evaluate(
     images, texts, relevant = group_pairs(kept)
     results = []
     for spec in specs:
-        lm = by_spec[spec]
         img = np.stack([vectors[spec][p] for p in images])
-        metrics = retrieval_metrics(img, encode_texts(lm, texts), relevant)
+        metrics = retrieval_metrics(img, encoders[spec].encode_texts(texts), relevant)
         results.append({"model": spec.to_arg(), "pairs": len(kept), **metrics})
     return results
 
 
 def _embed_images(
-    lms: Sequence[LoadedModel], paths: Sequence[str], batch_size: int, workers: int
+    encoders: dict[ModelSpec, Encoder], paths: Sequence[str], batch_size: int, workers: int
 ) -> tuple[dict[ModelSpec, dict[str, np.ndarray]], list[tuple[str, str]]]:
     """Decode each image once (threads, in order) and encode that batch with every model."""
-    vectors: dict[ModelSpec, dict[str, np.ndarray]] = {lm.spec: {} for lm in lms}
+    vectors: dict[ModelSpec, dict[str, np.ndarray]] = {spec: {} for spec in encoders}
     bad: list[tuple[str, str]] = []
     batch: list[tuple[str, Any]] = []
 
     def flush() -> None:
-        for lm in lms:
-            pixels = torch.stack([lm.preprocess(im) for _, im in batch])
-            vectors[lm.spec].update(zip([p for p, _ in batch], encode_image_batch(lm, pixels), strict=True))
+        for spec, enc in encoders.items():
+            vecs = enc.encode_pictures([im for _, im in batch])
+            vectors[spec].update(zip([p for p, _ in batch], vecs, strict=True))
         batch.clear()
 
     for path, result in ordered_prefetch(open_image, paths, workers, ahead=batch_size * 2):
