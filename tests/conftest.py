@@ -59,6 +59,7 @@ def _isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CLIPDEX_MODEL", raising=False)
     monkeypatch.delenv("CLIPDEX_DEBUG", raising=False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("CLIPDEX_ONNX_CACHE", str(tmp_path / "onnx-cache"))  # eval/embed's exported graphs
 
 
 @pytest.fixture

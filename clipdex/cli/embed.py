@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import click
 
-from clipdex.cli.common import emit_json, info, json_option, pass_state, problem, progress_bar, quiet_option
+from clipdex.cli.common import (
+    emit_json,
+    info,
+    json_option,
+    pass_state,
+    problem,
+    progress_bar,
+    quiet_option,
+    runtime_option,
+)  # fmt: skip
 
 
 @click.command("embed")
@@ -27,11 +36,12 @@ from clipdex.cli.common import emit_json, info, json_option, pass_state, problem
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps (in-process runs).")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Decode threads (in-process runs).")
+@runtime_option
 @json_option
 @quiet_option
 @pass_state
 def embed(state, sources, out, model, pretrained, ray_address, actors, shard_size, batch_size, device,
-          workers, as_json, quiet):  # fmt: skip
+          workers, runtime, as_json, quiet):  # fmt: skip
     """Embed image files into shards: DIR/img_emb/*.npy (float16) + DIR/metadata/*.parquet.
 
     SOURCES are folders (scanned like `index`), image files, or .txt/.csv/.parquet lists of paths
@@ -51,7 +61,7 @@ def embed(state, sources, out, model, pretrained, ray_address, actors, shard_siz
         stats = embed_sources(
             list(sources), out, model=model, pretrained=pretrained, ray=ray_address, actors=actors,
             shard_size=shard_size, batch_size=batch_size, device=device, workers=workers, problem=problem,
-            progress=bar, log=lambda msg: info(msg, quiet),
+            progress=bar, log=lambda msg: info(msg, quiet), runtime=runtime,
         )  # fmt: skip
     if as_json:
         emit_json(stats.to_dict())

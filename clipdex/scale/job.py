@@ -205,13 +205,18 @@ class EmbedJob:
         self.stats.failed = sum(f for _, f in self._counts.values())
 
     # ---- running in-process ---------------------------------------------------------------
-    def run_local(self, todo: list[Shard], lm) -> None:
-        """Embed ``todo`` shards in this process with `index`'s decode/encode pipeline."""
+    def run_local(self, todo: list[Shard], lm, encoder=None) -> None:
+        """Embed ``todo`` shards in this process with `index`'s decode/encode pipeline, encoding
+        with ``encoder`` (an `OnnxEncoder`, or None: the model's own torch)."""
         import torch
 
         from clipdex.retrieval.embed import encode_image_batch
+        from clipdex.retrieval.encoders import TorchEncoder
         from clipdex.retrieval.prefetch import default_workers, ordered_prefetch
         from clipdex.scale.load import load_entry
+
+        onnx = encoder if encoder is not None and not isinstance(encoder, TorchEncoder) else None
+        preprocess = onnx.preprocess if onnx is not None else lm.preprocess
 
         draft_to = lm.image_size
         total = sum(len(s.entries) for s in todo)
@@ -227,7 +232,10 @@ class EmbedJob:
             return builders[index]
 
         def encode() -> None:
-            vecs = encode_image_batch(lm, torch.stack([loaded.pixels for _, _, loaded in batch]))
+            pixels = [loaded.pixels for _, _, loaded in batch]
+            vecs = (
+                onnx.encode_pixels(np.stack(pixels)) if onnx else encode_image_batch(lm, torch.stack(pixels))
+            )
             for (index, pos, loaded), vec in zip(batch, vecs):
                 loaded.pixels = None
                 builder(index).put(pos, vec, loaded)
@@ -237,7 +245,7 @@ class EmbedJob:
             for index in sorted(i for i, b in builders.items() if b.complete):
                 self.finish_shard(builders.pop(index))
 
-        decode = lambda item: load_entry(item[2], lm.preprocess, draft_to)  # noqa: E731
+        decode = lambda item: load_entry(item[2], preprocess, draft_to)  # noqa: E731
         workers = self.workers or default_workers()
         for (index, pos, entry), result in ordered_prefetch(
             decode, items, workers, ahead=self.batch_size * 2

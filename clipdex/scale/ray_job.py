@@ -62,10 +62,16 @@ def decode_batch(batch: dict[str, np.ndarray], preprocess: Any, draft_to: Any, s
 class Encoder:
     """An actor holding the model: pixels → unit float32 vectors (zeros for failed rows)."""
 
-    def __init__(self, spec_json: str, device: str):
+    def __init__(self, spec_json: str, device: str, runtime: str | None = None, cache: str | None = None):
+        from clipdex.retrieval.encoders import TorchEncoder
         from clipdex.retrieval.models import ModelSpec, load_model
+        from clipdex.retrieval.onnx.cache import eval_encoder
 
         self.lm = load_model(ModelSpec.from_json(spec_json), device)
+        # ONNX Runtime where the driver's runtime says so: each node exports the graphs into its
+        # own cache once (the pixels from the decode tasks are the same either way).
+        enc = eval_encoder(self.lm, runtime, cache=cache)
+        self.onnx = None if isinstance(enc, TorchEncoder) else enc
         self.calls = 0
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict:
@@ -77,7 +83,9 @@ class Encoder:
         _maybe_die(self.calls)
         ok = np.asarray(batch["ok"], bool)
         vectors = np.zeros((len(ok), self.lm.embed_dim), np.float32)
-        if ok.any():
+        if ok.any() and self.onnx is not None:
+            vectors[ok] = self.onnx.encode_pixels(np.ascontiguousarray(batch["pixels"][ok]))
+        elif ok.any():
             vectors[ok] = encode_image_batch(
                 self.lm, torch.from_numpy(np.ascontiguousarray(batch["pixels"][ok]))
             )
@@ -143,11 +151,13 @@ def connect(address: str) -> bool:
     return True
 
 
-def run_ray(job: EmbedJob, todo: list[Shard], lm: LoadedModel, address: str, actors: int | None) -> None:
+def run_ray(job: EmbedJob, todo: list[Shard], lm: LoadedModel, address: str, actors: int | None,
+            runtime: str | None = None) -> None:  # fmt: skip
     """Embed ``todo`` shards on a Ray cluster; the driver writes each shard when its rows are in."""
     import ray
     import ray.data
 
+    from clipdex.retrieval.onnx.cache import cache_dir
     from clipdex.scale.job import ShardBuilder
 
     started = connect(address)
@@ -180,7 +190,9 @@ def run_ray(job: EmbedJob, todo: list[Shard], lm: LoadedModel, address: str, act
         ds = ds.map_batches(
             Encoder, batch_size=job.batch_size, batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=size),
-            fn_constructor_kwargs={"spec_json": lm.spec.to_json(), "device": device}, **actor_args,
+            fn_constructor_kwargs={"spec_json": lm.spec.to_json(), "device": device, "runtime": runtime,
+                                   "cache": str(cache_dir())},
+            **actor_args,
         )  # fmt: skip
         job.log(f"ray: {size} encoder actor{'s' if size != 1 else ''} on {device}")
         shards = {s.index: s for s in todo}

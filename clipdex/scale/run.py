@@ -24,11 +24,13 @@ def run_embed(
     progress: Progress | None = None,
     log: Callable[[str], None] | None = None,
     on_shard: Callable[[int], None] | None = None,
+    runtime: str | None = None,
 ) -> EmbedStats:
     """Embed the image files of ``sources`` into shards under ``out``; resumes a finished part.
 
     ``ray``: None runs in-process; ``"local"`` starts a local Ray cluster (or joins
-    ``$RAY_ADDRESS``); ``"auto"`` or an address joins that cluster.
+    ``$RAY_ADDRESS``); ``"auto"`` or an address joins that cluster. ``runtime`` (auto, onnx,
+    torch) encodes as `clipdex.retrieval.onnx.cache.eval_encoder` chooses, on each Ray node too.
     """
     from clipdex.retrieval.models import load_model, resolve_spec
 
@@ -49,11 +51,13 @@ def run_embed(
         dim = lm.embed_dim
         job.write_manifest(dim, complete=False)
         if todo and ray is None:
-            job.run_local(todo, lm)
+            from clipdex.retrieval.onnx.cache import eval_encoder
+
+            job.run_local(todo, lm, eval_encoder(lm, runtime, log))
         elif todo:
             from clipdex.scale.ray_job import run_ray
 
-            run_ray(job, todo, lm, address=ray, actors=actors)
+            run_ray(job, todo, lm, address=ray, actors=actors, runtime=runtime)
     job.total_counts()
     job.write_manifest(dim, complete=True)
     return job.stats

@@ -216,3 +216,14 @@ def test_a_bad_caption_file_leaves_the_image_embedded_without_a_caption(tmp_path
             assert np.abs(by_name["nul.png"][1].astype(np.float32)).sum() > 0  # a real vector
     finally:
         fs.rm("/badcap", recursive=True)
+
+
+def test_embed_on_onnx_runtime_equals_index(tmp_path, photos, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("CLIPDEX_ONNX_CACHE", str(tmp_path / "cache"))
+    ref = index_vectors(tmp_path / "lib", photos, tiny_model_dir)  # torch
+    f32 = capture_float32(monkeypatch)
+    out = tmp_path / "emb"
+    r = ok("embed", photos, "--out", out, "--model", tiny_model_dir, "--runtime", "onnx", "--json")
+    assert json.loads(r.stdout)["embedded"] == 10 and "exporting model" in r.stderr
+    assert_same_as_index(ref, f32, out)  # ONNX Runtime's vectors within 1e-5 of torch's
+    assert len(list((tmp_path / "cache").glob("onnx-*/image.onnx"))) == 1

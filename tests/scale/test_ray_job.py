@@ -55,8 +55,11 @@ def test_ray_embed_equals_index_and_resumes_an_in_process_job(
     first = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.rglob("*_00000.*")}
     assert len(first) == 3
     f32 = capture_float32(monkeypatch)
+    # The actors encode on ONNX Runtime (each exports the graphs into the cache once); the vectors
+    # still equal torch's `index` within 1e-5. (The killed-actor test below runs torch actors.)
+    monkeypatch.setenv("CLIPDEX_ONNX_CACHE", str(tmp_path / "cache"))
     r = ok("embed", photos, "--out", out, "--model", tiny_model_dir, "--shard-size", "4", "--batch-size", "2",
-           "--ray", "--actors", "2", "--json")  # fmt: skip
+           "--ray", "--actors", "2", "--runtime", "onnx", "--json")  # fmt: skip
     want = {"files": 11, "embedded": 10, "failed": 1, "shards": 3, "shards_written": 2, "shards_skipped": 1}
     assert json.loads(r.stdout) == want
     assert "2 encoder actors" in r.stderr
@@ -66,6 +69,7 @@ def test_ray_embed_equals_index_and_resumes_an_in_process_job(
     assert_same_as_index(ref, f32 | {k: v for k, v in ref.items() if k not in f32}, out)
     rows, _, failed = read_shards(out)
     assert [f["path"] for f in failed] == [str(photos / "broken.jpg")]
+    assert list((tmp_path / "cache").glob("onnx-*/image.onnx"))
 
 
 def test_a_killed_actor_loses_and_duplicates_nothing(ray_cluster, tmp_path, tiny_model_dir, monkeypatch):

@@ -40,10 +40,13 @@ def cache_dir() -> Path:
     return Path(platformdirs.user_cache_dir("clipdex")) / "onnx"
 
 
-def eval_encoder(lm: Any, runtime: str | None = None, notice: Callable[[str], None] | None = None) -> Any:
+def eval_encoder(
+    lm: Any, runtime: str | None = None, notice: Callable[[str], None] | None = None, cache: str | None = None
+) -> Any:
     """The encoder `evaluate` runs ``lm`` with: ONNX Runtime on the CPU under auto/onnx (graphs
     exported into the cache the first time), torch otherwise or where the model cannot be
-    exported (said once through ``notice``; under ``runtime="onnx"`` that is an error)."""
+    exported (said once through ``notice``; under ``runtime="onnx"`` that is an error). ``cache``:
+    the cache folder (default `cache_dir`; Ray actors get the driver's)."""
     from clipdex.retrieval.encoders import TorchEncoder
 
     chosen = runtime or os.environ.get("CLIPDEX_RUNTIME") or "auto"
@@ -55,7 +58,7 @@ def eval_encoder(lm: Any, runtime: str | None = None, notice: Callable[[str], No
     from clipdex.retrieval.onnx.export import export_model
 
     say = notice or (lambda _msg: None)
-    folder = cache_dir() / f"onnx-{fingerprint(lm.spec)}"
+    folder = (Path(cache) if cache else cache_dir()) / f"onnx-{fingerprint(lm.spec)}"
     try:
         if read_manifest(folder) is None:
             say(f"exporting model {lm.spec} to ONNX Runtime (once per model, into {folder.parent}) …")
