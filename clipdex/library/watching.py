@@ -113,24 +113,29 @@ class Watcher:
                 self._fold(wait=True)
 
     def _restart(self, events: Events | None, present: list[bytes]) -> Events:
+        """A new event thread for ``present``, started before the old one stops (nothing heard
+        in between is lost); after a failure of the old one, a rescan makes good what it lost."""
         backoff = 1.0
+        if events is not None and events.failed:
+            if events.failed != self._said_failure:
+                self._said_failure = events.failed
+                self.notice(f"file events were lost ({events.failed}); rescanning")
+            if events.short_lived:  # it fails at once again: wait longer each time
+                backoff = min(60.0, events.backoff * 2)
+                self.stop.wait(events.backoff)
+        fresh = Events(present, self.stop, backoff)
         if events is not None:
             events.close()
+            self._drain(events, wait=False)
             if events.failed:
-                if events.failed != self._said_failure:
-                    self._said_failure = events.failed
-                    self.notice(f"file events were lost ({events.failed}); rescanning")
-                if events.short_lived:  # it fails at once again: wait longer each time
-                    backoff = min(60.0, events.backoff * 2)
-                    self.stop.wait(events.backoff)
                 self.rescan(present, quiet=True)
-        return Events(present, self.stop, backoff)
+        return fresh
 
-    def _drain(self, events: Events) -> None:
+    def _drain(self, events: Events, wait: bool = True) -> None:
         """Hear what the event thread queued; wait up to a tick when nothing is ready to apply."""
         timeout = TICK if len(self.pending) else 1.0
         try:
-            changes = events.queue.get(timeout=timeout)
+            changes = events.queue.get(timeout=timeout) if wait else events.queue.get_nowait()
         except queue.Empty:
             return
         while True:

@@ -97,7 +97,9 @@ def test_changes_deletes_and_renames_as_index_would(tiny_model_dir, tmp_path):
         os.rename(photos / "solo.png", photos / "renamed.png")
         os.remove(photos / "gone.png")
         wait_for(lambda: os.fsencode(photos / "gone.png") not in path_ids(lib_dir), what="the deletion")
-        wait_for(lambda: path_ids(lib_dir).get(os.fsencode(photos / "renamed.png")) == solo, what="the rename")
+        wait_for(
+            lambda: path_ids(lib_dir).get(os.fsencode(photos / "renamed.png")) == solo, what="the rename"
+        )
         # A deleted folder removes its items.
         shutil.rmtree(photos / "album-2024")
         wait_for(lambda: names(lib_dir) == ["photos/renamed.png"], what="the folder's removal")
