@@ -152,7 +152,6 @@ def main() -> None:
 
         churn = photos / "churn"
         churn.mkdir()
-        small = 1000 if args.events >= 1000 else args.events
         rss = {}
         done = 0
         for target in (max(1, args.events // 100), args.events):
@@ -187,9 +186,10 @@ def main() -> None:
         c0, t0 = cpu_seconds(watch.proc.pid), time.monotonic()
         time.sleep(args.idle)
         used, wall = cpu_seconds(watch.proc.pid) - c0, time.monotonic() - t0
+        folders, rss_now = len(list(tree.iterdir())), rss_mib(watch.proc.pid)
         print(
             f"idle: {used:.2f} CPU s over {wall:.0f} s ({100 * used / wall:.2f}% of a core) watching "
-            f"{args.tree} pictures in {len(list(tree.iterdir()))} folders; RSS {rss_mib(watch.proc.pid):.0f} MiB"
+            f"{args.tree} pictures in {folders} folders; RSS {rss_now:.0f} MiB"
         )
         watch.stop()
         print(f"stdev of single-file latency: {statistics.pstdev(singles):.2f} s")
