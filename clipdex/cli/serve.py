@@ -46,7 +46,7 @@ def serve(state, host, port, open_browser, token, allow_host, device, max_upload
     if not is_loopback(host) and not token:
         raise click.UsageError(f"binding {host} (not loopback) needs --token TOKEN or CLIPDEX_TOKEN")
     from clipdex.errors import ClipdexError
-    from clipdex.index.scan import check_folders
+    from clipdex.library import check_folders
 
     check_folders(watch_folders)  # before the server starts: a missing FOLDER exits 1
     lib = state.open(device=device, gpu_index=True, runtime=runtime)  # long-running: a GPU copy pays off

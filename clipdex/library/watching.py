@@ -315,9 +315,9 @@ class Watcher:
         try:
             self.store.make_writable()
             self._check_model()
-            if self._scope(batch.paths, batch.gone) != batch.scope:
-                return False
-            with self.store.transaction():
+            with self.store.transaction():  # checked inside: no other commit can come in between
+                if self._scope(batch.paths, batch.gone) != batch.scope:
+                    return False  # nothing written
                 for _ in batch.run.execute(batch.plan, iter(batch.encoded)):
                     pass  # the FAISS files follow from the change log (see _fold)
         finally:

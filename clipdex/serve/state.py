@@ -217,7 +217,8 @@ class Served:
     def info(self) -> dict:
         with self.store_lock:
             self.lib.refresh()
-            return {**self.lib.info(), "watching": self.watching}
+            info = self.lib.info()
+            return {**info, "watching": self.watching} if self.watching else info
 
 
 @dataclass

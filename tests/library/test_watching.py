@@ -6,6 +6,8 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import subprocess
+import sys
 import threading
 import time
 
@@ -124,29 +126,37 @@ def test_a_burst_lands_exactly_once(tiny_model_dir, tmp_path):
     assert max(b["added"] for b in w.batches) <= 16  # batched, one transaction each
 
 
-def test_other_writers_succeed_while_it_watches(tiny_model_dir, tmp_path, monkeypatch):
-    monkeypatch.setenv("CLIPDEX_LOCK_TIMEOUT", "2")
+OTHER_WRITER = """
+import sys
+from clipdex.library import Library
+with Library.open(sys.argv[1]) as lib:
+    assert len(lib.add_texts(["a red bus", "a green field"])) == 2
+    assert lib.index(sys.argv[2]).added == 2
+    assert len(lib.add_texts(["a blue boat"])) == 1
+"""
+
+
+def test_other_writers_succeed_while_it_watches(tiny_model_dir, tmp_path):
     photos, other, lib_dir = tmp_path / "photos", tmp_path / "other", tmp_path / "lib"
     make_images(photos, ["a.png"])
     make_images(other, ["o1.png", "o2.png"], seed=4)
     with watching(lib_dir, [photos], model(tiny_model_dir), **FAST):
 
         def keep_arriving() -> None:  # batches keep committing meanwhile
-            for n in range(20):
+            for n in range(30):
                 make_images(photos / "live", [f"{n}.png"], seed=100 + n)
                 time.sleep(0.1)
 
         arriving = threading.Thread(target=keep_arriving)
         arriving.start()
-        try:
-            with Library.open(lib_dir) as writer:
-                assert len(writer.add_texts(["a red bus", "a green field"])) == 2
-                assert writer.index(other).added == 2
-                time.sleep(0.5)
-                assert len(writer.add_texts(["a blue boat"])) == 1
+        try:  # another process: the writer lock is really contended
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path), "CLIPDEX_LOCK_TIMEOUT": "3"}
+            writer = subprocess.run([sys.executable, "-c", OTHER_WRITER, str(lib_dir), str(other)], env=env,
+                                    capture_output=True, text=True, timeout=120)  # fmt: skip
+            assert writer.returncode == 0, writer.stderr
         finally:
             arriving.join()
-        wait_for(lambda: len(image_paths(lib_dir)) == 1 + 20 + 2, timeout=20, what="every picture")
+        wait_for(lambda: len(image_paths(lib_dir)) == 1 + 30 + 2, timeout=20, what="every picture")
     paths = image_paths(lib_dir)
     assert len(paths) == len(set(paths))
     with Library.open(lib_dir) as reader:

@@ -3,7 +3,7 @@
 The kernel releases the lock when its holder exits or is killed, so there is no stale-lock
 takeover to get wrong (no check-then-unlink, no reused pids). The file keeps the holder's pid and
 command line only to name it in the message a second writer gets. The lock is re-entrant within a
-thread (a writing command that opens the store for writing, which migrates under the same lock).
+process (a writing command that opens the store for writing, which migrates under the same lock).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from clipdex.errors import ClipdexError, LockHeld
 
 LOCK_NAME = "write.lock"
 
-# Held locks of this process: (lock path, thread) -> [fd, depth]. flock locks belong to an open
-# file description, so a second open() + flock() in the same thread would wait on itself.
-_held: dict[tuple[str, int], list[int]] = {}
+# Held locks of this process: lock path -> [fd, depth]. flock locks belong to an open file
+# description, so a second open() + flock() in the same process would wait on itself.
+_held: dict[str, list[int]] = {}
 _guard = threading.RLock()
 
 
@@ -57,39 +57,33 @@ class WriterLock:
         self._entered = False
 
     def acquire(self) -> None:
-        key = self._key()
+        key = str(self.path.absolute())
         with _guard:
             if key in _held:
                 _held[key][1] += 1
                 self._entered = True
                 return
-        fd = self._open()
-        deadline = time.monotonic() + self.timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    holder = _describe(_read_holder(fd))
-                    os.close(fd)
-                    raise LockHeld(
-                        f"another clipdex process ({holder}) is writing to library "
-                        f"{self.library_dir}; try again when it ends"
-                    ) from None
-                time.sleep(0.05)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "cmd": command_line(),
-              "since": time.time()}  # fmt: skip
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(me).encode(), 0)
-        with _guard:
+            fd = self._open()
+            deadline = time.monotonic() + self.timeout
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        holder = _describe(_read_holder(fd))
+                        os.close(fd)
+                        raise LockHeld(
+                            f"another clipdex process ({holder}) is writing to library "
+                            f"{self.library_dir}; try again when it ends"
+                        ) from None
+                    time.sleep(0.05)
+            me = {"pid": os.getpid(), "host": socket.gethostname(), "cmd": command_line(),
+                  "since": time.time()}  # fmt: skip
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
             _held[key] = [fd, 1]
-        self._entered = True
-
-    def _key(self) -> tuple[str, int]:
-        # Per thread: a watcher thread and another writing thread of one process exclude each
-        # other like two processes do (each has its own open file, so its own flock).
-        return str(self.path.absolute()), threading.get_ident()
+            self._entered = True
 
     def _open(self) -> int:
         if self.library_dir.is_dir() and not os.access(self.library_dir, os.W_OK):
@@ -107,7 +101,7 @@ class WriterLock:
         if not self._entered:
             return
         self._entered = False
-        key = self._key()
+        key = str(self.path.absolute())
         with _guard:
             entry = _held.get(key)
             if entry is None:
