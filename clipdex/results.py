@@ -83,6 +83,30 @@ class IndexStats:
 
 
 @dataclass(slots=True)
+class WatchBatch:
+    """What one batch of `Library.watch` applied; ``to_dict()`` is its `watch --json` line."""
+
+    added: int = 0
+    updated: int = 0
+    moved: int = 0
+    removed: int = 0
+    failed: int = 0
+    texts_added: int = 0
+    texts_updated: int = 0
+    texts_removed: int = 0
+
+    def to_dict(self) -> dict:
+        return {"added": self.added, "updated": self.updated, "moved": self.moved, "removed": self.removed,
+                "failed": self.failed}  # fmt: skip
+
+    def any(self) -> bool:
+        return self.items() > 0
+
+    def items(self) -> int:
+        return sum(asdict(self).values())
+
+
+@dataclass(slots=True)
 class ImportCounts:
     """Counts of one `import-embeddings` run; ``to_dict()`` is its ``--json`` object."""
 

@@ -86,9 +86,19 @@ def cli(ctx: click.Context, library: str | None, debug: bool) -> None:
 
 
 def _register() -> None:
-    from clipdex.cli import duplicates, embed, eval_cmds, finetune, library_cmds, model_cmds, serve, similar
+    from clipdex.cli import (
+        duplicates,
+        embed,
+        eval_cmds,
+        finetune,
+        library_cmds,
+        model_cmds,
+        serve,
+        similar,
+        watch,
+    )
 
-    for module in (library_cmds, model_cmds, finetune, similar, duplicates, eval_cmds, embed, serve):
+    for module in (library_cmds, model_cmds, finetune, similar, duplicates, eval_cmds, embed, serve, watch):
         for command in module.COMMANDS:
             cli.add_command(command)
 

@@ -22,9 +22,11 @@ from clipdex.cli.common import info, pass_state, runtime_option
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps.")
 @click.option("--max-upload-mb", default=20.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Largest accepted query image upload.")  # fmt: skip
+@click.option("--watch", "watch_folders", multiple=True, type=click.Path(path_type=bytes), metavar="FOLDER",
+              help="Also follow FOLDER like `clipdex watch` (repeatable).")  # fmt: skip
 @runtime_option
 @pass_state
-def serve(state, host, port, open_browser, token, allow_host, device, max_upload_mb, runtime):
+def serve(state, host, port, open_browser, token, allow_host, device, max_upload_mb, watch_folders, runtime):
     """Serve a search page and a JSON API for the library (Ctrl-C stops).
 
     The model and indexes stay loaded, so a query costs its encoding plus the search. Loopback by
@@ -36,6 +38,7 @@ def serve(state, host, port, open_browser, token, allow_host, device, max_upload
       clipdex serve --open
       clipdex serve --port 9000
       CLIPDEX_TOKEN=s3cret clipdex serve --host 0.0.0.0 --allow-host photos.lan
+      clipdex serve --watch ~/Pictures       # new pictures appear by themselves
     """
     from clipdex.serve.security import is_loopback
 
@@ -43,7 +46,9 @@ def serve(state, host, port, open_browser, token, allow_host, device, max_upload
     if not is_loopback(host) and not token:
         raise click.UsageError(f"binding {host} (not loopback) needs --token TOKEN or CLIPDEX_TOKEN")
     from clipdex.errors import ClipdexError
+    from clipdex.library import check_folders
 
+    check_folders(watch_folders)  # before the server starts: a missing FOLDER exits 1
     lib = state.open(device=device, gpu_index=True, runtime=runtime)  # long-running: a GPU copy pays off
     with lib:
         if lib.spec is not None:
@@ -51,9 +56,28 @@ def serve(state, host, port, open_browser, token, allow_host, device, max_upload
             lib.encode_texts(["warm up"])  # loaded now (ONNX or torch): the first query does not pay
         sock = _bind(host, port, ClipdexError)
         url = _url(host, sock.getsockname()[1])
-        _run(lib, sock, url, token=token, host=host, allow_host=allow_host, max_upload_mb=max_upload_mb,
-             open_browser=open_browser)  # fmt: skip
+        following = _follow(state, watch_folders, device, runtime) if watch_folders else None
+        try:
+            _run(lib, sock, url, token=token, host=host, allow_host=allow_host, max_upload_mb=max_upload_mb,
+                 open_browser=open_browser, watching=[os.fsdecode(f) for f in watch_folders])  # fmt: skip
+        finally:
+            if following is not None:
+                following.stop()  # the batch under way is finished
     info("clipdex: stopped")
+
+
+def _follow(state, folders, device, runtime):
+    from clipdex.cli.common import problem
+    from clipdex.serve.following import Following
+
+    def on_batch(b) -> None:
+        info(f"clipdex: {b.added} added, {b.updated} updated, {b.moved} moved, {b.removed} removed, "
+             f"{b.failed} failed")  # fmt: skip
+
+    following = Following(lambda: state.open(device=device, runtime=runtime), list(folders), info,
+                          on_batch=on_batch, problem=problem)  # fmt: skip
+    following.start()
+    return following
 
 
 def _bind(host: str, port: int, error: type[Exception]) -> socket.socket:
@@ -79,7 +103,7 @@ def _url(host: str, port: int) -> str:
     return f"http://{shown}:{port}/"
 
 
-def _run(lib, sock, url, *, token, host, allow_host, max_upload_mb, open_browser) -> None:
+def _run(lib, sock, url, *, token, host, allow_host, max_upload_mb, open_browser, watching=()) -> None:
     import copy
     import threading
     import webbrowser
@@ -88,7 +112,8 @@ def _run(lib, sock, url, *, token, host, allow_host, max_upload_mb, open_browser
 
     from clipdex.serve.app import create_app
 
-    app = create_app(lib, token=token, bind_host=host, allow_hosts=allow_host, max_upload_mb=max_upload_mb)
+    app = create_app(lib, token=token, bind_host=host, allow_hosts=allow_host, max_upload_mb=max_upload_mb,
+                     watching=list(watching))  # fmt: skip
     lib.preload()  # a server answers many queries: map the index's pages once, up front
     logging = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     logging["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for the URL only

@@ -17,6 +17,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from clipdex.index.scan import check_folders
     from clipdex.library.facade import Library
     from clipdex.library.options import (
         INDEX_TYPES,
@@ -39,6 +40,7 @@ _WHERE = {
     "PRECISIONS": "options",
     "RUNTIMES": "options",
     "check_index_type": "options",
+    "check_folders": "clipdex.index.scan",
     "database_path": "options",
     "default_library_dir": "options",
     "library_dir": "options",
@@ -55,6 +57,7 @@ __all__ = [
     "ONDISK",
     "PRECISIONS",
     "RUNTIMES",
+    "check_folders",
     "check_index_type",
     "database_path",
     "default_library_dir",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,7 +27,15 @@ from clipdex.library.options import check_index_type, library_dir
 from clipdex.library.parts import Parts
 from clipdex.library.queries import Encode, ImageArg, QueryPlan, encode_images
 from clipdex.library.search import Searcher
-from clipdex.results import DuplicateItem, ImportCounts, IndexStats, Reembedded, SearchResult, TextLine
+from clipdex.results import (
+    DuplicateItem,
+    ImportCounts,
+    IndexStats,
+    Reembedded,
+    SearchResult,
+    TextLine,
+    WatchBatch,
+)  # fmt: skip
 from clipdex.retrieval.models import LoadedModel, ModelSpec, resolve_spec
 from clipdex.retrieval.query import Terms, Weights
 
@@ -58,6 +67,7 @@ class Library:
         self.parts = Parts(path, store, self.indexes, self.models)
         self.searcher = Searcher(path, store, self.indexes, self.models, gpu_index)
         self.last_reembed: Reembedded | None = None  # what the last re-embedding did
+        self._watch_stop = threading.Event()  # set by stop(): ends watch()
 
     # ---- opening --------------------------------------------------------------------------
     @classmethod
@@ -184,6 +194,48 @@ class Library:
                 exact_decode=exact_decode, problem=problem, progress=progress, retry_failed=retry_failed,
                 ocr=ocr,
             )  # fmt: skip
+
+    def watch(
+        self,
+        folders: str | os.PathLike | Sequence[str | os.PathLike | bytes],
+        *,
+        on_batch: Callable[[WatchBatch], None] | None = None,
+        debounce: float = 1.0,
+        include_hidden: bool = False,
+        batch_size: int = 32,
+        workers: int | None = None,
+        exact_decode: bool = False,
+        rescan_every: float = 3600.0,
+        problem: Problem | None = None,
+        on_ready: Callable[[], None] | None = None,
+    ) -> None:
+        """Follow ``folders`` and apply what changes in them as `index` would; blocks until `stop`.
+
+        First brings the library in line with the folders (like `index`), then applies new,
+        changed, moved and deleted files batch by batch: a file is taken once its size and mtime
+        held for ``debounce`` seconds; each batch (at most ``batch_size`` pictures to encode) is
+        one transaction, the writer lock held only while it commits; ``on_batch`` gets its counts.
+        A folder that vanishes is waited for (its items stay); lost events, a returning folder and
+        every ``rescan_every`` seconds (0: never) trigger a stat-only rescan. ``on_ready``: called
+        once, when the first pass is applied. See `clipdex.library.watching`.
+        """
+        from clipdex.library.watching import Watcher, WatchOptions
+
+        folders = [folders] if isinstance(folders, (str, bytes, os.PathLike)) else list(folders)
+        if debounce < 0 or batch_size < 1:
+            raise ValueError("debounce must be >= 0 and batch_size >= 1")
+        options = WatchOptions(debounce, include_hidden, batch_size, workers, exact_decode, rescan_every)
+        watcher = Watcher(self.parts, folders, options, self._watch_stop, on_batch=on_batch, problem=problem,
+                          notice=self.models.notice, on_ready=on_ready)  # fmt: skip
+        try:
+            watcher.run()
+        finally:
+            self._watch_stop.clear()
+
+    def stop(self) -> None:
+        """End a running `watch` (from another thread or a signal handler): the batch being
+        applied is finished first."""
+        self._watch_stop.set()
 
     def add_texts(self, texts: Sequence[str], source: str = "add-texts", batch_size: int = 256) -> list[int]:
         """Store and index free texts (searchable with ``target="texts"``); returns the new ids.

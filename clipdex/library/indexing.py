@@ -8,8 +8,7 @@ failed to decode is remembered and not retried until it changes.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +20,7 @@ from clipdex.index.store.rows import Caption, FileRecord, PhotoMeta
 from clipdex.inputs.paths import display_path
 from clipdex.inputs.sidecars import SidecarError, read_sidecar
 from clipdex.kinds import IMAGE, TEXT
+from clipdex.library.index_plan import Plan, Todo, find_moves, sidecar_changed
 from clipdex.library.reading import TextReading
 from clipdex.results import IndexStats
 from clipdex.retrieval.prefetch import default_workers
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 EncoderFor = Callable[[Callable[[], list[bytes]] | None], "Encoder"]
 
 Problem = Callable[[str, str], None]  # (display path, reason) -> report it on stderr
+Batches = Iterator[tuple[list, list, int]]  # (encoded, failed, done) per encoder batch
 
 
 @dataclass(slots=True)
@@ -59,12 +60,6 @@ class _CaptionPlan:
 
     def any(self) -> bool:
         return bool(self.insert or self.update or self.facts or self.delete)
-
-
-@dataclass(slots=True)
-class _Todo:
-    scanned: ScannedImage
-    old: FileRecord | None
 
 
 class IndexRun:
@@ -104,52 +99,87 @@ class IndexRun:
     def run(
         self, folders: Sequence[str | bytes], include_hidden: bool, exclude: Sequence
     ) -> Iterator[Change]:
-        known = self.store.items.image_files()
-        captions = self.store.items.sidecars()
-        failures = self.store.failures.all()
-        seen: set[bytes] = set()
-        todo: list[_Todo] = []
-        caption_fixes: list[tuple[int, ScannedImage]] = []
-        for s in scan(
+        roots = scan_roots(folders)
+        found = scan(
             folders, include_hidden=include_hidden, exclude=exclude, on_error=self._scan_error,
             on_bad_file=self._bad_file,
-        ):  # fmt: skip
+        )  # fmt: skip
+        yield from self.execute(self.plan(found, lambda p: is_under(p, roots)))
+        if self.reading is not None:  # pictures indexed before --ocr, or left unread by a killed run
+            self.reading.catch_up(roots, self._failed_now, self.workers)
+            self.stats.ocr_read, self.stats.ocr_failed = self.reading.read, self.reading.failed
+
+    def plan(
+        self, found: Iterable[ScannedImage], in_scope: Callable[[bytes], bool],
+        known: dict[bytes, FileRecord] | None = None, failures: dict | None = None,
+    ) -> Plan:  # fmt: skip
+        """What bringing the store in line with the files ``found`` takes (reads only, no model).
+
+        Scanned items under ``in_scope`` that were not found are gone (or moved to a new path
+        found). ``known``/``failures``: the store's records of the paths in scope (default all).
+        """
+        failures = self.store.failures.all() if failures is None else failures
+        captions = self.store.items.sidecars(None if known is None else [r.id for r in known.values()])
+        known = self.store.items.image_files() if known is None else known
+        seen: set[bytes] = set()
+        plan = Plan(captions=captions, failures=failures)
+        for s in found:
             f = s.image
             seen.add(f.path)
             old = known.get(f.path)
             if old is not None and old.mtime_ns == f.mtime_ns and old.size == f.size:
                 self.stats.unchanged += 1
-                if _sidecar_changed(captions.get(old.id), s.sidecar):
-                    caption_fixes.append((old.id, s))
+                if sidecar_changed(captions.get(old.id), s.sidecar):
+                    plan.caption_fixes.append((old.id, s))
             elif not self.retry_failed and failures.get(f.path) == (f.size, f.mtime_ns):
                 self.stats.skipped_failed += 1
             else:
-                todo.append(_Todo(s, old))
+                plan.todo.append(Todo(s, old))
         # Only after a complete scan: scanned files gone from under this run's FOLDERs (imported
         # items are never removed). Some of them may have moved to a new path seen above.
-        roots = scan_roots(folders)
-        gone = {p: r for p, r in known.items() if r.source == "scan" and p not in seen and is_under(p, roots)}
-        todo, moves = _find_moves(todo, gone)
-        if moves:
-            self._move(moves, captions, caption_fixes)
+        plan.gone = {p: r for p, r in known.items() if r.source == "scan" and p not in seen and in_scope(p)}
+        plan.todo, plan.moves = find_moves(plan.todo, plan.gone)
+        plan.forget = [p for p in failures if p not in seen and in_scope(p)]
+        return plan
+
+    def execute(self, plan: Plan, batches: Batches | None = None) -> Iterator[Change]:
+        """Write ``plan``: moves, then the images of ``plan.todo`` (encoded now, or ``batches``
+        encoded before), captions, removals; one Change per commit."""
+        captions = plan.captions
+        if plan.moves:
+            self._move(plan.moves, captions, plan.caption_fixes)
         if self.progress:
-            self.progress(0, len(todo))
-        yield from self._embed_images(todo, captions)
-        yield from self._fix_captions(caption_fixes, captions)
+            self.progress(0, len(plan.todo))
+        yield from self._store_images_of(plan.todo, captions, batches)
+        yield from self._fix_captions(plan.caption_fixes, captions)
         # Failures to forget: files gone from under FOLDERs, and those that decoded this time.
-        forget = [p for p in failures if p not in seen and is_under(p, roots)]
-        forget += [t.scanned.image.path for t in todo if t.scanned.image.path in failures]
+        forget = plan.forget + [
+            t.scanned.image.path for t in plan.todo if t.scanned.image.path in plan.failures
+        ]
         forget = [p for p in forget if p not in self._failed_now]
-        if gone:
-            self.stats.removed += len(gone)
-            self.stats.texts_removed += sum(1 for r in gone.values() if r.id in captions)
+        if plan.gone:
+            self.stats.removed += len(plan.gone)
+            self.stats.texts_removed += sum(1 for r in plan.gone.values() if r.id in captions)
             self._first_write()
-            yield Change(removed=self.store_delete([r.id for r in gone.values()]))
+            yield Change(removed=self.store_delete([r.id for r in plan.gone.values()]))
         if forget:
             self.store.failures.forget(forget)
-        if self.reading is not None:  # pictures indexed before --ocr, or left unread by a killed run
-            self.reading.catch_up(roots, self._failed_now, self.workers)
-            self.stats.ocr_read, self.stats.ocr_failed = self.reading.read, self.reading.failed
+
+    def encode(self, todo: list[Todo]) -> Batches:
+        """Decode and encode ``todo``'s files: ``(encoded, failed, done)`` per encoder batch."""
+        if not todo:
+            return iter(())
+        enc = self.encoder(lambda: [t.scanned.image.path for t in todo])  # the model: only now
+        reading, draft = self.reading, None if self.exact_decode else enc.image_size
+        if reading is not None and draft is not None:  # one decode serves CLIP and OCR
+            from clipdex.retrieval.ocr import OCR_DRAFT
+
+            draft = (max(draft[0], OCR_DRAFT[0]), max(draft[1], OCR_DRAFT[1]))
+        return enc.embed_files(
+            todo, lambda t: t.scanned.image.path, batch_size=self.batch_size or enc.default_batch_size(),
+            workers=self.workers, draft_to=draft, on_info=self._remember_photo,
+            on_image=(lambda t, picture: reading.submit(t.scanned.image.path, picture)) if reading else None,
+        )  # fmt: skip
 
     def encoder(self, sample: Callable[[], list[bytes]] | None = None) -> Encoder:
         return self._encoder(sample)
@@ -164,34 +194,23 @@ class IndexRun:
         )  # fmt: skip
         self.stats.moved += len(moves)
         for rec, s in moves:
-            if _sidecar_changed(captions.get(rec.id), s.sidecar):
+            if sidecar_changed(captions.get(rec.id), s.sidecar):
                 fixes.append((rec.id, s))
 
     # ---- images ---------------------------------------------------------------------------
-    def _embed_images(self, todo: list[_Todo], captions: dict) -> Iterator[Change]:
+    def _store_images_of(self, todo: list[Todo], captions: dict, batches: Batches | None) -> Iterator[Change]:
         if not todo:
             return
-        enc = self.encoder(lambda: [t.scanned.image.path for t in todo])  # the model: only now
-        reading, draft = self.reading, None if self.exact_decode else enc.image_size
-        if reading is not None and draft is not None:  # one decode serves CLIP and OCR
-            from clipdex.retrieval.ocr import OCR_DRAFT
-
-            draft = (max(draft[0], OCR_DRAFT[0]), max(draft[1], OCR_DRAFT[1]))
-        batches = enc.embed_files(
-            todo, lambda t: t.scanned.image.path, batch_size=self.batch_size or enc.default_batch_size(),
-            workers=self.workers, draft_to=draft, on_info=self._remember_photo,
-            on_image=(lambda t, picture: reading.submit(t.scanned.image.path, picture)) if reading else None,
-        )  # fmt: skip
         try:
-            yield from self._store_batches(batches, todo, captions)
+            yield from self._store_batches(todo, captions, self.encode(todo) if batches is None else batches)
         except BaseException:
-            if reading is not None:
-                reading.abandon()
+            if self.reading is not None:
+                self.reading.abandon()
             raise
-        if reading is not None:
-            reading.finish()
+        if self.reading is not None:
+            self.reading.finish()
 
-    def _store_batches(self, batches: Any, todo: list[_Todo], captions: dict) -> Iterator[Change]:
+    def _store_batches(self, todo: list[Todo], captions: dict, batches: Batches) -> Iterator[Change]:
         for encoded, failed, done in batches:
             failed_old, failures = [], []
             for t, error in failed:
@@ -211,11 +230,11 @@ class IndexRun:
             if self.progress:
                 self.progress(done, len(todo))
 
-    def _remember_photo(self, todo: _Todo, info: tuple) -> None:
+    def _remember_photo(self, todo: Todo, info: tuple) -> None:
         self._photos[todo.scanned.image.path] = PhotoMeta(*info)
 
     def _store_images(
-        self, batch: list[tuple[_Todo, np.ndarray]], captions: dict, failed_old: list[int]
+        self, batch: list[tuple[Todo, np.ndarray]], captions: dict, failed_old: list[int]
     ) -> Change:
         """One transaction: new images inserted, changed ones updated in place, captions synced."""
         store = self.store
@@ -342,39 +361,6 @@ class IndexRun:
         """An image entry that cannot be indexed at all (dangling link, symlink loop): a failure."""
         self.stats.failed += 1
         self.problem(display_path(path), reason)
-
-
-def _find_moves(
-    todo: list[_Todo], gone: dict[bytes, FileRecord]
-) -> tuple[list[_Todo], list[tuple[FileRecord, ScannedImage]]]:
-    """Pair new paths with vanished ones of the same size and content hash (removed from ``gone``)."""
-    by_size: dict[int, list[tuple[bytes, FileRecord]]] = defaultdict(list)
-    for path, rec in gone.items():
-        if rec.content_hash is not None:
-            by_size[rec.size].append((path, rec))
-    if not by_size:
-        return todo, []
-    rest, moves = [], []
-    for t in todo:
-        f = t.scanned.image
-        candidates = by_size.get(f.size) if t.old is None else None
-        digest = content_hash(f.path, f.size) if candidates else None
-        match = next((c for c in candidates or () if c[1].content_hash == digest), None) if digest else None
-        if match is None:
-            rest.append(t)
-            continue
-        candidates.remove(match)
-        del gone[match[0]]
-        moves.append((match[1], t.scanned))
-    return rest, moves
-
-
-def _sidecar_changed(had: Caption | None, now: FileStat | None) -> bool:
-    if had is None:
-        return now is not None
-    if now is None:
-        return True
-    return had.path != now.path or had.mtime_ns != now.mtime_ns or had.size != now.size
 
 
 def index_folders(

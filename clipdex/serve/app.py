@@ -31,9 +31,11 @@ def create_app(
     allow_hosts: tuple[str, ...] | list[str] = (),
     max_upload_mb: float = 20,
     thumbnails: Path | None = None,
+    watching: list[str] | None = None,
 ) -> FastAPI:
-    """The app serving ``lib``; ``token`` guards /api, ``bind_host``/``allow_hosts`` the Host check."""
-    served = Served(lib, ThumbCache(thumbnails or cache_folder(lib.path)))
+    """The app serving ``lib``; ``token`` guards /api, ``bind_host``/``allow_hosts`` the Host check;
+    ``watching``: the folders a watcher beside it follows (`/api/info` says so, the page polls)."""
+    served = Served(lib, ThumbCache(thumbnails or cache_folder(lib.path)), watching)
     auth = TokenAuth(token)
     max_upload = int(max_upload_mb * (1 << 20))
     app = FastAPI(

@@ -39,9 +39,10 @@ def fail(status: int, message: str) -> HTTPException:
 class Served:
     """The loaded library and the locks that share it between request threads."""
 
-    def __init__(self, lib: Library, thumbs: ThumbCache):
+    def __init__(self, lib: Library, thumbs: ThumbCache, watching: list[str] | None = None):
         self.lib = lib
         self.thumbs = thumbs
+        self.watching = watching or []  # folders `serve --watch` follows (the page then polls /api/info)
         self.store_lock = threading.RLock()
         self.model_lock = threading.Lock()
         self.texts = TextBatcher(lib.encode_texts, self.model_lock)
@@ -224,7 +225,8 @@ class Served:
     def info(self) -> dict:
         with self.store_lock:
             self.lib.refresh()
-            return self.lib.info()
+            info = self.lib.info()
+            return {**info, "watching": self.watching} if self.watching else info
 
 
 @dataclass

@@ -205,3 +205,22 @@ def test_check_finds_and_repairs_a_word_index_out_of_step(pictures, tiny_model_d
         assert any("rebuilt the word index" in line for line in fixed["repaired"])
         assert lib.check()["healthy"]
         assert names(lib.search("x", words="北京")) == {"station.png", "menu.png"}
+
+
+def test_watch_reads_the_text_of_new_pictures_in_a_library_that_reads_text(
+    pictures, tiny_model_dir, tmp_path
+):
+    from helpers.watchhelp import wait_for, watching
+
+    folder, lib_dir = tmp_path / "pics", tmp_path / "lib"
+    folder.mkdir()
+    with Library.open(lib_dir, model=str(tiny_model_dir), create=True) as lib:
+        lib.index(folder, ocr=True)  # an empty folder, but the library now reads text
+    with watching(lib_dir, [folder], f"local-dir:{tiny_model_dir}", debounce=0.3):
+        shutil.copy(pictures / "station.png", folder / "arrived.png")
+
+        def found() -> bool:
+            with Library.open(lib_dir) as reader:
+                return reader.count() == 1 and names(reader.search("x", words="西站")) == {"arrived.png"}
+
+        wait_for(found, what="the text of the new picture")

@@ -7,6 +7,8 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from clipdex.index.store.scope import rows_at
+
 if TYPE_CHECKING:
     from clipdex.index.store.database import Store
 
@@ -17,9 +19,17 @@ class FailuresTable:
     def __init__(self, store: Store):
         self._store = store
 
-    def all(self) -> dict[bytes, tuple[int, int]]:
-        """path -> (size, mtime_ns) of every remembered decode failure."""
-        rows = self._store.conn.execute("SELECT path, size, mtime_ns FROM failures")
+    def all(
+        self, paths: Sequence[bytes] | None = None, folders: Sequence[bytes] = ()
+    ) -> dict[bytes, tuple[int, int]]:
+        """path -> (size, mtime_ns) of every remembered decode failure (with ``paths``: of those
+        paths and of the files under ``folders`` only)."""
+        if paths is None:
+            rows = self._store.conn.execute("SELECT path, size, mtime_ns FROM failures")
+        else:
+            rows = rows_at(
+                self._store.conn, "SELECT path, size, mtime_ns FROM failures WHERE", paths, folders
+            )
         return {bytes(p): (z, m) for p, z, m in rows}
 
     def record(self, rows: Sequence[tuple[bytes, int, int, str]]) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 
 from clipdex.index.store.batches import chunks
 from clipdex.index.store.rows import Caption, FileRecord, Item, PhotoMeta
+from clipdex.index.store.scope import rows_at
 from clipdex.index.store.where import Where, where
 from clipdex.kinds import IMAGE
 
@@ -45,19 +46,28 @@ class ItemsTable:
         self._files = files
 
     # ---- reads --------------------------------------------------------------------------
-    def image_files(self) -> dict[bytes, FileRecord]:
-        """Every image with a path (scanned or imported), by path; the lowest id wins a duplicate."""
-        rows = self._store.conn.execute(
-            "SELECT path, id, mtime_ns, size, source, content_hash FROM items"
-            " WHERE kind = 'image' AND path IS NOT NULL ORDER BY id DESC"
-        )
+    def image_files(
+        self, paths: Sequence[bytes] | None = None, folders: Sequence[bytes] = ()
+    ) -> dict[bytes, FileRecord]:
+        """Every image with a path (scanned or imported), by path; the lowest id wins a duplicate.
+        With ``paths``: only those paths and the images under ``folders``."""
+        select = "SELECT path, id, mtime_ns, size, source, content_hash FROM items WHERE kind = 'image' AND"
+        if paths is None:
+            rows = self._store.conn.execute(f"{select} path IS NOT NULL ORDER BY id DESC")
+        else:
+            rows = sorted(rows_at(self._store.conn, select, paths, folders), key=lambda r: -r[1])
         return {bytes(p): FileRecord(i, m, s, src, h) for p, i, m, s, src, h in rows}
 
-    def sidecars(self) -> dict[int, Caption]:
-        """image id -> its sidecar caption."""
-        rows = self._store.conn.execute(
-            "SELECT image_id, id, path, mtime_ns, size, text FROM items WHERE source = 'sidecar'"
-        )
+    def sidecars(self, image_ids: Sequence[int] | None = None) -> dict[int, Caption]:
+        """image id -> its sidecar caption (of ``image_ids`` only, when given)."""
+        select = "SELECT image_id, id, path, mtime_ns, size, text FROM items WHERE source = 'sidecar'"
+        if image_ids is None:
+            rows = list(self._store.conn.execute(select))
+        else:
+            rows = []
+            for chunk in chunks(sorted({int(i) for i in image_ids}), 500):
+                marks = ",".join("?" * len(chunk))
+                rows += self._store.conn.execute(f"{select} AND image_id IN ({marks})", chunk)
         return {img: Caption(tid, bytes(p), m, s, t) for img, tid, p, m, s, t in rows}
 
     def get(self, ids: Sequence[int]) -> dict[int, Item]:

@@ -5,7 +5,7 @@ const PAGE = 40;
 const $ = (id) => document.getElementById(id);
 const els = {
   form: $("search-form"), q: $("q"), file: $("image-input"), grid: $("grid"), status: $("status"),
-  more: $("more"), viewer: $("viewer"), footer: $("footer"), drop: $("drop"),
+  more: $("more"), viewer: $("viewer"), footer: $("footer"), drop: $("drop"), fresh: $("fresh"),
   queryView: $("query-view"), queryImg: $("query-img"), queryLabel: $("query-label"),
 };
 // The current query: {kind: "text", q} | {kind: "image", file} | {kind: "similar", id, label}
@@ -481,10 +481,42 @@ async function footer() {
     const info = await api("/api/info");
     const model = info.model ? info.model.split("/").pop() : "no model yet";
     els.footer.textContent = `Model: ${model} · ${info.images} images · ${info.texts} texts`;
+    return info;
   } catch (error) {
     els.footer.textContent = `Library info unavailable: ${error.message}`;
+    return null;
   }
 }
 
+// ---- serve --watch: a quiet notice when pictures arrive --------------------------------------
+// A cheap poll of /api/info's generation while the page is visible; clicking the notice reloads
+// the results (the new pictures rank where they belong).
+const POLL_MS = 10000;
+let seen = null; // {generation, images} the results on screen were loaded at
+
+async function poll() {
+  if (document.hidden) return;
+  try {
+    const info = await api("/api/info");
+    if (info.generation === seen.generation) return;
+    const fresh = info.images - seen.images;
+    if (fresh > 0) {
+      els.fresh.textContent = fresh === 1 ? "1 new picture" : `${fresh} new pictures`;
+      els.fresh.hidden = false;
+    }
+  } catch (error) { /* a restarting server: try again at the next poll */ }
+}
+
+els.fresh.addEventListener("click", async () => {
+  els.fresh.hidden = true;
+  const info = await footer();
+  if (info) seen = { generation: info.generation, images: info.images };
+  if (query) run(false);
+});
+
 go(fromUrl(), false);
-footer();
+footer().then((info) => {
+  if (!info || !info.watching || !info.watching.length) return;
+  seen = { generation: info.generation, images: info.images };
+  setInterval(poll, POLL_MS);
+});
