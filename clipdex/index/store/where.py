@@ -38,10 +38,13 @@ def where(kind: str, filt: Filter, has_dates: bool, has_words: bool = True) -> W
         raise ClipdexError(UPGRADE)
     if filt.words and not has_words:
         raise ClipdexError(WORDS_UPGRADE)
+    # With words, SQLite must start from the few word matches (rowid lookups), not walk the whole
+    # kind's index testing each item against them: `+` keeps it off the (kind, …) indexes.
+    kind_is = "+x.kind" if filt.words else "x.kind"
     if kind == IMAGE:
-        sql, img = "FROM items x WHERE x.kind = 'image'", "x"
+        sql, img = f"FROM items x WHERE {kind_is} = 'image'", "x"
     else:
-        sql, img = "FROM items x LEFT JOIN items i ON x.image_id = i.id WHERE x.kind = 'text'", "i"
+        sql, img = f"FROM items x LEFT JOIN items i ON x.image_id = i.id WHERE {kind_is} = 'text'", "i"
         if filt.captioned is not None:
             raise ValueError("captioned/uncaptioned applies to image searches")
     args: list = []

@@ -169,6 +169,10 @@ class WordsTable:
         ).fetchone()[0]
         return missing + extra
 
+    def count(self, query: str) -> int:
+        """How many documents (items of any kind) match the FTS5 ``query``."""
+        return self.run("SELECT count(*) FROM words WHERE words MATCH ?", (query,), query)[0][0]
+
     def ranked(self, query: str, limit: int | None = None) -> list[int]:
         """Ids whose documents match the FTS5 ``query``, best BM25 first."""
         sql = "SELECT rowid FROM words WHERE words MATCH ? ORDER BY rank"
