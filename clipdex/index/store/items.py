@@ -194,10 +194,15 @@ class ItemsTable:
 
     def kept_among(self, w: Where, ids: Sequence[int]) -> set[int]:
         """Which of ``ids`` (a few candidates) ``w`` selects, looked up by id."""
+        ids = list(ids)
+        if w.words:  # the candidates' own word documents, not the (maybe long) list of all matches
+            for query in w.words:
+                ids = self._store.words.among(query, ids)
+            w = w.base
         # NOT INDEXED: look the few candidates up by rowid rather than walking the (kind, ...) indexes
         by_id = w.sql.replace("FROM items x", "FROM items x NOT INDEXED", 1)
         keep: set[int] = set()
-        for chunk in chunks(list(ids), 500):
+        for chunk in chunks(ids, 500):
             marks = ",".join("?" * len(chunk))
             rows = self._store.conn.execute(f"SELECT x.id {by_id} AND x.id IN ({marks})", [*w.args, *chunk])
             keep.update(r[0] for r in rows)

@@ -26,6 +26,8 @@ class Where:
 
     sql: str
     args: tuple
+    words: tuple[str, ...] = ()  # the FTS5 queries of its word conditions (also inside ``sql``)
+    base: Where | None = None  # the same without the word conditions (``kept_among`` checks those apart)
 
 
 def where(kind: str, filt: Filter, has_dates: bool, has_words: bool = True) -> Where:
@@ -70,7 +72,11 @@ def where(kind: str, filt: Filter, has_dates: bool, has_words: bool = True) -> W
     if filt.captioned is not None:
         exists = "EXISTS (SELECT 1 FROM items c WHERE c.image_id = x.id)"
         sql += " AND " + (exists if filt.captioned else "NOT " + exists)
-    for words in filt.words:  # each its own MATCH: all must hold
+    if not filt.words:
+        return Where(sql, tuple(args))
+    base = Where(sql, tuple(args))
+    queries = tuple(match_query(w) for w in filt.words)
+    for query in queries:  # each its own MATCH: all must hold
         sql += " AND x.id IN (SELECT rowid FROM words WHERE words MATCH ?)"
-        args.append(match_query(words))
-    return Where(sql, tuple(args))
+        args.append(query)
+    return Where(sql, tuple(args), queries, base)

@@ -173,6 +173,15 @@ class WordsTable:
         """How many documents (items of any kind) match the FTS5 ``query``."""
         return self.run("SELECT count(*) FROM words WHERE words MATCH ?", (query,), query)[0][0]
 
+    def among(self, query: str, ids: Sequence[int]) -> list[int]:
+        """Those of ``ids`` whose documents match the FTS5 ``query`` (in their order)."""
+        found: set[int] = set()
+        for chunk in chunks(list(ids), 500):
+            marks = ",".join("?" * len(chunk))
+            sql = f"SELECT rowid FROM words WHERE words MATCH ? AND rowid IN ({marks})"
+            found.update(r[0] for r in self.run(sql, (query, *chunk), query))
+        return [i for i in ids if i in found]
+
     def ranked(self, query: str, limit: int | None = None) -> list[int]:
         """Ids whose documents match the FTS5 ``query``, best BM25 first."""
         sql = "SELECT rowid FROM words WHERE words MATCH ? ORDER BY rank"
