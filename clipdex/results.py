@@ -73,10 +73,11 @@ class IndexStats:
     dropped: int | None = None  # set when the run re-embedded: images dropped (--drop-unembeddable)
     ocr_read: int | None = None  # set when the library reads text: pictures read in this run
     ocr_failed: int | None = None  # ... and those whose text could not be read (still indexed)
+    frames: int | None = None  # set when videos were (re-)indexed: the frame items stored for them
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for key in ("dropped", "ocr_read", "ocr_failed"):
+        for key in ("dropped", "ocr_read", "ocr_failed", "frames"):
             if d[key] is None:
                 d.pop(key)
         return d

@@ -51,6 +51,10 @@ index_type_option = click.option(
 @click.option("--exact-decode", is_flag=True, help="Never decode large JPEGs at reduced scale.")
 @click.option("--ocr/--no-ocr", default=None,
               help="Read the text in pictures (Chinese, English; remembered); --no-ocr stops.")  # fmt: skip
+@click.option("--no-video", "no_video", is_flag=True,
+              help="Skip videos (those indexed before stay as they are).")  # fmt: skip
+@click.option("--video-interval", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
+              metavar="S", help="Seconds between the frames kept of a video.")  # fmt: skip
 @index_type_option
 @runtime_option
 @precision_options
@@ -58,9 +62,9 @@ index_type_option = click.option(
 @quiet_option
 @pass_state
 def index(state, folders, model, pretrained, device, batch_size, workers, include_hidden, reembed,
-          drop_unembeddable, retry_failed, exact_decode, ocr, index_type, runtime, precision, force_int8,
-          as_json, quiet):  # fmt: skip
-    """Index image FOLDERS: add new files, re-embed changed ones, drop deleted ones.
+          drop_unembeddable, retry_failed, exact_decode, ocr, no_video, video_interval, index_type, runtime,
+          precision, force_int8, as_json, quiet):  # fmt: skip
+    """Index image (and video) FOLDERS: add new files, re-embed changed ones, drop deleted ones.
 
     Sidecar captions (photo.jpg + photo.txt) become searchable texts. A changed file keeps its id;
     a file moved within FOLDERS keeps its id and vector (no re-encoding). Files that fail to decode
@@ -74,14 +78,16 @@ def index(state, folders, model, pretrained, device, batch_size, workers, includ
       clipdex index scans --model local-dir:./my-finetuned-model
       clipdex index ~/Pictures --precision int8 --reembed   # faster encoding on a CPU
       clipdex index ~/Screenshots --ocr    # read the text in them: search --words finds it
+      clipdex index ~/Videos --video-interval 1    # a frame a second of every video
     """
     lib = state.open(create=True, model=model, pretrained=pretrained, device=device, runtime=runtime,
                      precision=precision, force_int8=force_int8)  # fmt: skip
-    with lib, progress_bar("indexing", quiet) as bar:
+    with lib, progress_bar("indexing", quiet) as bar, progress_bar("video", quiet, unit="s") as vbar:
         stats = lib.index(
             list(folders), include_hidden=include_hidden, reembed=reembed, batch_size=batch_size,
             workers=workers, exact_decode=exact_decode, index_type=index_type, retry_failed=retry_failed,
             drop_unembeddable=drop_unembeddable, ocr=ocr, problem=problem, progress=bar,
+            videos=not no_video, video_interval=video_interval, video_progress=vbar,
         )  # fmt: skip
     if as_json:
         emit_json(stats.to_dict())
@@ -91,6 +97,7 @@ def index(state, folders, model, pretrained, device, batch_size, workers, includ
         f"{s.unchanged} unchanged, "
         f"{s.failed} failed, {s.skipped_failed} skipped as failed before; texts: {s.texts_added} added, "
         f"{s.texts_updated} updated, {s.texts_removed} removed"
+        + (f"; {s.frames} video moments stored" if s.frames else "")
         + (f"; {s.dropped} dropped (no file to re-embed)" if s.dropped else "")
         + (f"; text read in {s.ocr_read} pictures ({s.ocr_failed} failed)" if s.ocr_read is not None else ""),
         quiet or as_json,

@@ -149,8 +149,11 @@ class Library:
         retry_failed: bool = False,
         drop_unembeddable: bool = False,
         ocr: bool | None = None,
+        videos: bool = True,
+        video_interval: float | None = None,
         problem: Problem | None = None,
         progress: Progress | None = None,
+        video_progress: Progress | None = None,
     ) -> IndexStats:
         """Bring the library in line with ``folders``: add new, re-embed changed, drop deleted files.
 
@@ -182,7 +185,7 @@ class Library:
             return index_folders(
                 self.parts, folders, include_hidden, dropped, batch_size=batch_size, workers=workers,
                 exact_decode=exact_decode, problem=problem, progress=progress, retry_failed=retry_failed,
-                ocr=ocr,
+                ocr=ocr, videos=videos, video_interval=video_interval, video_progress=video_progress,
             )  # fmt: skip
 
     def add_texts(self, texts: Sequence[str], source: str = "add-texts", batch_size: int = 256) -> list[int]:
