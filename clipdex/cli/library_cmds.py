@@ -139,13 +139,17 @@ class DateParam(click.ParamType):
               help="Only items whose text, caption or file name match (FTS5; repeatable).")  # fmt: skip
 @click.option("--by", type=click.Choice(["meaning", "words", "both"]), default=None,
               help="Rank by meaning, words (BM25) or both (RRF; default where text is read).")  # fmt: skip
+@click.option("--media", type=click.Choice(["all", "photos", "videos"]), default="all", show_default=True,
+              help="Photos, moments of videos, or both.")  # fmt: skip
+@click.option("--per-video", type=click.IntRange(min=1), default=None, metavar="N",
+              help="At most N moments of each video (1: each video at its best moment).")  # fmt: skip
 @hit_output_options
 @click.option("--device", default="auto", show_default=True,
               help="Model device: auto, cpu, cuda or mps (auto: $CLIPDEX_DEVICE if set).")  # fmt: skip
 @runtime_option
 @pass_state
 def search(state, text, images, not_texts, not_images, k, target, under, after, before, min_score,
-           captioned, words, by, as_json, paths, null, device, runtime):  # fmt: skip
+           captioned, words, by, media, per_video, as_json, paths, null, device, runtime):  # fmt: skip
     """Search by TEXT and/or --image: the best matching images (or --target texts).
 
     Terms combine: the query is the normalised sum of TEXT's and each --image's vector minus
@@ -164,6 +168,7 @@ def search(state, text, images, not_texts, not_images, k, target, under, after, 
       clipdex search dog --under ~/Pictures/2024 --after 2024-06-01 --before 2024-07-01
       clipdex search --words "INVOICE 4471"             # the pictures with those words in them
       clipdex search receipt --words 北京 --by both
+      clipdex search "a dog jumping into a lake" --media videos --per-video 1
     """
     from clipdex.index.filters import Filter
 
@@ -184,11 +189,11 @@ def search(state, text, images, not_texts, not_images, k, target, under, after, 
     if captioned is not None and target == "texts":
         raise click.UsageError("--captioned/--uncaptioned apply to image searches")
     filt = Filter(under=list(under), after=after, before=before, captioned=captioned, min_score=min_score,
-                  words=list(words))  # fmt: skip
+                  words=list(words), media=media)  # fmt: skip
     with state.open(device=device, runtime=runtime) as lib:  # one query: the FAISS index stays on the CPU
         results = lib.search(
             text=query or None, image=list(images), not_text=list(not_texts), not_image=list(not_images),
-            k=k, target=target, filter=filt, by=by,
+            k=k, target=target, filter=filt, by=by, per_video=per_video,
         )  # fmt: skip
     print_hits(results, as_json, paths, null)
 

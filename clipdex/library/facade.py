@@ -406,6 +406,7 @@ class Library:
         words: str | Sequence[str] | None = None,
         by: str | None = None,
         rank_text: str | None = None,
+        per_video: int | None = None,
     ) -> list[SearchResult]:
         """Best ``k`` items of ``target`` ("images" or "texts") for one query, best first.
 
@@ -422,14 +423,16 @@ class Library:
         fuses the two (RRF, k = 60); default "both" in a library that reads text (``index(ocr=
         True)``) when the query has text, else "meaning". The words ranked are the ``text`` terms,
         or ``rank_text`` (a ``vector`` query's text, as the server encodes it separately).
-        Scores are always the cosines.
+        Scores are always the cosines. A video's moments are results of modality "video" with
+        ``t``/``t_end``; ``per_video=1`` keeps each video only at its best moment (``filter``'s
+        ``media`` keeps photos or videos only).
         """
         from clipdex.library.fusion import ranking
 
         terms = Terms.of(text, image, not_text, not_image)
         rank_text = rank_text or " ".join(terms.text) or None
         filter, by = ranking(filter, words, by, rank_text, self.reads_text)
-        return self.searcher.search(terms, vector, k, target, weights, filter, by, rank_text)
+        return self.searcher.search(terms, vector, k, target, weights, filter, by, rank_text, per_video)
 
     @property
     def reads_text(self) -> bool:
