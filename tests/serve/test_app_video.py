@@ -42,8 +42,9 @@ def test_moments_thumbnails_details_and_media(client):
 
 def test_file_answers_range_requests(client):
     res = client.get("/api/search", params={"q": "x", "k": 20}).json()["results"]
+    video = next(r for r in res if r["modality"] == "video")
     for r in (
-        next(r for r in res if r["modality"] == "video"),
+        video,
         next(r for r in res if r["modality"] == "image"),
     ):
         whole = client.get(f"/api/items/{r['id']}/file")
