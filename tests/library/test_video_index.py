@@ -157,3 +157,19 @@ def test_no_video_skips_and_keeps_videos(videos):
     assert (out["added"], out["removed"], out["unchanged"]) == (0, 0, 1) and len(frames(lib)) == n
     res = run("--library", lib, "index", root, "--video-interval", "0")
     assert res.exit_code == 2
+
+
+def test_use_model_re_embeds_moments_from_their_frames(videos, tiny_model_dir2):
+    root, lib = videos
+    before = frames(lib)
+    store = Store(lib)
+    old = store.vectors.get([i for i, *_ in before])
+    store.close()
+    ok("--library", lib, "use-model", tiny_model_dir2, "--quiet")
+    assert frames(lib) == before  # same ids and spans
+    store = Store(lib)
+    new = store.vectors.get([i for i, *_ in before])
+    store.close()
+    assert not (old == new).all(axis=1).any()
+    (top, *_) = json_lines(ok("--library", lib, "similar", str(before[1][0]), "--json").stdout)
+    assert top["modality"] == "video"
