@@ -53,6 +53,13 @@ class SearchResult:
         return d
 
 
+def clock(t: float) -> str:
+    """Seconds as ``m:ss`` (``h:mm:ss`` from an hour up): a video moment in the table and the page."""
+    s = int(t)
+    h, m = divmod(s // 60, 60)
+    return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
+
+
 def exact_path(path: str | None, raw: bytes | None) -> bytes | None:
     """A record's path as bytes: the stored ``raw`` bytes, else ``path`` re-encoded (``os.fsencode``)."""
     if raw is not None:

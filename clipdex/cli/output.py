@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from clipdex.cli.common import emit_json
-from clipdex.retrieval.video import clock  # stdlib only at import: no PyAV
+from clipdex.results import clock
 
 
 def hit_output_options(f: Callable) -> Callable:

@@ -383,6 +383,14 @@ class Library:
         return open_image(path, draft_to)
 
     @staticmethod
+    def video_frame(path: ImageArg, t: float, short_side: int = 256) -> Any:
+        """The frame of the video at ``path`` shown at ``t`` seconds (PIL RGB, display rotation
+        applied, shortest side at most ``short_side``); `clipdex.errors.DecodeError` when unreadable."""
+        from clipdex.retrieval.video import frame_at
+
+        return frame_at(path, t, short_side)
+
+    @staticmethod
     def image_size(path: ImageArg) -> tuple[int, int] | None:
         """(width, height) as shown (EXIF orientation applied), from the header only; None when
         the file is missing, unreadable or past the pixel limit."""

@@ -21,6 +21,7 @@ from clipdex.index.store.rows import Caption, FileRecord, PhotoMeta
 from clipdex.inputs.paths import display_path
 from clipdex.inputs.sidecars import SidecarError, read_sidecar
 from clipdex.kinds import IMAGE, TEXT
+from clipdex.library.change import Change
 from clipdex.library.reading import TextReading
 from clipdex.results import IndexStats
 from clipdex.retrieval.prefetch import default_workers
@@ -33,21 +34,6 @@ if TYPE_CHECKING:
 EncoderFor = Callable[[Callable[[], list[bytes]] | None], "Encoder"]
 
 Problem = Callable[[str, str], None]  # (display path, reason) -> report it on stderr
-
-
-@dataclass(slots=True)
-class Change:
-    """The vectors one committed batch changed; the FAISS indexes follow it.
-
-    Apply ``removed`` first, then ``added``: an update in place (same id) appears in both.
-    """
-
-    added: dict[str, tuple[list[int], np.ndarray]] = field(default_factory=dict)
-    removed: list[int] = field(default_factory=list)
-
-    def add(self, kind: str, ids: list[int], vecs: np.ndarray) -> None:
-        if ids:
-            self.added[kind] = (ids, vecs)
 
 
 @dataclass(slots=True)

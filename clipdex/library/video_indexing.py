@@ -25,9 +25,10 @@ from clipdex.index.store.items import VIDEO
 from clipdex.index.store.rows import PhotoMeta, VideoRecord
 from clipdex.inputs.paths import display_path
 from clipdex.kinds import IMAGE
+from clipdex.library.change import Change
 
 if TYPE_CHECKING:
-    from clipdex.library.indexing import Change, IndexRun
+    from clipdex.library.indexing import IndexRun
 
 MERGE_COSINE = 0.98
 AHEAD = 8  # decoded frames waiting for the encoder: with a batch being encoded, the memory bound
@@ -128,8 +129,6 @@ class VideoIndexing:
 
     def apply(self, roots: list[bytes], failures: dict[bytes, tuple[int, int]]) -> Iterator[Change]:
         """Moves, then new and changed videos (one commit each), then videos gone from FOLDERs."""
-        from clipdex.library.indexing import Change
-
         run = self.run
         gone = {p: r for p, r in self.known.items() if p not in self.plan.seen and is_under(p, roots)}
         todo = self._moves(self.plan.todo, gone)
@@ -165,7 +164,6 @@ class VideoIndexing:
         return rest
 
     def _index_one(self, s: ScannedImage, old: VideoRecord | None, failures: dict) -> Iterator[Change]:
-        from clipdex.library.indexing import Change
         from clipdex.retrieval.video import VideoError, VideoReader
 
         run, f = self.run, s.image

@@ -20,6 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from clipdex.errors import ClipdexError, DecodeError
+from clipdex.results import clock
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})
 DEFAULT_INTERVAL = 2.0
@@ -236,13 +237,6 @@ def _rotation_of(obj: Any) -> int:
         tag = getattr(obj, "metadata", {}).get("rotate")
         value = -int(tag) if tag and tag.lstrip("-").isdigit() else 0
     return int(round(value / 90)) * 90 % 360
-
-
-def clock(t: float) -> str:
-    """Seconds as ``m:ss`` (``h:mm:ss`` from an hour up), for the table and the page."""
-    s = int(t)
-    h, m = divmod(s // 60, 60)
-    return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
 
 
 def frame_at(path: str | bytes | os.PathLike, t: float, short_side: int = 256) -> Any:

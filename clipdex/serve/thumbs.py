@@ -45,9 +45,7 @@ def make_thumbnail(path: bytes | str, t: float | None = None) -> bytes:
     large JPEGs decode at reduced scale first. A video frame: its display rotation applied.
     """
     if t is not None:
-        from clipdex.retrieval.video import frame_at
-
-        img = frame_at(path, t, short_side=MAX_SIDE)
+        img = Library.video_frame(path, t, short_side=MAX_SIDE)
     else:
         img = Library.open_image(path, draft_to=(MAX_SIDE, MAX_SIDE))
     img.thumbnail((MAX_SIDE, MAX_SIDE))

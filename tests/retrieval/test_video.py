@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from helpers.videos import FORMATS, audio_only, has_encoder, make_video, scene, three_scenes
 
-from clipdex.retrieval.video import VideoError, VideoReader, clock, frame_at
+from clipdex.results import clock
+from clipdex.retrieval.video import VideoError, VideoReader, frame_at
 
 FORMS = [ext for ext, codec in FORMATS.items() if has_encoder(codec)]
 
