@@ -19,12 +19,14 @@ class SearchResult:
 
     rank: int
     score: float
-    modality: str  # "image" | "text"
+    modality: str  # "image" | "video" (a moment of a video) | "text"
     id: int
-    path: str | None  # an image's path; a text's linked image, or None
+    path: str | None  # an image's (or video's) path; a text's linked image, or None
     text: str | None = None
     raw_path: bytes | None = field(default=None, repr=False, compare=False)
     ocr: str | None = None  # the text read in the picture (lines joined by newlines), if any
+    t: float | None = None  # a video moment: the span of seconds [t, t_end) it stands for
+    t_end: float | None = None
 
     @property
     def path_bytes(self) -> bytes | None:
@@ -43,10 +45,19 @@ class SearchResult:
         d["path"] = self.shown_path
         if self.modality == "text":
             d["text"] = self.text
+        if self.modality == "video":
+            d["t"], d["t_end"] = self.t, self.t_end
         d.update(path_b64(self.path_bytes))
         if self.ocr is not None:
             d["ocr"] = self.ocr
         return d
+
+
+def clock(t: float) -> str:
+    """Seconds as ``m:ss`` (``h:mm:ss`` from an hour up): a video moment in the table and the page."""
+    s = int(t)
+    h, m = divmod(s // 60, 60)
+    return f"{h}:{m:02d}:{s % 60:02d}" if h else f"{m}:{s % 60:02d}"
 
 
 def exact_path(path: str | None, raw: bytes | None) -> bytes | None:
@@ -73,10 +84,11 @@ class IndexStats:
     dropped: int | None = None  # set when the run re-embedded: images dropped (--drop-unembeddable)
     ocr_read: int | None = None  # set when the library reads text: pictures read in this run
     ocr_failed: int | None = None  # ... and those whose text could not be read (still indexed)
+    frames: int | None = None  # set when videos were (re-)indexed: the frame items stored for them
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        for key in ("dropped", "ocr_read", "ocr_failed"):
+        for key in ("dropped", "ocr_read", "ocr_failed", "frames"):
             if d[key] is None:
                 d.pop(key)
         return d
@@ -147,6 +159,7 @@ class DuplicateItem:
     height: int | None
     size: int | None  # file size in bytes
     raw_path: bytes | None = field(default=None, repr=False, compare=False)
+    t: float | None = None  # a moment of a video: where it starts (s)
 
     @property
     def path_bytes(self) -> bytes | None:
@@ -160,6 +173,8 @@ class DuplicateItem:
         """As `SearchResult.to_dict`: ``path`` with replacement characters, ``path_b64`` when needed."""
         d = {"id": self.id, "path": self.shown_path, "score": self.score, "width": self.width,
              "height": self.height, "size": self.size}  # fmt: skip
+        if self.t is not None:
+            d["t"] = self.t
         d.update(path_b64(self.path_bytes))
         return d
 

@@ -135,14 +135,14 @@ def step_bar(quiet: bool) -> Iterator[Callable[[int, int, dict], None] | None]:
 
 
 @contextmanager
-def progress_bar(desc: str, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
+def progress_bar(desc: str, quiet: bool, unit: str = "img") -> Iterator[Callable[[int, int], None] | None]:
     """A tqdm bar on stderr, only on a terminal and unless quiet; yields an update(done, total)."""
     if quiet or not sys.stderr.isatty():
         yield None
         return
     from tqdm import tqdm
 
-    bar = tqdm(desc=desc, unit="img", file=sys.stderr, dynamic_ncols=True, leave=False)
+    bar = tqdm(desc=desc, unit=unit, file=sys.stderr, dynamic_ncols=True, leave=False)
 
     def update(done: int, total: int) -> None:
         bar.total = total

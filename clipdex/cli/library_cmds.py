@@ -51,6 +51,10 @@ index_type_option = click.option(
 @click.option("--exact-decode", is_flag=True, help="Never decode large JPEGs at reduced scale.")
 @click.option("--ocr/--no-ocr", default=None,
               help="Read the text in pictures (Chinese, English; remembered); --no-ocr stops.")  # fmt: skip
+@click.option("--no-video", "no_video", is_flag=True,
+              help="Skip videos (those indexed before stay as they are).")  # fmt: skip
+@click.option("--video-interval", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
+              metavar="S", help="Seconds between the frames kept of a video.")  # fmt: skip
 @index_type_option
 @runtime_option
 @precision_options
@@ -58,9 +62,9 @@ index_type_option = click.option(
 @quiet_option
 @pass_state
 def index(state, folders, model, pretrained, device, batch_size, workers, include_hidden, reembed,
-          drop_unembeddable, retry_failed, exact_decode, ocr, index_type, runtime, precision, force_int8,
-          as_json, quiet):  # fmt: skip
-    """Index image FOLDERS: add new files, re-embed changed ones, drop deleted ones.
+          drop_unembeddable, retry_failed, exact_decode, ocr, no_video, video_interval, index_type, runtime,
+          precision, force_int8, as_json, quiet):  # fmt: skip
+    """Index image (and video) FOLDERS: add new files, re-embed changed ones, drop deleted ones.
 
     Sidecar captions (photo.jpg + photo.txt) become searchable texts. A changed file keeps its id;
     a file moved within FOLDERS keeps its id and vector (no re-encoding). Files that fail to decode
@@ -74,14 +78,16 @@ def index(state, folders, model, pretrained, device, batch_size, workers, includ
       clipdex index scans --model local-dir:./my-finetuned-model
       clipdex index ~/Pictures --precision int8 --reembed   # faster encoding on a CPU
       clipdex index ~/Screenshots --ocr    # read the text in them: search --words finds it
+      clipdex index ~/Videos --video-interval 1    # a frame a second of every video
     """
     lib = state.open(create=True, model=model, pretrained=pretrained, device=device, runtime=runtime,
                      precision=precision, force_int8=force_int8)  # fmt: skip
-    with lib, progress_bar("indexing", quiet) as bar:
+    with lib, progress_bar("indexing", quiet) as bar, progress_bar("video", quiet, unit="s") as vbar:
         stats = lib.index(
             list(folders), include_hidden=include_hidden, reembed=reembed, batch_size=batch_size,
             workers=workers, exact_decode=exact_decode, index_type=index_type, retry_failed=retry_failed,
             drop_unembeddable=drop_unembeddable, ocr=ocr, problem=problem, progress=bar,
+            videos=not no_video, video_interval=video_interval, video_progress=vbar,
         )  # fmt: skip
     if as_json:
         emit_json(stats.to_dict())
@@ -91,6 +97,7 @@ def index(state, folders, model, pretrained, device, batch_size, workers, includ
         f"{s.unchanged} unchanged, "
         f"{s.failed} failed, {s.skipped_failed} skipped as failed before; texts: {s.texts_added} added, "
         f"{s.texts_updated} updated, {s.texts_removed} removed"
+        + (f"; {s.frames} video moments stored" if s.frames else "")
         + (f"; {s.dropped} dropped (no file to re-embed)" if s.dropped else "")
         + (f"; text read in {s.ocr_read} pictures ({s.ocr_failed} failed)" if s.ocr_read is not None else ""),
         quiet or as_json,
@@ -132,13 +139,17 @@ class DateParam(click.ParamType):
               help="Only items whose text, caption or file name match (FTS5; repeatable).")  # fmt: skip
 @click.option("--by", type=click.Choice(["meaning", "words", "both"]), default=None,
               help="Rank by meaning, words (BM25) or both (RRF; default where text is read).")  # fmt: skip
+@click.option("--media", type=click.Choice(["all", "photos", "videos"]), default="all", show_default=True,
+              help="Photos, moments of videos, or both.")  # fmt: skip
+@click.option("--per-video", type=click.IntRange(min=1), default=None, metavar="N",
+              help="At most N moments of each video (1: each video at its best moment).")  # fmt: skip
 @hit_output_options
 @click.option("--device", default="auto", show_default=True,
               help="Model device: auto, cpu, cuda or mps (auto: $CLIPDEX_DEVICE if set).")  # fmt: skip
 @runtime_option
 @pass_state
 def search(state, text, images, not_texts, not_images, k, target, under, after, before, min_score,
-           captioned, words, by, as_json, paths, null, device, runtime):  # fmt: skip
+           captioned, words, by, media, per_video, as_json, paths, null, device, runtime):  # fmt: skip
     """Search by TEXT and/or --image: the best matching images (or --target texts).
 
     Terms combine: the query is the normalised sum of TEXT's and each --image's vector minus
@@ -157,6 +168,7 @@ def search(state, text, images, not_texts, not_images, k, target, under, after, 
       clipdex search dog --under ~/Pictures/2024 --after 2024-06-01 --before 2024-07-01
       clipdex search --words "INVOICE 4471"             # the pictures with those words in them
       clipdex search receipt --words 北京 --by both
+      clipdex search "a dog jumping into a lake" --media videos --per-video 1
     """
     from clipdex.index.filters import Filter
 
@@ -177,11 +189,11 @@ def search(state, text, images, not_texts, not_images, k, target, under, after, 
     if captioned is not None and target == "texts":
         raise click.UsageError("--captioned/--uncaptioned apply to image searches")
     filt = Filter(under=list(under), after=after, before=before, captioned=captioned, min_score=min_score,
-                  words=list(words))  # fmt: skip
+                  words=list(words), media=media)  # fmt: skip
     with state.open(device=device, runtime=runtime) as lib:  # one query: the FAISS index stays on the CPU
         results = lib.search(
             text=query or None, image=list(images), not_text=list(not_texts), not_image=list(not_images),
-            k=k, target=target, filter=filt, by=by,
+            k=k, target=target, filter=filt, by=by, per_video=per_video,
         )  # fmt: skip
     print_hits(results, as_json, paths, null)
 

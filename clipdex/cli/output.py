@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from clipdex.cli.common import emit_json
+from clipdex.results import clock
 
 
 def hit_output_options(f: Callable) -> Callable:
@@ -41,7 +42,10 @@ def print_hits(
     else:
         for r in results:
             path = r.shown_path
-            shown = path if r.modality == "image" else f"{r.text!r}" + (f"  [{path}]" if path else "")
+            if r.modality == "video":
+                shown = f"{path} @ {clock(r.t or 0)}"
+            else:
+                shown = path if r.modality == "image" else f"{r.text!r}" + (f"  [{path}]" if path else "")
             click.echo(f"{r.rank:>3}  {r.score:7.4f}  {shown}")
 
 
@@ -56,7 +60,8 @@ def print_groups(groups: Sequence[Sequence[Any]], as_json: bool = False) -> None
         click.echo(f"group {n} ({len(group)} images)")
         for item in group:
             dims = f"{item.width}x{item.height}" if item.width and item.height else "?x?"
-            click.echo(f"  {item.score:.4f}  {dims:>11}  {human_size(item.size):>9}  {item.shown_path}")
+            at = f" @ {clock(item.t)}" if item.t is not None else ""
+            click.echo(f"  {item.score:.4f}  {dims:>11}  {human_size(item.size):>9}  {item.shown_path}{at}")
 
 
 def human_size(n: int | None) -> str:

@@ -54,11 +54,17 @@ def find_duplicates(
     if under:
         keep = np.isin(ids, store.items.matching_ids(IMAGE, Filter(under=under)))
         ids, vecs = ids[keep], vecs[keep]
-    groups = components(len(ids), neighbour_pairs(vecs, threshold))
+    pairs = neighbour_pairs(vecs, threshold)
+    videos = store.frames.video_paths(ids[np.unique(pairs)].tolist()) if len(pairs) else {}
+    if videos:  # moments of one video that only repeat each other are no duplicates
+        of = [videos.get(int(i)) for i in ids]
+        pairs = pairs[[of[a] is None or of[a] != of[b] for a, b in pairs.tolist()]].reshape(-1, 2)
+    groups = components(len(ids), pairs)
     if not groups:
         return []
     members = [int(ids[r]) for g in groups for r in g]
     info = store.items.photo_rows(members)
+    times = store.frames.frame_times(members)
     out = []
     for g in groups:
         rows = []
@@ -76,7 +82,8 @@ def find_duplicates(
         head = vecs[rows[0][0]].astype(np.float64)
         out.append([
             DuplicateItem(int(ids[r]), os.fsdecode(p) if p is not None else None,
-                          float((vecs[r].astype(np.float64) * head).sum()), w, h, size, raw_path=p)
+                          float((vecs[r].astype(np.float64) * head).sum()), w, h, size, raw_path=p,
+                          t=times.get(int(ids[r])))
             for r, p, size, w, h in rows
         ])  # fmt: skip
     out.sort(key=lambda g: (-len(g), g[0].id))

@@ -34,6 +34,7 @@ EXACT_CHUNK = 8192  # rows per float64 block in the exact ranking
 OVERFETCH_SHARE = 0.2
 
 DateLike = str | datetime | date | float | int
+MEDIA = ("all", "photos", "videos")  # what `Filter.media` keeps: everything, photos only, videos only
 
 
 def parse_date(value: DateLike) -> float:
@@ -63,7 +64,8 @@ class Filter:
     seconds; the photo's EXIF date, else its file's mtime), with or without a caption
     (``captioned`` True/False; None: either), scoring at least ``min_score``, and matching every
     one of ``words`` (word queries over the text read in the picture, its caption and file name;
-    FTS5 syntax, see `clipdex.index.store.words.match_query`).
+    FTS5 syntax, see `clipdex.index.store.words.match_query`). ``media``: "all", "photos" (no
+    video moments) or "videos" (only them); image searches only.
 
     For ``target="texts"`` the folder and date conditions apply to a text's linked image (free
     texts have none, so they never match them).
@@ -75,10 +77,13 @@ class Filter:
     captioned: bool | None = None
     min_score: float | None = None
     words: Sequence[str] = ()
+    media: str = "all"
 
     def __post_init__(self) -> None:
         from clipdex.index.store.words import match_query
 
+        if self.media not in MEDIA:
+            raise ValueError(f"media must be one of {', '.join(MEDIA)}, not {self.media!r}")
         words = (self.words,) if isinstance(self.words, str) else tuple(self.words)
         object.__setattr__(self, "words", tuple(dict.fromkeys(words)))
         for w in self.words:
@@ -97,7 +102,7 @@ class Filter:
     def restricts_items(self) -> bool:
         """Whether some items are excluded whatever their score."""
         bounds = (self.after, self.before, self.captioned)
-        return bool(self.under or self.words) or any(b is not None for b in bounds)
+        return bool(self.under or self.words or self.media != "all") or any(b is not None for b in bounds)
 
 
 def exact_top_k(store: Store, ids: np.ndarray, query: np.ndarray, k: int) -> list[tuple[int, float]]:

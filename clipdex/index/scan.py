@@ -56,6 +56,7 @@ class ScannedImage:
 
     image: FileStat
     sidecar: FileStat | None
+    video: bool = False  # a video file (by its extension; its content is probed when decoded)
 
 
 @functools.cache
@@ -78,6 +79,11 @@ def image_extensions() -> frozenset[str]:
 @functools.cache
 def _byte_extensions() -> frozenset[bytes]:
     return frozenset(e.encode() for e in image_extensions())
+
+
+# The video extensions `index` scans (clipdex.retrieval.video.VIDEO_EXTENSIONS; not imported
+# from there to keep the walk free of the retrieval package).
+VIDEO_EXTENSIONS = frozenset({b".mp4", b".m4v", b".mov", b".mkv", b".webm", b".avi"})
 
 
 def check_folders(folders: Sequence[PathArg]) -> None:
@@ -147,8 +153,10 @@ def scan(
     exclude: Sequence[PathArg] = (),
     on_error: OnError | None = None,
     on_bad_file: OnError | None = None,
+    videos: bool = False,
 ) -> Iterator[ScannedImage]:
-    """Yield every image under `folders`, depth-first in sorted name order (reproducible).
+    """Yield every image (and with ``videos`` every video) under `folders`, depth-first in sorted
+    name order (reproducible).
 
     Folders are checked eagerly (ClipdexError before any output). Per-path problems (an
     unreadable directory) go to `on_error(path, message)` (default: a warning) and are skipped;
@@ -158,13 +166,15 @@ def scan(
     check_folders(folders)
     excluded = {os.path.realpath(os.fsencode(p)) for p in exclude}
     on_error = on_error or _warn
-    return _walk(scan_roots(folders), include_hidden, excluded, on_error, on_bad_file or on_error)
+    return _walk(scan_roots(folders), include_hidden, excluded, on_error, on_bad_file or on_error, videos)
 
 
 def _walk(
-    roots: list[bytes], include_hidden: bool, excluded: set[bytes], on_error: OnError, on_bad_file: OnError
-) -> Iterator[ScannedImage]:
+    roots: list[bytes], include_hidden: bool, excluded: set[bytes], on_error: OnError, on_bad_file: OnError,
+    videos: bool,
+) -> Iterator[ScannedImage]:  # fmt: skip
     exts = _byte_extensions()
+    video_exts = VIDEO_EXTENSIONS if videos else frozenset()
     # Real paths of directories already walked: overlapping FOLDERs (or two FOLDERs that are the
     # same directory through a symlink) are walked once. Hidden-ness is judged by child name only,
     # so a directory yields the same files whichever FOLDER reached it first.
@@ -190,6 +200,7 @@ def _walk(
                 continue
             subdirs: list[tuple[bytes, bytes]] = []
             images: list[tuple[os.DirEntry, bytes]] = []
+            found_videos: list[os.DirEntry] = []
             texts: dict[bytes, os.DirEntry] = {}
             for entry in entries:
                 name = entry.name
@@ -204,6 +215,8 @@ def _walk(
                 ext = name[dot:]
                 if ext.lower() in exts:
                     images.append((entry, name[:dot]))
+                elif ext.lower() in video_exts:
+                    found_videos.append(entry)
                 elif ext in _TXT:
                     if ext == b".txt" or name[:dot] not in texts:
                         texts[name[:dot]] = entry  # both exist: prefer the lower-case one
@@ -219,5 +232,9 @@ def _walk(
                         sidecars[stem] = _stat(txt.path, txt, _ignore)
                     sidecar = sidecars[stem]
                 yield ScannedImage(image, sidecar)
+            for entry in found_videos:
+                video = _stat(entry.path, entry, on_bad_file)
+                if video is not None:
+                    yield ScannedImage(video, None, video=True)
             # Reversed onto the stack so that subdirectories are walked in sorted order.
             stack.extend(reversed(subdirs))

@@ -159,8 +159,11 @@ class Library:
         retry_failed: bool = False,
         drop_unembeddable: bool = False,
         ocr: bool | None = None,
+        videos: bool = True,
+        video_interval: float | None = None,
         problem: Problem | None = None,
         progress: Progress | None = None,
+        video_progress: Progress | None = None,
     ) -> IndexStats:
         """Bring the library in line with ``folders``: add new, re-embed changed, drop deleted files.
 
@@ -192,7 +195,7 @@ class Library:
             return index_folders(
                 self.parts, folders, include_hidden, dropped, batch_size=batch_size, workers=workers,
                 exact_decode=exact_decode, problem=problem, progress=progress, retry_failed=retry_failed,
-                ocr=ocr,
+                ocr=ocr, videos=videos, video_interval=video_interval, video_progress=video_progress,
             )  # fmt: skip
 
     def watch(
@@ -432,6 +435,14 @@ class Library:
         return open_image(path, draft_to)
 
     @staticmethod
+    def video_frame(path: ImageArg, t: float, short_side: int = 256) -> Any:
+        """The frame of the video at ``path`` shown at ``t`` seconds (PIL RGB, display rotation
+        applied, shortest side at most ``short_side``); `clipdex.errors.DecodeError` when unreadable."""
+        from clipdex.retrieval.video import frame_at
+
+        return frame_at(path, t, short_side)
+
+    @staticmethod
     def image_size(path: ImageArg) -> tuple[int, int] | None:
         """(width, height) as shown (EXIF orientation applied), from the header only; None when
         the file is missing, unreadable or past the pixel limit."""
@@ -455,6 +466,7 @@ class Library:
         words: str | Sequence[str] | None = None,
         by: str | None = None,
         rank_text: str | None = None,
+        per_video: int | None = None,
     ) -> list[SearchResult]:
         """Best ``k`` items of ``target`` ("images" or "texts") for one query, best first.
 
@@ -471,14 +483,16 @@ class Library:
         fuses the two (RRF, k = 60); default "both" in a library that reads text (``index(ocr=
         True)``) when the query has text, else "meaning". The words ranked are the ``text`` terms,
         or ``rank_text`` (a ``vector`` query's text, as the server encodes it separately).
-        Scores are always the cosines.
+        Scores are always the cosines. A video's moments are results of modality "video" with
+        ``t``/``t_end``; ``per_video=1`` keeps each video only at its best moment (``filter``'s
+        ``media`` keeps photos or videos only).
         """
         from clipdex.library.fusion import ranking
 
         terms = Terms.of(text, image, not_text, not_image)
         rank_text = rank_text or " ".join(terms.text) or None
         filter, by = ranking(filter, words, by, rank_text, self.reads_text)
-        return self.searcher.search(terms, vector, k, target, weights, filter, by, rank_text)
+        return self.searcher.search(terms, vector, k, target, weights, filter, by, rank_text, per_video)
 
     @property
     def reads_text(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from clipdex.index.scan import FileStat, ScannedImage, content_hash
@@ -26,6 +27,7 @@ class Plan:
     caption_fixes: list[tuple[int, ScannedImage]] = field(default_factory=list)
     gone: dict[bytes, FileRecord] = field(default_factory=dict)  # to remove
     forget: list[bytes] = field(default_factory=list)  # failures of files gone
+    in_scope: Callable[[bytes], bool] | None = None  # what "gone" covers (videos follow it too)
 
 
 def find_moves(

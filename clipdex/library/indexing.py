@@ -20,6 +20,7 @@ from clipdex.index.store.rows import Caption, FileRecord, PhotoMeta
 from clipdex.inputs.paths import display_path
 from clipdex.inputs.sidecars import SidecarError, read_sidecar
 from clipdex.kinds import IMAGE, TEXT
+from clipdex.library.change import Change
 from clipdex.library.index_plan import Plan, Todo, find_moves, sidecar_changed
 from clipdex.library.reading import TextReading
 from clipdex.results import IndexStats
@@ -34,21 +35,6 @@ EncoderFor = Callable[[Callable[[], list[bytes]] | None], "Encoder"]
 
 Problem = Callable[[str, str], None]  # (display path, reason) -> report it on stderr
 Batches = Iterator[tuple[list, list, int]]  # (encoded, failed, done) per encoder batch
-
-
-@dataclass(slots=True)
-class Change:
-    """The vectors one committed batch changed; the FAISS indexes follow it.
-
-    Apply ``removed`` first, then ``added``: an update in place (same id) appears in both.
-    """
-
-    added: dict[str, tuple[list[int], np.ndarray]] = field(default_factory=dict)
-    removed: list[int] = field(default_factory=list)
-
-    def add(self, kind: str, ids: list[int], vecs: np.ndarray) -> None:
-        if ids:
-            self.added[kind] = (ids, vecs)
 
 
 @dataclass(slots=True)
@@ -81,8 +67,15 @@ class IndexRun:
         progress: Callable[[int, int], None] | None = None,
         before_write: Callable[[], None] | None = None,
         reading: TextReading | None = None,
+        videos: bool = True,
+        video_interval: float | None = None,
+        video_progress: Callable[[int, int], None] | None = None,
     ):
+        from clipdex.library.video_indexing import VideoIndexing
+
         self.store, self._encoder = store, encoder
+        # --no-video: videos are neither scanned nor removed (those indexed before stay as they are)
+        self.videos = VideoIndexing(self, video_interval or 2.0, video_progress) if videos else None
         self.reading = reading  # --ocr: the text in the pictures is read beside the encoding
         self._before_write = before_write  # called once, before the first commit
         self.batch_size = max(1, batch_size) if batch_size else None  # None: by device, see embed
@@ -92,7 +85,7 @@ class IndexRun:
         self.problem = problem or (lambda path, reason: None)
         self.progress = progress
         self.stats = IndexStats()
-        self._failed_now: set[bytes] = set()  # paths that failed to decode in this run
+        self.failed_now: set[bytes] = set()  # paths that failed to decode in this run
         self._photos: dict[bytes, PhotoMeta] = {}  # path -> date and size, from the decode threads
         self._ids: list[int] = []  # the ids of the last batch stored, in its order
 
@@ -102,11 +95,11 @@ class IndexRun:
         roots = scan_roots(folders)
         found = scan(
             folders, include_hidden=include_hidden, exclude=exclude, on_error=self._scan_error,
-            on_bad_file=self._bad_file,
+            on_bad_file=self._bad_file, videos=self.videos is not None,
         )  # fmt: skip
         yield from self.execute(self.plan(found, lambda p: is_under(p, roots)))
         if self.reading is not None:  # pictures indexed before --ocr, or left unread by a killed run
-            self.reading.catch_up(roots, self._failed_now, self.workers)
+            self.reading.catch_up(roots, self.failed_now, self.workers)
             self.stats.ocr_read, self.stats.ocr_failed = self.reading.read, self.reading.failed
 
     def plan(
@@ -126,6 +119,10 @@ class IndexRun:
         for s in found:
             f = s.image
             seen.add(f.path)
+            if s.video:  # a video is indexed whole, apart (clipdex.library.video_indexing)
+                if self.videos is not None:
+                    self.videos.consider(s, failures)
+                continue
             old = known.get(f.path)
             if old is not None and old.mtime_ns == f.mtime_ns and old.size == f.size:
                 self.stats.unchanged += 1
@@ -140,6 +137,7 @@ class IndexRun:
         plan.gone = {p: r for p, r in known.items() if r.source == "scan" and p not in seen and in_scope(p)}
         plan.todo, plan.moves = find_moves(plan.todo, plan.gone)
         plan.forget = [p for p in failures if p not in seen and in_scope(p)]
+        plan.in_scope = in_scope
         return plan
 
     def execute(self, plan: Plan, batches: Batches | None = None) -> Iterator[Change]:
@@ -152,15 +150,17 @@ class IndexRun:
             self.progress(0, len(plan.todo))
         yield from self._store_images_of(plan.todo, captions, batches)
         yield from self._fix_captions(plan.caption_fixes, captions)
+        if self.videos is not None and plan.in_scope is not None:
+            yield from self.videos.apply(plan.in_scope, plan.failures)
         # Failures to forget: files gone from under FOLDERs, and those that decoded this time.
         forget = plan.forget + [
             t.scanned.image.path for t in plan.todo if t.scanned.image.path in plan.failures
         ]
-        forget = [p for p in forget if p not in self._failed_now]
+        forget = [p for p in forget if p not in self.failed_now]
         if plan.gone:
             self.stats.removed += len(plan.gone)
             self.stats.texts_removed += sum(1 for r in plan.gone.values() if r.id in captions)
-            self._first_write()
+            self.first_write()
             yield Change(removed=self.store_delete([r.id for r in plan.gone.values()]))
         if forget:
             self.store.failures.forget(forget)
@@ -187,7 +187,7 @@ class IndexRun:
     # ---- moves ----------------------------------------------------------------------------
     def _move(self, moves: list[tuple[FileRecord, ScannedImage]], captions: dict, fixes: list) -> None:
         """Moved files keep id and vector: only their path and stat change (no re-encoding)."""
-        self._first_write()
+        self.first_write()
         self.store.items.update_files(
             [rec.id for rec, _ in moves], paths=[s.image.path for _, s in moves],
             stats=[(s.image.mtime_ns, s.image.size) for _, s in moves],
@@ -218,7 +218,7 @@ class IndexRun:
                 self.stats.failed += 1
                 self.problem(display_path(f.path), reason)
                 failures.append((f.path, f.size, f.mtime_ns, reason))
-                self._failed_now.add(f.path)
+                self.failed_now.add(f.path)
                 if t.old is not None and t.old.source == "scan":  # its vector describes content that is gone
                     failed_old.append(t.old.id)
             if failures:
@@ -247,7 +247,7 @@ class IndexRun:
         self.stats.added += len(new)
         self.stats.updated += len(upd)
         self.stats.texts_removed += sum(1 for i in failed_old if i in captions)
-        self._first_write()
+        self.first_write()
         change = Change()
         with store.transaction():
             change.removed += self.store_delete(failed_old)
@@ -282,7 +282,7 @@ class IndexRun:
             if not plan.any():
                 continue  # e.g. an empty sidecar: no caption then, none now; nothing to write
             change = Change()
-            self._first_write()
+            self.first_write()
             with self.store.transaction():
                 self._apply_captions(plan, change)
             if change.added or change.removed:
@@ -349,7 +349,7 @@ class IndexRun:
     def store_delete(self, ids: list[int]) -> list[int]:
         return self.store.items.delete(ids) if ids else []
 
-    def _first_write(self) -> None:
+    def first_write(self) -> None:
         if self._before_write is not None:
             self._before_write()
             self._before_write = None

@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from clipdex.errors import ClipdexError
+from clipdex.errors import ClipdexError, DecodeError
 from clipdex.index.store.database import Store
 from clipdex.inputs.paths import display_path
 from clipdex.kinds import IMAGE, TEXT
@@ -70,10 +70,24 @@ def reembed_all(
             store.meta.set("pending_model", pending_key)
     skip = done | {i for i, _ in missing}
     images = [(i, p) for i, p, _ in store.items.iter(IMAGE) if i not in skip]
+    times = store.frames.frame_times([i for i, _ in images])  # moments of videos: decoded from the video
+    moments = [(i, p, times[i]) for i, p in images if i in times]
+    images = [(i, p) for i, p in images if i not in times]
     texts = [(i, t) for i, _, t in store.items.iter(TEXT) if i not in done]
-    total, count = len(images) + len(texts), 0
+    total, count = len(images) + len(moments) + len(texts), 0
 
     unreadable: list[tuple[int, bytes | None]] = []
+    for path, group in _by_video(moments).items():
+        try:
+            store.pending.put([i for i, _ in group], _encode_moments(enc, path, group))
+        except DecodeError as error:
+            unreadable += [(i, path) for i, _ in group]
+            if problem:
+                verdict = "dropped" if drop_unembeddable else "not re-embedded"
+                problem(display_path(path), f"{error}; {verdict}")
+        count += len(group)
+        if progress:
+            progress(count, total)
     batches = enc.embed_files(
         images, lambda item: item[1], batch_size=batch_size or enc.default_batch_size(),
         workers=workers or default_workers(), draft_to=enc.image_size,
@@ -86,7 +100,7 @@ def reembed_all(
                 problem(display_path(path) if path else f"item {item_id}", f"{error}; {verdict}")
         if encoded:
             store.pending.put([item_id for (item_id, _), _ in encoded], np.stack([v for _, v in encoded]))
-        count = consumed
+        count = len(moments) + consumed
         if progress:
             progress(count, total)
     for start in range(0, len(texts), 256):
@@ -112,3 +126,25 @@ def reembed_all(
     # Only images lack a pending vector (texts are always re-encoded); their captions go with them.
     n_dropped = len(dropped)
     return Reembedded(total - len(unreadable), n_dropped)
+
+
+def _by_video(moments: list[tuple[int, bytes, float]]) -> dict[bytes, list[tuple[int, float]]]:
+    """path -> (id, t) of its moments, by t."""
+    out: dict[bytes, list[tuple[int, float]]] = {}
+    for i, p, t in moments:
+        out.setdefault(p, []).append((i, t))
+    return {p: sorted(g, key=lambda m: m[1]) for p, g in out.items()}
+
+
+def _encode_moments(enc: Encoder, path: bytes, group: list[tuple[int, float]]) -> np.ndarray:
+    """The new vectors of a video's moments (``group``: (id, t) by t), from their frames at ``t``,
+    in one decode of the video."""
+    from clipdex.retrieval.video import VideoError, VideoReader
+
+    with VideoReader(path) as reader:
+        pictures = [
+            f.picture for f in reader.frames(short_side=min(enc.image_size), at=[t for _, t in group])
+        ]
+    if len(pictures) != len(group):
+        raise VideoError(f"{len(group) - len(pictures)} of its moments are no longer in the video")
+    return enc.encode_pictures(pictures)

@@ -15,6 +15,7 @@ import numpy as np
 
 from clipdex.errors import ClipdexError
 from clipdex.index.filters import Filter
+from clipdex.index.store.items import VIDEO
 from clipdex.kinds import IMAGE, TEXT, kind_of
 from clipdex.library.queries import Encode, QueryPlan, encode_images, vector_query
 from clipdex.results import DuplicateItem, SearchResult
@@ -33,6 +34,8 @@ def _result(
     """The one builder of a hit: an image's own path, or a text's linked image's (bytes kept)."""
     path = it.path if kind == IMAGE else (linked[it.image_id].path if it.image_id in linked else None)
     name = os.fsdecode(path) if path is not None else None
+    if it.source == VIDEO:
+        return SearchResult(rank, score, "video", item_id, name, raw_path=path, t=it.t, t_end=it.t_end)
     return SearchResult(rank, score, kind, item_id, name, it.text if kind == TEXT else None, raw_path=path)
 
 
@@ -48,10 +51,11 @@ class Searcher:
 
     def search(
         self, terms: Terms, vector: Any, k: int, target: str, weights: Weights, filter: Filter | None,
-        by: str = "meaning", rank_text: str | None = None,
+        by: str = "meaning", rank_text: str | None = None, per_video: int | None = None,
     ) -> list[SearchResult]:  # fmt: skip
         """`Library.search` once its arguments are sorted into ``terms`` (or a ``vector``); ``by``
-        words or both ranks (also) by ``rank_text``'s words (see `clipdex.library.fusion`)."""
+        words or both ranks (also) by ``rank_text``'s words (see `clipdex.library.fusion`);
+        ``per_video`` keeps at most that many moments of each video (its best ones)."""
         from clipdex.index import filters
         from clipdex.library.fusion import fused_search
 
@@ -61,6 +65,8 @@ class Searcher:
             raise ValueError("give text=, image= or vector= (negative terms alone are not a query)")
         if k < 1:
             raise ValueError("k must be at least 1")
+        if per_video is not None and per_video < 1:
+            raise ValueError("per_video must be at least 1")
         kind = kind_of(target)
         if filter is not None and not isinstance(filter, Filter):
             raise TypeError("filter must be a clipdex.Filter")
@@ -75,11 +81,20 @@ class Searcher:
         index.use_gpu = self.gpu_index
         items: dict[int, Item] = {}  # the rows of the candidates re-ranked (read with their vectors)
         fetch = partial(self.store.vectors.get, items=items)
-        if by != "meaning" and rank_text:
-            ranked = partial(filters.search, index, self.store, kind, query, get_vectors=fetch)
-            hits = fused_search(ranked, self.store, kind, query, k, filter, by, rank_text)
-        else:
-            hits = filters.search(index, self.store, kind, query, k, filter, fetch)
+        depth = k if not per_video else min(max(index.ntotal, 1), 4 * k)
+        while True:
+            if by != "meaning" and rank_text:
+                ranked = partial(filters.search, index, self.store, kind, query, get_vectors=fetch)
+                hits = fused_search(ranked, self.store, kind, query, depth, filter, by, rank_text)
+            else:
+                hits = filters.search(index, self.store, kind, query, depth, filter, fetch)
+            if not per_video:
+                break
+            kept = self._per_video(hits, per_video)
+            if len(kept) >= k or len(hits) < depth or depth >= index.ntotal:
+                hits = kept[:k]
+                break
+            depth = min(index.ntotal, depth * 4)  # the best moments repeat a few videos: read deeper
         items.update(self.store.items.get([i for i, _ in hits if i not in items]))
         linked = {}  # a caption's image, whose path a text result shows
         if kind == TEXT:
@@ -91,6 +106,20 @@ class Searcher:
             for rank, (item_id, score) in enumerate(hits, start=1)
         ]
         return self.with_text_read(results)
+
+    def _per_video(self, hits: list[tuple[int, float]], most: int) -> list[tuple[int, float]]:
+        """``hits`` (best first) keeping at most ``most`` of each video's moments."""
+        videos = self.store.frames.video_paths([i for i, _ in hits])
+        seen: dict[bytes, int] = {}
+        out = []
+        for i, score in hits:
+            path = videos.get(i)
+            if path is not None:
+                seen[path] = seen.get(path, 0) + 1
+                if seen[path] > most:
+                    continue
+            out.append((i, score))
+        return out
 
     def with_text_read(self, results: list[SearchResult]) -> list[SearchResult]:
         """``results`` with the text read in each picture (``ocr``), where there is any."""

@@ -145,6 +145,12 @@ class Served:
             "size": rec["size"],
             "mtime": rec["mtime_ns"] / 1e9 if rec["mtime_ns"] is not None else None,
         }
+        if rec["source"] == "video":  # a moment of a video: the video plays from t
+            out.update(modality="video", t=rec["t"], t_end=rec["t_end"], width=None, height=None)
+            out["captions"] = []
+            out["thumbnail"] = f"/api/items/{item_id}/thumbnail"
+            out["file"] = f"/api/items/{item_id}/file"
+            return out
         if rec["kind"] == "image":
             out.update(_dimensions(rec["path"]))
             out["captions"] = [{"id": i, "text": t} for i, t in captions]
@@ -175,9 +181,9 @@ class Served:
         return rec["path"], st, rec
 
     def thumbnail(self, item_id: int) -> tuple[bytes, str]:
-        path, st, _ = self.image_file(item_id)
-        try:
-            return self.thumbs.get(item_id, path, st), ThumbCache.key(item_id, st)
+        path, st, rec = self.image_file(item_id)
+        try:  # a video's moment: the frame at its t
+            return self.thumbs.get(item_id, path, st, rec.get("t")), ThumbCache.key(item_id, st)
         except DecodeError as e:
             raise fail(404, f"no thumbnail for item {item_id}: {e}") from e
 
@@ -243,7 +249,7 @@ class QueryOptions:
     def parse(
         cls, q: str | None, nots: list[str], weights: list[float], under: list[str], after: str | None,
         before: str | None, min_score: float | None, captioned: bool | None, words: list[str] | None = None,
-        by: str | None = None,
+        by: str | None = None, media: str | None = None,
     ) -> QueryOptions:  # fmt: skip
         from clipdex.errors import ClipdexError
         from clipdex.library.fusion import BY
@@ -257,6 +263,7 @@ class QueryOptions:
             filt = Filter(
                 under=[u for u in under if u], after=after or None, before=before or None,
                 min_score=min_score, captioned=captioned, words=[w for w in words or [] if w.strip()],
+                media=media or "all",
             )  # fmt: skip
         except (ValueError, ClipdexError) as e:
             raise fail(400, str(e)) from None
@@ -266,7 +273,7 @@ class QueryOptions:
 
 def _result(r) -> dict:
     d = r.to_dict()
-    if r.modality == "image":
+    if r.modality in ("image", "video"):
         d["thumbnail"] = f"/api/items/{r.id}/thumbnail"
     return d
 

@@ -37,13 +37,17 @@ def cache_folder(library: Path) -> Path:
     return Path(user_cache_dir("clipdex")) / "thumbnails" / library_id
 
 
-def make_thumbnail(path: bytes | str) -> bytes:
-    """JPEG bytes of the image at ``path``, longest side <= MAX_SIDE (DecodeError if unreadable).
+def make_thumbnail(path: bytes | str, t: float | None = None) -> bytes:
+    """JPEG bytes of the image at ``path`` (a video's: its frame at ``t`` s), longest side <=
+    MAX_SIDE (DecodeError if unreadable).
 
     Decoded by the indexing decoder: same pixel (bomb) limit, EXIF orientation, alpha over white;
-    large JPEGs decode at reduced scale first.
+    large JPEGs decode at reduced scale first. A video frame: its display rotation applied.
     """
-    img = Library.open_image(path, draft_to=(MAX_SIDE, MAX_SIDE))
+    if t is not None:
+        img = Library.video_frame(path, t, short_side=MAX_SIDE)
+    else:
+        img = Library.open_image(path, draft_to=(MAX_SIDE, MAX_SIDE))
     img.thumbnail((MAX_SIDE, MAX_SIDE))
     out = io.BytesIO()
     img.save(out, "JPEG", quality=85, optimize=True)
@@ -63,14 +67,15 @@ class ThumbCache:
     def key(item_id: int, st: os.stat_result) -> str:
         return f"{item_id}-{st.st_mtime_ns}-{st.st_size}"
 
-    def get(self, item_id: int, path: bytes, st: os.stat_result) -> bytes:
-        """The thumbnail of ``path`` (whose current stat is ``st``), from the cache or made now."""
+    def get(self, item_id: int, path: bytes, st: os.stat_result, t: float | None = None) -> bytes:
+        """The thumbnail of ``path`` (whose current stat is ``st``; a video's frame at ``t``), from
+        the cache or made now."""
         file = self.folder / f"{self.key(item_id, st)}.jpg"
         try:
             return file.read_bytes()
         except OSError:
             pass
-        data = make_thumbnail(path)
+        data = make_thumbnail(path, t)
         self._store(file, data)
         return data
 

@@ -18,6 +18,7 @@ from clipdex.errors import ClipdexError
 from clipdex.index.store import schema
 from clipdex.index.store.changes import ChangeLog
 from clipdex.index.store.failures import FailuresTable
+from clipdex.index.store.frames import FramesTable
 from clipdex.index.store.item_vectors import ItemVectors
 from clipdex.index.store.items import ItemsTable
 from clipdex.index.store.lock import WriterLock, read_only_error
@@ -66,6 +67,7 @@ class Store:
         self.items = ItemsTable(self, self.changes, self.vectors, self.vector_files)
         self.merge = KeyedMerge(self, self.items, self.vector_files)
         self.failures = FailuresTable(self)
+        self.frames = FramesTable(self)  # the video frames among the items
         self.pending = PendingTable(self, self.items, self.changes, self.vector_files)
         self.texts = TextLinesTable(self)
         self.words = WordsTable(self)

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipdex.index.store.batches import chunks
-from clipdex.index.store.items import ITEM_COLS, item_of_row
+from clipdex.index.store.items import item_cols, item_of_row
 from clipdex.index.store.rows import Item
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class ItemVectors:
         # Ids without a stored vector get zeros.
         want = np.asarray(ids, np.int64).reshape(-1)
         rows: list[tuple] = []
-        cols = f"{ITEM_COLS if items is not None else 'id'}, {self.columns()}"
+        cols = f"{item_cols(self._store) if items is not None else 'id'}, {self.columns()}"
         for chunk in chunks(want.tolist(), 500):
             marks = ",".join("?" * len(chunk))
             rows += self._store.conn.execute(f"SELECT {cols} FROM items WHERE id IN ({marks})", chunk)

@@ -28,11 +28,19 @@ if TYPE_CHECKING:
     from clipdex.index.store.vector_files import VectorFiles
 
 ITEM_COLS = "id, kind, path, text, image_id, source"  # an Item record's columns (`item_of_row`)
+SPAN_COLS = ", t, t_end"  # and a video frame's span, on a schema that has it (`item_cols`)
+VIDEO = "video"  # the source of a video's frame items
+
+
+def item_cols(store: Store) -> str:
+    """The columns of an Item record in this store's schema (an older one has no spans)."""
+    return ITEM_COLS + (SPAN_COLS if store.has_columns("items", "t", "t_end") else ", NULL, NULL")
 
 
 def item_of_row(row: Sequence) -> Item:
-    """The `Item` of a row selecting `ITEM_COLS` first."""
-    return Item(row[0], row[1], bytes(row[2]) if row[2] is not None else None, row[3], row[4], row[5])
+    """The `Item` of a row selecting `item_cols` first."""
+    path = bytes(row[2]) if row[2] is not None else None
+    return Item(row[0], row[1], path, row[3], row[4], row[5], row[6], row[7])
 
 
 class ItemsTable:
@@ -51,7 +59,10 @@ class ItemsTable:
     ) -> dict[bytes, FileRecord]:
         """Every image with a path (scanned or imported), by path; the lowest id wins a duplicate.
         With ``paths``: only those paths and the images under ``folders``."""
-        select = "SELECT path, id, mtime_ns, size, source, content_hash FROM items WHERE kind = 'image' AND"
+        select = (  # a video's moments are not image files (clipdex.index.store.frames reads them)
+            "SELECT path, id, mtime_ns, size, source, content_hash FROM items"
+            " WHERE kind = 'image' AND source != 'video' AND"
+        )
         if paths is None:
             rows = self._store.conn.execute(f"{select} path IS NOT NULL ORDER BY id DESC")
         else:
@@ -76,20 +87,21 @@ class ItemsTable:
         for chunk in chunks(list(ids), 500):
             marks = ",".join("?" * len(chunk))
             for row in self._store.conn.execute(
-                f"SELECT {ITEM_COLS} FROM items WHERE id IN ({marks})", chunk
+                f"SELECT {item_cols(self._store)} FROM items WHERE id IN ({marks})", chunk
             ):
                 out[row[0]] = item_of_row(row)
         return out
 
     def record(self, item_id: int) -> dict | None:
         """One item's stored fields (no vector) as a dict, or None; for detail views."""
+        spans = "t, t_end" if self._store.has_columns("items", "t", "t_end") else "NULL, NULL"
         row = self._store.conn.execute(
-            "SELECT id, kind, source, path, mtime_ns, size, text, image_id FROM items WHERE id = ?",
+            f"SELECT id, kind, source, path, mtime_ns, size, text, image_id, {spans} FROM items WHERE id = ?",
             (int(item_id),),
         ).fetchone()
         if row is None:
             return None
-        keys = ("id", "kind", "source", "path", "mtime_ns", "size", "text", "image_id")
+        keys = ("id", "kind", "source", "path", "mtime_ns", "size", "text", "image_id", "t", "t_end")
         rec = dict(zip(keys, row))
         rec["path"] = bytes(rec["path"]) if rec["path"] is not None else None
         return rec
@@ -220,11 +232,14 @@ class ItemsTable:
         texts: Sequence[str | None] | None = None,
         image_ids: Sequence[int | None] | None = None,
         photos: Sequence[PhotoMeta | None] | None = None,
+        spans: Sequence[tuple[float, float]] | None = None,
+        hashes: Sequence[bytes | None] | None = None,
     ) -> list[int]:
         """Insert ``len(vectors)`` items; returns their new ids in order.
 
         ``photos`` gives each image's date and size (see `PhotoMeta`); without one an image with a
-        stat is dated by its mtime."""
+        stat is dated by its mtime. ``spans``: each video frame's (t, t_end); ``hashes``: content
+        hashes of the files."""
         n = len(vectors)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         now = time.time()
@@ -233,6 +248,8 @@ class ItemsTable:
         texts = texts or [None] * n
         image_ids = image_ids or [None] * n
         photos = photos or [None] * n
+        extra = (", t, t_end" if spans is not None else "") + (", content_hash" if hashes is not None else "")
+        marks = ", ?" * ((2 if spans is not None else 0) + (1 if hashes is not None else 0))
         ids = []
         with self._store.transaction():
             stored = self._vectors.to_store(vectors)
@@ -243,10 +260,11 @@ class ItemsTable:
                     taken = stats[i][0] / 1e9
                 cur = self._store.conn.execute(
                     "INSERT INTO items (kind, source, path, mtime_ns, size, text, image_id, vector, vfile,"
-                    " vrow, added_at, taken_at, width, height)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f" vrow, added_at, taken_at, width, height{extra})"
+                    f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?{marks})",
                     (kind, source, paths[i], stats[i][0], stats[i][1], texts[i], image_ids[i],
-                     *stored[i], now, taken, meta.width, meta.height),
+                     *stored[i], now, taken, meta.width, meta.height,
+                     *(spans[i] if spans is not None else ()), *((hashes[i],) if hashes is not None else ())),
                 )  # fmt: skip
                 ids.append(int(cur.lastrowid))
             self._changes.log("add", zip(repeat(kind), ids))

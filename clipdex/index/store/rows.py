@@ -17,6 +17,18 @@ class Item:
     text: str | None
     image_id: int | None
     source: str
+    t: float | None = None  # a video frame's span in seconds (source "video"); None for the rest
+    t_end: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VideoRecord:
+    """A stored video as the scanner compares it: its frame items and the file facts they share."""
+
+    ids: tuple[int, ...]
+    mtime_ns: int
+    size: int
+    content_hash: bytes | None
 
 
 @dataclass(frozen=True, slots=True)

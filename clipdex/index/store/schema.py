@@ -174,6 +174,18 @@ def _m7_text_and_words(db: sqlite_utils.Database) -> None:
     db.execute("INSERT OR IGNORE INTO words_dirty (id) SELECT id FROM items")  # built at the next commit
 
 
+def _m8_video_frames(db: sqlite_utils.Database) -> None:
+    # Videos: each kept frame is an image item (source 'video', path = the video, its file facts
+    # and content hash) standing for the span [t, t_end) seconds of it; consecutive frames that
+    # look alike are one item whose span grew. Photos leave both NULL. The (source, path) index
+    # lists a video's frames (a re-index replaces them all, a move re-points them all).
+    columns = {c.name for c in db["items"].columns}
+    for name in ("t", "t_end"):
+        if name not in columns:
+            db.execute(f"ALTER TABLE items ADD COLUMN {name} REAL")
+    db.execute("CREATE INDEX IF NOT EXISTS items_source_path ON items (source, path)")
+
+
 MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m1_initial,
     _m2_pending,
@@ -182,5 +194,6 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [
     _m5_change_log,
     _m6_vector_files,
     _m7_text_and_words,
+    _m8_video_frames,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -72,6 +72,8 @@ def where(kind: str, filt: Filter, has_dates: bool, has_words: bool = True) -> W
     if filt.captioned is not None:
         exists = "EXISTS (SELECT 1 FROM items c WHERE c.image_id = x.id)"
         sql += " AND " + (exists if filt.captioned else "NOT " + exists)
+    if filt.media != "all" and kind == IMAGE:  # a video's moments are image items of source 'video'
+        sql += " AND x.source = 'video'" if filt.media == "videos" else " AND x.source != 'video'"
     if not filt.words:
         return Where(sql, tuple(args))
     base = Where(sql, tuple(args))

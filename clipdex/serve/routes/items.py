@@ -30,7 +30,7 @@ def similar(
 
 @router.get("/api/items/{item_id:int}/thumbnail")
 def thumbnail(item_id: int, request: Request) -> Response:
-    """JPEG, longest side <= 256 px, EXIF orientation applied."""
+    """JPEG, longest side <= 256 px, EXIF orientation applied (a video's moment: its frame at t)."""
     data, key = served(request).thumbnail(item_id)
     etag = f'"{key}"'
     headers = {"ETag": etag, "Cache-Control": "private, max-age=3600"}
@@ -41,7 +41,8 @@ def thumbnail(item_id: int, request: Request) -> Response:
 
 @router.get("/api/items/{item_id:int}/file")
 def original(item_id: int, request: Request) -> FileResponse:
-    """The original image file (only by id; 404 when it changed or is gone)."""
+    """The original file, an image or a video (only by id; 404 when it changed or is gone).
+    Answers HTTP Range requests (206 Partial Content), so a `<video>` seeks and large photos resume."""
     path = served(request).original(item_id)
     return FileResponse(os.fsdecode(path), headers={"Cache-Control": "private, no-cache"})
 

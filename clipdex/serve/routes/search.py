@@ -37,6 +37,7 @@ def search_text(
     by: str | None = Query(
         None, description="meaning, words (BM25) or both (RRF); default: both in a library that reads text."
     ),
+    media: str = Query("all", description="all, photos (no video moments) or videos (only them)."),
 ) -> dict:
     """Text -> images (or texts): `q` minus the `not` texts, with optional filters."""
     check_page(k, offset)
@@ -45,7 +46,7 @@ def search_text(
         q, by = " ".join(words), by or "words"
     if not q.strip():
         raise fail(400, "empty query: give q=TEXT")
-    query = QueryOptions.parse(q, not_, weights, under, after, before, min_score, captioned, words, by)
+    query = QueryOptions.parse(q, not_, weights, under, after, before, min_score, captioned, words, by, media)
     return served(request).search(query, k, offset, target)
 
 
@@ -76,7 +77,7 @@ async def search_image(request: Request) -> dict:
         str(form.get("q") or ""), [str(n) for n in form.getlist("not")], weights,
         [str(u) for u in form.getlist("under")], str(form.get("after") or ""),
         str(form.get("before") or ""), min_score, captioned, [str(w) for w in form.getlist("words")],
-        str(form.get("by")) if form.get("by") else None,
+        str(form.get("by")) if form.get("by") else None, str(form.get("media") or "all"),
     )  # fmt: skip
     upload = form.get("image")
     if upload is None or isinstance(upload, str):

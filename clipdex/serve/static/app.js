@@ -12,7 +12,7 @@ const els = {
 let query = null;
 let target = "images";
 // Filters of text and image queries (the API's `not`, `under`, `words`, `after`, `before`, `min_score`, `captioned`)
-const NO_FILTERS = { not: [], under: [], words: [], after: "", before: "", min_score: "", captioned: "" };
+const NO_FILTERS = { not: [], under: [], words: [], after: "", before: "", min_score: "", captioned: "", media: "" };
 let filters = { ...NO_FILTERS };
 let results = [];
 let total = 0;
@@ -74,7 +74,7 @@ function login() {
 // ---- filters ------------------------------------------------------------------------------------
 const fields = {
   not: $("f-not"), under: $("f-under"), words: $("f-words"), after: $("f-after"), before: $("f-before"),
-  min_score: $("f-min-score"), captioned: $("f-captioned"),
+  min_score: $("f-min-score"), captioned: $("f-captioned"), media: $("f-media"),
 };
 const split = (text, sep) => text.split(sep).map((t) => t.trim()).filter(Boolean);
 
@@ -82,7 +82,7 @@ function readFilters() {
   return {
     not: split(fields.not.value, ","), under: split(fields.under.value, ";"), words: split(fields.words.value, ","),
     after: fields.after.value, before: fields.before.value,
-    min_score: fields.min_score.value.trim(), captioned: fields.captioned.value,
+    min_score: fields.min_score.value.trim(), captioned: fields.captioned.value, media: fields.media.value,
   };
 }
 
@@ -90,7 +90,7 @@ function showFilters() {
   fields.not.value = filters.not.join(", ");
   fields.under.value = filters.under.join("; ");
   fields.words.value = filters.words.join(", ");
-  for (const name of ["after", "before", "min_score", "captioned"]) fields[name].value = filters[name];
+  for (const name of ["after", "before", "min_score", "captioned", "media"]) fields[name].value = filters[name];
   const active = Object.values(filters).filter((v) => v.length).length;
   $("filter-count").textContent = active ? ` (${active})` : "";
   if (active) $("filters").open = true;
@@ -99,7 +99,7 @@ function showFilters() {
 // Append the filters to URLSearchParams or FormData (both have `append`).
 function addFilters(params) {
   for (const name of ["not", "under", "words"]) for (const v of filters[name]) params.append(name, v);
-  for (const name of ["after", "before", "min_score", "captioned"]) if (filters[name]) params.append(name, filters[name]);
+  for (const name of ["after", "before", "min_score", "captioned", "media"]) if (filters[name]) params.append(name, filters[name]);
   return params;
 }
 
@@ -111,6 +111,7 @@ function filtersFrom(params) {
     after: date(params.get("after")), before: date(params.get("before")),
     min_score: Number.isFinite(parseFloat(params.get("min_score"))) ? params.get("min_score") : "",
     captioned: ["true", "false"].includes(params.get("captioned")) ? params.get("captioned") : "",
+    media: ["photos", "videos"].includes(params.get("media")) ? params.get("media") : "",
   };
 }
 
@@ -211,6 +212,13 @@ function status(text, kind = "") {
 
 function basename(path) { return path ? path.split("/").pop() : ""; }
 
+// Seconds as m:ss (h:mm:ss from an hour up), as the CLI's table shows a video's moment.
+function clock(t) {
+  const s = Math.floor(t || 0);
+  const h = Math.floor(s / 3600), m = Math.floor(s / 60) % 60, ss = String(s % 60).padStart(2, "0");
+  return h ? `${h}:${String(m).padStart(2, "0")}:${ss}` : `${m}:${ss}`;
+}
+
 function card(r, index) {
   const li = document.createElement("li");
   const button = document.createElement("button");
@@ -221,7 +229,7 @@ function card(r, index) {
   score.className = "score";
   score.textContent = r.score.toFixed(3);
   score.title = "cosine similarity";
-  if (r.modality === "image") {
+  if (r.modality === "image" || r.modality === "video") {
     const img = document.createElement("img");
     img.src = r.thumbnail;
     img.alt = basename(r.path);
@@ -232,7 +240,15 @@ function card(r, index) {
     name.className = "name";
     name.textContent = basename(r.path);
     button.append(img, name);
-    button.setAttribute("aria-label", `${basename(r.path)}, rank ${r.rank}, score ${r.score.toFixed(3)}`);
+    const at = r.modality === "video" ? ` at ${clock(r.t)}` : "";
+    button.setAttribute("aria-label", `${basename(r.path)}${at}, rank ${r.rank}, score ${r.score.toFixed(3)}`);
+    if (r.modality === "video") {  // a play badge with the moment's time
+      const badge = document.createElement("span");
+      badge.className = "play";
+      badge.textContent = `▶ ${clock(r.t)}`;
+      badge.title = `video, from ${clock(r.t)} to ${clock(r.t_end)}`;
+      button.append(badge);
+    }
   } else {
     const quote = document.createElement("span");
     quote.className = "quote";
@@ -296,19 +312,22 @@ async function openHit(index) {
   current = index;
   const r = results[index];
   const viewer = els.viewer;
-  $("viewer-title").textContent = r.modality === "image" ? basename(r.path) : r.text;
+  $("viewer-title").textContent = r.modality === "text" ? r.text : basename(r.path);
   $("viewer-meta").replaceChildren();
   $("viewer-captions").replaceChildren();
   $("viewer-ocr").replaceChildren();
   $("ocr-boxes").replaceChildren();
   $("ocr-title").hidden = true;
   $("viewer-img").removeAttribute("src");
+  $("viewer-img").hidden = false;
+  stopVideo();
   showExplain(false);
   $("explain-btn").dataset.id = ""; // set again once the item is known (the button keeps any focus)
   if (!viewer.open) viewer.showModal();
   try {
     const item = await api(`/api/items/${r.id}`);
     if (current !== index) return;
+    if (item.modality === "video") return showVideo(item, r);
     const imageId = item.modality === "image" ? item.id : item.image_id;
     const img = $("viewer-img");
     if (imageId != null) {
@@ -344,6 +363,47 @@ async function openHit(index) {
   } catch (error) {
     $("viewer-title").textContent = `Error: ${error.message}`;
   }
+}
+
+// A video's moment: the video plays from t; the span [t, t_end) is marked under it.
+function stopVideo() {
+  const video = $("viewer-video");
+  video.pause();
+  video.removeAttribute("src");
+  video.load();
+  video.hidden = true;
+  $("video-span").hidden = true;
+}
+
+function showVideo(item, r) {
+  const video = $("viewer-video");
+  $("viewer-img").hidden = true;
+  video.hidden = false;
+  video.poster = item.thumbnail;
+  // The media fragment starts the video at t (the server answers the Range requests it makes).
+  video.src = `${item.file}#t=${item.t}`;
+  video.addEventListener("loadedmetadata", () => {
+    if (Math.abs(video.currentTime - item.t) > 0.5) video.currentTime = item.t;
+    const span = $("video-span");
+    const length = video.duration || item.t_end || 1;
+    span.hidden = false;
+    span.style.left = `${(100 * item.t) / length}%`;
+    span.style.width = `${(100 * Math.max(item.t_end - item.t, 0)) / length}%`;
+  }, { once: true });
+  const link = $("original-link");
+  link.hidden = false;
+  link.href = item.file;
+  const meta = [["Path", item.path || "—"], ["Moment", `${clock(item.t)} – ${clock(item.t_end)}`],
+    ["Score", r.score.toFixed(4)], ["Id", item.id]];
+  if (item.size != null) meta.push(["File", formatBytes(item.size)]);
+  for (const [k, v] of meta) {
+    const dt = document.createElement("dt"); dt.textContent = k;
+    const dd = document.createElement("dd"); dd.textContent = v;
+    $("viewer-meta").append(dt, dd);
+  }
+  $("captions-title").hidden = true;
+  $("similar-btn").dataset.id = item.id;
+  $("explain-btn").hidden = true;
 }
 
 // Explain: the heat map of the regions that raise the match with the text query, in place of the image.
@@ -418,6 +478,7 @@ $("close-viewer").addEventListener("click", () => els.viewer.close());
 els.viewer.addEventListener("click", (event) => { if (event.target === els.viewer) els.viewer.close(); });
 els.viewer.addEventListener("close", () => {
   showExplain(false);
+  stopVideo();
   const hit = els.grid.querySelector(`[data-index="${current}"]`);
   if (hit) hit.focus();
 });

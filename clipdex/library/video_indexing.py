@@ -1,0 +1,230 @@
+"""The videos of one `index` run: each video becomes one image item per kept frame (a span).
+
+`IndexRun` hands its scanned videos here after the pictures. A video is compared with the store as
+one file (all its frames share its stat and content hash): unchanged → nothing; moved within this
+run's FOLDERs → its frames' path changes, their ids stay; new or changed → decoded from start to
+end (a frame every ``interval`` seconds, the first always), encoded a batch at a time, and
+consecutive frames whose vectors have cosine ≥ `MERGE_COSINE` with the first of their span merged
+into it. The old frames go and the new ones come in ONE transaction per video, so a killed run
+never leaves half a video: the next run sees the old (or no) frames and redoes the video whole.
+A video that cannot be decoded is a remembered failure with its one-line reason.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from clipdex.index.scan import ScannedImage, content_hash
+from clipdex.index.store.items import VIDEO
+from clipdex.index.store.rows import PhotoMeta, VideoRecord
+from clipdex.inputs.paths import display_path
+from clipdex.kinds import IMAGE
+from clipdex.library.change import Change
+
+if TYPE_CHECKING:
+    from clipdex.library.indexing import IndexRun
+
+MERGE_COSINE = 0.98
+AHEAD = 8  # decoded frames waiting for the encoder: with a batch being encoded, the memory bound
+
+
+@dataclass(slots=True)
+class _Span:
+    t: float
+    t_end: float
+    vector: np.ndarray
+
+
+@dataclass(slots=True)
+class VideoPlan:
+    """What the scan found among the videos, before anything is written."""
+
+    todo: list[tuple[ScannedImage, VideoRecord | None]] = field(default_factory=list)
+    seen: set[bytes] = field(default_factory=set)
+
+
+def merge_spans(
+    spans: list[_Span], times: list[float], vecs: np.ndarray, cosine: float = MERGE_COSINE
+) -> None:
+    """Append frames (their times and unit vectors, in order) to ``spans``: a frame alike the
+    first frame of the last span (cosine ≥ ``cosine``) only extends it; ``t_end`` of each span
+    is the time of the next frame kept (the caller sets the last one's to the video's end)."""
+    for t, v in zip(times, vecs):
+        if spans:
+            spans[-1].t_end = t
+            if float(np.dot(spans[-1].vector, v)) >= cosine:
+                continue
+        spans.append(_Span(t, t, v))
+
+
+def _background(frames: Iterator, ahead: int) -> Iterator:
+    """``frames`` produced in a thread, at most ``ahead`` waiting: decoding (PyAV releases the GIL)
+    overlaps encoding; an error in the decoder is raised here, in order."""
+    q: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for f in frames:
+                while not stop.is_set():
+                    try:
+                        q.put((f, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((end, None))
+        except BaseException as e:  # handed to the consumer
+            q.put((end, e))
+
+    thread = threading.Thread(target=produce, name="clipdex-video-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = q.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+
+
+class VideoIndexing:
+    """The video half of an `IndexRun` (its store, encoder, stats, problem lines and first write)."""
+
+    def __init__(self, run: IndexRun, interval: float, progress: Callable[[int, int], None] | None = None):
+        """``progress(seconds decoded, seconds in the video)`` follows each video's decode."""
+        if interval <= 0:
+            raise ValueError("the video interval must be above 0 seconds")
+        self.run, self.interval, self.progress = run, float(interval), progress
+        self.known = run.store.frames.video_files()
+        self.plan = VideoPlan()
+
+    def consider(self, s: ScannedImage, failures: dict[bytes, tuple[int, int]]) -> None:
+        """One scanned video: unchanged, remembered as failed, or to do."""
+        run, f = self.run, s.image
+        self.plan.seen.add(f.path)
+        old = self.known.get(f.path)
+        if old is not None and old.mtime_ns == f.mtime_ns and old.size == f.size:
+            run.stats.unchanged += 1
+        elif not run.retry_failed and failures.get(f.path) == (f.size, f.mtime_ns):
+            run.stats.skipped_failed += 1
+        else:
+            self.plan.todo.append((s, old))
+
+    def apply(
+        self, in_scope: Callable[[bytes], bool], failures: dict[bytes, tuple[int, int]]
+    ) -> Iterator[Change]:
+        """Moves, then new and changed videos (one commit each), then videos gone from FOLDERs."""
+        run = self.run
+        gone = {p: r for p, r in self.known.items() if p not in self.plan.seen and in_scope(p)}
+        todo = self._moves(self.plan.todo, gone)
+        for s, old in todo:
+            yield from self._index_one(s, old, failures)
+        if gone:
+            run.stats.removed += len(gone)
+            run.first_write()
+            ids = [i for r in gone.values() for i in r.ids]
+            yield Change(removed=run.store_delete(ids))
+
+    def _moves(self, todo: list, gone: dict[bytes, VideoRecord]) -> list:
+        """Pair new videos with vanished ones of the same size and content hash: only the path of
+        their frames changes (same ids, same vectors)."""
+        rest = []
+        for s, old in todo:
+            f = s.image
+            match = None
+            if old is None and any(r.size == f.size for r in gone.values()):
+                digest = content_hash(f.path, f.size)
+                match = next(
+                    (p for p, r in gone.items() if r.size == f.size and r.content_hash == digest), None
+                )
+            if match is None:
+                rest.append((s, old))
+                continue
+            rec = gone.pop(match)
+            self.run.first_write()
+            self.run.store.items.update_files(
+                list(rec.ids), paths=[f.path] * len(rec.ids), stats=[(f.mtime_ns, f.size)] * len(rec.ids)
+            )
+            self.run.stats.moved += 1
+        return rest
+
+    def _index_one(self, s: ScannedImage, old: VideoRecord | None, failures: dict) -> Iterator[Change]:
+        from clipdex.retrieval.video import VideoError, VideoReader
+
+        run, f = self.run, s.image
+        enc = run.encoder()
+        batch = max(1, min(run.batch_size or enc.default_batch_size(), 32))
+        spans: list[_Span] = []
+        try:
+            with VideoReader(f.path) as reader:
+                dur = reader.info.duration
+                follow = (lambda t: self.progress(int(t), int(max(dur or t, t)))) if self.progress else None
+                frames = _background(reader.frames(self.interval, min(enc.image_size), follow), AHEAD)
+                pending: list = []
+                for frame in frames:
+                    pending.append(frame)
+                    if len(pending) >= batch:
+                        self._encode(enc, pending, spans)
+                        pending = []
+                self._encode(enc, pending, spans)
+                info, shown = reader.info, reader.shown_size or (reader.info.width, reader.info.height)
+                end = reader.end
+        except VideoError as e:
+            self._failed(s, old, str(e), failures)
+            if old is not None:  # its frames describe content that is gone
+                run.first_write()
+                yield Change(removed=run.store_delete(list(old.ids)))
+            return
+        spans[-1].t_end = max(spans[-1].t, info.duration or end, end)
+        taken = info.created_at if info.created_at is not None else f.mtime_ns / 1e9
+        meta = PhotoMeta(taken, *shown)
+        digest = content_hash(f.path, f.size)
+        run.first_write()
+        change = Change()
+        with run.store.transaction():  # the whole video or nothing
+            if old is not None:
+                change.removed += run.store_delete(list(old.ids))
+            vecs = np.stack([sp.vector for sp in spans])
+            ids = run.store.items.insert(
+                IMAGE, VIDEO, vecs, paths=[f.path] * len(spans), stats=[(f.mtime_ns, f.size)] * len(spans),
+                photos=[meta] * len(spans), spans=[(sp.t, sp.t_end) for sp in spans],
+                hashes=[digest] * len(spans),
+            )  # fmt: skip
+            change.add(IMAGE, ids, vecs)
+            if f.path in failures:
+                run.store.failures.forget([f.path])
+        if old is None:
+            run.stats.added += 1
+        else:
+            run.stats.updated += 1
+        run.stats.frames = (run.stats.frames or 0) + len(spans)
+        yield change
+
+    def _encode(self, enc, frames: list, spans: list[_Span]) -> None:  # noqa: ANN001
+        if frames:
+            vecs = enc.encode_pictures([fr.picture for fr in frames])
+            merge_spans(spans, [fr.t for fr in frames], vecs)
+
+    def _failed(self, s: ScannedImage, old: VideoRecord | None, reason: str, failures: dict) -> None:
+        run, f = self.run, s.image
+        run.stats.failed += 1
+        run.problem(display_path(f.path), reason)
+        run.store.failures.record([(f.path, f.size, f.mtime_ns, reason)])
+        run.failed_now.add(f.path)
