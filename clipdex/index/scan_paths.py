@@ -12,7 +12,15 @@ import os
 import stat
 from collections.abc import Sequence
 
-from clipdex.index.scan import FileStat, OnError, ScannedImage, _byte_extensions, is_under, scan_roots
+from clipdex.index.scan import (
+    VIDEO_EXTENSIONS,
+    FileStat,
+    OnError,
+    ScannedImage,
+    _byte_extensions,
+    is_under,
+    scan_roots,
+)  # fmt: skip
 
 _SEP = os.sep.encode()
 _TXT = (b".txt", b".TXT")
@@ -69,13 +77,14 @@ class PathRules:
 
     @staticmethod
     def kind(path: bytes) -> str | None:
-        """``image`` (an extension the installed Pillow opens), ``caption`` (.txt) or None."""
+        """``image`` (an extension the installed Pillow opens, or a video's: a video is indexed
+        like a picture, as its moments), ``caption`` (.txt) or None."""
         name = os.path.basename(path)
         dot = name.rfind(b".")
         if dot <= 0:
             return None
         ext = name[dot:]
-        if ext.lower() in _byte_extensions():
+        if ext.lower() in _byte_extensions() or ext.lower() in VIDEO_EXTENSIONS:
             return IMAGE
         return CAPTION if ext in _TXT else None
 
@@ -85,6 +94,8 @@ class PathRules:
         image = _stat(path, on_bad_file)
         if image is None:
             return None
+        if path[path.rfind(b".") :].lower() in VIDEO_EXTENSIONS:
+            return ScannedImage(image, None, video=True)
         stem = path[: path.rfind(b".")]
         sidecar = None
         for ext in _TXT:  # both exist: the walk prefers the lower-case one

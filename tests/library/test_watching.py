@@ -14,6 +14,7 @@ import time
 from helpers.corehelp import blocks_image, make_images
 from helpers.watchhelp import image_paths, path_ids, wait_for, watching
 
+from clipdex import Filter
 from clipdex.library import Library
 
 FAST = {"debounce": 0.3}
@@ -128,6 +129,7 @@ def test_a_burst_lands_exactly_once(tiny_model_dir, tmp_path):
 
 OTHER_WRITER = """
 import sys
+from clipdex import Filter
 from clipdex.library import Library
 with Library.open(sys.argv[1]) as lib:
     assert len(lib.add_texts(["a red bus", "a green field"])) == 2
@@ -191,3 +193,24 @@ def test_a_missing_folder_is_refused_before_anything(tiny_model_dir, tmp_path):
     with Library.open(tmp_path / "lib", create=True, model=model(tiny_model_dir)) as lib:
         with pytest.raises(ClipdexError, match="folder not found"):
             lib.watch([tmp_path / "nope"])
+
+
+def test_a_video_copied_in_is_indexed_as_its_moments_and_removed_with_its_file(tiny_model_dir, tmp_path):
+    from helpers.videos import three_scenes
+
+    photos, lib_dir = tmp_path / "photos", tmp_path / "lib"
+    photos.mkdir()
+    three_scenes(tmp_path / "made" / "clip.mkv")
+    with watching(lib_dir, [photos], model(tiny_model_dir), **FAST):
+        shutil.copy(tmp_path / "made" / "clip.mkv", photos / "clip.mkv")
+
+        def moments() -> list:
+            with Library.open(lib_dir) as reader:
+                if reader.count() == 0:
+                    return []
+                return [(h.t, h.t_end) for h in reader.search("x", k=10, filter=Filter(media="videos"))]
+
+        spans = wait_for(moments, what="the video's moments")
+        assert sorted(spans) == [(0.0, 4.0), (4.0, 8.0), (8.0, 12.0)]
+        (photos / "clip.mkv").unlink()
+        wait_for(lambda: not moments(), what="the video's removal")
