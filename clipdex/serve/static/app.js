@@ -373,12 +373,14 @@ function stopVideo() {
   video.load();
   video.hidden = true;
   $("video-span").hidden = true;
+  $("video-track").hidden = true;  // a picture's boxes overlay exactly the picture
 }
 
 function showVideo(item, r) {
   const video = $("viewer-video");
   $("viewer-img").hidden = true;
   video.hidden = false;
+  $("video-track").hidden = false;
   video.poster = item.thumbnail;
   // The media fragment starts the video at t (the server answers the Range requests it makes).
   video.src = `${item.file}#t=${item.t}`;
