@@ -64,12 +64,19 @@ class TextReading:
         """From a decode thread: queue ``picture`` for reading (blocks while the queue is full)."""
         from clipdex.retrieval.ocr import prepare
 
+        if self._stopping:
+            return
         rgb = prepare(picture)  # the resize is this thread's work, not the reader's
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="clipdex-ocr", daemon=True)
                 self._thread.start()
-        self._queue.put((path, rgb))
+        while not self._stopping:  # never blocked for good: a failed run stops the reader
+            try:
+                self._queue.put((path, rgb), timeout=0.5)
+                return
+            except queue.Full:
+                continue
 
     def _work(self) -> None:
         while (job := self._queue.get()) is not _STOP:

@@ -224,3 +224,30 @@ def test_watch_reads_the_text_of_new_pictures_in_a_library_that_reads_text(
                 return reader.count() == 1 and names(reader.search("x", words="西站")) == {"arrived.png"}
 
         wait_for(found, what="the text of the new picture")
+
+
+def test_a_run_that_fails_mid_way_stops_the_reader_and_keeps_what_it_committed(
+    pictures, tiny_model_dir, tmp_path, monkeypatch
+):
+    from clipdex.library import indexing
+
+    real = indexing.IndexRun._store_images
+    calls = []
+
+    def store_then_fail(self, *args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt  # e.g. Ctrl-C after the first committed batch
+        calls.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(indexing.IndexRun, "_store_images", store_then_fail)
+    with Library.open(tmp_path / "lib", model=str(tiny_model_dir), create=True) as lib:
+        with pytest.raises(KeyboardInterrupt):
+            lib.index(pictures, ocr=True, batch_size=2)  # returns: no decode thread left blocked
+        monkeypatch.setattr(indexing.IndexRun, "_store_images", real)
+        first = lib.store.texts.counts()["read"]
+        assert lib.count() == 2 and first <= 2  # the first batch (2 pictures) was committed
+        stats = lib.index(pictures)  # resumes: the rest embedded, every picture read once
+        assert lib.count() == 5 and stats.ocr_read == 5 - first
+        assert lib.store.texts.counts()["read"] == 5
+        assert names(lib.search("x", words="北京")) == {"station.png", "menu.png"}
