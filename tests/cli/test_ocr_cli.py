@@ -85,6 +85,8 @@ def test_kill_9_while_reading_text_loses_and_duplicates_nothing(tiny_model_dir, 
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    with sqlite3.connect(db, uri=True) as conn:  # what was committed by the time of the kill
+        read = conn.execute("SELECT count(*) FROM text_reads").fetchone()[0]
     assert 2 <= read < 24, read  # killed in the middle of the reading
     again = json.loads(ok("--library", lib, "index", folder, "--json").stdout)  # --ocr remembered
     assert again["ocr_read"] == 24 - read and again["added"] == 0
