@@ -8,12 +8,13 @@ from pathlib import Path
 from clipdex.errors import ClipdexError
 from clipdex.index.faiss.policy import INDEX_TYPES, ONDISK
 from clipdex.index.store.schema import DB_NAME
+from clipdex.retrieval.onnx.cache import RUNTIMES  # which encodes (torch-free, stdlib only)
 
 __all__ = [
     "INDEX_TYPES", "ONDISK", "PRECISIONS", "RUNTIMES", "check_index_type", "database_path",
     "default_library_dir", "library_dir",
 ]  # fmt: skip
-RUNTIMES = ("auto", "torch", "onnx")  # clipdex.library.runtime: which encodes
+
 PRECISIONS = ("fp32", "int8")  # the library's vectors: int8 is ONNX Runtime's dynamic quantisation
 
 

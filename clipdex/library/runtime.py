@@ -18,17 +18,11 @@ import sys
 from pathlib import Path
 
 from clipdex.errors import ClipdexError
-from clipdex.library.options import PRECISIONS, RUNTIMES
+from clipdex.library.options import PRECISIONS
 from clipdex.retrieval.models import ModelSpec
-from clipdex.retrieval.onnx.cache import fingerprint
+from clipdex.retrieval.onnx.cache import fingerprint, runtime_choice
 
-
-def runtime_choice(runtime: str | None = None) -> str:
-    """``runtime``, else ``$CLIPDEX_RUNTIME``, else auto; a one-line error for anything else."""
-    chosen = runtime or os.environ.get("CLIPDEX_RUNTIME") or "auto"
-    if chosen not in RUNTIMES:
-        raise ClipdexError(f"unknown runtime '{chosen}' (choose {', '.join(RUNTIMES)})")
-    return chosen
+__all__ = ["fingerprint", "runtime_choice"]  # re-exported: the library's model slot uses them
 
 
 def graphs_dir(library: Path, spec: ModelSpec) -> Path:

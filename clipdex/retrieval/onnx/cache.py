@@ -11,16 +11,28 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clipdex.errors import ClipdexError, ModelError
-from clipdex.retrieval.models import WEIGHTS_NAME, ModelSpec
 
-RUNTIMES = ("auto", "torch", "onnx")  # as clipdex.library.options
+if TYPE_CHECKING:
+    from clipdex.retrieval.models import ModelSpec
+
+RUNTIMES = ("auto", "torch", "onnx")  # what encodes (clipdex.library.runtime chooses for a library)
+
+
+def runtime_choice(runtime: str | None = None) -> str:
+    """``runtime``, else ``$CLIPDEX_RUNTIME``, else auto; a one-line error for anything else."""
+    chosen = runtime or os.environ.get("CLIPDEX_RUNTIME") or "auto"
+    if chosen not in RUNTIMES:
+        raise ClipdexError(f"unknown runtime '{chosen}' (choose {', '.join(RUNTIMES)})")
+    return chosen
 
 
 def fingerprint(spec: ModelSpec) -> str:
     """16 hex digits naming exactly this model (a local-dir's weights by size and mtime)."""
+    from clipdex.retrieval.models import WEIGHTS_NAME
+
     h = hashlib.sha256(spec.to_json().encode())
     if spec.local_dir is not None:
         try:
@@ -49,9 +61,7 @@ def eval_encoder(
     the cache folder (default `cache_dir`; Ray actors get the driver's)."""
     from clipdex.retrieval.encoders import TorchEncoder
 
-    chosen = runtime or os.environ.get("CLIPDEX_RUNTIME") or "auto"
-    if chosen not in RUNTIMES:
-        raise ClipdexError(f"unknown runtime '{chosen}' (choose {', '.join(RUNTIMES)})")
+    chosen = runtime_choice(runtime)
     if chosen == "torch" or (chosen == "auto" and lm.device != "cpu"):
         return TorchEncoder(lm)
     from clipdex.retrieval.onnx.encoder import OnnxEncoder, read_manifest
