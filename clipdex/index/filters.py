@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import TYPE_CHECKING
 
@@ -78,6 +78,8 @@ class Filter:
     min_score: float | None = None
     words: Sequence[str] = ()
     media: str = "all"
+    # ``words`` as FTS5 queries, translated (and checked) once here for every search that uses them
+    word_queries: tuple[str, ...] = field(default=(), init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         from clipdex.index.store.words import match_query
@@ -86,8 +88,8 @@ class Filter:
             raise ValueError(f"media must be one of {', '.join(MEDIA)}, not {self.media!r}")
         words = (self.words,) if isinstance(self.words, str) else tuple(self.words)
         object.__setattr__(self, "words", tuple(dict.fromkeys(words)))
-        for w in self.words:
-            match_query(w)  # a bad query fails here, with one clear line
+        # a bad query fails here, with one clear line
+        object.__setattr__(self, "word_queries", tuple(match_query(w) for w in self.words))
         under = [self.under] if isinstance(self.under, (str, bytes, os.PathLike)) else list(self.under)
         roots = tuple(os.path.abspath(os.fsencode(os.path.expanduser(u) if isinstance(u, str) else u))
                       for u in under)  # fmt: skip
@@ -154,7 +156,7 @@ def _filtered(
     # A broad filter finds its k in a short unfiltered list: try that before counting the matches
     # (counting a large share of a big library costs more than the search). Words say at once
     # (FTS5 counts its matches in well under a millisecond) whether they can be broad.
-    if _maybe_broad(store, filt, total):
+    if _maybe_broad(store, where, total):
         hits = _overfetch(index, store, where, query, k, fetch=min(total, 4 * k + 10), widen=False)
         if hits is not None and len(hits) >= k:
             return hits
@@ -174,12 +176,8 @@ def _filtered(
     return hits
 
 
-def _maybe_broad(store: Store, filt: Filter, total: int) -> bool:
-    if not filt.words:
-        return True
-    from clipdex.index.store.words import match_query
-
-    return min(store.words.count(match_query(w)) for w in filt.words) >= OVERFETCH_SHARE * total
+def _maybe_broad(store: Store, where: Where, total: int) -> bool:
+    return not where.words or min(store.words.count(q) for q in where.words) >= OVERFETCH_SHARE * total
 
 
 def _overfetch(

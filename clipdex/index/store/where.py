@@ -34,8 +34,6 @@ def where(kind: str, filt: Filter, has_dates: bool, has_words: bool = True) -> W
     """The `Where` selecting the items of ``kind`` that ``filt`` keeps; ``has_dates``/``has_words``:
     whether the schema has ``items.taken_at`` and the ``words`` table (a condition on an older one
     says how to upgrade)."""
-    from clipdex.index.store.words import match_query
-
     if (filt.after is not None or filt.before is not None) and not has_dates:
         raise ClipdexError(UPGRADE)
     if filt.words and not has_words:
@@ -77,7 +75,7 @@ def where(kind: str, filt: Filter, has_dates: bool, has_words: bool = True) -> W
     if not filt.words:
         return Where(sql, tuple(args))
     base = Where(sql, tuple(args))
-    queries = tuple(match_query(w) for w in filt.words)
+    queries = filt.word_queries
     for query in queries:  # each its own MATCH: all must hold
         sql += " AND x.id IN (SELECT rowid FROM words WHERE words MATCH ?)"
         args.append(query)
