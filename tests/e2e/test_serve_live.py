@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -205,15 +206,25 @@ def need_browser():
     return sync_playwright, exe
 
 
-def test_the_page_in_a_real_browser(served, tmp_path):
-    sync_playwright, exe = need_browser()
-    url, pics = served
-    all_rendered = "els => els.length > 0 && els.every(e => e.complete && e.naturalWidth > 0)"
+@contextmanager
+def browser_page(browser: tuple) -> Iterator[tuple]:
+    """A 1200x800 page in headless chromium (``browser`` from `need_browser`) and the list its
+    script errors go to."""
+    sync_playwright, exe = browser
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1200, "height": 800})
+        chromium = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
+        page = chromium.new_page(viewport={"width": 1200, "height": 800})
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
+        yield page, errors
+        chromium.close()
+
+
+def test_the_page_in_a_real_browser(served, tmp_path):
+    browser = need_browser()
+    url, pics = served
+    all_rendered = "els => els.length > 0 && els.every(e => e.complete && e.naturalWidth > 0)"
+    with browser_page(browser) as (page, errors):
         page.goto(url)
         page.wait_for_function("document.getElementById('footer').textContent.includes('8 images')")
         # "/" focuses the search box; a text query fills the grid with rendered thumbnails
@@ -298,7 +309,6 @@ def test_the_page_in_a_real_browser(served, tmp_path):
         page.set_viewport_size({"width": 390, "height": 800})  # a phone: the grid reflows
         page.screenshot(path=str(tmp_path / "page-dark-narrow.png"), full_page=True)
         assert not errors, errors
-        browser.close()
     print(f"screenshots: {tmp_path / 'page.png'} {tmp_path / 'viewer.png'} {tmp_path / 'explain.png'}")
 
 

@@ -10,23 +10,22 @@ from helpers.textpics import require_cjk_font, text_picture
 
 from clipdex.library import Library
 from clipdex.serve.app import create_app
-from tests.e2e.test_serve_live import live_server, need_browser
+from tests.e2e.test_serve_live import browser_page, live_server, need_browser
 
 
 def test_words_round_trip_and_the_viewer_shows_the_text_and_its_boxes(tmp_path, tiny_model_dir):
     require_cjk_font()
-    sync_playwright, exe = need_browser()
+    browser = need_browser()
     pics = tmp_path / "pics"
     text_picture(pics / "sign.png", ["欢迎来到北京西站"], seed=1)
     text_picture(pics / "bill.png", ["INVOICE 4471", "TOTAL 88"], seed=2)
     text_picture(pics / "plain.png", [], seed=3)
     ok("--library", tmp_path / "lib", "index", pics, "--model", tiny_model_dir, "--ocr", "--quiet")
     lib = Library.open(tmp_path / "lib")
-    with live_server(create_app(lib, thumbnails=tmp_path / "t")) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1200, "height": 800})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
+    with (
+        live_server(create_app(lib, thumbnails=tmp_path / "t")) as url,
+        browser_page(browser) as (page, errors),
+    ):
         page.goto(url + "/?words=%E8%A5%BF%E7%AB%99")  # /?words=西站, no text query
         page.wait_for_function("document.getElementById('status').textContent.includes('1 of 1')")
         assert page.input_value("#f-words") == "西站"
@@ -52,5 +51,4 @@ def test_words_round_trip_and_the_viewer_shows_the_text_and_its_boxes(tmp_path, 
         assert abs(img["width"] - svg["width"]) < 2 and abs(img["height"] - svg["height"]) < 2
         page.screenshot(path=str(tmp_path / "viewer-words.png"))
         assert not errors, errors
-        browser.close()
     lib.close()

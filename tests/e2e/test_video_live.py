@@ -16,22 +16,21 @@ from helpers.videos import has_encoder, make_video, scene
 
 from clipdex.library import Library
 from clipdex.serve.app import create_app
-from tests.e2e.test_serve_live import live_server, need_browser
+from tests.e2e.test_serve_live import browser_page, live_server, need_browser
 
 
 def test_the_viewer_plays_a_video_from_its_moment(tmp_path, tiny_model_dir):
-    sync_playwright, exe = need_browser()
+    browser = need_browser()
     if not has_encoder("libvpx"):
         pytest.skip("PyAV without a VP8 encoder")  # Debian's chromium plays VP8/VP9, not always H.264
     root = tmp_path / "media"
     make_video(root / "clip.webm", [(scene(0), 4.0), (scene(1), 4.0), (scene(2), 4.0)], codec="libvpx")
     ok("--library", tmp_path / "lib", "index", root, "--model", tiny_model_dir, "--quiet")
     lib = Library.open(tmp_path / "lib")
-    with live_server(create_app(lib, thumbnails=tmp_path / "t")) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, args=["--no-sandbox"])
-        page = browser.new_page(viewport={"width": 1200, "height": 800})
-        errors: list[str] = []
-        page.on("pageerror", lambda e: errors.append(str(e)))
+    with (
+        live_server(create_app(lib, thumbnails=tmp_path / "t")) as url,
+        browser_page(browser) as (page, errors),
+    ):
         page.goto(f"{url}/?q=a+white+wall&media=videos")
         page.wait_for_function("document.querySelectorAll('#grid .hit .play').length === 3")
         badges = sorted(page.locator("#grid .hit .play").all_inner_texts())
@@ -46,7 +45,6 @@ def test_the_viewer_plays_a_video_from_its_moment(tmp_path, tiny_model_dir):
         assert page.locator("#video-span").is_visible()
         page.keyboard.press("Escape")
         page.wait_for_function("!document.getElementById('viewer-video').hasAttribute('src')")  # stopped
-        browser.close()
     lib.close()
     assert errors == []
 
