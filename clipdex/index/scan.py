@@ -26,7 +26,6 @@ PathArg = str | bytes | os.PathLike
 OnError = Callable[[bytes, str], None]
 
 _SEP = os.sep.encode()
-_DOT = ord(".")
 _TXT = (b".txt", b".TXT")
 HASH_BLOCK = 64 * 1024
 
@@ -77,6 +76,11 @@ def image_extensions() -> frozenset[str]:
 
 
 @functools.cache
+def skipped_name(name: bytes, include_hidden: bool) -> bool:
+    """Whether the walk skips an entry by its name: hidden (unless asked for) or AppleDouble (always)."""
+    return name[:1] == b"." and (not include_hidden or name.startswith(b"._"))
+
+
 def _byte_extensions() -> frozenset[bytes]:
     return frozenset(e.encode() for e in image_extensions())
 
@@ -204,8 +208,8 @@ def _walk(
             texts: dict[bytes, os.DirEntry] = {}
             for entry in entries:
                 name = entry.name
-                if name[0] == _DOT and (not include_hidden or name.startswith(b"._")):
-                    continue  # hidden (unless asked for) or AppleDouble (always)
+                if skipped_name(name, include_hidden):
+                    continue
                 if entry.is_dir(follow_symlinks=False):
                     subdirs.append((entry.path, os.path.join(real, name)))
                     continue

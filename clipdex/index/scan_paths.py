@@ -20,6 +20,7 @@ from clipdex.index.scan import (
     _byte_extensions,
     is_under,
     scan_roots,
+    skipped_name,
 )  # fmt: skip
 
 _SEP = os.sep.encode()
@@ -56,9 +57,7 @@ class PathRules:
         return self._name_ok(name) and self._folder_ok(parent, root)
 
     def _name_ok(self, name: bytes) -> bool:
-        if name[:1] != b".":
-            return True
-        return self.include_hidden and not name.startswith(b"._")  # AppleDouble: always skipped
+        return not skipped_name(name, self.include_hidden)
 
     def _folder_ok(self, folder: bytes, root: bytes) -> bool:
         """``folder`` is walked: root itself, or below it through visible, real (not symlinked) folders."""
