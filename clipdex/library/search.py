@@ -187,6 +187,7 @@ class Searcher:
         # Built here rather than found among the hits: exact duplicates with lower ids may fill them.
         linked = self.store.items.get([it.image_id]) if it.image_id is not None else {}
         first = _result(1, float(np.dot(vec, vec) / np.linalg.norm(vec)), it.kind, item_id, it, linked)
+        (first,) = self.with_text_read([first])  # like the hits that `search` gave
         ranked = [first] + [h for h in hits if h.id != item_id][: k - 1]
         return [replace(h, rank=n) for n, h in enumerate(ranked, start=1)]
 

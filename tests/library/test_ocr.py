@@ -251,3 +251,10 @@ def test_a_run_that_fails_mid_way_stops_the_reader_and_keeps_what_it_committed(
         assert lib.count() == 5 and stats.ocr_read == 5 - first
         assert lib.store.texts.counts()["read"] == 5
         assert names(lib.search("x", words="北京")) == {"station.png", "menu.png"}
+
+
+def test_similar_gives_the_text_read_for_the_item_itself_too(library):
+    station = by_name(library, "station.png")
+    hits = library.similar(station, k=5)
+    assert hits[0].id == station and hits[0].ocr == "欢迎来到北京西站"
+    assert {Path(h.path).name: h.ocr for h in hits}["invoice.png"].replace(" ", "") == "INVOICE4471\nTOTAL88"
