@@ -49,8 +49,20 @@ class VideoIndexing:
         if interval <= 0:
             raise ValueError("the video interval must be above 0 seconds")
         self.run, self.interval, self.progress = run, float(interval), progress
-        self.known = run.store.frames.video_files()
+        self._known: dict[bytes, VideoRecord] | None = None  # read when first needed
         self.plan = VideoPlan()
+
+    @property
+    def known(self) -> dict[bytes, VideoRecord]:
+        """The store's videos this run compares with: all of them, unless `limit` narrowed it."""
+        if self._known is None:
+            self._known = self.run.store.frames.video_files()
+        return self._known
+
+    def limit(self, paths: list[bytes], folders: list[bytes]) -> None:
+        """Compare only with the videos at ``paths`` or under ``folders`` (a watch batch: not
+        every video of the library read for each batch)."""
+        self._known = self.run.store.frames.video_files(paths, folders)
 
     def consider(self, s: ScannedImage, failures: dict[bytes, tuple[int, int]]) -> None:
         """One scanned video: unchanged, remembered as failed, or to do."""
@@ -64,12 +76,16 @@ class VideoIndexing:
         else:
             self.plan.todo.append((s, old))
 
+    def vanished(self, in_scope: Callable[[bytes], bool]) -> list[bytes]:
+        """The stored videos under ``in_scope`` that the scan did not find (gone, or moved)."""
+        return [p for p in self.known if p not in self.plan.seen and in_scope(p)]
+
     def apply(
         self, in_scope: Callable[[bytes], bool], failures: dict[bytes, tuple[int, int]]
     ) -> Iterator[Change]:
         """Moves, then new and changed videos (one commit each), then videos gone from FOLDERs."""
         run = self.run
-        gone = {p: r for p, r in self.known.items() if p not in self.plan.seen and in_scope(p)}
+        gone = {p: self.known[p] for p in self.vanished(in_scope)}
         todo = self._moves(self.plan.todo, gone)
         for s, old in todo:
             yield from self._index_one(s, old, failures)

@@ -177,7 +177,7 @@ class Watcher:
         if os.path.isdir(path) and not os.path.islink(path):
             try:
                 for s in scan([path], include_hidden=self.options.include_hidden, exclude=[self.parts.path],
-                              on_error=self.problem_bytes):  # fmt: skip
+                              on_error=self.problem_bytes, videos=True):  # fmt: skip
                     self.pending.touch(s.image.path, now, s.image)
             except ClipdexError:
                 pass  # gone again since: its deletion is heard too
@@ -218,8 +218,9 @@ class Watcher:
             return
         run = IndexRun(self.store, self._encoder_for, problem=self.problem)
         found = scan(roots, include_hidden=self.options.include_hidden, exclude=[self.parts.path],
-                     on_error=self.problem_bytes)  # fmt: skip
-        plan = run.plan(found, lambda p: is_under(p, roots))
+                     on_error=self.problem_bytes, videos=True)  # fmt: skip
+        in_scope = lambda p: is_under(p, roots)  # noqa: E731
+        plan = run.plan(found, in_scope)
         now, before = time.monotonic(), len(self.pending)
         for t in plan.todo:
             self.pending.touch(t.scanned.image.path, now, t.scanned.image)
@@ -232,6 +233,11 @@ class Watcher:
             self.pending.touch(s.image.path, now, s.image)
         for path in plan.gone:
             self.pending.lose(path, now)
+        if run.videos is not None:  # new or changed videos, and those gone (a move pairs in its batch)
+            for v, _ in run.videos.plan.todo:
+                self.pending.touch(v.image.path, now, v.image)
+            for path in run.videos.vanished(in_scope):
+                self.pending.lose(path, now)
         found_now = len(self.pending) - before
         if found_now and not quiet:
             self.notice(f"a rescan found {found_now} changes that file events missed; applying them")
@@ -298,6 +304,8 @@ class Watcher:
             return p in taken or (is_under(p, gone) and p not in waiting)
 
         scope = self._scope(paths, gone)
+        if run.videos is not None:
+            run.videos.limit(paths, gone)
         plan = run.plan(scanned, in_scope, scope[0], scope[1])
         again |= {t.scanned.image.path for t in plan.todo[self.options.batch_size :]}  # the rest: next time
         plan.todo = plan.todo[: self.options.batch_size]

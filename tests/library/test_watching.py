@@ -199,18 +199,29 @@ def test_a_video_copied_in_is_indexed_as_its_moments_and_removed_with_its_file(t
     from helpers.videos import three_scenes
 
     photos, lib_dir = tmp_path / "photos", tmp_path / "lib"
-    photos.mkdir()
+    three_scenes(photos / "early" / "before.mkv")  # there before the watch: its first pass finds it
     three_scenes(tmp_path / "made" / "clip.mkv")
+
+    def moments() -> dict:
+        with Library.open(lib_dir) as reader:
+            if reader.count() == 0:
+                return {}
+            hits = reader.search("x", k=10, filter=Filter(media="videos"))
+            return {(os.path.relpath(h.path, photos), h.t, h.t_end): h.id for h in hits}
+
+    scenes = [(0.0, 4.0), (4.0, 8.0), (8.0, 12.0)]
     with watching(lib_dir, [photos], model(tiny_model_dir), **FAST):
+        wait_for(lambda: len(moments()) == 3, what="the first pass's video")
         shutil.copy(tmp_path / "made" / "clip.mkv", photos / "clip.mkv")
-
-        def moments() -> list:
-            with Library.open(lib_dir) as reader:
-                if reader.count() == 0:
-                    return []
-                return [(h.t, h.t_end) for h in reader.search("x", k=10, filter=Filter(media="videos"))]
-
-        spans = wait_for(moments, what="the video's moments")
-        assert sorted(spans) == [(0.0, 4.0), (4.0, 8.0), (8.0, 12.0)]
-        (photos / "clip.mkv").unlink()
-        wait_for(lambda: not moments(), what="the video's removal")
+        got = wait_for(lambda: len(m := moments()) == 6 and m, what="the video's moments")
+        assert sorted(k for k in got if k[0] == "clip.mkv") == [("clip.mkv", *s) for s in scenes]
+        # Moved into a folder made just now (its files heard by walking it): the moments keep their ids.
+        (photos / "sub").mkdir()
+        (photos / "clip.mkv").rename(photos / "sub" / "moved.mkv")
+        moved = wait_for(lambda: (m := moments()) and all(k[0] != "clip.mkv" for k in m) and m,
+                         what="the video's move")  # fmt: skip
+        assert {i for k, i in moved.items() if k[0] == os.path.join("sub", "moved.mkv")} == {
+            i for k, i in got.items() if k[0] == "clip.mkv"
+        }
+        (photos / "sub" / "moved.mkv").unlink()
+        wait_for(lambda: len(moments()) == 3, what="the video's removal")

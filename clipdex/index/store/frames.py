@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from clipdex.index.store.batches import chunks
 from clipdex.index.store.rows import VideoRecord
+from clipdex.index.store.scope import rows_at
 
 if TYPE_CHECKING:
     from clipdex.index.store.database import Store
@@ -23,12 +24,17 @@ class FramesTable:
     def __init__(self, store: Store):
         self._store = store
 
-    def video_files(self) -> dict[bytes, VideoRecord]:
-        """Every indexed video, by path: its frame items (ascending id) and its file facts."""
-        rows = self._store.conn.execute(
-            "SELECT path, id, mtime_ns, size, content_hash FROM items"
-            " WHERE source = 'video' ORDER BY path, id"
-        )
+    def video_files(
+        self, paths: Sequence[bytes] | None = None, folders: Sequence[bytes] = ()
+    ) -> dict[bytes, VideoRecord]:
+        """Every indexed video, by path: its frame items (ascending id) and its file facts. With
+        ``paths``: only those paths and the videos under ``folders`` (a watch batch's scope)."""
+        select = "SELECT path, id, mtime_ns, size, content_hash FROM items WHERE source = 'video' AND"
+        if paths is None:
+            rows = self._store.conn.execute(f"{select} path IS NOT NULL ORDER BY path, id")
+        else:  # a path both listed and under a folder comes twice: once each
+            found = set(rows_at(self._store.conn, select, paths, folders))
+            rows = sorted(found, key=lambda r: (bytes(r[0]), r[1]))
         out: dict[bytes, VideoRecord] = {}
         for p, i, m, size, h in rows:
             path = bytes(p)
