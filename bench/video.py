@@ -11,7 +11,9 @@ each in a fresh `clipdex index` process (random-init ARCH, torch runtime, 2 s in
    by the model's own encode rate (`encode_pictures` on the same number of 224-px pictures,
    in-process, side by side);
 2. memory: peak RSS of the run on the long video vs on the short one (goal: within 300 MB);
-3. items per minute of footage before merging (frames kept) and after (moments stored).
+3. items per minute of footage before merging (frames kept) and after (moments stored);
+4. the same videos through `clipdex embed` (in-process, a fresh process each): speed and peak RSS
+   long vs short, and whether its rows are `index`'s moments (same count).
 """
 
 from __future__ import annotations
@@ -62,6 +64,21 @@ def footage(path: Path, seconds: int, size: tuple[int, int], fps: int, seed: int
     return path
 
 
+def _run(args: list[str]) -> tuple[float, int, dict]:
+    """(wall s, peak RSS bytes, its --json line) of one clipdex command in a fresh process."""
+    env = {**os.environ, "CLIPDEX_RUNTIME": "torch", "PYTHONPATH": str(HERE.parent)}
+    argv = [sys.executable, "-m", "clipdex.cli.main", *args, "--json", "--quiet"]
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = proc.stdout.read()
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if status != 0:
+        raise SystemExit(err.decode())
+    return wall, usage.ru_maxrss * 1024, json.loads(out.decode().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--arch", default="ViT-B-32")
@@ -75,7 +92,7 @@ def main() -> None:
 
     root = Path(tempfile.mkdtemp(prefix="clipdex-bench-video-"))
     model = init_model(args.arch, root / "model", seed=0)
-    runs = {}
+    runs, embeds = {}, {}
     for name, seconds in (("short", args.short), ("long", args.long)):
         folder = root / name
         folder.mkdir()
@@ -83,18 +100,10 @@ def main() -> None:
         footage(folder / f"{name}.mp4", seconds, size, args.fps)
         print(f"wrote {seconds} s of {args.size}@{args.fps} footage in {time.perf_counter() - t0:.1f} s",
               file=sys.stderr)  # fmt: skip
-        env = {**os.environ, "CLIPDEX_RUNTIME": "torch", "PYTHONPATH": str(HERE.parent)}
-        argv = [sys.executable, "-m", "clipdex.cli.main", "--library", str(root / f"lib-{name}"), "index",
-                str(folder), "--model", str(model), "--json", "--quiet"]  # fmt: skip
-        start = time.perf_counter()
-        proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        out = proc.stdout.read()
-        err = proc.stderr.read()
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - start
-        if status != 0:
-            raise SystemExit(err.decode())
-        runs[name] = (seconds, wall, usage.ru_maxrss * 1024, json.loads(out.decode().splitlines()[-1]))
+        lib = ["--library", str(root / f"lib-{name}"), "index", str(folder)]
+        runs[name] = (seconds, *_run([*lib, "--model", str(model)]))
+        emb = ["embed", str(folder), "--out", str(root / f"emb-{name}")]
+        embeds[name] = (seconds, *_run([*emb, "--model", str(model)]))
     (s_len, s_wall, s_rss, s_out), (l_len, l_wall, l_rss, l_out) = runs["short"], runs["long"]
     kept = {name: seconds / 2.0 for name, (seconds, *_) in runs.items()}  # a frame every 2 s (the first too)
     # the model's own rate on as many pictures as the long video's extra frames
@@ -123,6 +132,14 @@ def main() -> None:
     for name, (seconds, _, _, out) in runs.items():
         print(f"items per minute ({name}): {kept[name] * 60 / seconds:.1f} frames kept,"
               f" {out['frames'] * 60 / seconds:.1f} after merging")  # fmt: skip
+    (_, es_wall, es_rss, es_out), (_, el_wall, el_rss, el_out) = embeds["short"], embeds["long"]
+    print(f"embed {s_len} s video: {es_wall:.1f} s wall, peak RSS {es_rss / 2**20:.0f} MB, {es_out}")
+    print(f"embed {l_len} s video: {el_wall:.1f} s wall, peak RSS {el_rss / 2**20:.0f} MB, {el_out}")
+    e_rate = (l_len - s_len) / (el_wall - es_wall)
+    print(f"embed speed past start-up: {e_rate:.1f} video-seconds per wall-second (index: {rate_s:.1f});"
+          f" peak RSS long - short {(el_rss - es_rss) / 2**20:+.0f} MB")  # fmt: skip
+    same = all(embeds[n][3]["frames"] == runs[n][3]["frames"] for n in runs)
+    print(f"embed rows = index moments for both videos: {same}")
 
 
 if __name__ == "__main__":
