@@ -132,7 +132,11 @@ class VideoIndexing:
     ) -> Iterator[Change]:
         """Moves, then new and changed videos (one commit each), then videos gone from FOLDERs."""
         run = self.run
-        gone = {p: r for p, r in self.known.items() if p not in self.plan.seen and in_scope(p)}
+        # Imported frames (no file seen: no mtime) are never removed, as imported pictures aren't.
+        gone = {
+            p: r for p, r in self.known.items()
+            if r.mtime_ns is not None and p not in self.plan.seen and in_scope(p)
+        }  # fmt: skip
         todo = self._moves(self.plan.todo, gone)
         for s, old in todo:
             yield from self._index_one(s, old, failures)
