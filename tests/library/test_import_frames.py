@@ -69,10 +69,13 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+WRITERS = {".parquet": write_parquet, ".csv": write_csv, ".jsonl": write_jsonl}
+
+
 def do_import(lib: Path, folder: Path, name: str, vecs: np.ndarray, rows: list[dict], *args: object) -> dict:
     np.save(folder / f"{name}.npy", vecs)
-    write = {".parquet": write_parquet, ".csv": write_csv, ".jsonl": write_jsonl}[Path(name).suffix or ".parquet"]
-    meta = write(folder / (name if Path(name).suffix else f"{name}.parquet"), rows)
+    fmt = Path(name).suffix or ".parquet"
+    meta = WRITERS[fmt](folder / (name if Path(name).suffix else f"{name}.parquet"), rows)
     out = ok("--library", lib, "import-embeddings", folder / f"{name}.npy", meta, "--json", *args)
     return json.loads(out.stdout)
 
@@ -175,7 +178,7 @@ def test_a_video_with_fewer_frames_loses_its_stale_ones(first, tmp_path):
 
 
 def test_repeated_frames_count_once_and_pictures_do_not_touch_frames(first, tmp_path):
-    lib, vecs, rows = first["lib"], first["vecs"], first["rows"]
+    lib = first["lib"]
     before = video_frames(lib)
     # Pictures only, one a new path, the others changed vectors: the frames are left alone.
     pics = vectors(4, seed=5)
@@ -229,8 +232,7 @@ def test_bad_spans_are_one_line_naming_the_row_and_change_nothing(first, tmp_pat
     before = video_frames(lib)
     rows = [*base_rows()[:3], row, *base_rows()[3:]]  # the bad row is row 3
     np.save(tmp_path / "bad.npy", vectors(9, seed=3))
-    write = {".parquet": write_parquet, ".csv": write_csv, ".jsonl": write_jsonl}[fmt]
-    meta = write(tmp_path / f"bad{fmt}", rows)
+    meta = WRITERS[fmt](tmp_path / f"bad{fmt}", rows)
     r = run("--library", lib, "import-embeddings", tmp_path / "bad.npy", meta)
     assert_one_error_line(r, f"bad{fmt}", "row", needle)
     assert "row 3 " in r.stderr or (needle == "a picture or a video" and "row 0 " in r.stderr)
