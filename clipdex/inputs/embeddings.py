@@ -105,7 +105,7 @@ def read_embeddings(
     if modality not in (None, IMAGE, TEXT):
         raise ValueError(f"modality must be 'image' or 'text', not {modality!r}")
     vectors = open_vectors(vectors_path)
-    modality, values, spans = _read(metadata_path, modality)
+    modality, values, spans = read_metadata(metadata_path, modality)
     name = Path(metadata_path).name
     if len(values) != vectors.shape[0]:
         raise ClipdexError(
@@ -204,17 +204,11 @@ def _to_float32(src: np.ndarray, dst: np.ndarray) -> None:
 Spans = tuple[np.ndarray | None, np.ndarray | None]  # raw t and t_end (NaN: none), unchecked
 
 
-def read_metadata(path: str | os.PathLike, modality: str | None = None) -> tuple[str, list]:
-    """(modality, one value per row) from a .csv, .jsonl or .parquet file.
-
-    The modality defaults to image when a path column exists, else text.
+def read_metadata(path: str | os.PathLike, modality: str | None = None) -> tuple[str, list, Spans]:
+    """(modality, one value per row, the rows' raw t and t_end) from a .csv, .jsonl or .parquet
+    file. The modality defaults to image when a path column exists, else text; spans are read for
+    images only (None where the file has no such column; `check_spans` checks them).
     """
-    modality, values, _ = _read(path, modality)
-    return modality, values
-
-
-def _read(path: str | os.PathLike, modality: str | None) -> tuple[str, list, Spans]:
-    """(modality, values, the image rows' raw spans) from a metadata file."""
     path = Path(path)
     suffix = path.suffix.lower()
     readers = {".csv": _table, ".tsv": _table, ".jsonl": _table, ".ndjson": _table, ".parquet": _parquet}

@@ -25,10 +25,10 @@ def _bad(name: str, row: int, column: str, value: Any, why: str) -> ClipdexError
     return ClipdexError(f"{name}: row {row} has {column} = {value!r}, {why} (rows count from 0)")
 
 
-def parse_values(values: Sequence[Any], name: str, column: str) -> np.ndarray:
+def parse_values(values: list[Any], name: str, column: str) -> np.ndarray:
     """Numbers of a csv/jsonl column (strings, numbers, None) as float64, NaN where there is none."""
     n = len(values)
-    if all(v is None or v == "" for v in values):  # the common case: a column of pictures only
+    if values.count("") + values.count(None) == n:  # pictures only (list.count: no Python loop)
         return np.full(n, np.nan)
     out = [math.nan] * n
     for row, v in enumerate(values):
