@@ -288,6 +288,27 @@ def test_index_keeps_imported_frames_of_a_video_it_does_not_find(tmp_path, tiny_
     assert [(t, e) for _, t, e in video_frames(lib)[gone]] == [(0.0, 2.0), (2.0, 4.0)]
 
 
+def test_index_redoes_an_imported_video_it_finds_with_its_own_moments(tmp_path, tiny_model_dir):
+    from helpers.videos import make_video, scene
+
+    folder, lib = tmp_path / "media", tmp_path / "lib"
+    clip = str(make_video(folder / "clip.mp4", [(scene(1), 3.0)]))
+    rows = [{"path": clip, "t": 0.0, "t_end": 1.0}, {"path": clip, "t": 1.0, "t_end": 3.0}]
+    assert do_import(lib, tmp_path, "v", vectors(2, seed=4), rows, "--model", tiny_model_dir) == counts(
+        imported=2
+    )
+    imported = {i for i, *_ in video_frames(lib)[clip]}
+    (out,) = json_lines(ok("--library", lib, "index", folder, "--json").stdout)
+    assert (out["added"], out["updated"], out["removed"]) == (0, 1, 0)  # no file facts yet: redone
+    store = Store(lib)
+    try:
+        got = store.conn.execute("SELECT id, t, mtime_ns FROM items WHERE source = 'video'").fetchall()
+    finally:
+        store.close()
+    assert got and all(m is not None for *_, m in got) and not {i for i, *_ in got} & imported
+    assert [t for _, t, _ in got] == [0.0]  # one static shot: one moment of its own
+
+
 # ---- large-library mode -----------------------------------------------------------------------
 def test_large_library_mode_imports_compares_and_replaces_videos(tmp_path, tiny_model_dir):
     lib, vecs, rows = tmp_path / "lib", vectors(8, seed=0), base_rows()
