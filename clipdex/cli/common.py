@@ -64,6 +64,17 @@ def runtime_option(f: Callable) -> Callable:
     )(f)  # fmt: skip
 
 
+def video_options(f: Callable) -> Callable:
+    """``--no-video`` and ``--video-interval S`` (of `index` and `embed`)."""
+    f = click.option(
+        "--video-interval", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
+        metavar="S", help="Seconds between the frames kept of a video.",
+    )(f)  # fmt: skip
+    return click.option(
+        "--no-video", "no_video", is_flag=True, help="Skip videos (in a library, those indexed before stay)."
+    )(f)
+
+
 def precision_options(f: Callable) -> Callable:
     from clipdex.library import PRECISIONS
 

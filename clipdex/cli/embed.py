@@ -13,6 +13,7 @@ from clipdex.cli.common import (
     progress_bar,
     quiet_option,
     runtime_option,
+    video_options,
 )  # fmt: skip
 
 
@@ -36,17 +37,20 @@ from clipdex.cli.common import (
 )
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or mps (in-process runs).")
 @click.option("--workers", default=None, type=click.IntRange(min=1), help="Decode threads (in-process runs).")
+@video_options
 @runtime_option
 @json_option
 @quiet_option
 @pass_state
 def embed(state, sources, out, model, pretrained, ray_address, actors, shard_size, batch_size, device,
-          workers, runtime, as_json, quiet):  # fmt: skip
-    """Embed image files into shards: DIR/img_emb/*.npy (float16) + DIR/metadata/*.parquet.
+          workers, no_video, video_interval, runtime, as_json, quiet):  # fmt: skip
+    """Embed image and video files into shards: DIR/img_emb/*.npy (float16) + DIR/metadata/*.parquet.
 
-    SOURCES are folders (scanned like `index`), image files, or .txt/.csv/.parquet lists of paths
-    (s3:// and gs:// URLs through fsspec). Files that fail go to DIR/failed/. Re-running the same
-    command skips finished shards. Import the result with `clipdex import-embeddings DIR`.
+    SOURCES are folders (scanned like `index`), image or video files, or .txt/.csv/.parquet lists
+    of paths (s3:// and gs:// URLs through fsspec; videos from local or mounted files). A video
+    gives a row per moment (t, t_end), as `index` stores it. Files that fail go to DIR/failed/.
+    Re-running the same command skips finished shards. Import the result with
+    `clipdex import-embeddings DIR`.
     Needs `pip install 'clipdex[scale]'`.
 
     \b
@@ -54,20 +58,24 @@ def embed(state, sources, out, model, pretrained, ray_address, actors, shard_siz
       clipdex embed ~/Pictures --out emb --model ViT-B-32
       clipdex embed paths.parquet --out emb --ray --shard-size 50000
       clipdex embed s3://bucket/photos/ --out emb --ray auto
+      clipdex embed ~/Videos --out emb --video-interval 1   # a frame a second of every video
     """
     from clipdex.library import embed_sources
 
-    with progress_bar("embedding", quiet) as bar:
+    with progress_bar("embedding", quiet) as bar, progress_bar("video", quiet, unit="s") as vbar:
         stats = embed_sources(
             list(sources), out, model=model, pretrained=pretrained, ray=ray_address, actors=actors,
             shard_size=shard_size, batch_size=batch_size, device=device, workers=workers, problem=problem,
-            progress=bar, log=lambda msg: info(msg, quiet), runtime=runtime,
+            progress=bar, log=lambda msg: info(msg, quiet), runtime=runtime, videos=not no_video,
+            video_interval=video_interval, video_progress=vbar,
         )  # fmt: skip
     if as_json:
         emit_json(stats.to_dict())
     s = stats
     info(
-        f"{s.embedded} embedded, {s.failed} failed in {s.shards} shards "
+        f"{s.embedded} embedded"
+        + (f" ({s.frames} of them video moments)" if s.frames else "")
+        + f", {s.failed} failed in {s.shards} shards "
         f"({s.shards_written} written, {s.shards_skipped} already done) under {out}",
         quiet or as_json,
     )

@@ -16,6 +16,7 @@ from clipdex.cli.common import (
     progress_bar,
     quiet_option,
     runtime_option,
+    video_options,
 )
 from clipdex.cli.output import check_output_mode, hit_output_options, human_size, print_hits
 from clipdex.library import INDEX_TYPES, ONDISK  # stdlib only: no torch/faiss for --help
@@ -51,10 +52,7 @@ index_type_option = click.option(
 @click.option("--exact-decode", is_flag=True, help="Never decode large JPEGs at reduced scale.")
 @click.option("--ocr/--no-ocr", default=None,
               help="Read the text in pictures (Chinese, English; remembered); --no-ocr stops.")  # fmt: skip
-@click.option("--no-video", "no_video", is_flag=True,
-              help="Skip videos (those indexed before stay as they are).")  # fmt: skip
-@click.option("--video-interval", type=click.FloatRange(min=0, min_open=True), default=2.0, show_default=True,
-              metavar="S", help="Seconds between the frames kept of a video.")  # fmt: skip
+@video_options
 @index_type_option
 @runtime_option
 @precision_options

@@ -4,16 +4,14 @@
 one file (all its frames share its stat and content hash): unchanged → nothing; moved within this
 run's FOLDERs → its frames' path changes, their ids stay; new or changed → decoded from start to
 end (a frame every ``interval`` seconds, the first always), encoded a batch at a time, and
-consecutive frames whose vectors have cosine ≥ `MERGE_COSINE` with the first of their span merged
-into it. The old frames go and the new ones come in ONE transaction per video, so a killed run
-never leaves half a video: the next run sees the old (or no) frames and redoes the video whole.
+consecutive frames alike the first of their span merged into it (`clipdex.retrieval.spans`). The
+old frames go and the new ones come in ONE transaction per video, so a killed run never leaves
+half a video: the next run sees the old (or no) frames and redoes the video whole.
 A video that cannot be decoded is a remembered failure with its one-line reason.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -26,19 +24,13 @@ from clipdex.index.store.rows import PhotoMeta, VideoRecord
 from clipdex.inputs.paths import display_path
 from clipdex.kinds import IMAGE
 from clipdex.library.change import Change
+from clipdex.retrieval.prefetch import background
+from clipdex.retrieval.spans import Span, close_spans, merge_spans
 
 if TYPE_CHECKING:
     from clipdex.library.indexing import IndexRun
 
-MERGE_COSINE = 0.98
 AHEAD = 8  # decoded frames waiting for the encoder: with a batch being encoded, the memory bound
-
-
-@dataclass(slots=True)
-class _Span:
-    t: float
-    t_end: float
-    vector: np.ndarray
 
 
 @dataclass(slots=True)
@@ -47,61 +39,6 @@ class VideoPlan:
 
     todo: list[tuple[ScannedImage, VideoRecord | None]] = field(default_factory=list)
     seen: set[bytes] = field(default_factory=set)
-
-
-def merge_spans(
-    spans: list[_Span], times: list[float], vecs: np.ndarray, cosine: float = MERGE_COSINE
-) -> None:
-    """Append frames (their times and unit vectors, in order) to ``spans``: a frame alike the
-    first frame of the last span (cosine ≥ ``cosine``) only extends it; ``t_end`` of each span
-    is the time of the next frame kept (the caller sets the last one's to the video's end)."""
-    for t, v in zip(times, vecs):
-        if spans:
-            spans[-1].t_end = t
-            if float(np.dot(spans[-1].vector, v)) >= cosine:
-                continue
-        spans.append(_Span(t, t, v))
-
-
-def _background(frames: Iterator, ahead: int) -> Iterator:
-    """``frames`` produced in a thread, at most ``ahead`` waiting: decoding (PyAV releases the GIL)
-    overlaps encoding; an error in the decoder is raised here, in order."""
-    q: queue.Queue = queue.Queue(maxsize=ahead)
-    stop = threading.Event()
-    end = object()
-
-    def produce() -> None:
-        try:
-            for f in frames:
-                while not stop.is_set():
-                    try:
-                        q.put((f, None), timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-            q.put((end, None))
-        except BaseException as e:  # handed to the consumer
-            q.put((end, e))
-
-    thread = threading.Thread(target=produce, name="clipdex-video-decode", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = q.get()
-            if item is end:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(0.05)
 
 
 class VideoIndexing:
@@ -175,12 +112,13 @@ class VideoIndexing:
         run, f = self.run, s.image
         enc = run.encoder()
         batch = max(1, min(run.batch_size or enc.default_batch_size(), 32))
-        spans: list[_Span] = []
+        spans: list[Span] = []
         try:
             with VideoReader(f.path) as reader:
                 dur = reader.info.duration
                 follow = (lambda t: self.progress(int(t), int(max(dur or t, t)))) if self.progress else None
-                frames = _background(reader.frames(self.interval, min(enc.image_size), follow), AHEAD)
+                decoded = reader.frames(self.interval, min(enc.image_size), follow)
+                frames = background(decoded, AHEAD, "clipdex-video-decode")
                 pending: list = []
                 for frame in frames:
                     pending.append(frame)
@@ -196,7 +134,7 @@ class VideoIndexing:
                 run.first_write()
                 yield Change(removed=run.store_delete(list(old.ids)))
             return
-        spans[-1].t_end = max(spans[-1].t, info.duration or end, end)
+        close_spans(spans, info.duration, end)
         taken = info.created_at if info.created_at is not None else f.mtime_ns / 1e9
         meta = PhotoMeta(taken, *shown)
         digest = content_hash(f.path, f.size)
@@ -221,7 +159,7 @@ class VideoIndexing:
         run.stats.frames = (run.stats.frames or 0) + len(spans)
         yield change
 
-    def _encode(self, enc, frames: list, spans: list[_Span]) -> None:  # noqa: ANN001
+    def _encode(self, enc, frames: list, spans: list[Span]) -> None:  # noqa: ANN001
         if frames:
             vecs = enc.encode_pictures([fr.picture for fr in frames])
             merge_spans(spans, [fr.t for fr in frames], vecs)

@@ -6,6 +6,8 @@ Threads suffice: Pillow's decoders and resizers release the GIL.
 from __future__ import annotations
 
 import os
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -63,3 +65,45 @@ def ordered_prefetch(
         for _, future in pending:
             future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def background(items: Iterable[T], ahead: int, name: str = "clipdex-background") -> Iterator[T]:
+    """``items`` produced in one thread, at most ``ahead`` waiting: e.g. a video's decoding (PyAV
+    releases the GIL) overlaps encoding; an error in the producer is raised here, in order.
+    Closing the generator early stops the producer."""
+    q: queue.Queue = queue.Queue(maxsize=ahead)
+    stop = threading.Event()
+    end = object()
+
+    def produce() -> None:
+        try:
+            for f in items:
+                while not stop.is_set():
+                    try:
+                        q.put((f, None), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put((end, None))
+        except BaseException as e:  # handed to the consumer
+            q.put((end, e))
+
+    thread = threading.Thread(target=produce, name=name, daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = q.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)

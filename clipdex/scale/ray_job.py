@@ -1,16 +1,19 @@
 """`clipdex embed --ray`: the same job as a Ray Data pipeline.
 
-Rows are the job's files; decoding (``load_entry``: `index`'s ``open_image`` + the model's
-preprocess) runs in CPU tasks, encoding (``encode_image_batch``) in a pool of actors that each
-load the model once: one per GPU (``num_gpus=1``), else N CPU actors. Actors are restarted and
-their batch retried when they die (``max_restarts``/``max_task_retries``). The driver collects
-each shard's rows and writes the shard once, atomically (so the output folder must be reachable
-from the driver: a local disk or a mounted shared one).
+Rows are the job's files (a video: a row per kept frame, streamed out of its decode task in
+batches, merged into spans by the driver's builder); decoding (``load_entry``: `index`'s
+``open_image`` + the model's preprocess; ``VideoLoad`` for a video) runs in CPU tasks,
+encoding (``encode_image_batch``) in a pool of actors that each load the model once: one per GPU
+(``num_gpus=1``), else N CPU actors. Actors are restarted and their batch retried when they die
+(``max_restarts``/``max_task_retries``). The driver collects each shard's rows and writes the
+shard once, atomically (so the output folder must be reachable from the driver: a local disk or
+a mounted shared one).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -29,34 +32,102 @@ FAULT_ENV = "CLIPDEX_EMBED_FAULT_FILE"
 DECODE_MEMORY = 2**30
 
 
-def decode_batch(batch: dict[str, np.ndarray], preprocess: Any, draft_to: Any, shape: tuple) -> dict:
-    """A Ray Data batch of files → preprocessed pixels (zeros where a file failed) and metadata."""
+_FIELDS = ("shard", "pos", "frame", "t", "count", "ok", "error", "size", "mtime", "width", "height",
+           "caption", "duration", "end")  # fmt: skip
+
+
+class _Rows:
+    """Decoded rows on their way out of a decode task: a picture, a video frame or a failure each.
+
+    ``frame`` is -1 for a picture (or a failed file), else the frame's number in its video; the
+    video's last frame carries ``count`` (frames kept) and the facts of its rows (size, mtime,
+    shown width/height, duration, end), the others ``count`` 0."""
+
+    def __init__(self, shape: tuple, limit: int):
+        self.shape, self.limit = shape, limit
+        self.cols: dict[str, list] = {k: [] for k in _FIELDS}
+        self.pixels: list[np.ndarray] = []
+
+    def add(self, shard: int, pos: int, pixels: Any = None, **values: Any) -> None:
+        row = {"frame": -1, "t": np.nan, "count": 0, "ok": pixels is not None, "error": "", "size": 0,
+               "mtime": np.nan, "width": 0, "height": 0, "caption": None, "duration": np.nan,
+               "end": np.nan, **values}  # fmt: skip
+        self.cols["shard"].append(shard)
+        self.cols["pos"].append(pos)
+        for k in _FIELDS[2:]:
+            self.cols[k].append(row[k])
+        self.pixels.append(np.zeros(self.shape, np.float32) if pixels is None else np.asarray(pixels))
+
+    @property
+    def full(self) -> bool:
+        return len(self.pixels) >= self.limit
+
+    def take(self) -> dict:
+        out = {
+            k: np.asarray(v, dtype=object if k in ("error", "caption") else None)
+            for k, v in self.cols.items()
+        }
+        out["pixels"] = np.stack(self.pixels).astype(np.float32, copy=False)
+        self.cols = {k: [] for k in _FIELDS}
+        self.pixels = []
+        return out
+
+
+def decode_batch(
+    batch: dict[str, np.ndarray], preprocess: Any, draft_to: Any, shape: tuple, interval: float = 2.0,
+) -> Iterator[dict]:  # fmt: skip
+    """A Ray Data batch of files → batches of preprocessed pixels (zeros where a file failed) and
+    metadata: a row per picture, a row per kept frame of a video (see `_Rows`), at most
+    ``len(batch)`` rows a batch, so a long video streams through in bounded memory."""
     from clipdex.scale.load import load_entry
     from clipdex.scale.sources import Entry
 
     n = len(batch["key"])
-    pixels = np.zeros((n, *shape), np.float32)
-    out: dict[str, list] = {k: [] for k in ("ok", "error", "size", "mtime", "width", "height", "caption")}
+    rows = _Rows(shape, max(1, n))
     for i in range(n):
         side = str(batch["sidecar"][i]) or None
         entry = Entry(str(batch["key"][i]), side, bool(batch["probe"][i]))
+        shard, pos = int(batch["shard"][i]), int(batch["pos"][i])
+        if entry.video:
+            yield from _video_rows(rows, shard, pos, entry, preprocess, min(shape[1:]), interval)
+            continue
         try:
             loaded = load_entry(entry, preprocess, draft_to)
         except Exception as e:  # one bad file never fails the task
-            for k, v in (("ok", False), ("error", str(e) or type(e).__name__), ("size", 0),
-                         ("mtime", np.nan), ("width", 0), ("height", 0), ("caption", None)):  # fmt: skip
-                out[k].append(v)
-            continue
-        pixels[i] = loaded.pixels.numpy()
-        good = (("ok", True), ("error", ""), ("size", loaded.size), ("mtime", loaded.mtime),
-                ("width", loaded.width), ("height", loaded.height), ("caption", loaded.caption))  # fmt: skip
-        for k, v in good:
-            out[k].append(v)
-    result = {"shard": batch["shard"], "pos": batch["pos"], "pixels": pixels}
-    result.update(
-        {k: np.asarray(v, dtype=object if k in ("error", "caption") else None) for k, v in out.items()}
-    )
-    return result
+            rows.add(shard, pos, error=str(e) or type(e).__name__)
+        else:
+            rows.add(shard, pos, loaded.pixels.numpy(), size=loaded.size, mtime=loaded.mtime,
+                     width=loaded.width, height=loaded.height, caption=loaded.caption)  # fmt: skip
+        if rows.full:
+            yield rows.take()
+    if rows.pixels:
+        yield rows.take()
+
+
+def _video_rows(
+    rows: _Rows, shard: int, pos: int, entry: Any, preprocess: Any, short_side: int, interval: float
+) -> Iterator[dict]:
+    """One video's frame rows into ``rows`` (full batches yielded); its last frame is held back
+    until the decode has ended well, so that only a whole video carries a ``count``."""
+    from clipdex.scale.load import LoadError
+    from clipdex.scale.load_video import VideoLoad
+
+    held = None
+    try:
+        load = VideoLoad(entry, preprocess, short_side, interval)
+        for number, (t, pixels) in enumerate(load.frames()):
+            if held is not None:
+                rows.add(shard, pos, held[2].numpy(), frame=held[0], t=held[1])
+                if rows.full:
+                    yield rows.take()
+            held = (number, t, pixels)
+        f = load.facts()
+    except LoadError as e:
+        rows.add(shard, pos, error=str(e))
+        return
+    duration = np.nan if f.duration is None else f.duration
+    rows.add(shard, pos, held[2].numpy(), frame=held[0], t=held[1], count=held[0] + 1, size=f.size,
+             mtime=f.mtime, width=f.width, height=f.height, duration=duration, end=f.end)  # fmt: skip
 
 
 class Encoder:
@@ -118,18 +189,29 @@ def _listing(todo: list[Shard]) -> Any:
     })  # fmt: skip
 
 
-def _collect(job: EmbedJob, builder: Any, batch: dict, i: int, pos: int) -> None:
-    """Row ``i`` of an encoded batch into its shard's builder (a vector and metadata, or a failure)."""
-    if batch["ok"][i]:
-        loaded = Loaded(
-            None, int(batch["size"][i]), float(batch["mtime"][i]), int(batch["width"][i]),
-            int(batch["height"][i]), caption if isinstance(caption := batch["caption"][i], str) else None,
-        )  # fmt: skip
-        builder.put(pos, batch["vector"][i], loaded)
-    else:
+def _collect(job: EmbedJob, builder: Any, batch: dict, i: int, pos: int) -> bool:
+    """Row ``i`` of an encoded batch into its shard's builder (a picture, a video frame or a
+    failure); True when it finished its file. Rows a retry delivers twice are dropped there."""
+    from clipdex.scale.load_video import VideoFacts
+
+    if not batch["ok"][i]:
         error = str(batch["error"][i])
-        builder.fail(pos, error)
+        if not builder.fail(pos, error):
+            return False
         job.report_failure(builder.shard.entries[pos], error)
+        return True
+    facts = (int(batch["size"][i]), float(batch["mtime"][i]), int(batch["width"][i]), int(batch["height"][i]))
+    frame = int(batch["frame"][i])
+    if frame < 0:
+        caption = batch["caption"][i]
+        loaded = Loaded(None, *facts, caption if isinstance(caption, str) else None)
+        return builder.put(pos, batch["vector"][i], loaded)
+    done = builder.put_frame(pos, frame, float(batch["t"][i]), batch["vector"][i])
+    if count := int(batch["count"][i]):
+        duration = float(batch["duration"][i])
+        end = VideoFacts(*facts, None if np.isnan(duration) else duration, float(batch["end"][i]))
+        done = builder.end_video(pos, count, end) or done
+    return done
 
 
 def connect(address: str) -> bool:
@@ -158,7 +240,7 @@ def run_ray(job: EmbedJob, todo: list[Shard], lm: LoadedModel, address: str, act
     import ray.data
 
     from clipdex.retrieval.onnx.cache import cache_dir
-    from clipdex.scale.job import ShardBuilder
+    from clipdex.scale.builder import ShardBuilder
 
     started = connect(address)
     try:
@@ -182,7 +264,8 @@ def run_ray(job: EmbedJob, todo: list[Shard], lm: LoadedModel, address: str, act
         ds = ray.data.from_arrow([listing.slice(i, step) for i in range(0, total, step)])
         ds = ds.map_batches(
             decode_batch, batch_size=job.batch_size, batch_format="numpy", num_cpus=1, memory=DECODE_MEMORY,
-            fn_kwargs={"preprocess": lm.preprocess, "draft_to": lm.image_size, "shape": (3, h, w)},
+            fn_kwargs={"preprocess": lm.preprocess, "draft_to": lm.image_size, "shape": (3, h, w),
+                       "interval": job.video_interval},
         )  # fmt: skip
         # Ray Data restarts a dead actor and redoes its batch (max_restarts / max_task_retries
         # default to -1 for actor pools); the decode tasks' memory reservation differing from the
@@ -202,12 +285,11 @@ def run_ray(job: EmbedJob, todo: list[Shard], lm: LoadedModel, address: str, act
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             for i in range(len(batch["pos"])):
                 index, pos = int(batch["shard"][i]), int(batch["pos"][i])
-                if index in written or (index in builders and pos in builders[index].rows):
+                if index in written:
                     continue  # never twice, whatever a retry might deliver
                 if index not in builders:
                     builders[index] = ShardBuilder(shards[index], lm.embed_dim)
-                _collect(job, builders[index], batch, i, pos)
-                done += 1
+                done += _collect(job, builders[index], batch, i, pos)
                 if builders[index].complete:
                     job.finish_shard(builders.pop(index))
                     written.add(index)

@@ -25,8 +25,13 @@ def run_embed(
     log: Callable[[str], None] | None = None,
     on_shard: Callable[[int], None] | None = None,
     runtime: str | None = None,
+    videos: bool = True,
+    video_interval: float = 2.0,
+    video_progress: Progress | None = None,
 ) -> EmbedStats:
-    """Embed the image files of ``sources`` into shards under ``out``; resumes a finished part.
+    """Embed the image and video files of ``sources`` into shards under ``out``; resumes a
+    finished part. A video gives a row per span (``video_interval`` s between kept frames, alike
+    frames merged as `index` merges them); ``videos=False`` leaves videos out.
 
     ``ray``: None runs in-process; ``"local"`` starts a local Ray cluster (or joins
     ``$RAY_ADDRESS``); ``"auto"`` or an address joins that cluster. ``runtime`` (auto, onnx,
@@ -41,7 +46,8 @@ def run_embed(
         require_ray()
     job = EmbedJob(
         sources, out, spec, shard_size=shard_size, batch_size=batch_size, workers=workers,
-        problem=problem, progress=progress, log=log, on_shard=on_shard,
+        problem=problem, progress=progress, log=log, on_shard=on_shard, videos=videos,
+        video_interval=video_interval, video_progress=video_progress,
     )  # fmt: skip
     todo = job.prepare()
     dim = job.dim

@@ -2,15 +2,16 @@
 
 ::
 
-    DIR/img_emb/img_emb_00000.npy          (n, D) float16, one row per embedded file
-    DIR/metadata/metadata_00000.parquet    path, size, mtime, width, height, caption (same n rows)
+    DIR/img_emb/img_emb_00000.npy          (n, D) float16, one row per embedded picture or video span
+    DIR/metadata/metadata_00000.parquet    path, size, mtime, width, height, caption, t, t_end (n rows)
     DIR/failed/failed_00000.parquet        path, error: files that could not be embedded
     DIR/manifest.json                      model, dim, shard size, per-shard digests and counts
 
-Each file is written to a temporary name and renamed into place, metadata last: a shard whose
-three files exist is finished, and rewriting one (a retried task, a resumed job) replaces it
-whole with identical content. clip-retrieval's own output folders (``image_path`` column, maybe
-``text_emb/``) are read by ``iter_shards`` too.
+A video gives one row per span of alike frames (``t``/``t_end``: its seconds; null for pictures),
+all with the video's path, in time order. Each file is written to a temporary name and renamed
+into place, metadata last: a shard whose three files exist is finished, and rewriting one (a
+retried task, a resumed job) replaces it whole with identical content. clip-retrieval's own
+output folders (``image_path`` column, maybe ``text_emb/``) are read by ``iter_shards`` too.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from clipdex.index.durable import write_atomically
 
 MANIFEST = "manifest.json"
 FORMAT = "clipdex-embed/1"
-META_COLUMNS = ("path", "size", "mtime", "width", "height", "caption")
+META_COLUMNS = ("path", "size", "mtime", "width", "height", "caption", "t", "t_end")
 
 
 def shard_name(index: int) -> str:
@@ -99,6 +100,8 @@ class ShardDir:
             "width": pa.array(meta["width"], pa.int32()),
             "height": pa.array(meta["height"], pa.int32()),
             "caption": pa.array(meta["caption"], pa.string()),
+            "t": pa.array(meta["t"], pa.float64()),
+            "t_end": pa.array(meta["t_end"], pa.float64()),
         })  # fmt: skip
         bad = pa.table({
             "path": pa.array([p for p, _ in failed], pa.string()),

@@ -1,6 +1,7 @@
-"""What `clipdex embed SOURCE...` embeds: folders, image files, lists of paths, fsspec URLs.
+"""What `clipdex embed SOURCE...` embeds: folders, image and video files, lists of paths, fsspec URLs.
 
-A SOURCE is a folder (scanned with `index`'s rules), an image file, a `.txt` (one path a line),
+A SOURCE is a folder (scanned with `index`'s rules, videos included unless ``videos=False``), an
+image or video file, a `.txt` (one path a line),
 `.csv`/`.tsv` or `.parquet` list (a `path`, `image_path` or `url` column), or the same as an
 `s3://`/`gs://`/… URL read through fsspec. Relative paths in a list are relative to the list's
 folder. The listing is deduplicated and sorted, so a job's shards are the same on every run.
@@ -20,6 +21,7 @@ from clipdex.errors import ClipdexError
 from clipdex.index.scan import image_extensions, scan
 from clipdex.inputs.paths import display_path
 from clipdex.inputs.tables import pick_column
+from clipdex.retrieval.video import is_video_name
 
 LIST_SUFFIXES = (".txt", ".csv", ".tsv", ".parquet")
 LIST_COLUMNS = ("path", "image_path", "url")
@@ -32,6 +34,11 @@ class Entry:
     key: str
     sidecar: str | None = None  # a known sidecar caption file (folder scans)
     probe: bool = False  # look for `stem.txt` beside it when loading (list sources)
+
+    @property
+    def video(self) -> bool:
+        """Named like a video: decoded as one (its content is still probed, not trusted)."""
+        return is_video_name(self.key)
 
 
 def is_url(path: str) -> bool:
@@ -52,23 +59,27 @@ def filesystem(url: str) -> tuple[Any, str]:
         raise ClipdexError(f"{url}: {str(e).splitlines()[0]}") from e
 
 
-def list_sources(sources: Sequence[str | bytes], exclude: Sequence[str | os.PathLike] = ()) -> list[Entry]:
-    """Every input file of ``sources``, deduplicated, sorted by key (raises ClipdexError)."""
+def list_sources(
+    sources: Sequence[str | bytes], exclude: Sequence[str | os.PathLike] = (), videos: bool = True
+) -> list[Entry]:
+    """Every input file of ``sources``, deduplicated, sorted by key (raises ClipdexError);
+    ``videos=False`` leaves videos out (of folders and of lists)."""
     found: dict[str, Entry] = {}
     for source in sources:
-        for entry in _entries(source, exclude):
-            found.setdefault(entry.key, entry)
+        for entry in _entries(source, exclude, videos):
+            if videos or not entry.video:
+                found.setdefault(entry.key, entry)
     return [found[k] for k in sorted(found)]
 
 
-def _entries(source: str | bytes, exclude: Sequence) -> Iterator[Entry]:
+def _entries(source: str | bytes, exclude: Sequence, videos: bool) -> Iterator[Entry]:
     text = os.fsdecode(source)
     if is_url(text):
         yield from _url_entries(text)
         return
     path = os.path.abspath(os.fsencode(source))
     if os.path.isdir(path):
-        for s in scan([path], exclude=exclude):
+        for s in scan([path], exclude=exclude, videos=videos):
             side = os.fsdecode(s.sidecar.path) if s.sidecar else None
             yield Entry(os.fsdecode(s.image.path), side)
     elif not os.path.exists(path):
@@ -80,11 +91,11 @@ def _entries(source: str | bytes, exclude: Sequence) -> Iterator[Entry]:
                 yield Entry(item, probe=True)
             else:
                 yield Entry(os.path.normpath(os.path.join(folder, os.path.expanduser(item))), probe=True)
-    elif _is_image_name(os.fsdecode(path)):
-        yield Entry(os.fsdecode(path), probe=True)
+    elif _is_image_name(os.fsdecode(path)) or is_video_name(path):
+        yield Entry(os.fsdecode(path), probe=not is_video_name(path))
     else:
         raise ClipdexError(
-            f"{display_path(path)}: not a folder, an image or a .txt/.csv/.parquet list of paths"
+            f"{display_path(path)}: not a folder, an image, a video or a .txt/.csv/.parquet list of paths"
         )
 
 

@@ -32,7 +32,7 @@ def test_embed_equals_index_and_writes_clip_retrieval_layout(tmp_path, photos, t
     out = tmp_path / "emb"
     r = ok("embed", photos, "--out", out, "--model", tiny_model_dir, "--shard-size", "4", "--json")
     stats = json.loads(r.stdout)
-    assert stats == {"files": 11, "embedded": 10, "failed": 1, "shards": 3, "shards_written": 3,
+    assert stats == {"files": 11, "embedded": 10, "failed": 1, "frames": 0, "shards": 3, "shards_written": 3,
                      "shards_skipped": 0}  # fmt: skip
     assert "broken.jpg" in r.stderr
     assert_same_as_index(ref, f32, out)
@@ -53,7 +53,7 @@ def test_embed_equals_index_and_writes_clip_retrieval_layout(tmp_path, photos, t
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["dim"] == 64 and manifest["shard_size"] == 4 and manifest["complete"] is True
     assert manifest["model"]["name"] == f"local-dir:{tiny_model_dir.resolve()}"
-    assert manifest["counts"] == {"files": 11, "embedded": 10, "failed": 1, "shards": 3}
+    assert manifest["counts"] == {"files": 11, "embedded": 10, "failed": 1, "frames": 0, "shards": 3}
     assert [s["files"] for s in manifest["shards"]] == [4, 4, 3]
     assert sum(s["embedded"] for s in manifest["shards"]) == 10
 
@@ -140,7 +140,7 @@ def test_resume_writes_only_the_missing_shards(tmp_path, tiny_model_dir):
     leftover = out / "img_emb" / ".img_emb_00002.npy.x1y2.tmp"  # a write cut short by a crash
     leftover.write_bytes(b"partial")
     r = ok("embed", folder, "--out", out, "--model", tiny_model_dir, "--shard-size", "3", "--json")
-    assert json.loads(r.stdout) == {"files": 10, "embedded": 10, "failed": 0, "shards": 4,
+    assert json.loads(r.stdout) == {"files": 10, "embedded": 10, "failed": 0, "frames": 0, "shards": 4,
                                          "shards_written": 2, "shards_skipped": 2}  # fmt: skip
     after = _shard_files(out)
     assert {k: after[k] for k in before} == before  # finished shards untouched (same inode, mtime)

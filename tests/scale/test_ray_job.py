@@ -60,7 +60,15 @@ def test_ray_embed_equals_index_and_resumes_an_in_process_job(
     monkeypatch.setenv("CLIPDEX_ONNX_CACHE", str(tmp_path / "cache"))
     r = ok("embed", photos, "--out", out, "--model", tiny_model_dir, "--shard-size", "4", "--batch-size", "2",
            "--ray", "--actors", "2", "--runtime", "onnx", "--json")  # fmt: skip
-    want = {"files": 11, "embedded": 10, "failed": 1, "shards": 3, "shards_written": 2, "shards_skipped": 1}
+    want = {
+        "files": 11,
+        "embedded": 10,
+        "failed": 1,
+        "frames": 0,
+        "shards": 3,
+        "shards_written": 2,
+        "shards_skipped": 1,
+    }
     assert json.loads(r.stdout) == want
     assert "2 encoder actors" in r.stderr
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.rglob("*_00000.*")} == first
@@ -99,3 +107,30 @@ def test_a_killed_actor_loses_and_duplicates_nothing(ray_cluster, tmp_path, tiny
     want = encode_images(lm, [Image.open(p).convert("RGB") for p in paths])
     for p, w in zip(paths, want):
         assert np.abs(f32[str(p)] - w).max() <= 1e-5, p
+
+
+def test_ray_embeds_videos_as_the_in_process_run_does(ray_cluster, tmp_path, tiny_model_dir):
+    import numpy as np
+    from helpers.corehelp import make_images
+    from helpers.videos import make_video, scene, three_scenes
+
+    from clipdex.scale.run import run_embed
+
+    media = tmp_path / "media"
+    three_scenes(media / "three.mp4")
+    make_video(media / "static.mp4", [(scene(0), 12.0)])
+    make_images(media, ["a.png"])
+    (media / "fake.mp4").write_text("not a video\n" * 20)
+    local = run_embed([str(media)], tmp_path / "local", model=str(tiny_model_dir), shard_size=2)
+    # Batches of 2: a video's frames stream out of its decode task over several batches and actors.
+    remote = run_embed([str(media)], tmp_path / "ray", model=str(tiny_model_dir), ray="local", actors=2,
+                       shard_size=2, batch_size=2)  # fmt: skip
+    assert (remote.files, remote.embedded, remote.frames, remote.failed) == (4, 5, 4, 1)
+    assert (local.embedded, local.frames, local.failed) == (5, 4, 1)
+    (want, want_vecs, want_failed), (got, got_vecs, got_failed) = (
+        read_shards(tmp_path / "local"), read_shards(tmp_path / "ray")
+    )  # fmt: skip
+    assert got == want and got_failed == want_failed
+    assert [(r["t"], r["t_end"]) for r in got if r["path"].endswith("three.mp4")] == [(0.0, 4.0), (4.0, 8.0),
+                                                                                    (8.0, 12.0)]  # fmt: skip
+    assert np.abs(got_vecs.astype(np.float32) - want_vecs.astype(np.float32)).max() <= 2e-3
