@@ -309,6 +309,40 @@ def test_index_redoes_an_imported_video_it_finds_with_its_own_moments(tmp_path, 
     assert [t for _, t, _ in got] == [0.0]  # one static shot: one moment of its own
 
 
+def test_embed_then_import_gives_the_moments_index_stores(tmp_path, tiny_model_dir):
+    from helpers.corehelp import stored
+    from helpers.videos import three_scenes
+
+    media = tmp_path / "media"
+    three_scenes(media / "three.mp4")  # three moments
+    make_images(media, ["a.png", "b.png"])
+    indexed, imported = tmp_path / "indexed", tmp_path / "imported"
+    ok("--library", indexed, "index", media, "--model", tiny_model_dir)
+    ok("embed", media, "--out", tmp_path / "emb", "--model", tiny_model_dir, "--shard-size", "2", "--quiet")
+    out = ok("--library", imported, "import-embeddings", tmp_path / "emb", "--json", "--quiet")
+    assert json.loads(out.stdout) == counts(imported=5)
+
+    def moments(lib: Path) -> list[tuple[float, float, np.ndarray]]:
+        ids, vecs = stored(lib, "image")
+        by_id = dict(zip(ids.tolist(), vecs))
+        store = Store(lib)
+        try:
+            rows = store.conn.execute("SELECT id, t, t_end FROM items WHERE source = 'video' ORDER BY t")
+            return [(t, e, by_id[i]) for i, t, e in rows.fetchall()]
+        finally:
+            store.close()
+
+    want, got = moments(indexed), moments(imported)
+    assert len(want) == len(got) == 3
+    for (t, e, v), (t2, e2, v2) in zip(want, got):
+        assert (t2, e2) == (t, pytest.approx(e, abs=1e-6)) and np.abs(v - v2).max() < 2e-3
+    again = ok("--library", imported, "import-embeddings", tmp_path / "emb", "--json", "--quiet")
+    assert json.loads(again.stdout) == counts(unchanged=5)
+    with Library.open(imported) as opened:
+        hits = opened.search(vector=want[1][2], k=5, filter=Filter(media="videos"))
+        assert [(h.t, h.path) for h in hits][0] == (want[1][0], str(media / "three.mp4"))
+
+
 # ---- large-library mode -----------------------------------------------------------------------
 def test_large_library_mode_imports_compares_and_replaces_videos(tmp_path, tiny_model_dir):
     lib, vecs, rows = tmp_path / "lib", vectors(8, seed=0), base_rows()
