@@ -3,7 +3,8 @@
 ``VECTORS.npy`` is an (N, D) float array (float16/float32; float64 is accepted too), read through a
 memory map in chunks so memory stays bounded. ``METADATA`` is a .csv, .jsonl or .parquet file with
 N rows and a ``path`` (alias ``image_path``) column for images or a ``text`` (alias ``caption``)
-column for texts. Rows count from 0, as in the array. Everything is validated before the caller
+column for texts; image rows may carry a video frame's ``t`` and ``t_end`` (see
+`clipdex.inputs.spans`). Rows count from 0, as in the array. Everything is validated before the caller
 writes anything. Pure numpy / csv / json / pyarrow: no models here.
 """
 
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from clipdex.errors import ClipdexError
+from clipdex.inputs.spans import SPAN_COLUMNS, check_spans, parse_arrow, parse_values
 from clipdex.inputs.tables import JSONL_SUFFIXES, pick_column, read_csv, read_records, require_file
 from clipdex.kinds import IMAGE, TEXT
 
@@ -32,6 +34,10 @@ class Embeddings:
     norms: np.ndarray  # (N,) float32, finite and > 0
     modality: str  # "image" | "text"
     values: list[str]  # absolute image paths (str) or texts, one per row
+    # Video frame rows (images only): each row's span in seconds, NaN for a picture row; None
+    # when no row is a frame (t_end is filled: a frame without one stands for its t alone).
+    t: np.ndarray | None = None
+    t_end: np.ndarray | None = None
 
     @property
     def count(self) -> int:
@@ -58,9 +64,34 @@ class Embeddings:
             np.divide(block, self.norms[start:stop, None], out=block)
             yield start, block
 
+    def frame_rows(self) -> np.ndarray:
+        """The rows that are video frames (have a t), ascending."""
+        return np.empty(0, np.int64) if self.t is None else np.flatnonzero(~np.isnan(self.t))
+
+    def picture_rows(self, start: int, stop: int) -> np.ndarray | None:
+        """Rows ``start``..``stop`` that are not video frames, relative to ``start``; None: all."""
+        if self.t is None:
+            return None
+        return np.flatnonzero(np.isnan(self.t[start:stop]))
+
+    def rows(self, rows: np.ndarray) -> np.ndarray:
+        """float32 L2-normalised vectors of ``rows`` (the same values `chunks` gives them)."""
+        out = np.empty((len(rows), self.dim), np.float32)
+        _to_float32(self.vectors[rows], out)
+        np.divide(out, self.norms[rows, None], out=out)
+        return out
+
     def missing_files(self) -> int:
-        """How many image paths do not exist on this machine (0 for texts)."""
-        return sum(not os.path.exists(v) for v in self.values) if self.modality == IMAGE else 0
+        """How many image paths do not exist on this machine (0 for texts): each picture row, and
+        each video once (not once per frame)."""
+        if self.modality != IMAGE:
+            return 0
+        if self.t is None:
+            return sum(not os.path.exists(v) for v in self.values)
+        frame = ~np.isnan(self.t)
+        pictures = sum(not os.path.exists(v) for v, f in zip(self.values, frame.tolist()) if not f)
+        videos = {self.values[r] for r in np.flatnonzero(frame).tolist()}
+        return pictures + sum(not os.path.exists(v) for v in videos)
 
     def paths(self, start: int, stop: int) -> list[bytes]:
         """Rows' image paths as stored: absolute, ``os.fsencode`` bytes."""
@@ -74,7 +105,7 @@ def read_embeddings(
     if modality not in (None, IMAGE, TEXT):
         raise ValueError(f"modality must be 'image' or 'text', not {modality!r}")
     vectors = open_vectors(vectors_path)
-    modality, values = read_metadata(metadata_path, modality)
+    modality, values, spans = read_metadata(metadata_path, modality)
     name = Path(metadata_path).name
     if len(values) != vectors.shape[0]:
         raise ClipdexError(
@@ -91,10 +122,26 @@ def read_embeddings(
     if modality == IMAGE:  # relative to the metadata file's folder, like fine-tuning pairs
         base = os.path.dirname(os.path.abspath(metadata_path))
         values = [os.path.normpath(os.path.join(base, os.path.expanduser(v))) for v in values]
+        t, t_end = check_spans(*spans, name)
+        if t is not None:
+            _check_frame_paths(values, t, name)
     else:
         values = [v.strip() for v in values]
+        t = t_end = None  # spans are a picture's business: texts ignore them
     norms = row_norms(vectors, Path(vectors_path).name)
-    return Embeddings(vectors, norms, modality, values)
+    return Embeddings(vectors, norms, modality, values, t, t_end)
+
+
+def _check_frame_paths(values: list[str], t: np.ndarray, name: str) -> None:
+    """A path is a video (rows with a t) or a picture (rows without), never both."""
+    frame = (~np.isnan(t)).tolist()
+    videos = {v for v, f in zip(values, frame) if f}
+    for row, (v, f) in enumerate(zip(values, frame)):
+        if not f and v in videos:
+            raise ClipdexError(
+                f"{name}: row {row} has no t but other rows give {v} a t (a video's frames);"
+                " a path is a picture or a video, not both (rows count from 0)"
+            )
 
 
 def open_vectors(path: str | os.PathLike) -> np.ndarray:
@@ -154,10 +201,13 @@ def _to_float32(src: np.ndarray, dst: np.ndarray) -> None:
 
 
 # ---- metadata -------------------------------------------------------------------------------
-def read_metadata(path: str | os.PathLike, modality: str | None = None) -> tuple[str, list]:
-    """(modality, one value per row) from a .csv, .jsonl or .parquet file.
+Spans = tuple[np.ndarray | None, np.ndarray | None]  # raw t and t_end (NaN: none), unchecked
 
-    The modality defaults to image when a path column exists, else text.
+
+def read_metadata(path: str | os.PathLike, modality: str | None = None) -> tuple[str, list, Spans]:
+    """(modality, one value per row, the rows' raw t and t_end) from a .csv, .jsonl or .parquet
+    file. The modality defaults to image when a path column exists, else text; spans are read for
+    images only (None where the file has no such column; `check_spans` checks them).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -175,18 +225,28 @@ def _pick(path: Path, fields: list[str], modality: str | None) -> tuple[str, str
     return next(m for m in wanted if column in COLUMNS[m]), column
 
 
-def _table(path: Path, modality: str | None) -> tuple[str, list]:
+def _span_columns(fields: list[str], modality: str) -> list[str]:
+    return [c for c in SPAN_COLUMNS if c in fields] if modality == IMAGE else []
+
+
+def _table(path: Path, modality: str | None) -> tuple[str, list, Spans]:
+    spans: dict[str, np.ndarray] = {}
     if path.suffix.lower() in JSONL_SUFFIXES:
-        fields, rows = read_records(path)
+        fields, records = read_records(path)
         modality, column = _pick(path, fields, modality)
-        return modality, [r.get(column) for r in rows]
+        for c in _span_columns(fields, modality):
+            spans[c] = parse_values([r.get(c) for r in records], path.name, c)
+        return modality, [r.get(column) for r in records], (spans.get("t"), spans.get("t_end"))
     header, rows = read_csv(path)  # plain rows: a million dicts would cost time for one column
     modality, column = _pick(path, header, modality)
+    for c in _span_columns(header, modality):
+        j = header.index(c)
+        spans[c] = parse_values([row[j] if len(row) > j else None for row in rows], path.name, c)
     i = header.index(column)
-    return modality, [row[i] if len(row) > i else None for row in rows]
+    return modality, [row[i] if len(row) > i else None for row in rows], (spans.get("t"), spans.get("t_end"))
 
 
-def _parquet(path: Path, modality: str | None) -> tuple[str, list]:
+def _parquet(path: Path, modality: str | None) -> tuple[str, list, Spans]:
     try:
         import pyarrow.parquet as pq
     except ImportError as e:
@@ -196,7 +256,7 @@ def _parquet(path: Path, modality: str | None) -> tuple[str, list]:
     try:
         fields = list(pq.read_schema(path).names)
         modality, column = _pick(path, fields, modality)
-        table = pq.read_table(path, columns=[column])
+        table = pq.read_table(path, columns=[column, *_span_columns(fields, modality)])
     except ClipdexError:
         raise
     except Exception as e:  # pyarrow's ArrowInvalid / OSError for a broken file
@@ -205,4 +265,5 @@ def _parquet(path: Path, modality: str | None) -> tuple[str, list]:
     values = col.to_pylist()
     if values and not isinstance(next((v for v in values if v is not None), ""), str):
         raise ClipdexError(f"{path.name}: column '{column}' holds {col.type} values, not strings")
-    return modality, values
+    spans = {c: parse_arrow(table.column(c), path.name, c) for c in table.column_names if c in SPAN_COLUMNS}
+    return modality, values, (spans.get("t"), spans.get("t_end"))

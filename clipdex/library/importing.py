@@ -3,13 +3,16 @@
 Everything is checked before anything is written. The model is loaded only for a new library (to
 learn and record its dimension); an existing one is checked by its stored dim. Rows are keyed (an
 image by its path, a text by its exact content), so a re-run adds nothing and a changed vector for
-a known key updates that item in place. Rows go in by chunks of 100k (bounded memory) inside one
-transaction: an import that fails halfway leaves the library as it was.
+a known key updates that item in place. Rows with a ``t`` are video frames: a video (its path's
+frames) is compared and replaced whole, as `index` does (`FrameMerge`). Rows go in by chunks of
+100k (bounded memory) inside one transaction: an import that fails halfway leaves the library as it
+was.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +21,9 @@ import numpy as np
 from clipdex.errors import ClipdexError
 from clipdex.index.faiss.ondisk import CHURN
 from clipdex.index.faiss.ondisk_build import wanted
+from clipdex.index.store.rows import Merged
 from clipdex.inputs.embeddings import Embeddings, read_embeddings
+from clipdex.inputs.spans import group_frames
 from clipdex.kinds import IMAGE, TEXT
 from clipdex.results import ImportCounts
 
@@ -26,9 +31,11 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from clipdex.index.store.database import Store
-    from clipdex.index.store.rows import Merged
+    from clipdex.index.store.frame_merge import FramesMerged
     from clipdex.library.facade import Progress
     from clipdex.library.parts import Parts
+
+FRAME_BATCH = 100_000  # video frames merged at a time (whole videos: a long one may exceed it)
 
 
 def import_embeddings(
@@ -80,6 +87,14 @@ def import_embeddings(
                         all_ids[start + merged.new_rows] = merged.new_ids
                     else:
                         _follow(parts, kind, merged, vecs)
+                for rows, vecs, frames in _merged_frames(store, data, counts):
+                    if fresh:
+                        all_ids[rows[frames.new_rows]] = frames.new_ids
+                    else:
+                        _follow_frames(parts, frames, vecs)
+                    if frames.removed_texts:  # the text index catches up from the change log
+                        parts.indexes.forget(TEXT)
+                        indexes.pop(TEXT, None)
         except BaseException:
             parts.indexes.forget(kind)  # it may hold rows that were rolled back
             raise
@@ -177,6 +192,11 @@ def _import_large(
             for _, vecs, merged in _merged(store, data, kind, counts, progress, fid=fid):
                 if deferred is None and not rebuild:
                     _follow(parts, kind, merged, vecs)
+            for _, vecs, frames in _merged_frames(store, data, counts, fid=fid):
+                if deferred is None and not rebuild:
+                    _follow_frames(parts, frames, vecs)
+                if frames.removed_texts:  # the text index catches up from the change log
+                    parts.indexes.forget(TEXT)
     except BaseException:
         parts.indexes.forget(kind)
         store.vector_files.remove_orphans()  # the linked file, unreferenced after the rollback
@@ -217,11 +237,50 @@ def _merged(
         stop = start + len(vecs)
         keys = data.paths(start, stop) if kind == IMAGE else data.values[start:stop]
         located = (fid, np.arange(start, stop)) if fid is not None else None
-        merged = store.merge.keyed(kind, "import", keys, vecs, located=located)
+        pictures = data.picture_rows(start, stop)  # None: every row (no video frames)
+        if pictures is None:
+            merged = store.merge.keyed(kind, "import", keys, vecs, located=located)
+        elif len(pictures):  # the frame rows are `_merged_frames`'s
+            sub = store.merge.keyed(
+                kind, "import", [keys[r] for r in pictures.tolist()], vecs[pictures],
+                located=None if located is None else (fid, located[1][pictures]),
+            )  # fmt: skip
+            merged = replace(sub, new_rows=pictures[sub.new_rows], updated_rows=pictures[sub.updated_rows])
+        else:
+            merged = Merged(*(np.empty(0, np.int64),) * 4, 0)
         counts.count(merged)
         yield start, vecs, merged
         if progress:
             progress(stop, data.count)
+
+
+def _merged_frames(
+    store: Store, data: Embeddings, counts: ImportCounts, fid: int | None = None
+) -> Iterator[tuple[np.ndarray, np.ndarray, FramesMerged]]:
+    """Merge ``data``'s video frame rows, whole videos at a time (up to ``FRAME_BATCH`` frames a
+    batch); yields (the batch's input rows, their vectors, what the merge did)."""
+    if data.t is None:
+        return
+    rows, starts, repeated = group_frames(data.values, data.t)
+    counts.unchanged += repeated  # a (path, t) given again: the first row counts
+    bounds = [*starts.tolist(), len(rows)]
+    k = 0
+    while k < len(starts):
+        end = k + 1  # whole videos, at least one
+        while end < len(starts) and bounds[end + 1] - bounds[k] <= FRAME_BATCH:
+            end += 1
+        lo, hi = bounds[k], bounds[end]
+        batch = rows[lo:hi]
+        vecs = data.rows(batch)
+        paths = [os.fsencode(data.values[r]) for r in batch[np.asarray(starts[k:end]) - lo].tolist()]
+        spans = np.stack([data.t[batch], data.t_end[batch]], axis=1)
+        located = (fid, batch) if fid is not None else None
+        frames = store.frame_merge.videos(paths, starts[k:end] - lo, spans, vecs, located=located)
+        counts.imported += frames.imported
+        counts.updated += frames.updated
+        counts.unchanged += frames.unchanged
+        yield batch, vecs, frames
+        k = end
 
 
 def _follow(parts: Parts, kind: str, merged: Merged, vecs: np.ndarray) -> None:
@@ -229,3 +288,8 @@ def _follow(parts: Parts, kind: str, merged: Merged, vecs: np.ndarray) -> None:
     ids = np.concatenate([merged.updated_ids, merged.new_ids])
     rows = np.concatenate([merged.updated_rows, merged.new_rows])
     parts.indexes.apply(kind, (ids, vecs[rows]), merged.updated_ids.tolist())
+
+
+def _follow_frames(parts: Parts, frames: FramesMerged, vecs: np.ndarray) -> None:
+    """The image index follows one batch of videos: replaced frames out, new frames in."""
+    parts.indexes.apply(IMAGE, (frames.new_ids, vecs[frames.new_rows]), frames.removed_images)

@@ -77,8 +77,12 @@ class VideoIndexing:
             self.plan.todo.append((s, old))
 
     def vanished(self, in_scope: Callable[[bytes], bool]) -> list[bytes]:
-        """The stored videos under ``in_scope`` that the scan did not find (gone, or moved)."""
-        return [p for p in self.known if p not in self.plan.seen and in_scope(p)]
+        """The stored videos under ``in_scope`` that the scan did not find (gone, or moved).
+        Imported moments (no file seen: no mtime) are never removed, as imported pictures aren't."""
+        return [
+            p for p, r in self.known.items()
+            if r.mtime_ns is not None and p not in self.plan.seen and in_scope(p)
+        ]  # fmt: skip
 
     def apply(
         self, in_scope: Callable[[bytes], bool], failures: dict[bytes, tuple[int, int]]

@@ -18,6 +18,7 @@ from clipdex.errors import ClipdexError
 from clipdex.index.store import schema
 from clipdex.index.store.changes import ChangeLog
 from clipdex.index.store.failures import FailuresTable
+from clipdex.index.store.frame_merge import FrameMerge
 from clipdex.index.store.frames import FramesTable
 from clipdex.index.store.item_vectors import ItemVectors
 from clipdex.index.store.items import ItemsTable
@@ -43,7 +44,8 @@ class Store:
 
     - ``meta``: the key/value settings (`MetaTable`);
     - ``items``: the images and texts (`ItemsTable`); ``vectors``: their stored vectors, blobs
-      or vector-file rows (`ItemVectors`); ``merge``: keyed upserts of imports (`KeyedMerge`);
+      or vector-file rows (`ItemVectors`); ``merge``: keyed upserts of imports (`KeyedMerge`),
+      ``frame_merge`` those of imported videos' frames (`FrameMerge`);
     - ``failures``: files that failed to decode; ``pending``: a re-embedding's new vectors;
     - ``changes``: the change log readers catch up from (`ChangeLog`);
     - ``vector_files``: large-library mode's float16 vector files (`VectorFiles`).
@@ -66,6 +68,7 @@ class Store:
         self.vectors = ItemVectors(self, self.vector_files)
         self.items = ItemsTable(self, self.changes, self.vectors, self.vector_files)
         self.merge = KeyedMerge(self, self.items, self.vector_files)
+        self.frame_merge = FrameMerge(self, self.items, self.vector_files)
         self.failures = FailuresTable(self)
         self.frames = FramesTable(self)  # the video frames among the items
         self.pending = PendingTable(self, self.items, self.changes, self.vector_files)

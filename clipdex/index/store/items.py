@@ -234,12 +234,13 @@ class ItemsTable:
         photos: Sequence[PhotoMeta | None] | None = None,
         spans: Sequence[tuple[float, float]] | None = None,
         hashes: Sequence[bytes | None] | None = None,
+        located: tuple[int, np.ndarray] | None = None,
     ) -> list[int]:
         """Insert ``len(vectors)`` items; returns their new ids in order.
 
         ``photos`` gives each image's date and size (see `PhotoMeta`); without one an image with a
         stat is dated by its mtime. ``spans``: each video frame's (t, t_end); ``hashes``: content
-        hashes of the files."""
+        hashes of the files; ``located`` as in `insert_many`."""
         n = len(vectors)
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         now = time.time()
@@ -252,7 +253,7 @@ class ItemsTable:
         marks = ", ?" * ((2 if spans is not None else 0) + (1 if hashes is not None else 0))
         ids = []
         with self._store.transaction():
-            stored = self._vectors.to_store(vectors)
+            stored = self._vectors.to_store(vectors, located)
             for i in range(n):
                 meta = photos[i] or PhotoMeta()
                 taken = meta.taken_at

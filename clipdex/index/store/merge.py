@@ -48,7 +48,8 @@ class KeyedMerge:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         n = len(vectors)
         column = "path" if kind == "image" else "text"
-        sidecar = "" if kind == "image" else " AND i.source != 'sidecar'"
+        # A video's frames share its path: they are merged by `FrameMerge`, never matched here.
+        excluded = " AND i.source != 'video'" if kind == "image" else " AND i.source != 'sidecar'"
         with self._store.transaction():
             c = self._store.conn
             c.execute("DELETE FROM temp.merge_rows")
@@ -62,7 +63,7 @@ class KeyedMerge:
             # minimum id.
             matched = c.execute(
                 f"SELECT m.row, min(i.id), i.vector, i.vfile, i.vrow FROM temp.merge_rows m JOIN items i"
-                f" ON i.kind = ? AND i.{column} = m.key{sidecar} GROUP BY m.row",
+                f" ON i.kind = ? AND i.{column} = m.key{excluded} GROUP BY m.row",
                 (kind,),
             ).fetchall()
             changed: list[tuple[int, int]] = []
