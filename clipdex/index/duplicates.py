@@ -52,7 +52,7 @@ def find_duplicates(
     """
     ids, vecs = store.vectors.all(IMAGE)
     if under:
-        keep = np.isin(ids, store.items.matching_ids(IMAGE, Filter(under=under)))
+        keep = np.isin(ids, store.selection.matching_ids(IMAGE, Filter(under=under)))
         ids, vecs = ids[keep], vecs[keep]
     pairs = neighbour_pairs(vecs, threshold)
     videos = store.frames.video_paths(ids[np.unique(pairs)].tolist()) if len(pairs) else {}

@@ -151,7 +151,7 @@ def search(
 def _filtered(
     index: VectorIndex, store: Store, kind: str, query: np.ndarray, k: int, filt: Filter
 ) -> list[tuple[int, float]]:
-    where = store.items.where(kind, filt)
+    where = store.selection.where(kind, filt)
     total = max(index.ntotal, 1)
     # A broad filter finds its k in a short unfiltered list: try that before counting the matches
     # (counting a large share of a big library costs more than the search). Words say at once
@@ -160,14 +160,14 @@ def _filtered(
         hits = _overfetch(index, store, where, query, k, fetch=min(total, 4 * k + 10), widen=False)
         if hits is not None and len(hits) >= k:
             return hits
-    m = store.items.count_where(where)
+    m = store.selection.count_where(where)
     if m == 0:
         return []
     if m > EXACT_MAX and m >= OVERFETCH_SHARE * total:
         hits = _overfetch(index, store, where, query, k, fetch=int(2 * k * total / m) + 10, widen=True)
         if hits is not None:
             return hits
-    allowed = store.items.matching_ids(kind, filt)
+    allowed = store.selection.matching_ids(kind, filt)
     if len(allowed) <= EXACT_MAX:
         return exact_top_k(store, allowed, query, k)
     hits = index.search(query[None], k, store.vectors.get, allowed=allowed)[0]
@@ -188,7 +188,7 @@ def _overfetch(
     runs out of candidates first (an IVF index probes only some lists)."""
     while True:
         hits = index.search(query[None], fetch, store.vectors.get)[0]
-        keep = store.items.kept_among(where, [i for i, _ in hits])
+        keep = store.selection.kept_among(where, [i for i, _ in hits])
         good = [h for h in hits if h[0] in keep]
         if len(good) >= k or len(hits) >= index.ntotal:  # or the ranking held every item
             return good[:k]

@@ -56,11 +56,11 @@ def word_ranking(store: Store, kind: str, filt: Filter | None, text: str, depth:
     query = ranking_query(text)
     if query is None or not store.has_table("words"):
         return []
-    where = store.items.where(kind, filt or Filter())
+    where = store.selection.where(kind, filt or Filter())
     out: list[int] = []
     with store.snapshot():
         for chunk in chunks(store.words.ranked(query), 512):
-            keep = store.items.kept_among(where, chunk)
+            keep = store.selection.kept_among(where, chunk)
             out += [i for i in chunk if i in keep]
             if len(out) >= depth:
                 break

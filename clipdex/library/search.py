@@ -135,7 +135,7 @@ class Searcher:
         kind = kind_of(target)
         if filter is not None and filter.restricts_items:
             self.models.follow()  # matching_ids only reads SQLite: follow other writers first
-            return len(self.store.items.matching_ids(kind, filter))
+            return len(self.store.selection.matching_ids(kind, filter))
         return self.indexes.view(kind, self.models.follow()).ntotal
 
     def preload(self) -> None:

@@ -142,8 +142,8 @@ def test_date_filter_on_an_old_schema_asks_for_repair(tmp_path, monkeypatch):
     old = Store(tmp_path, create=True)
     assert not old.has_columns("items", "taken_at")
     with pytest.raises(ClipdexError, match=r"clipdex check --repair"):
-        old.items.matching_ids(IMAGE, Filter(after="2024-01-01"))
-    assert len(old.items.matching_ids(IMAGE, Filter(under="/x"))) == 0  # folders need no new column
+        old.selection.matching_ids(IMAGE, Filter(after="2024-01-01"))
+    assert len(old.selection.matching_ids(IMAGE, Filter(under="/x"))) == 0  # folders need no new column
     old.close()
 
 

@@ -27,6 +27,7 @@ from clipdex.index.store.merge import KeyedMerge
 from clipdex.index.store.meta import MetaTable
 from clipdex.index.store.pending import PendingTable
 from clipdex.index.store.schema import DB_NAME, PAGE_SIZE
+from clipdex.index.store.selection import Selection
 from clipdex.index.store.texts import TextLinesTable
 from clipdex.index.store.vector_files import VectorFiles
 from clipdex.index.store.words import WordsTable
@@ -71,6 +72,7 @@ class Store:
         self.frame_merge = FrameMerge(self, self.items, self.vector_files)
         self.failures = FailuresTable(self)
         self.frames = FramesTable(self)  # the video frames among the items
+        self.selection = Selection(self)  # which items a Filter keeps
         self.pending = PendingTable(self, self.items, self.changes, self.vector_files)
         self.texts = TextLinesTable(self)
         self.words = WordsTable(self)
