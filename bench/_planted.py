@@ -53,7 +53,7 @@ def import_library(work: Path, vectors: np.ndarray, paths: list[str]):
     """A new library at work/lib holding `vectors` as images at `paths` (via import-embeddings),
     tied to a random-init local-dir model of the right dimension (no download)."""
     from clipdex.library import Library
-    from clipdex.retrieval.models import init_model
+    from clipdex.retrieval.model_init import init_model
 
     d = vectors.shape[1]
     cfg = work / "model.json"

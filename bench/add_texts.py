@@ -44,7 +44,8 @@ def main() -> None:
 
     from clipdex.library import Library
     from clipdex.retrieval.embed import encode_texts
-    from clipdex.retrieval.models import init_model, load_model, resolve_spec
+    from clipdex.retrieval.model_init import init_model
+    from clipdex.retrieval.models import load_model, resolve_spec
 
     work = Path(tempfile.mkdtemp(prefix="clipdex-bench-texts-"))
     (work / "cfg.json").write_text(json.dumps(CFG))

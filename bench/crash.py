@@ -85,7 +85,7 @@ def make_fixture(root: Path, n_images: int, seed: int = 0, models: tuple[Path, P
     sys.path.insert(0, str(ROOT))
     root.mkdir(parents=True, exist_ok=True)
     if models is None:
-        from clipdex.retrieval.models import init_model
+        from clipdex.retrieval.model_init import init_model
 
         cfg = root / "tiny.json"
         cfg.write_text(json.dumps(TINY))

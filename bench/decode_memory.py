@@ -35,7 +35,7 @@ def main() -> int:
     sys.path.insert(0, str(ROOT))
     from PIL import Image
 
-    from clipdex.retrieval.models import init_model
+    from clipdex.retrieval.model_init import init_model
     from clipdex.retrieval.prefetch import default_workers
 
     work = Path(tempfile.mkdtemp(prefix="clipdex-bench-mem-"))

@@ -29,7 +29,8 @@ import torch
 
 from clipdex import evaluate
 from clipdex.demo import make_scenes, split_descriptions
-from clipdex.retrieval.models import init_model, load_model, resolve_spec
+from clipdex.retrieval.model_init import init_model
+from clipdex.retrieval.models import load_model, resolve_spec
 from clipdex.retrieval.training.finetune import FinetuneConfig, finetune
 from clipdex.retrieval.training.pairs import read_pairs, split_pairs
 

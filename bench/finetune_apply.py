@@ -74,7 +74,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from clipdex.demo import make_scenes
-    from clipdex.retrieval.models import init_model
+    from clipdex.retrieval.model_init import init_model
     from clipdex.retrieval.training.pairs import read_pairs, split_pairs
 
     work = Path(tempfile.mkdtemp(prefix="clipdex-bench-ftapply-"))

@@ -213,7 +213,7 @@ def main() -> int:
 
     import torch
 
-    from clipdex.retrieval.models import init_model
+    from clipdex.retrieval.model_init import init_model
 
     cuda = torch.cuda.is_available()
     rows: list[Row]

@@ -46,7 +46,8 @@ def main() -> None:
     import torch
 
     from clipdex.retrieval.embed import encode_texts
-    from clipdex.retrieval.models import init_model, load_model, resolve_spec
+    from clipdex.retrieval.model_init import init_model
+    from clipdex.retrieval.models import load_model, resolve_spec
     from clipdex.retrieval.onnx.encoder import OnnxEncoder
     from clipdex.retrieval.onnx.export import export_model
 

@@ -128,7 +128,7 @@ def main() -> int:
     from clipdex.index.store.merge import KeyedMerge
     from clipdex.inputs import embeddings as vector_files
     from clipdex.library import model_slot
-    from clipdex.retrieval.models import init_model
+    from clipdex.retrieval.model_init import init_model
 
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="clipdex-bench-import-"))
     work.mkdir(parents=True, exist_ok=True)

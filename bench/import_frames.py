@@ -38,7 +38,7 @@ def main() -> int:
     import pyarrow.parquet as pq
 
     from clipdex.library.facade import Library
-    from clipdex.retrieval.models import init_model
+    from clipdex.retrieval.model_init import init_model
 
     work = Path(tempfile.mkdtemp(prefix="clipdex-bench-frames-"))
     try:

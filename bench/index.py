@@ -75,7 +75,8 @@ def main() -> int:
     from clipdex.cli.main import cli
     from clipdex.retrieval.decode import default_workers, load_and_preprocess, open_image, ordered_prefetch
     from clipdex.retrieval.embed import encode_image_batch
-    from clipdex.retrieval.models import init_model, load_model, resolve_spec
+    from clipdex.retrieval.model_init import init_model
+    from clipdex.retrieval.models import load_model, resolve_spec
 
     t = time.perf_counter()
     photos = make_photos(Path(args.cache) / f"{w}x{h}", args.n, (w, h))

@@ -96,7 +96,7 @@ def write_shards(root: Path, mix: Mixture, n: int, shard: int) -> None:
 
 
 def tiny_model(root: Path, dim: int) -> Path:
-    from clipdex.retrieval.models import init_model
+    from clipdex.retrieval.model_init import init_model
 
     cfg = {
         "embed_dim": dim,

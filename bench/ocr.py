@@ -153,7 +153,7 @@ def main() -> int:
     ap.add_argument("--queries", type=int, default=200)
     args = ap.parse_args()
 
-    from clipdex.retrieval.models import init_model
+    from clipdex.retrieval.model_init import init_model
 
     work = Path(tempfile.mkdtemp(prefix="clipdex-bench-ocr-"))
     try:

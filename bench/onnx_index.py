@@ -56,7 +56,8 @@ def main() -> int:
     from clipdex.library.runtime import graphs_dir
     from clipdex.retrieval.decode import load_and_preprocess, open_image
     from clipdex.retrieval.embed import encode_image_batch, encode_texts
-    from clipdex.retrieval.models import init_model, load_model, resolve_spec
+    from clipdex.retrieval.model_init import init_model
+    from clipdex.retrieval.models import load_model, resolve_spec
     from clipdex.retrieval.onnx.encoder import OnnxEncoder
     from clipdex.retrieval.onnx.export import export_model
     from clipdex.retrieval.prefetch import default_workers, ordered_prefetch

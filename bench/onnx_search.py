@@ -51,7 +51,7 @@ def main() -> int:
 
     from clipdex import Library
     from clipdex.cli.main import cli
-    from clipdex.retrieval.models import init_model
+    from clipdex.retrieval.model_init import init_model
 
     work = Path(tempfile.mkdtemp(prefix="clipdex-bench-onnx-"))
     imgs = work / "imgs"

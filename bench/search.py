@@ -109,7 +109,7 @@ def main() -> int:
     from clipdex.kinds import IMAGE
     from clipdex.library import Library
     from clipdex.retrieval.embed import encode_texts
-    from clipdex.retrieval.models import init_model
+    from clipdex.retrieval.model_init import init_model
 
     k = 10
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="clipdex-bench-search-"))

@@ -88,7 +88,7 @@ def main() -> int:
     from PIL import Image
 
     from clipdex import Library
-    from clipdex.retrieval.models import init_model
+    from clipdex.retrieval.model_init import init_model
 
     work = Path(tempfile.mkdtemp(prefix="clipdex-bench-busy-"))
     try:

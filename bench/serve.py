@@ -40,7 +40,7 @@ def build(out: Path, n: int, arch: str) -> Path:
     from PIL import Image
 
     from clipdex import Library
-    from clipdex.retrieval.models import init_model
+    from clipdex.retrieval.model_init import init_model
 
     lib_dir = out / f"lib-{n}"
     model = out / f"model-{arch}"

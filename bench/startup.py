@@ -32,7 +32,7 @@ def main() -> int:
     from PIL import Image
 
     from clipdex.cli.main import cli
-    from clipdex.retrieval.models import init_model
+    from clipdex.retrieval.model_init import init_model
 
     work = Path(tempfile.mkdtemp(prefix="clipdex-startup-"))
     imgs = work / "imgs"

@@ -88,7 +88,7 @@ def main() -> None:
     ap.add_argument("--fps", type=int, default=25)
     args = ap.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
-    from clipdex.retrieval.models import init_model
+    from clipdex.retrieval.model_init import init_model
 
     root = Path(tempfile.mkdtemp(prefix="clipdex-bench-video-"))
     model = init_model(args.arch, root / "model", seed=0)

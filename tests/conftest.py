@@ -24,7 +24,7 @@ TINY_CFG = {
 
 def _tiny_model(factory: pytest.TempPathFactory, name: str, seed: int) -> Path:
     """A random-init tiny model written by clipdex's own `model init` code."""
-    from clipdex.retrieval.models import init_model
+    from clipdex.retrieval.model_init import init_model
 
     root = factory.mktemp(name)
     cfg = root / "tiny.json"

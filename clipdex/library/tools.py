@@ -11,8 +11,8 @@ from typing import Any
 def init_model(arch_or_json: str, out: str | os.PathLike, seed: int = 0, **text_tower: Any) -> Path:
     """A randomly initialised model (fixed ``seed``) in local-dir format at ``out``; ``text_tower``
     (``text_tower="hf"``, ``corpus``, ``tokenizer``, ``vocab_size``): see
-    `clipdex.retrieval.models.init_model`."""
-    from clipdex.retrieval.models import init_model as make
+    `clipdex.retrieval.model_init.init_model`."""
+    from clipdex.retrieval.model_init import init_model as make
 
     return make(arch_or_json, out, seed=seed, **text_tower)
 

@@ -19,7 +19,7 @@ TINY_HF_CFG = {
 
 def tiny_hf_model(root: Path, name: str = "tiny-hf", seed: int = 0, **kw) -> Path:
     """A random-init tiny HF-text-tower model written by clipdex's own `model init` code."""
-    from clipdex.retrieval.models import init_model
+    from clipdex.retrieval.model_init import init_model
 
     cfg = root / f"{name}.json"
     cfg.write_text(json.dumps(TINY_HF_CFG))

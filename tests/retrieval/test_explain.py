@@ -22,7 +22,8 @@ from clipdex import Library
 from clipdex.demo.__main__ import DEMO_MODEL
 from clipdex.retrieval.embed import encode_texts
 from clipdex.retrieval.explain import explain
-from clipdex.retrieval.models import init_model, load_model, resolve_spec
+from clipdex.retrieval.model_init import init_model
+from clipdex.retrieval.models import load_model, resolve_spec
 
 CIRCLE, RADIUS = (17, 32), 11
 

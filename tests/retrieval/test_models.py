@@ -10,7 +10,8 @@ import torch
 from helpers.corehelp import ok, run
 
 from clipdex.errors import ModelError
-from clipdex.retrieval.models import ModelSpec, init_model, load_model, pick_device, resolve_spec
+from clipdex.retrieval.model_init import init_model
+from clipdex.retrieval.models import ModelSpec, load_model, pick_device, resolve_spec
 
 
 def test_model_at_tag_is_model_with_pretrained() -> None:
