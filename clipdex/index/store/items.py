@@ -234,6 +234,7 @@ class ItemsTable:
                      *(spans[i] if spans is not None else ()), *((hashes[i],) if hashes is not None else ())),
                 )  # fmt: skip
                 ids.append(int(cur.lastrowid))
+            self._store.words.mark([*ids, *(i for i in image_ids if i is not None)])
             self._changes.log("add", zip(repeat(kind), ids))
         return ids
 
@@ -284,6 +285,7 @@ class ItemsTable:
                     )
                 ),
             )  # fmt: skip
+            self._store.words.mark_range(first, first + n - 1)
             self._changes.log("add", zip(repeat(kind), ids.tolist()))
         return ids
 

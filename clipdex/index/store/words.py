@@ -11,7 +11,6 @@ characters stand together. The same function on both sides keeps them in step.
 
 from __future__ import annotations
 
-import os
 import re
 import threading
 import unicodedata
@@ -37,9 +36,10 @@ MAX_RANKING_TERMS = 32
 def searchable(text: str) -> str:
     """``text`` in the form the ``words`` table indexes and queries: NFKC (full-width letters to
     ASCII), each CJK character standing alone, letters apart from digits."""
-    text = unicodedata.normalize("NFKC", text)
-    text = _CJK_CHAR.sub(r" \1 ", text)
-    return _LETTER_DIGIT.sub(" ", text)
+    if not text.isascii():  # (ASCII is its own NFKC form and holds no CJK: most file names)
+        text = unicodedata.normalize("NFKC", text)
+        text = _CJK_CHAR.sub(r" \1 ", text)
+    return _LETTER_DIGIT.sub(" ", text) if text else text
 
 
 def _phrase(text: str) -> str | None:
@@ -107,9 +107,12 @@ def ranking_query(text: str) -> str | None:
 
 
 def _name(path: bytes | None) -> str:
+    """The file name without its extension, as `os.path.splitext` cuts it (leading dots stay)."""
     if not path:
         return ""
-    stem = os.path.splitext(os.path.basename(bytes(path)))[0]
+    base = bytes(path).rpartition(b"/")[2]
+    dot = base.rfind(b".")
+    stem = base[:dot] if dot > 0 and base[:dot].strip(b".") else base
     return stem.decode("utf-8", "replace")
 
 
@@ -118,6 +121,20 @@ class WordsTable:
 
     def __init__(self, store: Store):
         self._store = store
+
+    def mark(self, ids: Sequence[int]) -> None:
+        """Items whose documents need rewriting at the next commit (new items and the images
+        their captions link to: `ItemsTable` marks its inserts here; triggers mark the rest)."""
+        self._store.conn.executemany(
+            "INSERT OR IGNORE INTO words_dirty (id) VALUES (?)", ((int(i),) for i in ids)
+        )
+
+    def mark_range(self, first: int, last: int) -> None:
+        """Items ``first`` to ``last`` (a bulk insert's consecutive ids), in one statement."""
+        self._store.conn.execute(
+            "INSERT OR IGNORE INTO words_dirty (id) SELECT id FROM items WHERE id BETWEEN ? AND ?",
+            (first, last),
+        )
 
     def flush(self) -> int:
         """Rewrite the documents of the items the triggers marked dirty; inside the caller's

@@ -98,3 +98,29 @@ def test_require_schema_names_the_upgrade(tmp_path, monkeypatch):
     with pytest.raises(ClipdexError, match=r"dates needs a newer library format \(version 4; .* at 2\)"):
         reader.require_schema(4, "dates")
     reader.close()
+
+
+def test_schema_9_drops_the_insert_trigger_and_both_insert_paths_still_feed_the_words(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.setattr(schema, "MIGRATIONS", MIGRATIONS[:8])
+    old = Store(tmp_path / "lib", create=True, write=True)
+    old.items.insert("image", "scan", np.ones((1, 4), np.float32), paths=[b"/p/before_9.jpg"])
+    old.close()
+    monkeypatch.setattr(schema, "MIGRATIONS", MIGRATIONS)
+    store = Store(tmp_path / "lib", write=True)
+    try:
+        triggers = {n for (n,) in store.conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+        assert "words_item_added" not in triggers and "words_item_removed" in triggers
+        one = store.items.insert("image", "scan", np.ones((1, 4), np.float32), paths=[b"/p/single_shot.png"])
+        (cap,) = store.items.insert("text", "sidecar", np.ones((1, 4), np.float32), texts=["a red kite"],
+                                    image_ids=one)  # fmt: skip
+        many = store.items.insert_many("image", "import", np.ones((3, 4), np.float32),
+                                       paths=[b"/q/bulk_%d.jpg" % i for i in range(3)])  # fmt: skip
+        assert store.words.stale() == 0  # each insert marked its documents, written at its commit
+        found = {q: store.words.ranked(q) for q in ('"before"', '"single"', '"kite"', '"bulk"')}
+        assert found['"single"'] == one
+        assert sorted(found['"kite"']) == sorted([*one, cap])  # the caption: its own and its image's
+        assert sorted(found['"bulk"']) == many.tolist() and len(found['"before"']) == 1
+    finally:
+        store.close()
