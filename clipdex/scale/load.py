@@ -35,10 +35,7 @@ class Loaded:
 
 def load_entry(entry: Entry, preprocess: Callable[[Any], Any], draft_to: tuple[int, int] | None) -> Loaded:
     """Read, decode and preprocess one file exactly as `index` does (raises LoadError)."""
-    try:
-        entry.key.encode("utf-8")
-    except UnicodeEncodeError as e:  # parquet strings are UTF-8: the name could not be written
-        raise LoadError("file name is not valid UTF-8") from e
+    check_name(entry)
     data, size, mtime = _read(entry.key)
     # Header only, within the pixel limit: the size as stored (0 x 0: open_image gives the reason).
     width, height = image_size(io.BytesIO(data), rotated=False) or (0, 0)
@@ -47,6 +44,14 @@ def load_entry(entry: Entry, preprocess: Callable[[Any], Any], draft_to: tuple[i
     except DecodeError as e:
         raise LoadError(str(e)) from e
     return Loaded(pixels, size, mtime, width, height, _caption(entry))
+
+
+def check_name(entry: Entry) -> None:
+    """Parquet strings are UTF-8: a file whose name is not cannot be a row (raises LoadError)."""
+    try:
+        entry.key.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise LoadError("file name is not valid UTF-8") from e
 
 
 def _read(key: str) -> tuple[bytes, int, float]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from clipdex.retrieval.video import DEFAULT_INTERVAL, VideoError, VideoReader
-from clipdex.scale.load import LoadError
+from clipdex.scale.load import LoadError, check_name
 from clipdex.scale.sources import Entry, is_url
 
 
@@ -38,6 +38,7 @@ class VideoLoad:
         self, entry: Entry, preprocess: Callable[[Any], Any], short_side: int,
         interval: float = DEFAULT_INTERVAL, on_progress: Callable[[float, float], None] | None = None,
     ):  # fmt: skip
+        check_name(entry)
         if is_url(entry.key):
             raise LoadError("videos are embedded from local or mounted files, not URLs")
         self.preprocess, self.short_side, self.interval = preprocess, short_side, interval

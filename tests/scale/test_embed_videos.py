@@ -111,15 +111,16 @@ def test_bad_videos_fail_whole_with_index_s_reasons(tmp_path, tiny_model_dir):
     (root / "truncated.mkv").write_bytes(good[: len(good) // 2])  # two frames decode, then the error
     audio_only(root / "sound.mp4")
     Image.new("RGB", (16, 16), "red").save(root / "picture.webm", format="PNG")
+    (root / os.fsdecode(b"name\xff.mkv")).write_bytes(good)  # a good video parquet cannot name
     r = ok("embed", root, "--out", tmp_path / "emb", "--model", tiny_model_dir, "--batch-size", "1", "--json")
     assert json.loads(r.stdout)["embedded"] == 0
     rows, _, failed = read_shards(tmp_path / "emb")
     assert rows == []  # no half video: the truncated one's decoded frames are dropped
     reasons = {os.path.basename(f["path"]): f["error"] for f in failed}
     for name, needle in [("zero.mp4", "empty"), ("truncated.mkv", "truncated"), ("sound.mp4", "audio only"),
-                         ("picture.webm", "PNG")]:  # fmt: skip
+                         ("picture.webm", "PNG"), ("name\\xff.mkv", "not valid UTF-8")]:  # fmt: skip
         assert needle in reasons[name], (name, reasons)
-    assert len([line for line in r.stderr.splitlines() if "skipped" in line]) == 4
+    assert len([line for line in r.stderr.splitlines() if "skipped" in line]) == 5
     assert "Traceback" not in r.stderr
 
 
