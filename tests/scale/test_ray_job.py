@@ -121,16 +121,19 @@ def test_ray_embeds_videos_as_the_in_process_run_does(ray_cluster, tmp_path, tin
     make_video(media / "static.mp4", [(scene(0), 12.0)])
     make_images(media, ["a.png"])
     (media / "fake.mp4").write_text("not a video\n" * 20)
+    good = three_scenes(tmp_path / "good.mkv").read_bytes()
+    (media / "cut.mkv").write_bytes(good[: len(good) // 2])  # frames stream out, then it fails
     local = run_embed([str(media)], tmp_path / "local", model=str(tiny_model_dir), shard_size=2)
     # Batches of 2: a video's frames stream out of its decode task over several batches and actors.
     remote = run_embed([str(media)], tmp_path / "ray", model=str(tiny_model_dir), ray="local", actors=2,
                        shard_size=2, batch_size=2)  # fmt: skip
-    assert (remote.files, remote.embedded, remote.frames, remote.failed) == (4, 5, 4, 1)
-    assert (local.embedded, local.frames, local.failed) == (5, 4, 1)
+    assert (remote.files, remote.embedded, remote.frames, remote.failed) == (5, 5, 4, 2)
+    assert (local.embedded, local.frames, local.failed) == (5, 4, 2)
     (want, want_vecs, want_failed), (got, got_vecs, got_failed) = (
         read_shards(tmp_path / "local"), read_shards(tmp_path / "ray")
     )  # fmt: skip
     assert got == want and got_failed == want_failed
+    assert "truncated" in next(f["error"] for f in got_failed if f["path"].endswith("cut.mkv"))
     assert [(r["t"], r["t_end"]) for r in got if r["path"].endswith("three.mp4")] == [(0.0, 4.0), (4.0, 8.0),
                                                                                     (8.0, 12.0)]  # fmt: skip
     assert np.abs(got_vecs.astype(np.float32) - want_vecs.astype(np.float32)).max() <= 2e-3
