@@ -30,8 +30,6 @@ from clipdex.retrieval.spans import Span, close_spans, merge_spans
 if TYPE_CHECKING:
     from clipdex.library.indexing import IndexRun
 
-AHEAD = 8  # decoded frames waiting for the encoder: with a batch being encoded, the memory bound
-
 
 @dataclass(slots=True)
 class VideoPlan:
@@ -123,7 +121,7 @@ class VideoIndexing:
         return rest
 
     def _index_one(self, s: ScannedImage, old: VideoRecord | None, failures: dict) -> Iterator[Change]:
-        from clipdex.retrieval.video import VideoError, VideoReader
+        from clipdex.retrieval.video import FRAMES_AHEAD, VideoError, VideoReader
 
         run, f = self.run, s.image
         enc = run.encoder()
@@ -131,10 +129,9 @@ class VideoIndexing:
         spans: list[Span] = []
         try:
             with VideoReader(f.path) as reader:
-                dur = reader.info.duration
-                follow = (lambda t: self.progress(int(t), int(max(dur or t, t)))) if self.progress else None
+                follow = (lambda t, total: self.progress(int(t), int(total))) if self.progress else None
                 decoded = reader.frames(self.interval, min(enc.image_size), follow)
-                frames = background(decoded, AHEAD, "clipdex-video-decode")
+                frames = background(decoded, FRAMES_AHEAD, "clipdex-video-decode")
                 pending: list = []
                 for frame in frames:
                     pending.append(frame)
@@ -142,7 +139,7 @@ class VideoIndexing:
                         self._encode(enc, pending, spans)
                         pending = []
                 self._encode(enc, pending, spans)
-                info, shown = reader.info, reader.shown_size or (reader.info.width, reader.info.height)
+                info, shown = reader.info, reader.shown_size
                 end = reader.end
         except VideoError as e:
             self._failed(s, old, str(e), failures)

@@ -24,6 +24,9 @@ from clipdex.results import clock
 
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi"})
 DEFAULT_INTERVAL = 2.0
+# Decoded frames a reader thread may hold for the encoder (`index` and `embed`): with one batch
+# being encoded, the memory bound of a video, whatever its length.
+FRAMES_AHEAD = 8
 # Containers a video file may really be (FFmpeg's demuxer names); anything else under a video
 # extension (an image pipe, an MP3) is not taken for a video.
 _CONTAINERS = ("mov", "mp4", "matroska", "webm", "avi")
@@ -120,12 +123,13 @@ class VideoReader:
         except av.FFmpegError:
             raise VideoError(_sniff(self.path)) from None
         self.end = 0.0  # where the decode ended (s), once `frames` is exhausted
-        self.shown_size: tuple[int, int] | None = None  # (width, height) as shown, once a frame decoded
         try:
             self.info = self._probe()
         except BaseException:
             self._c.close()
             raise
+        # (width, height) as shown: the container's word until a decoded frame says it for sure
+        self.shown_size: tuple[int, int] = (self.info.width, self.info.height)
 
     def _probe(self) -> VideoInfo:
         c = self._c
@@ -164,11 +168,12 @@ class VideoReader:
 
     def frames(
         self, interval: float = DEFAULT_INTERVAL, short_side: int = 224,
-        on_progress: Callable[[float], None] | None = None, at: Sequence[float] | None = None,
+        on_progress: Callable[[float, float], None] | None = None, at: Sequence[float] | None = None,
     ) -> Iterator[Frame]:  # fmt: skip
         """The first frame, then the first frame at or after each multiple of ``interval`` s (or
         the frames nearest at or after the times ``at``), scaled so the shortest side is at most
-        ``short_side``. ``on_progress(t)`` follows the decode. A decode error, or a decode that
+        ``short_side``. ``on_progress(t, total)`` follows the decode (``total``: the declared
+        duration, or ``t`` past it). A decode error, or a decode that
         stops well short of the declared duration (a truncated file), raises `VideoError` at the
         end, so a caller keeps no half video."""
         av = need_av()
@@ -184,7 +189,7 @@ class VideoReader:
                 n += 1
                 last = t
                 if on_progress is not None and n % 16 == 0:
-                    on_progress(t)
+                    on_progress(t, max(self.info.duration or t, t))
                 if wanted is not None:
                     if kept >= len(wanted) or t + step / 2 < wanted[kept]:
                         continue

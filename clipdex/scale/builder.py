@@ -9,6 +9,7 @@ final: frames of a failed video that come later are dropped.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from clipdex.retrieval.spans import Span, close_spans, merge_spans
 from clipdex.scale.load import Loaded
 from clipdex.scale.load_video import VideoFacts
 from clipdex.scale.shards import META_COLUMNS, ShardDir
+
+if TYPE_CHECKING:
+    from clipdex.scale.job import Shard
 
 
 @dataclass(slots=True)
@@ -31,7 +35,7 @@ class VideoDone:
 class ShardBuilder:
     """Collects one shard's rows; each input position ends as metadata, a video or an error."""
 
-    shard: object  # clipdex.scale.job.Shard: .index, .entries
+    shard: Shard
     dim: int
     vectors: np.ndarray = field(init=False)  # the pictures' vectors, by position
     rows: dict[int, Loaded | VideoDone | str] = field(default_factory=dict)  # finished positions

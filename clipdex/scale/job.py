@@ -26,7 +26,6 @@ from clipdex.scale.shards import FORMAT, ShardDir, digest
 from clipdex.scale.sources import Entry
 
 Problem = Callable[[str, str], None]
-_FRAMES_AHEAD = 8  # decoded frames of a video waiting for the encoder (with a batch: the memory bound)
 Progress = Callable[[int, int], None]
 
 
@@ -255,6 +254,7 @@ class _LocalRun:
     def video(self, index: int, pos: int, entry: Entry, preprocess) -> None:  # noqa: ANN001
         """Stream one video's frames into the batches; its end (or failure) to its builder."""
         from clipdex.retrieval.prefetch import background
+        from clipdex.retrieval.video import FRAMES_AHEAD
         from clipdex.scale.load_video import VideoLoad
 
         job, count = self.job, 0
@@ -263,7 +263,7 @@ class _LocalRun:
             follow = lambda t, dur: job.video_progress(int(t), int(dur))  # noqa: E731
         try:
             load = VideoLoad(entry, preprocess, min(self.lm.image_size), job.video_interval, follow)
-            for t, pixels in background(load.frames(), _FRAMES_AHEAD, "clipdex-video-decode"):
+            for t, pixels in background(load.frames(), FRAMES_AHEAD, "clipdex-video-decode"):
                 self.add(index, pos, count, pixels, t)
                 count += 1
             self.builder(index).end_video(pos, count, load.facts())

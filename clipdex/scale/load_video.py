@@ -59,13 +59,9 @@ class VideoLoad:
     def frames(self) -> Iterator[tuple[float, Any]]:
         """``(t, preprocessed pixels)`` of each kept frame, in order; closes the file at the end."""
         reader = self._reader
-        dur = reader.info.duration
-        follow = None
-        if self.on_progress is not None:
-            follow = lambda t: self.on_progress(t, max(dur or t, t))  # noqa: E731
         try:
             with reader:
-                for frame in reader.frames(self.interval, self.short_side, follow):
+                for frame in reader.frames(self.interval, self.short_side, self.on_progress):
                     yield frame.t, self.preprocess(frame.picture)
         except VideoError as e:
             raise LoadError(str(e)) from None
@@ -76,8 +72,4 @@ class VideoLoad:
         if not self._done:
             raise RuntimeError("VideoLoad.facts() before the frames were all read")
         r = self._reader
-        width, height = r.shown_size or (r.info.width, r.info.height)
-        return VideoFacts(*self._stat, width, height, r.info.duration, r.end)
-
-    def close(self) -> None:
-        self._reader.close()
+        return VideoFacts(*self._stat, *r.shown_size, r.info.duration, r.end)

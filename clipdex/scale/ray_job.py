@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clipdex.errors import ClipdexError
+from clipdex.retrieval.video import DEFAULT_INTERVAL
 from clipdex.scale.load import Loaded
 
 if TYPE_CHECKING:
@@ -74,7 +75,8 @@ class _Rows:
 
 
 def decode_batch(
-    batch: dict[str, np.ndarray], preprocess: Any, draft_to: Any, shape: tuple, interval: float = 2.0,
+    batch: dict[str, np.ndarray], preprocess: Any, draft_to: Any, shape: tuple,
+    interval: float = DEFAULT_INTERVAL,
 ) -> Iterator[dict]:  # fmt: skip
     """A Ray Data batch of files → batches of preprocessed pixels (zeros where a file failed) and
     metadata: a row per picture, a row per kept frame of a video (see `_Rows`), at most

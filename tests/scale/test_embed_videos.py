@@ -169,3 +169,17 @@ def test_builder_merges_frames_in_any_order_once(tmp_path):
     assert [(r["path"], r["t"], r["t_end"]) for r in got] == [("/v0.mp4", 0.0, 4.0), ("/v0.mp4", 4.0, 6.0)]
     assert np.allclose(vecs, [a, b])
     assert bad == [{"path": "/v1.mp4", "error": "damaged video at 0:02"}]
+
+
+def test_video_progress_follows_the_decode_in_seconds(tmp_path, media, tiny_model_dir):
+    from clipdex import Library
+    from clipdex.scale.run import run_embed
+
+    static = media / "sub" / "static.mp4"  # 20 s at 4 fps: a call every 16 frames decoded
+    seen: dict[str, list] = {"embed": [], "index": []}
+    run_embed([str(static)], tmp_path / "emb", model=str(tiny_model_dir),
+              video_progress=lambda done, total: seen["embed"].append((done, total)))  # fmt: skip
+    with Library.open(tmp_path / "lib", create=True, model=str(tiny_model_dir)) as lib:
+        lib.index(static.parent, video_progress=lambda done, total: seen["index"].append((done, total)))
+    for name, calls in seen.items():
+        assert calls == [(3, 20), (7, 20), (11, 20), (15, 20), (19, 20)], (name, calls)  # frame 16: t 3.75 s
